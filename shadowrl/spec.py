@@ -1,0 +1,909 @@
+"""Scenario format ``shadowrl/v1``: pydantic models and a YAML loader that keeps line numbers.
+
+The scenario is a public contract (DESIGN.md section 2). Every validation error names the
+file, the line and the field path, e.g.
+``envs/x.yaml:41: procedure.steps[2].after: unknown step 'revert-api'``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+API_VERSION = "shadowrl/v1"
+MAX_FILE_BYTES = 8 * 2**20
+MAX_NODES = 200_000
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+METRICS = ("error_rate", "latency_p50_ms", "latency_p99_ms", "cpu", "memory", "rps")
+ACTIONS = (
+    "scale", "rollback_version", "revert_config", "migrate_down", "disable_flag",
+    "flush_cache", "warm_cache", "wait", "command",
+)
+
+
+# --------------------------------------------------------------------------- durations
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``500ms``/``30s``/``5m``/``1h`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '30s', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise ValueError(f"cannot parse duration {value!r} (use e.g. 500ms, 30s, 5m, 1h)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration like '30s', got {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration must be a finite number >= 0, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of :func:`parse_duration` for writing procedures back as YAML."""
+    if seconds == int(seconds):
+        s = int(seconds)
+        if s and s % 3600 == 0:
+            return f"{s // 3600}h"
+        if s and s % 60 == 0:
+            return f"{s // 60}m"
+        return f"{s}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_name(value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(f"invalid name {value!r}: use lowercase letters, digits and '-'")
+    return value
+
+
+Name = Annotated[str, BeforeValidator(_check_name)]
+
+
+class Strict(BaseModel):
+    """Base for all scenario models: unknown keys are errors, aliases accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+class CsvPattern(Strict):
+    csv: str
+    column: str = "value"
+
+
+class Traffic(Strict):
+    rps: float = Field(gt=0)
+    write_fraction: float = Field(default=0.1, ge=0, le=1)
+    pattern: Literal["constant", "diurnal"] | CsvPattern = "constant"
+
+
+class Versioned(Strict):
+    live: str | int
+    previous: str | int
+
+
+class Service(Strict):
+    name: Name
+    edge: bool = False
+    replicas: int = Field(ge=1, le=10_000)
+    capacity_rps: float = Field(gt=0)
+    latency: Duration = 0.02
+    startup: Duration = 20.0
+    inflight_time: Duration = Field(
+        default=10.0,
+        description="How long in-flight requests need to finish; a shorter drain drops some.",
+    )
+    calls: list[Name] = Field(default_factory=list)
+    version: Versioned | None = None
+    config: Versioned | None = None
+    flags: list[Name] = Field(default_factory=list)
+
+
+class Migration(Strict):
+    duration: Duration
+    online_factor: float = Field(default=4.0, ge=1)
+    reversible: bool = True
+    backward_compatible: bool = True
+
+
+class Datastore(Strict):
+    name: Name
+    capacity_qps: float = Field(gt=0)
+    latency: Duration = 0.005
+    schema_: Versioned | None = Field(default=None, alias="schema")
+    migration: Migration | None = None
+
+
+class Cache(Strict):
+    name: Name
+    hit_ratio: float = Field(ge=0, le=1)
+    warmup: Duration = 120.0
+    latency: Duration = 0.001
+    fronts: list[Name] | None = Field(
+        default=None,
+        description="Datastores this cache sits in front of; default: those its callers call.",
+    )
+
+
+class Deployment(Strict):
+    traffic: Traffic
+    services: list[Service] = Field(min_length=1)
+    datastores: list[Datastore] = Field(default_factory=list)
+    caches: list[Cache] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- SLO
+
+
+class Rule(Strict):
+    name: Name
+    metric: Literal["error_rate", "latency_p50_ms", "latency_p99_ms", "cpu", "memory", "rps"]
+    scope: str = "edge"
+    above: float | None = None
+    below: float | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Rule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("exactly one of 'above' or 'below' is required")
+        return self
+
+    def violated(self, value: float) -> bool:
+        if self.above is not None:
+            return value > self.above
+        return value < self.below  # type: ignore[operator]
+
+
+class Slo(Strict):
+    interval: Duration = Field(default=10.0, gt=0)
+    rules: list[Rule] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+class Cause(Strict):
+    kind: Literal["version", "config", "schema", "flag", "external"]
+    target: Name | None = None
+    flag: Name | None = None
+
+
+class Effect(Strict):
+    metric: Literal["error_rate", "latency", "cpu", "memory"]
+    target: Name
+    add: float | None = None
+    factor: float | None = Field(default=None, gt=0)
+    ramp: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _one_change(self) -> Effect:
+        if self.add is None and self.factor is None:
+            raise ValueError("an effect needs 'add' or 'factor'")
+        if self.metric == "error_rate" and self.factor is not None:
+            raise ValueError("error_rate effects use 'add' (a share of requests)")
+        if self.metric == "error_rate" and not (0 <= (self.add or 0) <= 1):
+            raise ValueError("error_rate 'add' must be between 0 and 1")
+        return self
+
+
+class Incident(Strict):
+    name: Name
+    weight: float = Field(default=1.0, gt=0)
+    cause: Cause
+    effects: list[Effect] = Field(default_factory=list)
+
+
+class History(Strict):
+    file: str
+    format: Literal["prometheus", "csv"] | None = None
+    column: str = "value"
+
+
+class Deviations(Strict):
+    magnitude: tuple[float, float] = (1.0, 1.0)
+    onset: tuple[Duration, Duration] = (60.0, 60.0)
+    load: tuple[float, float] = (1.0, 1.0)
+    history: History | None = None
+
+    @field_validator("magnitude", "onset", "load")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"range [{value[0]}, {value[1]}] must be [low, high]")
+        if value[0] < 0:
+            raise ValueError("range values must be >= 0")
+        return value
+
+
+# --------------------------------------------------------------------------- procedure
+
+Scalar = bool | int | float | str
+
+
+class Tunable(Strict):
+    """A step setting: one of ``choices``; the optimizer may pick any, ``default`` is configured."""
+
+    choices: list[Scalar] = Field(min_length=1)
+    default: Scalar | None = None
+
+    @property
+    def tunable(self) -> bool:
+        return len(self.choices) > 1
+
+
+class SimCommand(Strict):
+    duration: Duration = 10.0
+    fixes: list[Name] = Field(default_factory=list)
+    effects: list[Effect] = Field(default_factory=list)
+
+
+class Step(Strict):
+    name: Name
+    action: Literal[
+        "scale", "rollback_version", "revert_config", "migrate_down", "disable_flag",
+        "flush_cache", "warm_cache", "wait", "command",
+    ]
+    target: Name | None = None
+    settings: dict[str, Tunable | Scalar] = Field(default_factory=dict)
+    after: list[Name] = Field(default_factory=list)
+    optional: bool = False
+    run: list[str] | None = None
+    sim: SimCommand | None = None
+
+    def tunables(self) -> dict[str, Tunable]:
+        """Settings normalised to :class:`Tunable` (validated and coerced by the loader)."""
+        return {k: v if isinstance(v, Tunable) else Tunable(choices=[v], default=v)
+                for k, v in self.settings.items()}
+
+    def default_settings(self) -> dict[str, Scalar]:
+        return {k: t.default for k, t in self.tunables().items()}  # type: ignore[misc]
+
+
+class Verify(Strict):
+    hold: Duration = 120.0
+    timeout: Duration = Field(default=1800.0, gt=0)
+
+
+class Budget(Strict):
+    downtime: Duration | None = None
+
+
+class Procedure(Strict):
+    name: Name
+    steps: list[Step] = Field(min_length=1)
+    verify: Verify = Field(default_factory=Verify)
+    budget: Budget = Field(default_factory=Budget)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+
+class Metadata(Strict):
+    name: Name
+    description: str = ""
+
+
+class Scenario(Strict):
+    api_version: Literal["shadowrl/v1"] = Field(alias="apiVersion")
+    kind: Literal["Scenario"]
+    metadata: Metadata
+    deployment: Deployment
+    slo: Slo
+    incidents: list[Incident] = Field(min_length=1)
+    deviations: Deviations = Field(default_factory=Deviations)
+    procedure: Procedure
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def edge(self) -> Service:
+        for service in self.deployment.services:
+            if service.edge:
+                return service
+        return self.deployment.services[0]
+
+    def components(self) -> dict[str, Service | Datastore | Cache]:
+        d = self.deployment
+        return {c.name: c for c in [*d.services, *d.datastores, *d.caches]}
+
+    def incident(self, name: str) -> Incident:
+        for incident in self.incidents:
+            if incident.name == name:
+                return incident
+        known = ", ".join(i.name for i in self.incidents)
+        raise KeyError(f"unknown incident {name!r} (known: {known})")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(ValueError):
+    """One or more validation problems, each naming file, line and field path."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+PathKey = tuple[str | int, ...]
+
+
+class _LineMap:
+    """Field path -> line number, for mapping pydantic errors back to the file."""
+
+    def __init__(self) -> None:
+        self.lines: dict[PathKey, int] = {}
+
+    def line(self, path: Iterable[str | int]) -> int:
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return self.lines.get((), 1)
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _construct(node: yaml.Node, path: PathKey, lines: _LineMap, file: str,
+               counter: list[int]) -> Any:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise SpecError([Problem(file, node.start_mark.line + 1, format_path(path),
+                                 f"document too large (more than {MAX_NODES} nodes)")])
+    lines.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise SpecError([Problem(file, key_node.start_mark.line + 1, format_path(path),
+                                         "YAML merge keys ('<<') are not supported")])
+            key = _construct(key_node, path, lines, file, counter)
+            if isinstance(key, (dict, list)) or key is None:
+                raise SpecError([Problem(file, key_node.start_mark.line + 1, format_path(path),
+                                         "mapping keys must be plain strings")])
+            key = str(key) if not isinstance(key, str) else key
+            if key in out:
+                raise SpecError([Problem(file, key_node.start_mark.line + 1,
+                                         format_path((*path, key)), "duplicate key")])
+            child = (*path, key)
+            lines.lines[child] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, child, lines, file, counter)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*path, i), lines, file, counter)
+                for i, item in enumerate(node.value)]
+    return _SCALAR_LOADER.construct_object(node, deep=True)
+
+
+# Resolves scalar nodes (already tagged by the composer) with YAML 1.1's safe types.
+_SCALAR_LOADER = yaml.SafeLoader("")
+
+
+def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
+    """Parse one YAML document, returning plain data and a path->line map."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_FILE_BYTES:
+            raise SpecError([Problem(file, 1, "", f"file too large ({len(text)} bytes; the "
+                                                  f"limit is {MAX_FILE_BYTES})")])
+        if b"\x00" in text:
+            raise SpecError([Problem(file, 1, "", "not a text file (contains NUL bytes)")])
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = text[: exc.start].count(b"\n") + 1
+            raise SpecError([Problem(file, line, "", "not UTF-8 text")]) from None
+    if not text.strip():
+        raise SpecError([Problem(file, 1, "", "file is empty")])
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise SpecError([Problem(file, line, "", f"YAML syntax error: {exc.problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem(file, 1, "", f"YAML error: {exc}")]) from None
+    except RecursionError:
+        raise SpecError([Problem(file, 1, "", "YAML nesting too deep")]) from None
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        raise SpecError([Problem(file, 1, "", "file is empty")])
+    if len(nodes) > 1:
+        raise SpecError([Problem(file, nodes[1].start_mark.line + 1, "",
+                                 "expected one YAML document, found several")])
+    lines = _LineMap()
+    try:
+        data = _construct(nodes[0], (), lines, file, [0])
+    except RecursionError:
+        raise SpecError([Problem(file, 1, "", "YAML nesting too deep")]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError([Problem(file, mark.line + 1 if mark else 1, "",
+                                 f"YAML error: {getattr(exc, 'problem', exc)}")]) from None
+    return data, lines
+
+
+# --------------------------------------------------------------------------- settings
+
+_SERVICE_ACTIONS = {"scale", "rollback_version", "revert_config", "disable_flag"}
+_SETTING_KINDS: dict[str, dict[str, str]] = {
+    "scale": {"replicas": "count"},
+    "rollback_version": {"batch": "positive", "drain": "duration"},
+    "revert_config": {"batch": "positive", "drain": "duration"},
+    "migrate_down": {"online": "bool"},
+    "disable_flag": {"flag": "name"},
+    "flush_cache": {},
+    "warm_cache": {},
+    "wait": {"duration": "duration"},
+    "command": {},
+}
+_SETTING_DEFAULTS: dict[str, dict[str, Scalar]] = {
+    "rollback_version": {"batch": 1, "drain": 30.0},
+    "revert_config": {"batch": 1, "drain": 30.0},
+    "migrate_down": {"online": False},
+}
+_REQUIRED_SETTINGS = {"scale": ("replicas",), "disable_flag": ("flag",), "wait": ("duration",)}
+
+
+def _coerce_setting(kind: str, value: Any) -> Scalar:
+    if kind in ("count", "positive"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < (1 if kind == "positive" else 0):
+            raise ValueError(f"must be >= {1 if kind == 'positive' else 0}, got {value}")
+        return value
+    if kind == "duration":
+        return parse_duration(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    return _check_name(value)
+
+
+def _normalise_settings(step: Step, path: PathKey) -> list[tuple[PathKey, str]]:
+    """Coerce settings to typed :class:`Tunable` values; return problems."""
+    problems: list[tuple[PathKey, str]] = []
+    kinds = _SETTING_KINDS[step.action]
+    normalised: dict[str, Tunable | Scalar] = {}
+    for key, raw in step.settings.items():
+        spath = (*path, "settings", key)
+        if key not in kinds:
+            allowed = ", ".join(kinds) or "none"
+            problems.append((spath, f"unknown setting for action '{step.action}' "
+                                    f"(allowed: {allowed})"))
+            continue
+        tunable = raw if isinstance(raw, Tunable) else Tunable(choices=[raw], default=raw)
+        try:
+            choices = [_coerce_setting(kinds[key], c) for c in tunable.choices]
+        except ValueError as exc:
+            problems.append(((*spath, "choices") if isinstance(raw, Tunable) else spath,
+                             str(exc)))
+            continue
+        if len(set(map(repr, choices))) != len(choices):
+            problems.append(((*spath, "choices"), "choices must be distinct"))
+            continue
+        default: Scalar = choices[0]
+        if isinstance(raw, Tunable) and raw.default is not None:
+            try:
+                default = _coerce_setting(kinds[key], raw.default)
+            except ValueError as exc:
+                problems.append(((*spath, "default"), str(exc)))
+                continue
+            if default not in choices:
+                problems.append(((*spath, "default"), f"default {raw.default!r} is not among "
+                                                     f"the choices {raw.choices!r}"))
+                continue
+        normalised[key] = Tunable(choices=choices, default=default)
+    for key, value in _SETTING_DEFAULTS.get(step.action, {}).items():
+        normalised.setdefault(key, Tunable(choices=[value], default=value))
+    for key in _REQUIRED_SETTINGS.get(step.action, ()):
+        if key not in step.settings:
+            problems.append(((*path, "settings"), f"action '{step.action}' needs setting "
+                                                  f"'{key}'"))
+    step.settings = normalised
+    return problems
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one cycle in a directed graph as a list of nodes, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt in graph and not state.get(nxt):
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if not state.get(node):
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _check_references(sc: Scenario) -> list[tuple[PathKey, str]]:
+    problems: list[tuple[PathKey, str]] = []
+    dep = sc.deployment
+    services = {s.name: s for s in dep.services}
+    datastores = {d.name: d for d in dep.datastores}
+    caches = {c.name: c for c in dep.caches}
+    seen: dict[str, PathKey] = {}
+    for group, items in (("services", dep.services), ("datastores", dep.datastores),
+                         ("caches", dep.caches)):
+        for i, comp in enumerate(items):
+            path: PathKey = ("deployment", group, i, "name")
+            if comp.name in seen:
+                problems.append((path, f"duplicate component name '{comp.name}' "
+                                       f"(first at {format_path(seen[comp.name])})"))
+            else:
+                seen[comp.name] = path
+    components = set(seen)
+    edges = [i for i, s in enumerate(dep.services) if s.edge]
+    if len(edges) > 1:
+        problems.append((("deployment", "services", edges[1], "edge"),
+                         "only one service may have edge: true"))
+    for i, svc in enumerate(dep.services):
+        for j, callee in enumerate(svc.calls):
+            if callee not in components:
+                problems.append((("deployment", "services", i, "calls", j),
+                                 f"unknown component '{callee}'"))
+            elif callee == svc.name:
+                problems.append((("deployment", "services", i, "calls", j),
+                                 "a service cannot call itself"))
+    cycle = _find_cycle({s.name: [c for c in s.calls if c in services] for s in dep.services})
+    if cycle:
+        idx = next(i for i, s in enumerate(dep.services) if s.name == cycle[0])
+        problems.append((("deployment", "services", idx, "calls"),
+                         "call cycle: " + " -> ".join(cycle)))
+    for i, cache in enumerate(dep.caches):
+        for j, target in enumerate(cache.fronts or []):
+            if target not in datastores:
+                problems.append((("deployment", "caches", i, "fronts", j),
+                                 f"'{target}' is not a datastore"))
+    for i, rule in enumerate(sc.slo.rules):
+        if rule.scope != "edge" and rule.scope not in components:
+            problems.append((("slo", "rules", i, "scope"),
+                             f"unknown scope '{rule.scope}' (use 'edge' or a component)"))
+    names: set[str] = set()
+    for i, rule in enumerate(sc.slo.rules):
+        if rule.name in names:
+            problems.append((("slo", "rules", i, "name"), f"duplicate rule '{rule.name}'"))
+        names.add(rule.name)
+    names = set()
+    for i, inc in enumerate(sc.incidents):
+        ipath: PathKey = ("incidents", i)
+        if inc.name in names:
+            problems.append(((*ipath, "name"), f"duplicate incident '{inc.name}'"))
+        names.add(inc.name)
+        problems += _check_cause(inc.cause, (*ipath, "cause"), services, datastores)
+        for j, eff in enumerate(inc.effects):
+            if eff.target not in components:
+                problems.append(((*ipath, "effects", j, "target"),
+                                 f"unknown component '{eff.target}'"))
+    problems += _check_procedure(sc, sc.procedure, ("procedure",))
+    return problems
+
+
+def _check_cause(cause: Cause, path: PathKey, services: dict[str, Service],
+                 datastores: dict[str, Datastore]) -> list[tuple[PathKey, str]]:
+    if cause.kind == "external":
+        return []
+    if cause.target is None:
+        return [(path, f"a '{cause.kind}' cause needs a 'target'")]
+    tpath = (*path, "target")
+    if cause.kind == "schema":
+        ds = datastores.get(cause.target)
+        if ds is None:
+            return [(tpath, f"'{cause.target}' is not a datastore")]
+        if ds.migration is None:
+            return [(tpath, f"datastore '{cause.target}' has no migration to revert")]
+        return []
+    svc = services.get(cause.target)
+    if svc is None:
+        return [(tpath, f"'{cause.target}' is not a service")]
+    if cause.kind == "version" and svc.version is None:
+        return [(tpath, f"service '{cause.target}' has no 'version' (live/previous)")]
+    if cause.kind == "config" and svc.config is None:
+        return [(tpath, f"service '{cause.target}' has no 'config' (live/previous)")]
+    if cause.kind == "flag":
+        if not svc.flags:
+            return [(tpath, f"service '{cause.target}' serves no flags")]
+        if cause.flag is None:
+            if len(svc.flags) > 1:
+                return [((*path, "flag"), "the target serves several flags; name one")]
+            cause.flag = svc.flags[0]
+        elif cause.flag not in svc.flags:
+            return [((*path, "flag"), f"'{cause.flag}' is not one of {svc.flags}")]
+    return []
+
+
+_ACTION_TARGET_KIND = {
+    "scale": "service", "rollback_version": "service", "revert_config": "service",
+    "disable_flag": "service", "migrate_down": "datastore", "flush_cache": "cache",
+    "warm_cache": "cache",
+}
+
+
+def _check_procedure(sc: Scenario, proc: Procedure, root: PathKey) -> list[tuple[PathKey, str]]:
+    problems: list[tuple[PathKey, str]] = []
+    comps = sc.components()
+    kinds = {**{s.name: "service" for s in sc.deployment.services},
+             **{d.name: "datastore" for d in sc.deployment.datastores},
+             **{c.name: "cache" for c in sc.deployment.caches}}
+    step_names: dict[str, int] = {}
+    for i, step in enumerate(proc.steps):
+        if step.name in step_names:
+            problems.append(((*root, "steps", i, "name"), f"duplicate step '{step.name}'"))
+        step_names[step.name] = i
+    incident_names = {inc.name for inc in sc.incidents}
+    for i, step in enumerate(proc.steps):
+        path: PathKey = (*root, "steps", i)
+        want = _ACTION_TARGET_KIND.get(step.action)
+        if want:
+            if step.target is None:
+                problems.append(((*path, "target"), f"action '{step.action}' needs a {want}"))
+            elif step.target not in comps:
+                problems.append(((*path, "target"), f"unknown component '{step.target}'"))
+            elif kinds[step.target] != want:
+                problems.append(((*path, "target"), f"action '{step.action}' needs a {want}, "
+                                                    f"'{step.target}' is a {kinds[step.target]}"))
+            else:
+                problems += _check_target_fit(step, comps[step.target], path)
+        elif step.target is not None and step.target not in comps:
+            problems.append(((*path, "target"), f"unknown component '{step.target}'"))
+        problems += _normalise_settings(step, path)
+        if step.action == "disable_flag" and step.target in comps and "flag" in step.settings:
+            svc = comps[step.target]
+            for flag in step.tunables()["flag"].choices:
+                if isinstance(svc, Service) and flag not in svc.flags:
+                    problems.append(((*path, "settings", "flag"),
+                                     f"'{flag}' is not a flag of '{step.target}' "
+                                     f"(flags: {svc.flags})"))
+        if step.sim is not None:
+            for j, fix in enumerate(step.sim.fixes):
+                if fix not in incident_names:
+                    problems.append(((*path, "sim", "fixes", j), f"unknown incident '{fix}'"))
+            for j, eff in enumerate(step.sim.effects):
+                if eff.target not in comps:
+                    problems.append(((*path, "sim", "effects", j, "target"),
+                                     f"unknown component '{eff.target}'"))
+        for j, dep in enumerate(step.after):
+            if dep not in step_names:
+                problems.append(((*path, "after", j), f"unknown step '{dep}'"))
+            elif dep == step.name:
+                problems.append(((*path, "after", j), "a step cannot come after itself"))
+    cycle = _find_cycle({s.name: [d for d in s.after if d in step_names] for s in proc.steps})
+    if cycle:
+        problems.append(((*root, "steps", step_names[cycle[0]], "after"),
+                         "'after' cycle: " + " -> ".join(cycle)))
+    return problems
+
+
+def _check_target_fit(step: Step, comp: Any, path: PathKey) -> list[tuple[PathKey, str]]:
+    if step.action == "rollback_version" and comp.version is None:
+        return [((*path, "target"), f"service '{comp.name}' has no 'version' to roll back")]
+    if step.action == "revert_config" and comp.config is None:
+        return [((*path, "target"), f"service '{comp.name}' has no 'config' to revert")]
+    if step.action == "migrate_down" and comp.migration is None:
+        return [((*path, "target"), f"datastore '{comp.name}' has no 'migration'")]
+    if step.action == "disable_flag" and not comp.flags:
+        return [((*path, "target"), f"service '{comp.name}' serves no flags")]
+    return []
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _pydantic_problems(exc: ValidationError, file: str, lines: _LineMap,
+                       prefix: PathKey = ()) -> list[Problem]:
+    problems = []
+    seen = set()
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        full = (*prefix, *loc)
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "field required"
+        key = (full, msg)
+        if key in seen:
+            continue
+        seen.add(key)
+        problems.append(Problem(file, lines.line(full), format_path(full), msg))
+    return _drop_union_noise(problems)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> PathKey:
+    """Drop pydantic's union-branch markers (``Tunable``, ``str``, ``function-after[...]``)."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+        elif part[:1].isupper() or "[" in part or part in (
+                "str", "int", "float", "bool", "constant", "diurnal", "literal['constant']",
+                "literal['diurnal']"):
+            continue
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def _drop_union_noise(problems: list[Problem]) -> list[Problem]:
+    """A union (e.g. setting = Tunable | scalar) reports each branch; keep one per path."""
+    by_path: dict[str, Problem] = {}
+    for p in problems:
+        by_path.setdefault(p.path, p)
+    return list(by_path.values())
+
+
+def scenario_from_data(data: Any, file: str, lines: _LineMap | None = None) -> Scenario:
+    lines = lines or _LineMap()
+    if not isinstance(data, dict):
+        raise SpecError([Problem(file, lines.line(()), "", "the top level must be a mapping "
+                                 f"(apiVersion, kind, ...), got a {_kind(data)}")])
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(exc, file, lines)) from None
+    problems = _check_references(sc)
+    if problems:
+        raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
+    return sc
+
+
+def _kind(data: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number",
+            bool: "boolean"}.get(type(data), type(data).__name__)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario file; raises :class:`SpecError` on any problem."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SpecError([Problem(file, 1, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise SpecError([Problem(file, 1, "", "is a directory, not a file")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror}")]) from None
+    data, lines = load_yaml(raw, file)
+    sc = scenario_from_data(data, file, lines)
+    sc.__dict__["_source"] = Path(path)
+    return sc
+
+
+def load_procedure(path: str | Path, scenario: Scenario) -> Procedure:
+    """Load a ``procedure:`` block (a file with that key) and check it against ``scenario``."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
+    data, lines = load_yaml(raw, file)
+    if not isinstance(data, dict) or "procedure" not in data:
+        raise SpecError([Problem(file, 1, "", "expected a mapping with a 'procedure:' key")])
+    extra = sorted(set(data) - {"procedure", "apiVersion", "kind", "metadata"})
+    if extra:
+        raise SpecError([Problem(file, lines.line((extra[0],)), extra[0], "unknown field")])
+    try:
+        proc = Procedure.model_validate(data["procedure"])
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(exc, file, lines, ("procedure",))) from None
+    problems = _check_procedure(scenario, proc, ("procedure",))
+    if problems:
+        raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
+    return proc
+
+
+def procedure_to_data(proc: Procedure) -> dict[str, Any]:
+    """A procedure as plain data in the scenario format (durations as strings)."""
+    steps = []
+    for step in proc.steps:
+        item: dict[str, Any] = {"name": step.name, "action": step.action}
+        if step.target:
+            item["target"] = step.target
+        settings: dict[str, Any] = {}
+        for key, tun in step.tunables().items():
+            kind = _SETTING_KINDS[step.action].get(key)
+            conv = (lambda v: format_duration(float(v))) if kind == "duration" else (lambda v: v)
+            if tun.tunable:
+                settings[key] = {"choices": [conv(c) for c in tun.choices],
+                                 "default": conv(tun.default)}
+            else:
+                settings[key] = conv(tun.default)
+        if settings:
+            item["settings"] = settings
+        if step.after:
+            item["after"] = list(step.after)
+        if step.optional:
+            item["optional"] = True
+        if step.run:
+            item["run"] = list(step.run)
+        if step.sim:
+            item["sim"] = step.sim.model_dump(exclude_defaults=True)
+            if "duration" in item["sim"]:
+                item["sim"]["duration"] = format_duration(step.sim.duration)
+        steps.append(item)
+    out: dict[str, Any] = {"name": proc.name, "steps": steps,
+                           "verify": {"hold": format_duration(proc.verify.hold),
+                                      "timeout": format_duration(proc.verify.timeout)}}
+    if proc.budget.downtime is not None:
+        out["budget"] = {"downtime": format_duration(proc.budget.downtime)}
+    return out
+
+
+def setting_kind(action: str, key: str) -> str | None:
+    return _SETTING_KINDS.get(action, {}).get(key)
