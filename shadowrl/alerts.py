@@ -25,9 +25,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.client import HTTPException
+from http.client import HTTPException, HTTPMessage
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from rich.console import Console
 from rich.table import Table
@@ -303,7 +303,10 @@ def alertmanager_payload(
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """urllib turns a redirected POST into a body-less GET; a webhook must not."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+        headers: HTTPMessage, newurl: str,
+    ) -> urllib.request.Request | None:
         return None
 
 
@@ -377,7 +380,7 @@ class WebhookSink:
                 exc.close()
                 reason = f"HTTP {exc.code} {exc.reason}"
                 if not (exc.code >= 500 or exc.code == 429):
-                    raise WebhookError(f"{self.name}: {reason} (not retried)",
+                    raise WebhookError(f"{reason} (not retried)",
                                        attempts=attempt, status=status) from exc
                 error: Exception = exc
             except (urllib.error.URLError, HTTPException, OSError) as exc:
@@ -385,7 +388,7 @@ class WebhookSink:
                 reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
                 error = exc
             if attempt == attempts:
-                raise WebhookError(f"{self.name}: {reason} after {attempts} attempt(s)",
+                raise WebhookError(f"{reason} after {attempts} attempt(s)",
                                    attempts=attempt, status=status) from error
             delay = self.backoff_s * 2 ** (attempt - 1)
             logger.warning("%s: attempt %d/%d failed (%s); retrying in %.2fs",

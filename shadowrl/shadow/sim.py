@@ -1,0 +1,807 @@
+"""The simulated shadow: seeded, deterministic, event-driven physics of a deployment.
+
+Time is integrated segment by segment: between two events (a batch leaving service, a replica
+becoming ready, a migration ending, a load block changing, a ramp quantum) every input is
+constant, so downtime and failed requests are exact sums over segments, with no per-second
+loop. When a profile is requested, segments are cut at every second and each second is
+recorded: the same physics, sampled. Ramps, warm-up and load are quantised in time so both
+paths give identical totals.
+
+Physics (DESIGN.md section 3): load flows down the call tree; capacity is ready replicas times
+``capacity_rps``; latency rises steeply as utilisation nears 1; shedding above 1; errors come
+from the incident (on the share of traffic still served by the faulty version, config, schema
+or flag), from version/schema mismatches, write locks, dropped in-flight requests and
+overload. The edge error is ``1 - prod(1 - e_i)`` over the tree, each ``e_i`` weighted by the
+share of edge traffic that reaches component ``i``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shadowrl.shadow.base import (
+    ActiveEffect,
+    Breach,
+    ComponentMetrics,
+    Injection,
+    Metrics,
+    Span,
+    StepResult,
+    VerifyResult,
+)
+from shadowrl.spec import Cache, Datastore, Scenario, Service, Step
+
+BLOCK_S = 60.0  # load (pattern x noise) is constant over one block
+QUANTUM_S = 5.0  # ramps, replayed shapes and cache warm-up move in steps of this size
+NOISE_SIGMA = 0.03  # per-block multiplicative traffic noise
+JITTER_SIGMA = 0.12  # log-normal jitter of startup and migration durations
+ONLINE_MIGRATION_LOAD = 0.35  # share of datastore capacity an online migration consumes
+STOP_S = 2.0  # time to stop a replica after its drain
+EPS = 1e-9
+
+# bucket index = version (0 live, 1 previous) * 2 + config (0 live, 1 previous)
+LL, LP, PL, PP = 0, 1, 2, 3
+
+
+def queue_factor(rho: float) -> float:
+    """Latency multiplier from utilisation: ~1 at low load, steep as rho -> 1, capped."""
+    r = min(rho, 0.97)
+    return 1.0 + r**4 / (1.0 - r)
+
+
+def p99_multiple(rho: float) -> float:
+    """p99/p50: heavier tails under load."""
+    return 2.0 + 3.0 * min(rho, 1.5)
+
+
+def _stable_seed(*parts: Any) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+@dataclass
+class _Topology:
+    """The deployment compiled to flat lists, so the hot loop touches no pydantic objects."""
+
+    names: list[str]
+    kinds: list[str]  # service | datastore | cache
+    index: dict[str, int]
+    order: list[int]  # services, callers before callees
+    calls: list[list[int]]
+    fronted_by: dict[tuple[int, int], int]  # (caller, datastore) -> cache index
+    edge: int
+    reachable: list[int]
+    db_callers: dict[int, list[int]]  # datastore -> services calling it directly
+    capacity: list[float]
+    base_latency_ms: list[float]
+
+
+def _compile(sc: Scenario) -> _Topology:
+    comps: list[Service | Datastore | Cache] = [
+        *sc.deployment.services, *sc.deployment.datastores, *sc.deployment.caches]
+    names = [c.name for c in comps]
+    index = {n: i for i, n in enumerate(names)}
+    kinds = (["service"] * len(sc.deployment.services) + ["datastore"] * len(
+        sc.deployment.datastores) + ["cache"] * len(sc.deployment.caches))
+    calls = [[index[c] for c in comp.calls] if isinstance(comp, Service) else [] for comp in comps]
+    edge = index[sc.edge.name]
+    order: list[int] = []
+    seen: set[int] = set()
+
+    def visit(i: int) -> None:
+        if i in seen:
+            return
+        seen.add(i)
+        for j in calls[i]:
+            visit(j)
+        order.append(i)
+
+    for i, kind in enumerate(kinds):
+        if kind == "service":
+            visit(i)
+    order = [i for i in reversed(order) if kinds[i] == "service"]
+    fronted_by: dict[tuple[int, int], int] = {}
+    for comp in sc.deployment.caches:
+        ci = index[comp.name]
+        for caller, callees in enumerate(calls):
+            if ci not in callees:
+                continue
+            targets = comp.fronts if comp.fronts is not None else [
+                names[j] for j in callees if kinds[j] == "datastore"]
+            for target in targets:
+                if index[target] in callees:
+                    fronted_by[(caller, index[target])] = ci
+    reachable: list[int] = []
+    stack = [edge]
+    while stack:
+        i = stack.pop()
+        if i not in reachable:
+            reachable.append(i)
+            stack.extend(calls[i])
+    db_callers: dict[int, list[int]] = {}
+    for caller, callees in enumerate(calls):
+        for j in callees:
+            if kinds[j] == "datastore":
+                db_callers.setdefault(j, []).append(caller)
+    capacity = [c.capacity_rps if isinstance(c, Service) else c.capacity_qps
+                if isinstance(c, Datastore) else math.inf for c in comps]
+    latency = [c.latency * 1000.0 for c in comps]
+    return _Topology(names, kinds, index, order, calls, fronted_by, edge, reachable, db_callers,
+                     capacity, latency)
+
+
+@dataclass
+class _State:
+    """Everything that changes; copied whole by :meth:`SimShadow.snapshot`."""
+
+    t: float = 0.0
+    buckets: list[list[float]] = field(default_factory=list)  # per component, ready replicas
+    template: list[list[int]] = field(default_factory=list)  # per service [version, config]
+    flags_off: set[tuple[str, str]] = field(default_factory=set)
+    schema_prev: list[bool] = field(default_factory=list)
+    locked: list[bool] = field(default_factory=list)
+    online: list[bool] = field(default_factory=list)
+    warmth: list[float] = field(default_factory=list)
+    warm_rate: list[float] = field(default_factory=list)
+    impulse: dict[int, float] = field(default_factory=dict)  # service -> extra error share
+    command_effects: tuple[ActiveEffect, ...] = ()
+    cause_fixed: bool = False
+    step: str | None = None
+    phase: str = "normal"
+    version: int = 0  # bumped on every state change, keys the rates cache
+
+
+@dataclass
+class _Rates:
+    """Everything derived from the state at one instant."""
+
+    edge_rps: float
+    edge_error: float
+    by_source: dict[str, float]
+    violated: tuple[bool, ...]
+    comps: list[tuple[float, float, float, float, float, float]]  # rps err p50 p99 cpu mem
+    edge_p50: float
+    edge_p99: float
+
+
+class SimShadow:
+    """Simulated shadow backend. See the module docstring for the physics."""
+
+    name = "sim"
+    supports_snapshot = True
+
+    def __init__(self, scenario: Scenario, *, record_profile: bool = False,
+                 pattern: Callable[[float], float] | None = None) -> None:
+        self.scenario = scenario
+        self.topo = _compile(scenario)
+        self.record_profile = record_profile
+        self.rules = scenario.slo.rules
+        self._rule_scope = [self.topo.index.get(r.scope, -1) for r in self.rules]
+        self._pattern = pattern or self._builtin_pattern(scenario)
+        self.state = _State()
+        self.injection: Injection | None = None
+        self.seed = 0
+        self._noise = np.ones(1)
+        self._rates: _Rates | None = None
+        self._rates_key: tuple[Any, ...] | None = None
+        self._jitter_cache: dict[tuple[str, int], float] = {}
+        self.profile: dict[str, list[Any]] = {}
+        self._effects_by_target: dict[int, list[ActiveEffect]] = {}
+        self._effect_end = 0.0
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _builtin_pattern(sc: Scenario) -> Callable[[float], float]:
+        pattern = sc.deployment.traffic.pattern
+        if pattern == "diurnal":
+            # Peak at 20:00, trough at 08:00 of the shadow's local day: +-35 %.
+            return lambda t: 1.0 + 0.35 * math.cos(2 * math.pi * (t - 72000.0) / 86400.0)
+        if pattern == "constant":
+            return lambda t: 1.0
+        from shadowrl.history import load_pattern, load_series  # csv pattern, lazily
+
+        source = getattr(sc, "_source", None)
+        base = source.parent if source is not None else None
+        path = pattern.csv if base is None else str(base / pattern.csv)
+        return load_pattern(load_series(path, "csv", column=pattern.column))
+
+    def launch(self, seed: int) -> None:
+        sc, topo = self.scenario, self.topo
+        self.seed = seed
+        rng = np.random.default_rng(_stable_seed("noise", seed))
+        self._noise = np.exp(rng.normal(0.0, NOISE_SIGMA, 720) - NOISE_SIGMA**2 / 2).tolist()
+        self._jitter_cache = {}
+        st = _State()
+        for i, kind in enumerate(topo.kinds):
+            st.buckets.append([float(sc.deployment.services[i].replicas), 0.0, 0.0, 0.0]
+                              if kind == "service" else [1.0, 0.0, 0.0, 0.0])
+            st.template.append([0, 0])
+            st.schema_prev.append(False)
+            st.locked.append(False)
+            st.online.append(False)
+            st.warmth.append(1.0)
+            st.warm_rate.append(1.0)
+        self.state = st
+        self.injection = None
+        self._effects_by_target = {}
+        self._effect_end = 0.0
+        self._rates = None
+        self._rates_key = None
+        self.profile = {k: [] for k in ("t", "component", "rps", "error_rate", "latency_p50_ms",
+                                        "latency_p99_ms", "cpu", "memory", "step", "phase")}
+
+    def inject(self, injection: Injection) -> None:
+        self.injection = injection
+        by_target: dict[int, list[ActiveEffect]] = {}
+        end = injection.onset_s
+        for eff in injection.effects:
+            by_target.setdefault(self.topo.index[eff.target], []).append(eff)
+            span = max(eff.ramp_s, len(eff.shape) * eff.shape_step_s if eff.shape else 0.0)
+            end = max(end, injection.onset_s + span)
+        self._effects_by_target = by_target
+        self._effect_end = end
+        self._touch()
+
+    def now(self) -> float:
+        return self.state.t
+
+    def snapshot(self) -> Any:
+        return copy.deepcopy(self.state)
+
+    def restore(self, snapshot: Any) -> None:
+        self.state = copy.deepcopy(snapshot)
+        self._touch()
+
+    def _touch(self) -> None:
+        self.state.version += 1
+
+    def jitter(self, key: str, k: int = 0) -> float:
+        """Seeded log-normal duration multiplier, independent of step order (common numbers)."""
+        cache_key = (key, k)
+        value = self._jitter_cache.get(cache_key)
+        if value is None:
+            rng = np.random.default_rng(_stable_seed("jitter", self.seed, key, k))
+            value = float(math.exp(rng.normal(0.0, JITTER_SIGMA) - JITTER_SIGMA**2 / 2))
+            self._jitter_cache[cache_key] = value
+        return value
+
+    # ------------------------------------------------------------------ physics
+
+    def _load(self, t: float) -> float:
+        inj = self.injection
+        mult = inj.load_multiplier if inj else 1.0
+        offset = inj.start_offset_s if inj else 0.0
+        block = int(t // BLOCK_S)
+        noise = self._noise[block % len(self._noise)]
+        return (self.scenario.deployment.traffic.rps * mult * noise
+                * self._pattern(offset + block * BLOCK_S + BLOCK_S / 2))
+
+    def _progress(self, eff: ActiveEffect, t: float) -> float:
+        """How far an effect has developed at ``t`` (0..1 or a replayed shape value)."""
+        onset = self.injection.onset_s if self.injection else math.inf
+        if t < onset:
+            return 0.0
+        q = math.floor((t - onset) / QUANTUM_S) + 1
+        if eff.shape:
+            idx = int((q - 1) * QUANTUM_S // eff.shape_step_s)
+            return eff.shape[idx] if idx < len(eff.shape) else eff.shape[-1]
+        if eff.ramp_s <= 0:
+            return 1.0
+        return min(1.0, q * QUANTUM_S / eff.ramp_s)
+
+    def _fault_share(self) -> float:
+        inj, st = self.injection, self.state
+        if inj is None or st.cause_fixed:
+            return 0.0
+        kind = inj.cause_kind
+        if kind == "external":
+            return 1.0
+        i = self.topo.index[inj.cause_target] if inj.cause_target else -1
+        if kind == "schema":
+            return 0.0 if st.schema_prev[i] else 1.0
+        if kind == "flag":
+            return 0.0 if (inj.cause_target, inj.cause_flag) in st.flags_off else 1.0
+        b = st.buckets[i]
+        total = b[0] + b[1] + b[2] + b[3]
+        if total <= EPS:
+            return 0.0
+        return (b[LL] + b[LP]) / total if kind == "version" else (b[LL] + b[PL]) / total
+
+    def _key(self, t: float) -> tuple[Any, ...]:
+        inj = self.injection
+        onset = inj.onset_s if inj else math.inf
+        if t < onset:
+            q = -1
+        elif t >= self._effect_end:
+            q = -2  # fully developed: constant from here on
+        else:
+            q = math.floor((t - onset) / QUANTUM_S)
+        return (self.state.version, int(t // BLOCK_S), q)
+
+    def rates(self, t: float | None = None) -> _Rates:
+        t = self.state.t if t is None else t
+        key = self._key(t)
+        if key != self._rates_key or self._rates is None:
+            self._rates = self._compute(t)
+            self._rates_key = key
+        return self._rates
+
+    def _compute(self, t: float) -> _Rates:  # noqa: C901 - one readable pass over the tree
+        topo, st = self.topo, self.state
+        n = len(topo.names)
+        wf = self.scenario.deployment.traffic.write_fraction
+        load = self._load(t)
+        share = self._fault_share()
+        err_add = [0.0] * n
+        lat_factor = [1.0] * n
+        lat_add = [0.0] * n
+        cpu_add = [0.0] * n
+        mem_add = [0.0] * n
+        for i, effs in self._effects_by_target.items():
+            for eff in effs:
+                p = self._progress(eff, t) * share
+                if p <= 0:
+                    continue
+                self._apply_effect(eff, p, i, err_add, lat_factor, lat_add, cpu_add, mem_add)
+        for eff in st.command_effects:
+            i = topo.index[eff.target]
+            self._apply_effect(eff, 1.0, i, err_add, lat_factor, lat_add, cpu_add, mem_add)
+
+        rps = [0.0] * n
+        rps[topo.edge] = load
+        rho = [0.0] * n
+        shed = [0.0] * n
+        for i in topo.order:
+            b = st.buckets[i]
+            ready = b[0] + b[1] + b[2] + b[3]
+            cap = ready * topo.capacity[i]
+            rho[i] = rps[i] / cap if cap > EPS else (math.inf if rps[i] > 0 else 0.0)
+            shed[i] = 1.0 - 1.0 / rho[i] if rho[i] > 1.0 else 0.0
+            served = rps[i] * (1.0 - shed[i])
+            for j in topo.calls[i]:
+                cache = topo.fronted_by.get((i, j))
+                if cache is not None:
+                    miss = 1.0 - self._hit_ratio(cache) * st.warmth[cache]
+                    rps[j] += served * (wf + (1.0 - wf) * miss)
+                else:
+                    rps[j] += served
+        for i, kind in enumerate(topo.kinds):
+            if kind == "datastore":
+                cap = topo.capacity[i] * (1.0 - ONLINE_MIGRATION_LOAD if st.online[i] else 1.0)
+                rho[i] = rps[i] / cap
+                shed[i] = 1.0 - 1.0 / rho[i] if rho[i] > 1.0 else 0.0
+
+        # error sources per component, as shares of that component's requests
+        src_incident = err_add
+        src_overload = shed
+        src_compat = [0.0] * n
+        src_lock = [0.0] * n
+        for d, callers in topo.db_callers.items():
+            mig = self.scenario.deployment.datastores[d - len(self.scenario.deployment.services)]
+            if mig.migration is None:
+                continue
+            for c in callers:
+                b = st.buckets[c]
+                total = b[0] + b[1] + b[2] + b[3]
+                if total <= EPS or self.topo.kinds[c] != "service":
+                    continue
+                if self.scenario.deployment.services[c].version is None:
+                    continue
+                live = (b[LL] + b[LP]) / total
+                if st.schema_prev[d]:
+                    mismatch = live  # the live app cannot run on the previous schema
+                elif not mig.migration.backward_compatible:
+                    mismatch = 1.0 - live
+                else:
+                    mismatch = 0.0
+                src_compat[c] = 1.0 - (1.0 - src_compat[c]) * (1.0 - mismatch)
+                if st.locked[d]:
+                    src_lock[c] = 1.0 - (1.0 - src_lock[c]) * (1.0 - wf)
+
+        # latency, bottom-up over the tree
+        p50_own = [0.0] * n
+        p99_own = [0.0] * n
+        for i in range(n):
+            base = topo.base_latency_ms[i] * lat_factor[i] + lat_add[i]
+            q = queue_factor(rho[i]) if topo.kinds[i] != "cache" else 1.0
+            p50_own[i] = base * q
+            p99_own[i] = p50_own[i] * p99_multiple(rho[i] if topo.kinds[i] != "cache" else 0.0)
+        p50_tot = p50_own[:]
+        p99_tot = p99_own[:]
+        for i in reversed(topo.order):
+            for j in topo.calls[i]:
+                w = 1.0
+                cache = topo.fronted_by.get((i, j))
+                if cache is not None:
+                    w = 1.0 - self._hit_ratio(cache) * st.warmth[cache]
+                p50_tot[i] += w * p50_tot[j]
+                p99_tot[i] += w * p99_tot[j]
+
+        by_source = {"incident": 0.0, "compatibility": 0.0, "dropped": 0.0, "overload": 0.0,
+                     "write_lock": 0.0}
+        survive = 1.0
+        comps: list[tuple[float, float, float, float, float, float]] = []
+        for i in range(n):
+            parts = (("incident", src_incident[i]), ("compatibility", src_compat[i]),
+                     ("dropped", st.impulse.get(i, 0.0)), ("overload", src_overload[i]),
+                     ("write_lock", src_lock[i]))
+            ok = 1.0
+            for _name, e in parts:
+                ok *= 1.0 - min(1.0, e)
+            err = 1.0 - ok
+            if i in topo.reachable and load > 0 and err > 0:
+                reach = min(1.0, rps[i] / load)
+                survive *= 1.0 - err * reach
+                for name, e in parts:
+                    by_source[name] += min(1.0, e) * reach
+            rr = min(rho[i], 1.0)
+            comps.append((rps[i], err, p50_tot[i], p99_tot[i],
+                           min(1.0, rr + cpu_add[i]), min(1.0, 0.35 + 0.3 * rr + mem_add[i])))
+        edge_err = 1.0 - survive
+        total_src = sum(by_source.values())
+        if total_src > 0:
+            by_source = {k: edge_err * v / total_src for k, v in by_source.items()}
+        violated = tuple(self._violated(r, i, comps, load, edge_err, p50_tot[topo.edge],
+                                        p99_tot[topo.edge]) for r, i in zip(self.rules,
+                                                                            self._rule_scope))
+        return _Rates(load, edge_err, by_source, violated, comps, p50_tot[topo.edge],
+                      p99_tot[topo.edge])
+
+    def _hit_ratio(self, cache_index: int) -> float:
+        sc = self.scenario.deployment
+        return sc.caches[cache_index - len(sc.services) - len(sc.datastores)].hit_ratio
+
+    @staticmethod
+    def _apply_effect(eff: ActiveEffect, p: float, i: int, err_add: list[float],
+                      lat_factor: list[float], lat_add: list[float], cpu_add: list[float],
+                      mem_add: list[float]) -> None:
+        if eff.metric == "error_rate":
+            err_add[i] = min(1.0, err_add[i] + eff.add * p)
+        elif eff.metric == "latency":
+            lat_factor[i] *= 1.0 + (eff.factor - 1.0) * p
+            lat_add[i] += eff.add * p
+        elif eff.metric == "cpu":
+            cpu_add[i] += eff.add * p
+        elif eff.metric == "memory":
+            mem_add[i] += eff.add * p
+
+    def _violated(self, rule: Any, scope: int, comps: list[tuple[float, ...]], load: float,
+                  edge_err: float, p50: float, p99: float) -> bool:
+        if scope < 0:
+            edge = comps[self.topo.edge]
+            value = {"error_rate": edge_err, "latency_p50_ms": p50, "latency_p99_ms": p99,
+                     "cpu": edge[4], "memory": edge[5], "rps": load}[rule.metric]
+        else:
+            c = comps[scope]
+            value = {"rps": c[0], "error_rate": c[1], "latency_p50_ms": c[2],
+                     "latency_p99_ms": c[3], "cpu": c[4], "memory": c[5]}[rule.metric]
+        return rule.violated(value)
+
+    # ------------------------------------------------------------------ time
+
+    def _next_boundary(self, t: float, t_end: float) -> float:
+        nxt = min(t_end, (math.floor(t / BLOCK_S) + 1) * BLOCK_S)
+        inj = self.injection
+        if inj is not None:
+            if inj.onset_s > t:
+                nxt = min(nxt, inj.onset_s)
+            elif t < self._effect_end:
+                q = math.floor((t - inj.onset_s) / QUANTUM_S) + 1
+                nxt = min(nxt, inj.onset_s + q * QUANTUM_S)
+        if any(w < 1.0 for w in self.state.warmth):
+            nxt = min(nxt, (math.floor(t / QUANTUM_S) + 1) * QUANTUM_S)
+        if self.record_profile:
+            nxt = min(nxt, math.floor(t) + 1.0)
+        return nxt if nxt > t + EPS else min(t_end, t + QUANTUM_S)
+
+    def _warm(self, dt: float) -> None:
+        st = self.state
+        changed = False
+        for i, w in enumerate(st.warmth):
+            if w < 1.0:
+                warmup = max(self._cache_warmup(i), EPS)
+                st.warmth[i] = min(1.0, w + dt * st.warm_rate[i] / warmup)
+                changed = True
+        if changed:
+            self._touch()
+
+    def _cache_warmup(self, i: int) -> float:
+        sc = self.scenario.deployment
+        if self.topo.kinds[i] != "cache":
+            return EPS
+        return sc.caches[i - len(sc.services) - len(sc.datastores)].warmup
+
+    def advance(self, seconds: float,
+                stop: Callable[[float, float, _Rates], float | None] | None = None) -> Span:
+        """Integrate ``seconds`` of shadow time; ``stop`` may end it early at a returned time."""
+        st = self.state
+        t_end = st.t + seconds
+        span = Span(st.t, st.t)
+        while st.t < t_end - EPS:
+            t0 = st.t
+            t1 = self._next_boundary(t0, t_end)
+            r = self.rates(t0)
+            if stop is not None:
+                cut = stop(t0, t1, r)
+                if cut is not None:
+                    t1 = max(t0, min(t1, cut))
+            dt = t1 - t0
+            self._accumulate(span, r, dt)
+            if self.record_profile and dt > 0:
+                self._record(t0, r)
+            st.t = t1
+            if dt > 0:
+                self._warm(dt)
+            if stop is not None and t1 < t_end - EPS and cut is not None and t1 >= cut - EPS:
+                break
+        span.end_s = st.t
+        return span
+
+    @staticmethod
+    def _accumulate(span: Span, r: _Rates, dt: float) -> None:
+        if dt <= 0:
+            return
+        if any(r.violated):
+            span.downtime_s += dt
+        span.requests += r.edge_rps * dt
+        if r.edge_error > 0:
+            span.failed_requests += r.edge_rps * r.edge_error * dt
+            for k, v in r.by_source.items():
+                if v > 0:
+                    span.errors_by_source[k] = span.errors_by_source.get(k, 0.0) + (
+                        r.edge_rps * v * dt)
+
+    def _record(self, t: float, r: _Rates) -> None:
+        p = self.profile
+        rows = [("edge", (r.edge_rps, r.edge_error, r.edge_p50, r.edge_p99,
+                          *r.comps[self.topo.edge][4:]))]
+        rows += list(zip(self.topo.names, r.comps))
+        for name, c in rows:
+            p["t"].append(t)
+            p["component"].append(name)
+            p["rps"].append(c[0])
+            p["error_rate"].append(c[1])
+            p["latency_p50_ms"].append(c[2])
+            p["latency_p99_ms"].append(c[3])
+            p["cpu"].append(c[4])
+            p["memory"].append(c[5])
+            p["step"].append(self.state.step)
+            p["phase"].append(self.state.phase)
+
+    # ------------------------------------------------------------------ SLO
+
+    def run_until_breach(self, max_s: float) -> Breach | None:
+        """Prometheus semantics: a rule fires at an evaluation tick once its condition has
+        been true at every tick for ``for``; ticks fall every ``slo.interval``."""
+        interval = self.scenario.slo.interval
+        active: list[float | None] = [None] * len(self.rules)
+        fired: list[tuple[float, tuple[str, ...]]] = []
+
+        def stop(t0: float, t1: float, r: _Rates) -> float | None:
+            first_tick = math.ceil((t0 - EPS) / interval) * interval
+            if first_tick >= t1 - EPS:
+                return None
+            best: float | None = None
+            names: list[str] = []
+            for k, rule in enumerate(self.rules):
+                if not r.violated[k]:
+                    active[k] = None
+                    continue
+                if active[k] is None:
+                    active[k] = first_tick
+                due = max(first_tick, math.ceil((active[k] + rule.for_ - EPS) / interval)
+                          * interval)
+                if due < t1 - EPS:
+                    if best is None or due < best - EPS:
+                        best, names = due, [rule.name]
+                    elif abs(due - best) <= EPS:
+                        names.append(rule.name)
+            if best is not None:
+                fired.append((best, tuple(names)))
+                return best
+            return None
+
+        self.state.phase = "incident" if self.injection else "normal"
+        span = self.advance(max(0.0, max_s - self.state.t), stop)
+        if fired:
+            return Breach(fired[0][0], fired[0][1], span)
+        return None
+
+    def verify(self, hold_s: float, deadline_s: float) -> VerifyResult:
+        """Healthy once no rule condition is violated for ``hold_s`` in a row."""
+        st = self.state
+        st.phase, st.step = "verify", None
+        clean_since: list[float | None] = [None]
+        done: list[bool] = [False]
+
+        def stop(t0: float, t1: float, r: _Rates) -> float | None:
+            if any(r.violated):
+                clean_since[0] = None
+                return None
+            if clean_since[0] is None:
+                clean_since[0] = t0
+            due = clean_since[0] + hold_s
+            if due <= t1 + EPS:
+                done[0] = True
+                return due
+            return None
+
+        if st.t >= deadline_s:
+            # steps overran the deadline: judge the instant they ended
+            return VerifyResult(not any(self.rates().violated) and hold_s <= 0, st.t,
+                                Span(st.t, st.t))
+        span = self.advance(deadline_s - st.t, stop)
+        return VerifyResult(done[0], st.t, span)
+
+    def metrics(self) -> Metrics:
+        r = self.rates()
+        comps = {name: ComponentMetrics(*c) for name, c in zip(self.topo.names, r.comps)}
+        e = r.comps[self.topo.edge]
+        edge = ComponentMetrics(r.edge_rps, r.edge_error, r.edge_p50, r.edge_p99, e[4], e[5])
+        failing = tuple(rule.name for rule, v in zip(self.rules, r.violated) if v)
+        return Metrics(self.state.t, edge, comps, failing)
+
+    # ------------------------------------------------------------------ steps
+
+    def run_step(self, step: Step, settings: dict[str, Any]) -> StepResult:
+        st = self.state
+        st.phase, st.step = "rollback", step.name
+        start = st.t
+        span = Span(start, start)
+        status, message = "ok", ""
+        target = self.topo.index.get(step.target or "", -1)
+        action = step.action
+        if action == "scale":
+            self._scale(step, target, int(settings["replicas"]), span)
+        elif action in ("rollback_version", "revert_config"):
+            dim = 0 if action == "rollback_version" else 1
+            self._replace(step, target, dim, int(settings.get("batch", 1)),
+                          float(settings.get("drain", 30.0)), span)
+        elif action == "migrate_down":
+            status, message = self._migrate_down(step, target, bool(settings.get("online")),
+                                                 span)
+        elif action == "disable_flag":
+            span.add(self.advance(5.0 * self.jitter(step.name)))
+            st.flags_off.add((step.target or "", str(settings["flag"])))
+            self._touch()
+        elif action == "flush_cache":
+            span.add(self.advance(1.0))
+            st.warmth[target] = 0.0
+            self._touch()
+        elif action == "warm_cache":
+            st.warm_rate[target] = 4.0
+            remaining = (1.0 - st.warmth[target]) * self._cache_warmup(target) / 4.0
+            span.add(self.advance(max(1.0, math.ceil(remaining / QUANTUM_S) * QUANTUM_S)))
+            st.warmth[target] = 1.0
+            st.warm_rate[target] = 1.0
+            self._touch()
+        elif action == "wait":
+            span.add(self.advance(float(settings["duration"])))
+        elif action == "command":
+            self._command(step, span)
+        st.step = None
+        span.start_s, span.end_s = start, st.t
+        return StepResult(step.name, action, status, dict(settings), span, message)
+
+    def _scale(self, step: Step, i: int, replicas: int, span: Span) -> None:
+        st = self.state
+        b = st.buckets[i]
+        current = round(sum(b))
+        if replicas > current:
+            svc = self.scenario.deployment.services[i]
+            span.add(self.advance(svc.startup * self.jitter(step.name)))
+            ver, cfg = st.template[i]
+            b[ver * 2 + cfg] += replicas - current
+        elif replicas < current:
+            span.add(self.advance(1.0))
+            self._take(b, current - replicas, dim=None)
+        else:
+            span.add(self.advance(1.0))
+        self._touch()
+
+    @staticmethod
+    def _take(b: list[float], count: float, dim: int | None) -> None:
+        """Remove ``count`` ready replicas, from the live side of ``dim`` when given."""
+        pools = [LL, LP, PL, PP] if dim is None else ([LL, LP] if dim == 0 else [LL, PL])
+        if dim is None:
+            pools.sort(key=lambda k: -b[k])
+        for k in pools:
+            took = min(b[k], count)
+            b[k] -= took
+            count -= took
+            if count <= EPS:
+                return
+
+    def _replace(self, step: Step, i: int, dim: int, batch: int, drain: float,
+                 span: Span) -> None:
+        """Rolling replacement in batches: out of service, drain, stop, start, ready."""
+        st = self.state
+        svc = self.scenario.deployment.services[i]
+        st.template[i][dim] = 1
+        b = st.buckets[i]
+        live_pools = (LL, LP) if dim == 0 else (LL, PL)
+        remaining = b[live_pools[0]] + b[live_pools[1]]
+        k = 0
+        while remaining > EPS:
+            n = min(float(batch), remaining)
+            before = [b[LL], b[LP], b[PL], b[PP]]
+            per_replica_rps = self.rates().comps[i][0] / max(sum(b), EPS)
+            self._take(b, n, dim)
+            taken = [x - y for x, y in zip(before, b)]
+            self._touch()
+            if drain > 0:
+                span.add(self.advance(drain))
+            # in-flight requests still running when the replica stops are dropped
+            tau = svc.inflight_time
+            unfinished = max(0.0, 1.0 - drain / tau) ** 2 if tau > 0 else 0.0
+            dropped = n * per_replica_rps * tau * 0.5 * unfinished
+            load_i = max(self.rates().comps[i][0], EPS)
+            if dropped > 0:
+                st.impulse[i] = min(1.0, dropped / load_i)
+                self._touch()
+                span.add(self.advance(1.0))
+                st.impulse.pop(i, None)
+                self._touch()
+                span.add(self.advance(STOP_S - 1.0))
+            else:
+                span.add(self.advance(STOP_S))
+            span.add(self.advance(svc.startup * self.jitter(step.name, k)))
+            for pool, count in enumerate(taken):
+                if count > 0:
+                    ver, cfg = divmod(pool, 2)
+                    if dim == 0:
+                        ver = 1
+                    else:
+                        cfg = 1
+                    b[ver * 2 + cfg] += count
+            self._touch()
+            remaining -= n
+            k += 1
+
+    def _migrate_down(self, step: Step, i: int, online: bool, span: Span) -> tuple[str, str]:
+        st = self.state
+        ds = self.scenario.deployment.datastores[i - len(self.scenario.deployment.services)]
+        mig = ds.migration
+        assert mig is not None  # checked by the scenario loader
+        if not mig.reversible:
+            span.add(self.advance(5.0))
+            return "failed", f"migration on '{ds.name}' is irreversible: migrate_down failed"
+        if st.schema_prev[i]:
+            span.add(self.advance(1.0))
+            return "ok", "schema already at the previous version"
+        duration = mig.duration * self.jitter(step.name)
+        if online:
+            st.online[i] = True
+            self._touch()
+            span.add(self.advance(duration * mig.online_factor))
+            st.online[i] = False
+        else:
+            st.locked[i] = True
+            self._touch()
+            span.add(self.advance(duration))
+            st.locked[i] = False
+        st.schema_prev[i] = True
+        self._touch()
+        return "ok", ""
+
+    def _command(self, step: Step, span: Span) -> None:
+        st = self.state
+        sim = step.sim
+        if sim is None:
+            span.add(self.advance(1.0))
+            return
+        st.command_effects = tuple(ActiveEffect(e.metric, e.target, e.add or 0.0,
+                                                e.factor or 1.0) for e in sim.effects)
+        self._touch()
+        span.add(self.advance(sim.duration * self.jitter(step.name)))
+        st.command_effects = ()
+        if self.injection is not None and self.injection.incident in sim.fixes:
+            st.cause_fixed = True
+        self._touch()
