@@ -132,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         "mean": round(float(v.mean()), 2),
         "daily_peak_s": true_daily_peak_s(),
         "excursions": [
-            {"kind": e.kind, "start_s": e.start_s, "duration_s": e.duration_s,
-             "magnitude": e.magnitude}
+            {
+                "kind": e.kind,
+                "start_s": e.start_s,
+                "duration_s": e.duration_s,
+                "magnitude": e.magnitude,
+            }
             for e in EXCURSIONS
         ],
     }

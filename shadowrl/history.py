@@ -102,9 +102,7 @@ def _average_duplicates(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.nd
 # --------------------------------------------------------------------------- loading
 
 
-def load_series(
-    path: str | Path, fmt: str | None = None, column: str = "value"
-) -> Series:
+def load_series(path: str | Path, fmt: str | None = None, column: str = "value") -> Series:
     """Read a history file; ``fmt`` is ``prometheus`` or ``csv`` (None: from the extension).
 
     Raises ``HistoryError`` naming the file (and, for CSV, the line) on bad input, so a
@@ -132,9 +130,7 @@ def load_series(
     else:
         raise HistoryError(f"{p}: unknown history format {fmt!r} (use prometheus or csv)")
     if t.size < MIN_POINTS:
-        raise HistoryError(
-            f"{p}: only {t.size} usable point(s); need at least {MIN_POINTS}"
-        )
+        raise HistoryError(f"{p}: only {t.size} usable point(s); need at least {MIN_POINTS}")
     return Series(t, v, name=name)
 
 
@@ -190,9 +186,7 @@ def _parse_csv(text: str, path: Path, column: str) -> tuple[np.ndarray, np.ndarr
             ts_col, val_col = lowered.index("timestamp"), lowered.index(column.lower())
             continue
         if len(row) <= max(ts_col, val_col):
-            raise HistoryError(
-                f"{path}:{line}: expected {len(header)} fields, got {len(row)}"
-            )
+            raise HistoryError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
         raw_t, raw_v = row[ts_col], row[val_col].strip()
         if raw_v.lower() in _MISSING:
             continue
@@ -357,9 +351,7 @@ def _auto_weekly(series: Series, period_s: float, weekly: bool | None) -> bool:
     return period_s == DAY_S and series.span_s >= 14 * DAY_S - 1e-6
 
 
-def _weekly_factors(
-    v: np.ndarray, phase: np.ndarray, chunk: np.ndarray, nbins: int
-) -> np.ndarray:
+def _weekly_factors(v: np.ndarray, phase: np.ndarray, chunk: np.ndarray, nbins: int) -> np.ndarray:
     """Level of each period-of-the-week (mean 1), from robust per-period levels."""
     prof = _smooth_circular(_fill_circular(_binned_median(v, phase, nbins)), _smooth_width(nbins))
     nchunks = int(chunk.max()) + 1
@@ -375,8 +367,9 @@ def _week_from_levels(level_c: np.ndarray) -> np.ndarray:
     """
     overall = float(np.median(level_c))
     week = np.array([np.median(np.append(level_c[k::7], overall)) for k in range(7)])
-    mean = float(np.mean(week))
-    return week / mean if mean > 0 else np.ones(7)
+    if not np.all(week > 0):  # signed or zero-level data: no multiplicative season
+        return np.ones(7)
+    return week / float(np.mean(week))
 
 
 def robust_baseline(
@@ -632,7 +625,7 @@ class SeasonalForecast:
         pred = prev[ok] * factor[ok]
         rel = v[ok] / _safe(pred) - 1.0
         alpha = (1.0 - coverage) / 2.0
-        q_lo, q_hi = (np.quantile(rel, [alpha, 1 - alpha]) if rel.size else (0.0, 0.0))
+        q_lo, q_hi = np.quantile(rel, [alpha, 1 - alpha]) if rel.size else (0.0, 0.0)
         return cls(
             period_s=float(period_s),
             step_s=series.step_s,

@@ -1,0 +1,269 @@
+"""RollbackEnv: choosing rollback steps and settings as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from shadowrl.deviation import DeviationSimulator
+from shadowrl.rehearsal import Rehearsal, finish, start_incident
+from shadowrl.shadow import make_backend
+from shadowrl.shadow.base import Breach, Injection, Metrics, Span, StepResult
+from shadowrl.spec import Procedure, Scenario, Step, load_scenario
+
+OBS_CAP = 10.0
+
+
+class RollbackEnv(gym.Env[np.ndarray, int]):
+    """
+    ## Description
+
+    One episode is one incident in a shadow of the deployment. ``reset`` launches the shadow,
+    injects an incident drawn by the deviation simulator and runs until an SLO rule breaches.
+    Each action then runs the next rollback step, with chosen settings, inside the shadow.
+    The episode ends when every required step has run (optional ones run or skipped) and
+    verification has passed or timed out, or early when a step fails.
+
+    ## Action Space
+
+    ``Discrete(n)`` over (step, settings) pairs: every combination of each step's tunable
+    setting choices, plus one "skip" action per optional step. :meth:`action_masks` marks the
+    valid ones (step not yet done, its ``after`` steps done); MaskablePPO uses it. A masked
+    action is not executed: it costs ``invalid_penalty`` and the state does not change.
+
+    ## Observation Space
+
+    ``Box(0, 10, (d,), float32)``: for each component its error rate, p99 latency relative to
+    healthy, CPU and load relative to healthy; the same for the edge; which SLO rules are
+    failing; the incident's visible signature (error rate and latency ratio per component at
+    the breach); which steps are done or skipped; time since the breach over the timeout. The
+    hidden cause of the incident is never observed.
+
+    ## Rewards
+
+    Minus the cost each step caused, in minutes: downtime plus ``failed_request_weight`` x
+    failed requests / healthy edge rps; the last step also pays for the verification period.
+    A failed step costs ``failed_step_penalty`` more.
+
+    ## Episode End
+
+    Terminated when all steps are done or skipped (after verification), or when a step
+    fails. Truncated after ``max_actions`` actions (only reachable by repeated masked actions).
+
+    ## Arguments
+
+    ``scenario`` (path or :class:`Scenario`), ``procedure`` (default: the scenario's),
+    ``backend`` (``"sim"``), ``incident`` (fix the incident; default drawn by weight),
+    ``failed_request_weight`` (0.5), ``failed_step_penalty`` (10.0 minutes),
+    ``invalid_penalty`` (1.0), ``history`` (a deviation history model), ``at`` (``now``/``peak``).
+    ``reset(seed=s)`` makes episode seed ``s``: the same incident as ``shadowrl simulate
+    --seed s``.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, scenario: str | Path | Scenario, procedure: Procedure | None = None,
+                 backend: str = "sim", incident: str | None = None,
+                 failed_request_weight: float = 0.5, failed_step_penalty: float = 10.0,
+                 invalid_penalty: float = 1.0, history: Any = None, at: str = "now",
+                 render_mode: str | None = None) -> None:
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.procedure = procedure or self.scenario.procedure
+        self.backend_kind = backend
+        self.shadow = make_backend(backend, self.scenario)
+        self.deviation = DeviationSimulator(self.scenario, history=history, at=at)  # type: ignore[arg-type]
+        self.incident = incident
+        self.failed_request_weight = failed_request_weight
+        self.failed_step_penalty = failed_step_penalty
+        self.invalid_penalty = invalid_penalty
+        self.render_mode = render_mode
+        self.steps: list[Step] = list(self.procedure.steps)
+        self.step_index = {s.name: i for i, s in enumerate(self.steps)}
+        self.actions: list[tuple[int, dict[str, Any] | None]] = []
+        for i, step in enumerate(self.steps):
+            tunables = step.tunables()
+            keys = list(tunables)
+            for combo in itertools.product(*(tunables[k].choices for k in keys)):
+                self.actions.append((i, dict(zip(keys, combo))))
+            if step.optional:
+                self.actions.append((i, None))
+        self._after = [[self.step_index[d] for d in s.after] for s in self.steps]
+        self._action_step = np.array([i for i, _ in self.actions])
+        self._required = np.array([not s.optional for s in self.steps])
+        self.action_space = spaces.Discrete(len(self.actions))
+        n_comp = len(self.shadow.topo.names)  # type: ignore[attr-defined]
+        n_obs = 4 * n_comp + 4 + len(self.scenario.slo.rules) + 2 * n_comp + 2 * len(
+            self.steps) + 1
+        self.observation_space = spaces.Box(0.0, OBS_CAP, (n_obs,), np.float32)
+        self.max_actions = 4 * len(self.steps) + 4
+        self._healthy: Metrics | None = None
+        self._healthy_rps = 1.0
+        self._reset_state()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reset_state(self) -> None:
+        self.status = np.zeros(len(self.steps), dtype=np.int8)  # 0 todo, 1 done, 2 skipped
+        self.results: list[StepResult] = []
+        self.injection: Injection | None = None
+        self.breach: Breach | None = None
+        self.signature = np.zeros(0, dtype=np.float32)
+        self.n_actions = 0
+        self.failed = False
+        self.rehearsal: Rehearsal | None = None
+
+    def _healthy_metrics(self) -> Metrics:
+        """Metrics of the healthy deployment at nominal load: the observation's yardstick."""
+        if self._healthy is None:
+            self.shadow.launch(0)
+            self._healthy = self.shadow.metrics()
+            self._healthy_rps = max(self._healthy.edge.rps, 1e-6)
+        return self._healthy
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions: step not done, its ``after`` steps done or skipped."""
+        open_steps = np.array([self.status[i] == 0 and all(self.status[d] for d in after)
+                               for i, after in enumerate(self._after)], dtype=bool)
+        if self.failed or self.rehearsal is not None:
+            return np.zeros(len(self.actions), dtype=bool)
+        return open_steps[self._action_step]
+
+    def describe(self, action: int) -> str:
+        i, settings = self.actions[action]
+        if settings is None:
+            return f"skip {self.steps[i].name}"
+        text = ", ".join(f"{k}={v}" for k, v in settings.items())
+        return f"{self.steps[i].name}({text})"
+
+    def _observe(self) -> np.ndarray:
+        healthy = self._healthy_metrics()
+        m = self.shadow.metrics()
+        parts: list[float] = []
+        for name, c in m.components.items():
+            h = healthy.components[name]
+            parts += [c.error_rate, _ratio(c.latency_p99_ms, h.latency_p99_ms), c.cpu,
+                      _ratio(c.rps, h.rps)]
+        parts += [m.edge.error_rate, _ratio(m.edge.latency_p99_ms, healthy.edge.latency_p99_ms),
+                  m.edge.cpu, _ratio(m.edge.rps, healthy.edge.rps)]
+        failing = set(m.failing_rules)
+        parts += [1.0 if r.name in failing else 0.0 for r in self.scenario.slo.rules]
+        obs = np.concatenate([
+            np.asarray(parts, dtype=np.float32), self.signature,
+            (self.status == 1).astype(np.float32), (self.status == 2).astype(np.float32),
+            np.asarray([self._elapsed()], dtype=np.float32)])
+        return np.clip(np.nan_to_num(obs, nan=0.0, posinf=OBS_CAP), 0.0, OBS_CAP)
+
+    def _elapsed(self) -> float:
+        if self.breach is None:
+            return 0.0
+        return (self.shadow.now() - self.breach.at_s) / self.procedure.verify.timeout
+
+    def _signature(self) -> np.ndarray:
+        healthy = self._healthy_metrics()
+        m = self.shadow.metrics()
+        sig: list[float] = []
+        for name, c in m.components.items():
+            sig += [c.error_rate, _ratio(c.latency_p99_ms,
+                                         healthy.components[name].latency_p99_ms)]
+        return np.asarray(sig, dtype=np.float32)
+
+    def _cost(self, span: Span) -> float:
+        return (span.downtime_s + self.failed_request_weight * span.failed_requests
+                / self._healthy_rps) / 60.0
+
+    # ------------------------------------------------------------------ gym API
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self._healthy_metrics()
+        self._reset_state()
+        incident = (options or {}).get("incident", self.incident)
+        self.injection, self.breach = start_incident(self.shadow, self.deviation, episode_seed,
+                                                     incident)
+        self.episode_seed = episode_seed
+        self.signature = self._signature()
+        info = {"incident": self.injection.incident, "breach_at_s": self.breach.at_s,
+                "episode_seed": episode_seed}
+        return self._observe(), info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.breach is None:
+            raise RuntimeError("call reset() before step()")
+        self.n_actions += 1
+        action = int(action)
+        mask = self.action_masks()
+        info: dict[str, Any] = {}
+        if not (0 <= action < len(self.actions)) or not mask[action]:
+            truncated = self.n_actions >= self.max_actions
+            info["invalid_action"] = True
+            return self._observe(), -self.invalid_penalty, False, truncated, info
+        i, settings = self.actions[action]
+        step = self.steps[i]
+        if settings is None:
+            self.status[i] = 2
+            t = self.shadow.now()
+            self.results.append(StepResult(step.name, step.action, "skipped", {}, Span(t, t),
+                                           "optional step skipped"))
+            reward = 0.0
+        else:
+            result = self.shadow.run_step(step, settings)
+            self.results.append(result)
+            self.status[i] = 1
+            reward = -self._cost(result.span)
+            if result.status == "failed":
+                self.failed = True
+                reward -= self.failed_step_penalty
+        info["step"] = self.results[-1].name
+        all_done = bool(np.all(self.status[self._required] != 0)) and bool(
+            np.all(self.status != 0))
+        if all_done or self.failed:
+            before = self.shadow.now()
+            verify_cost_span = self._finish()
+            reward -= self._cost(verify_cost_span)
+            info["verify_s"] = self.shadow.now() - before
+            assert self.rehearsal is not None
+            info["rehearsal"] = self.rehearsal
+            info["outcome"] = self.rehearsal.outcome
+            info["downtime_s"] = self.rehearsal.downtime_s
+            return self._observe(), float(reward), True, False, info
+        return self._observe(), float(reward), False, False, info
+
+    def _finish(self) -> Span:
+        """Skip what is left (after a failure), verify, and judge the rehearsal."""
+        for i, step in enumerate(self.steps):
+            if self.status[i] == 0:
+                self.status[i] = 2
+                t = self.shadow.now()
+                self.results.append(StepResult(step.name, step.action, "skipped", {},
+                                               Span(t, t), "skipped after a failed step"))
+        assert self.injection is not None and self.breach is not None
+        steps_cost = sum(r.span.downtime_s for r in self.results)
+        steps_failed = sum(r.span.failed_requests for r in self.results)
+        self.rehearsal = finish(self.scenario, self.procedure, self.shadow, self.episode_seed,
+                                self.injection, self.breach, self.results)
+        return Span(0.0, 0.0, self.rehearsal.downtime_s - steps_cost,
+                    self.rehearsal.failed_requests - steps_failed)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        m = self.shadow.metrics()
+        done = [r.name + ("" if r.status == "ok" else f" ({r.status})") for r in self.results]
+        return (f"t={m.at_s:.0f}s edge err={m.edge.error_rate:.4f} "
+                f"p99={m.edge.latency_p99_ms:.0f}ms failing={list(m.failing_rules)} "
+                f"steps={done}")
+
+
+def _ratio(value: float, healthy: float) -> float:
+    if healthy <= 0:
+        return 0.0
+    r = value / healthy
+    return r if math.isfinite(r) else OBS_CAP
