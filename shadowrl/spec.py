@@ -595,7 +595,6 @@ def _check_references(sc: Scenario) -> list[tuple[PathKey, str]]:
     dep = sc.deployment
     services = {s.name: s for s in dep.services}
     datastores = {d.name: d for d in dep.datastores}
-    caches = {c.name: c for c in dep.caches}
     seen: dict[str, PathKey] = {}
     for group, items in (("services", dep.services), ("datastores", dep.datastores),
                          ("caches", dep.caches)):

@@ -300,7 +300,7 @@ CASES = [
      "x.yaml:59: procedure.steps[4].settings: action 'wait' needs setting 'duration'"),
     ("missing-field", "      capacity_rps: 50\n", "",
      "x.yaml:7: deployment.services[0].capacity_rps: field required"),
-    ("flag-not-served-cause", "flag: new-ui}", "flag: dark-mode}",
+    ("flag-not-served-cause", "web, flag: new-ui}", "web, flag: dark-mode}",
      "x.yaml:35: incidents[1].cause.flag: 'dark-mode' is not one of ['new-ui']"),
     ("flag-not-served-step", "{flag: new-ui}", "{flag: dark-mode}",
      "x.yaml:56: procedure.steps[3].settings.flag: 'dark-mode' is not a flag of 'web' "
