@@ -101,6 +101,108 @@ def simulate(
     print_rehearsal(data)
 
 
+def history_or_exit(path: Path | None, scenario: Scenario) -> Any:
+    """``--history`` overrides ``deviations.history``; the format comes from the extension."""
+    from shadowrl.deviation import load_history
+    from shadowrl.history import HistoryError
+
+    spec = scenario.deviations.history
+    if path is None and spec is None:
+        return None
+    if path is not None:
+        fmt = {".json": "prometheus", ".csv": "csv"}.get(path.suffix.lower())
+        if fmt is None:
+            fail(f"{path}: --history needs a .json (Prometheus) or .csv file")
+        source, column = path, "value"
+    else:
+        assert spec is not None
+        base = getattr(scenario, "_source", Path(".")).parent
+        source, fmt, column = base / spec.file, spec.format, spec.column
+    try:
+        return load_history(source, fmt, column=column)
+    except FileNotFoundError:
+        fail(f"{source}: no such history file")
+    except HistoryError as exc:
+        fail(str(exc))
+
+
+@app.command("rehearse")
+def rehearse_cmd(
+    file: Path = typer.Argument(..., help="Scenario YAML."),
+    runs: int = typer.Option(20, min=1, help="Number of rehearsals (run i uses seed+i)."),
+    seed: int = typer.Option(0, help="First seed."),
+    procedure: Path | None = typer.Option(None, help="YAML file with a `procedure:` block."),
+    out: Path | None = typer.Option(None, help="Folder for report.html, profiles.parquet, "
+                                               "alerts.json and summary.json."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    history: Path | None = typer.Option(None, help="Prometheus .json or .csv history; "
+                                                   "overrides deviations.history."),
+    at: str = typer.Option("now", help="now | peak: place incidents at the forecast peak."),
+    alert_webhook: str | None = typer.Option(
+        None, help="Alertmanager-style webhook URL (or SHADOWRL_ALERT_WEBHOOK)."),
+) -> None:
+    """Rehearse many incidents with the procedure; profile, report and alert."""
+    from shadowrl.campaign import (
+        all_alerts,
+        run_campaign,
+        send_alerts,
+        summarize_campaign,
+        write_outputs,
+    )
+    from shadowrl.rehearsal import NoBreachError
+
+    if at not in ("now", "peak"):
+        fail(f"--at must be 'now' or 'peak', not {at!r}")
+    sc = load_or_exit(file)
+    proc = procedure_or_exit(procedure, sc)
+    hist = history_or_exit(history, sc)
+    try:
+        campaign = run_campaign(sc, runs, seed, procedure=proc, history=hist, at=at,
+                                record_profile=out is not None)
+    except NoBreachError as exc:
+        fail(f"{file}: {exc}")
+    summary = summarize_campaign(sc, "configured" if procedure is None else str(procedure),
+                                 campaign)
+    if hist is not None:
+        summary["history"] = hist.source
+    alerts = all_alerts(campaign.runs)
+    if out is not None:
+        summary["outputs"] = write_outputs(out, sc, summary, campaign.runs,
+                                           " ".join(["shadowrl", *sys.argv[1:]]))
+    errors = send_alerts(alerts, out, alert_webhook)
+    if errors:
+        summary["alert_errors"] = errors
+    if json_out:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+    if campaign.interrupted:
+        err.print(f"interrupted: kept {len(campaign.runs)} finished runs")
+        raise typer.Exit(130)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    o = summary["outcomes"]
+    d = summary["downtime_s"]
+    out.print(f"[bold]{summary['scenario']}[/] policy [bold]{summary['policy']}[/]: "
+              f"{summary['runs']} runs, [green]{o['recovered']} recovered[/], "
+              f"[red]{o['rollback_failed']} failed[/], "
+              f"[red]{o['rollback_ineffective']} ineffective[/]")
+    out.print(f"downtime mean {d['mean']:.0f}s  p50 {d['p50']:.0f}s  p95 {d['p95']:.0f}s  "
+              f"max {d['max']:.0f}s; failed requests mean "
+              f"{summary['failed_requests']['mean']:.0f}")
+    table = Table("step", "mean s", "p95 s", "downtime share")
+    for s in summary["steps"]:
+        table.add_row(s["name"], f"{s['mean_s']:.0f}", f"{s['p95_s']:.0f}",
+                      f"{s['downtime_share']:.0%}")
+    out.print(table)
+    for a in summary["alerts"]:
+        out.print(f"[yellow]{a['kind']}[/] x{a['count']}: {a['message']}", markup=True,
+                  highlight=False)
+    for key, path in summary.get("outputs", {}).items():
+        out.print(f"{key}: {path}")
+
+
 def print_rehearsal(data: dict[str, Any]) -> None:
     colour = {"recovered": "green", "rollback_failed": "red",
               "rollback_ineffective": "red"}[data["outcome"]]
