@@ -76,7 +76,7 @@ def _bump(tod_s: np.ndarray, centre_h: float, width_h: float) -> np.ndarray:
 
 def daily_shape(tod_s: np.ndarray) -> np.ndarray:
     """Relative load by time of day (UTC seconds): trough near 04:00, peak in the evening."""
-    return 0.3 + 0.45 * _bump(tod_s, 11.5, 2.5) + 0.75 * _bump(tod_s, 20.5, 2.0)
+    return 0.55 + 0.25 * _bump(tod_s, 11.5, 2.5) + 0.45 * _bump(tod_s, 20.5, 2.0)
 
 
 def true_daily_peak_s() -> float:

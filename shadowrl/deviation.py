@@ -26,6 +26,7 @@ from shadowrl.shadow.base import ActiveEffect, Injection
 from shadowrl.spec import Incident, Scenario
 
 DAY_S = 86400.0
+PEAK_LEAD_S = 600.0  # with at="peak", the incident starts at most this long after launch
 Mode = Literal["random", "historical"]
 At = Literal["now", "peak"]
 
@@ -37,7 +38,8 @@ class HistoryModel:
     pattern: Callable[[float], float]
     shapes: list[tuple[float, ...]]  # relative deviation per step, strongest first
     shape_step_s: float
-    peak_offset_s: float  # time of day of the forecast peak (seconds)
+    peak_offset_s: float  # forecast peak, in seconds from the history's first sample
+    span_s: float  # length of the history; the pattern repeats its seasons beyond it
     source: str
 
 
@@ -64,10 +66,14 @@ def load_history(path: str | Path, fmt: str | None = None, column: str = "value"
         env[top:] = np.maximum(env[top:], 1.0)
         shapes.append(tuple(float(v) for v in env))
     forecast = SeasonalForecast.fit(series)
-    peak = float(forecast.peak_offset_s(DAY_S))
-    last = float(series.t[-1])
-    return HistoryModel(load_pattern(series), shapes, quantum_s, (last + peak) % DAY_S,
-                        str(path))
+    span = float(series.t[-1] - series.t[0])
+    # The scenario's `rps` is the level the deployment is sized for; with a history that is its
+    # busy level (99th percentile of the pattern), so quieter hours run below it.
+    shape = load_pattern(series)
+    grid = np.arange(0.0, span, max(series.step_s, 60.0))
+    busy = float(np.percentile([shape(float(x)) for x in grid], 99)) or 1.0
+    peak = span + float(forecast.peak_offset_s(DAY_S))
+    return HistoryModel(lambda t: shape(t) / busy, shapes, quantum_s, peak, span, str(path))
 
 
 class DeviationSimulator:
@@ -96,10 +102,16 @@ class DeviationSimulator:
         load = float(rng.uniform(*dev.load))
         start = float(rng.uniform(0.0, DAY_S))
         shape_pick = int(rng.integers(0, 1 << 30))
-        if self.at == "peak" and self.history is not None:
-            # Place the incident's onset at the predicted peak of the coming day.
-            start = (self.history.peak_offset_s - onset) % DAY_S
+        if self.history is not None:
+            # Pattern time is seconds from the history's start: replay a random point of it,
+            # or place the incident's onset at the forecast peak of the day after it.
+            start = start / DAY_S * self.history.span_s
+            load = 1.0  # the history's own shape carries the load variation
+            if self.at == "peak":
+                onset = min(onset, PEAK_LEAD_S)  # start the shadow shortly before the peak
+                start = self.history.peak_offset_s - onset
         elif self.at == "peak" and self.scenario.deployment.traffic.pattern == "diurnal":
+            onset = min(onset, PEAK_LEAD_S)
             start = (72000.0 - onset) % DAY_S
         effects = self._effects(chosen, magnitude, shape_pick)
         cause = chosen.cause
@@ -123,8 +135,9 @@ class DeviationSimulator:
                                     shape, step))
         return tuple(out)
 
-    def expected_onset_max(self) -> float:
-        return float(self.scenario.deviations.onset[1])
+    def load_pattern(self) -> Callable[[float], float] | None:
+        """The history's load shape for the shadow, or None for the scenario's own pattern."""
+        return self.history.pattern if self.history is not None else None
 
 
 def shape_duration(shape: tuple[float, ...] | None, step_s: float) -> float:

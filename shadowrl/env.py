@@ -76,8 +76,9 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.procedure = procedure or self.scenario.procedure
         self.backend_kind = backend
-        self.shadow = make_backend(backend, self.scenario)
         self.deviation = DeviationSimulator(self.scenario, history=history, at=at)  # type: ignore[arg-type]
+        self.shadow = make_backend(backend, self.scenario,
+                                   pattern=self.deviation.load_pattern())
         self.incident = incident
         self.failed_request_weight = failed_request_weight
         self.failed_step_penalty = failed_step_penalty

@@ -121,14 +121,28 @@ def ordered_steps(procedure: Procedure) -> list[Step]:
 
 def start_incident(shadow: ShadowBackend, deviation: DeviationSimulator, seed: int,
                    incident: str | None = None) -> tuple[Injection, Breach]:
-    """Launch, inject and run to the breach; redraw deviations too weak to breach."""
+    """Launch, inject and run to the breach.
+
+    Draws too weak to breach are redrawn, and so are draws whose SLO breaches before the
+    incident starts: those would rehearse the load, not the rollback.
+    """
+    baseline = 0
     for attempt in range(MAX_DRAWS):
         injection = deviation.draw(seed, incident, attempt)
         shadow.launch(seed)
         shadow.inject(injection)
         breach = shadow.run_until_breach(injection.onset_s + BREACH_SEARCH_S)
-        if breach is not None:
-            return injection, breach
+        if breach is None:
+            continue
+        if breach.at_s < injection.onset_s:
+            baseline += 1
+            continue
+        return injection, breach
+    if baseline == MAX_DRAWS:
+        raise NoBreachError(
+            f"the SLO breaches before any incident starts in all {MAX_DRAWS} draws (seed "
+            f"{seed}): the deployment cannot hold its SLO at the drawn load; lower the load "
+            f"range or the history's scale, or add capacity")
     name = f"incident '{incident}'" if incident else "the scenario's incidents"
     raise NoBreachError(f"{name} did not breach any SLO rule in {MAX_DRAWS} draws "
                         f"(seed {seed}); raise the effects or lower the rule thresholds")
@@ -247,9 +261,10 @@ def rehearse(scenario: Scenario, seed: int, *, incident: str | None = None,
     procedure = procedure or scenario.procedure
     plan = list(plan) if plan is not None else configured_plan(procedure)
     validate_plan(procedure, plan)
-    shadow = (backend_factory(scenario) if backend_factory
-              else SimShadow(scenario, record_profile=record_profile))
     deviation = deviation or DeviationSimulator(scenario)
+    shadow = (backend_factory(scenario) if backend_factory
+              else SimShadow(scenario, record_profile=record_profile,
+                             pattern=deviation.load_pattern()))
     injection, breach = start_incident(shadow, deviation, seed, incident)
     results = run_plan(shadow, procedure, plan)
     rehearsal = finish(scenario, procedure, shadow, seed, injection, breach, results)

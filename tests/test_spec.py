@@ -346,7 +346,7 @@ def test_several_problems_are_all_reported() -> None:
     assert any(p.startswith("x.yaml:50: procedure.steps[2].target:") for p in found)
 
 
-def test_problem_names_the_path_given(tmp_path: Path) -> None:
+def test_problem_names_the_path_given() -> None:
     Path("envs").mkdir()
     found = problems(edit("after: [revert-web]", "after: [revert-api]"), name="envs/x.yaml")
     assert found == ["envs/x.yaml:51: procedure.steps[2].after[0]: unknown step 'revert-api'"]
