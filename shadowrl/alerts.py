@@ -219,7 +219,7 @@ def _labels(alert: Alert) -> dict[str, str]:
     # Labels identify the alert (Alertmanager dedups and routes on them), so they hold
     # only stable facts; per-run details (run, seed, value) go to annotations.
     raw = {
-        "alertname": f"ShadowRollback{_camel(alert.kind)}",
+        "alertname": f"ShadowRollback{_camel(alert.kind.removeprefix('rollback_'))}",
         "severity": alert.severity,
         "scenario": alert.scenario,
         "step": alert.step,

@@ -87,7 +87,8 @@ Name = Annotated[str, BeforeValidator(_check_name)]
 class Strict(BaseModel):
     """Base for all scenario models: unknown keys are errors, aliases accepted."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False,
+                              allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- deployment
@@ -401,7 +402,7 @@ def format_path(path: Iterable[str | int]) -> str:
 
 
 def _construct(node: yaml.Node, path: PathKey, lines: _LineMap, file: str,
-               counter: list[int]) -> Any:
+               counter: list[int], loader: yaml.SafeLoader) -> Any:
     counter[0] += 1
     if counter[0] > MAX_NODES:
         raise SpecError([Problem(file, node.start_mark.line + 1, format_path(path),
@@ -413,7 +414,7 @@ def _construct(node: yaml.Node, path: PathKey, lines: _LineMap, file: str,
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise SpecError([Problem(file, key_node.start_mark.line + 1, format_path(path),
                                          "YAML merge keys ('<<') are not supported")])
-            key = _construct(key_node, path, lines, file, counter)
+            key = _construct(key_node, path, lines, file, counter, loader)
             if isinstance(key, (dict, list)) or key is None:
                 raise SpecError([Problem(file, key_node.start_mark.line + 1, format_path(path),
                                          "mapping keys must be plain strings")])
@@ -423,16 +424,18 @@ def _construct(node: yaml.Node, path: PathKey, lines: _LineMap, file: str,
                                          format_path((*path, key)), "duplicate key")])
             child = (*path, key)
             lines.lines[child] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, child, lines, file, counter)
+            out[key] = _construct(value_node, child, lines, file, counter, loader)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), lines, file, counter)
+        return [_construct(item, (*path, i), lines, file, counter, loader)
                 for i, item in enumerate(node.value)]
-    return _SCALAR_LOADER.construct_object(node, deep=True)
-
-
-# Resolves scalar nodes (already tagged by the composer) with YAML 1.1's safe types.
-_SCALAR_LOADER = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, KeyError, AttributeError, TypeError, OverflowError,
+            yaml.YAMLError) as exc:
+        text = str(getattr(exc, "problem", None) or exc).splitlines()[0][:120]
+        raise SpecError([Problem(file, node.start_mark.line + 1, format_path(path),
+                                 f"cannot read value {node.value[:40]!r}: {text}")]) from None
 
 
 def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
@@ -467,8 +470,11 @@ def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
         raise SpecError([Problem(file, nodes[1].start_mark.line + 1, "",
                                  "expected one YAML document, found several")])
     lines = _LineMap()
+    # A loader per file resolves scalars (already tagged by the composer) with YAML 1.1's safe
+    # types; it remembers what it built, so it must not outlive the load.
+    loader = yaml.SafeLoader("")
     try:
-        data = _construct(nodes[0], (), lines, file, [0])
+        data = _construct(nodes[0], (), lines, file, [0], loader)
     except RecursionError:
         raise SpecError([Problem(file, 1, "", "YAML nesting too deep")]) from None
     except yaml.YAMLError as exc:
@@ -784,18 +790,20 @@ def _pydantic_problems(exc: ValidationError, file: str, lines: _LineMap,
     return _drop_union_noise(problems)
 
 
+_UNION_TAGS = {"Tunable", "CsvPattern", "str", "int", "float", "bool"}
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> PathKey:
-    """Drop pydantic's union-branch markers (``Tunable``, ``str``, ``function-after[...]``)."""
+    """Drop pydantic's union-branch markers, which appear only under union-typed fields:
+    a step setting (``Tunable | scalar``) and ``traffic.pattern`` (``literal | CsvPattern``)."""
     out: list[str | int] = []
     for part in loc:
-        if isinstance(part, int):
-            out.append(part)
-        elif part[:1].isupper() or "[" in part or part in (
-                "str", "int", "float", "bool", "constant", "diurnal", "literal['constant']",
-                "literal['diurnal']"):
+        in_setting = len(out) >= 2 and out[-2] == "settings"
+        in_pattern = bool(out) and out[-1] == "pattern"
+        if (in_setting or in_pattern) and isinstance(part, str) and (
+                part in _UNION_TAGS or part.startswith(("literal[", "function-"))):
             continue
-        else:
-            out.append(part)
+        out.append(part)
     return tuple(out)
 
 
@@ -809,6 +817,8 @@ def _drop_union_noise(problems: list[Problem]) -> list[Problem]:
 
 def scenario_from_data(data: Any, file: str, lines: _LineMap | None = None) -> Scenario:
     lines = lines or _LineMap()
+    if data is None:
+        raise SpecError([Problem(file, 1, "", "file is empty")])
     if not isinstance(data, dict):
         raise SpecError([Problem(file, lines.line(()), "", "the top level must be a mapping "
                                  f"(apiVersion, kind, ...), got a {_kind(data)}")])

@@ -142,10 +142,10 @@ def test_webhook_payload(server: Server) -> None:
     assert payload["groupKey"] == '{}:{scenario="checkout"}'
     assert payload["commonLabels"] == {"scenario": "checkout", "incident": "bad-release"}
     assert [a["labels"]["alertname"] for a in payload["alerts"]] == [
-        "ShadowRollbackRollbackFailed", "ShadowRollbackTooSlow"]
+        "ShadowRollbackFailed", "ShadowRollbackTooSlow"]
     first, second = payload["alerts"]
     assert first["status"] == "firing"
-    assert first["labels"] == {"alertname": "ShadowRollbackRollbackFailed",
+    assert first["labels"] == {"alertname": "ShadowRollbackFailed",
                                "severity": "critical", "scenario": "checkout",
                                "step": "migrate-db-down", "incident": "bad-release",
                                "kind": "rollback_failed"}

@@ -531,12 +531,9 @@ def test_arbitrary_input_raises_only_spec_error(data: str | bytes) -> None:
             assert 1 <= problem.line <= n_lines + 1, str(problem)
 
 
-# --------------------------------------------------------------------------- known bugs
-# Each one is reported to the lead; strict xfail flips to a failure once spec.py is fixed.
+# --------------------------------------------------------------------------- regressions
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, KeyError, AttributeError),
-                   reason="spec.py: YAML scalar constructor errors escape load_yaml")
 @pytest.mark.parametrize("value", ["2024-13-45", "!!int abc", "!!bool maybe",
                                    "!!timestamp soon", "1" * 5000],
                          ids=["bad-date", "int-tag", "bool-tag", "timestamp-tag", "huge-int"])
@@ -545,15 +542,11 @@ def test_bad_scalars_raise_spec_error(value: str) -> None:
     assert found and found[0].startswith("x.yaml:13:")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="spec.py: _clean_loc drops user keys such as 'Kind'")
 @pytest.mark.parametrize("key", ["Kind", "str", "constant"])
 def test_unknown_key_keeps_its_name(key: str) -> None:
     assert problems(BASE + f"{key}: 1\n") == [f"x.yaml:70: {key}: unknown field"]
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="spec.py: non-finite numbers pass range checks")
 @pytest.mark.parametrize(("old", "new"), [("{rps: 100,", "{rps: .inf,"),
                                           ("above: 0.01", "above: .nan"),
                                           ("factor: 2}", "factor: .inf}")])
@@ -561,8 +554,6 @@ def test_non_finite_numbers_rejected(old: str, new: str) -> None:
     problems(edit(old, new))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="spec.py: a null document reports 'got a NoneType'")
 @pytest.mark.parametrize("text", ["---\n", "~\n", "null\n"])
 def test_null_document_is_empty(text: str) -> None:
     assert problems(text) == ["x.yaml:1: file is empty"]
