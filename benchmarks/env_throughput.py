@@ -2,8 +2,10 @@
 
 Both envs are stepped for the same wall time. RollbackEnv takes random *valid* actions
 (picked from ``action_masks()`` with a pre-seeded numpy Generator); CartPole takes
-``action_space.sample()``. Resets are part of the timed loop for both. The process is pinned
-to one core when the OS allows it. One JSON object goes to stdout; progress to stderr.
+``action_space.sample()``. Resets are part of the timed loop for both (a RollbackEnv episode
+seed whose incident never breaches raises ``NoBreachError`` at reset; it is skipped and
+counted in ``skipped_seeds``). The process is pinned to one core when the OS allows it.
+One JSON object goes to stdout; progress goes to stderr.
 
     python benchmarks/env_throughput.py                       # envs/checkout.yaml, 5 s each
     python benchmarks/env_throughput.py --scenario envs/search.yaml --seconds 10
@@ -25,6 +27,7 @@ import gymnasium
 import numpy as np
 
 import shadowrl  # noqa: F401  (registers shadowrl/Rollback-v0)
+from shadowrl.rehearsal import NoBreachError
 
 TARGET_RATIO = 0.25
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +49,25 @@ def pin_one_core() -> int | None:
         return None
 
 
+def _reset(env: Any, episode: int) -> tuple[int, int]:
+    """Reset with episode seed ``episode``, moving past seeds whose draws never breach.
+    Returns the seed used and how many were skipped."""
+    skipped = 0
+    while True:
+        try:
+            env.reset(seed=episode)
+            return episode, skipped
+        except NoBreachError:
+            episode += 1
+            skipped += 1
+
+
 def bench_rollback(scenario: str, seconds: float, seed: int = 0) -> dict[str, Any]:
     env = gymnasium.make("shadowrl/Rollback-v0", scenario=scenario)
     base = env.unwrapped
     rng = np.random.default_rng(seed)
-    episode = seed
     steps = episodes = 0
-    env.reset(seed=episode)
+    episode, skipped = _reset(env, seed)
     start = time.perf_counter()
     deadline = start + seconds
     while True:
@@ -62,13 +77,13 @@ def bench_rollback(scenario: str, seconds: float, seed: int = 0) -> dict[str, An
         steps += 1
         if terminated or truncated:
             episodes += 1
-            episode += 1
-            env.reset(seed=episode)
+            episode, n = _reset(env, episode + 1)
+            skipped += n
         if time.perf_counter() >= deadline:
             break
     elapsed = time.perf_counter() - start
     env.close()
-    return {"steps": steps, "episodes": episodes, "elapsed": elapsed}
+    return {"steps": steps, "episodes": episodes, "elapsed": elapsed, "skipped": skipped}
 
 
 def bench_cartpole(seconds: float, seed: int = 0) -> dict[str, Any]:
@@ -110,6 +125,7 @@ def measure(scenario: str, seconds: float, cartpole_sps: float) -> dict[str, Any
         else None,
         "python": platform.python_version(),
         "seconds": seconds,
+        "skipped_seeds": rb["skipped"],  # episode seeds whose incidents never breach
     }
 
 

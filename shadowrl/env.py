@@ -105,6 +105,9 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self.max_actions = 4 * len(self.steps) + 4
         self._healthy: Metrics | None = None
         self._healthy_rps = 1.0
+        self._mask_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._obs_ref: tuple[Any, ...] | None = None  # healthy yardsticks, flattened
+        self._sig_clean: tuple[np.ndarray, list[float]] | None = None
         self._reset_state()
 
     # ------------------------------------------------------------------ helpers
@@ -129,11 +132,25 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
 
     def action_masks(self) -> np.ndarray:
         """Valid actions: step not done, its ``after`` steps done or skipped."""
-        open_steps = np.array([self.status[i] == 0 and all(self.status[d] for d in after)
-                               for i, after in enumerate(self._after)], dtype=bool)
-        if self.failed or self.rehearsal is not None:
-            return np.zeros(len(self.actions), dtype=bool)
-        return open_steps[self._action_step]
+        return self._mask().copy()
+
+    def _mask(self) -> np.ndarray:
+        """:meth:`action_masks` without the copy, memoised by the step statuses (do not
+        modify the returned array)."""
+        key = (*self.status.tolist(), self.failed or self.rehearsal is not None)
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            if key[-1]:
+                mask = np.zeros(len(self.actions), dtype=bool)
+            else:
+                status = key[:-1]
+                open_steps = np.array([status[i] == 0 and all(status[d] for d in after)
+                                       for i, after in enumerate(self._after)], dtype=bool)
+                mask = open_steps[self._action_step]
+            if len(self._mask_cache) >= 4096:
+                self._mask_cache.clear()
+            self._mask_cache[key] = mask
+        return mask
 
     def describe(self, action: int) -> str:
         i, settings = self.actions[action]
@@ -143,22 +160,35 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return f"{self.steps[i].name}({text})"
 
     def _observe(self) -> np.ndarray:
+        # Same values as clip(nan_to_num(float32(parts), nan=0, posinf=CAP), 0, CAP), with the
+        # clamp done on Python floats (NaN and negatives -> 0, above CAP and +inf -> CAP):
+        # clamping before or after the float32 cast gives the same float32.
         healthy = self._healthy_metrics()
+        ref = self._obs_ref
+        if ref is None or ref[0] is not healthy:
+            ref = self._obs_ref = (healthy, {name: (h.latency_p99_ms, h.rps) for name, h in
+                                             healthy.components.items()},
+                                   [r.name for r in self.scenario.slo.rules])
         m = self.shadow.metrics()
+        href = ref[1]
         parts: list[float] = []
         for name, c in m.components.items():
-            h = healthy.components[name]
-            parts += [c.error_rate, _ratio(c.latency_p99_ms, h.latency_p99_ms), c.cpu,
-                      _ratio(c.rps, h.rps)]
-        parts += [m.edge.error_rate, _ratio(m.edge.latency_p99_ms, healthy.edge.latency_p99_ms),
-                  m.edge.cpu, _ratio(m.edge.rps, healthy.edge.rps)]
-        failing = set(m.failing_rules)
-        parts += [1.0 if r.name in failing else 0.0 for r in self.scenario.slo.rules]
-        obs = np.concatenate([
-            np.asarray(parts, dtype=np.float32), self.signature,
-            (self.status == 1).astype(np.float32), (self.status == 2).astype(np.float32),
-            np.asarray([self._elapsed()], dtype=np.float32)])
-        return np.clip(np.nan_to_num(obs, nan=0.0, posinf=OBS_CAP), 0.0, OBS_CAP)
+            h_p99, h_rps = href[name]
+            parts += (c.error_rate, _ratio(c.latency_p99_ms, h_p99), c.cpu, _ratio(c.rps, h_rps))
+        e = m.edge
+        parts += (e.error_rate, _ratio(e.latency_p99_ms, healthy.edge.latency_p99_ms), e.cpu,
+                  _ratio(e.rps, healthy.edge.rps))
+        failing = m.failing_rules
+        parts += [1.0 if name in failing else 0.0 for name in ref[2]]
+        sig = self._sig_clean
+        if sig is None or sig[0] is not self.signature:
+            sig = self._sig_clean = (self.signature, _clamp(self.signature.tolist()))
+        parts += sig[1]
+        status = self.status.tolist()
+        parts += [1.0 if s == 1 else 0.0 for s in status]
+        parts += [1.0 if s == 2 else 0.0 for s in status]
+        parts.append(self._elapsed())
+        return np.array(_clamp(parts), dtype=np.float32)
 
     def _elapsed(self) -> float:
         if self.breach is None:
@@ -200,7 +230,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
             raise RuntimeError("call reset() before step()")
         self.n_actions += 1
         action = int(action)
-        mask = self.action_masks()
+        mask = self._mask()
         info: dict[str, Any] = {}
         if not (0 <= action < len(self.actions)) or not mask[action]:
             truncated = self.n_actions >= self.max_actions
@@ -223,8 +253,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
                 self.failed = True
                 reward -= self.failed_step_penalty
         info["step"] = self.results[-1].name
-        all_done = bool(np.all(self.status[self._required] != 0)) and bool(
-            np.all(self.status != 0))
+        all_done = 0 not in self.status.tolist()  # every step done or skipped
         if all_done or self.failed:
             before = self.shadow.now()
             verify_cost_span = self._finish()
@@ -261,6 +290,11 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return (f"t={m.at_s:.0f}s edge err={m.edge.error_rate:.4f} "
                 f"p99={m.edge.latency_p99_ms:.0f}ms failing={list(m.failing_rules)} "
                 f"steps={done}")
+
+
+def _clamp(values: list[float]) -> list[float]:
+    """NaN and negatives to 0, above ``OBS_CAP`` (and +inf) to ``OBS_CAP``."""
+    return [(v if v < OBS_CAP else OBS_CAP) if v > 0.0 else 0.0 for v in values]
 
 
 def _ratio(value: float, healthy: float) -> float:

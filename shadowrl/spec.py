@@ -438,6 +438,14 @@ def _construct(node: yaml.Node, path: PathKey, lines: _LineMap, file: str,
                                  f"cannot read value {node.value[:40]!r}: {text}")]) from None
 
 
+def _check_size(text: str, file: str, loader: Any) -> None:
+    """Count parser events (cheap, in C) and stop before composing a huge document."""
+    for n, event in enumerate(yaml.parse(text, Loader=loader)):
+        if n > 2 * MAX_NODES:
+            raise SpecError([Problem(file, event.start_mark.line + 1, "",
+                                     f"document too large (more than {MAX_NODES} nodes)")])
+
+
 def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
     """Parse one YAML document, returning plain data and a path->line map."""
     if isinstance(text, bytes):
@@ -453,8 +461,10 @@ def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
             raise SpecError([Problem(file, line, "", "not UTF-8 text")]) from None
     if not text.strip():
         raise SpecError([Problem(file, 1, "", "file is empty")])
+    fast_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        _check_size(text, file, fast_loader)
+        nodes = list(yaml.compose_all(text, Loader=fast_loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1

@@ -197,9 +197,9 @@ def test_base_loads_with_defaults() -> None:
 CASES = [
     # (id, old, new, expected problem)
     ("yaml-syntax", "      replicas: 4\n", "      replicas: 4: 5\n",
-     "x.yaml:9: YAML syntax error: mapping values are not allowed here"),
+     "x.yaml:9: YAML syntax error: mapping values are not allowed in this context"),
     ("yaml-unclosed", "calls: [api]", "calls: [api",
-     "x.yaml:13: YAML syntax error: expected ',' or ']', but got ':'"),
+     "x.yaml:13: YAML syntax error: did not find expected ',' or ']'"),
     ("duplicate-key", "      startup: 20s\n", "      startup: 20s\n      startup: 30s\n",
      "x.yaml:12: deployment.services[0].startup: duplicate key"),
     ("range-fraction", "write_fraction: 0.2", "write_fraction: 1.5",

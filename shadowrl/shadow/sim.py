@@ -17,7 +17,6 @@ share of edge traffic that reaches component ``i``.
 
 from __future__ import annotations
 
-import copy
 import math
 import zlib
 from collections.abc import Callable
@@ -170,8 +169,24 @@ class _Rates:
     edge_p99: float
 
 
+def _copy_state(st: _State) -> _State:
+    """An independent copy of a state (what ``copy.deepcopy`` gave, without its overhead)."""
+    return _State(st.t, [b[:] for b in st.buckets], [x[:] for x in st.template],
+                  set(st.flags_off), st.schema_prev[:], st.locked[:], st.online[:],
+                  st.warmth[:], st.warm_rate[:], dict(st.impulse), st.command_effects,
+                  st.cause_fixed, st.step, st.phase, st.version)
+
+
 class SimShadow:
-    """Simulated shadow backend. See the module docstring for the physics."""
+    """Simulated shadow backend. See the module docstring for the physics.
+
+    Performance: :meth:`rates` is evaluated once per integration segment, so it is layered.
+    What depends only on the discrete state (capacities, cache misses, fault share,
+    compatibility and lock errors) is derived once per state change; the load flow once per
+    state and load block; the incident's effects once per distinct set of effect strengths.
+    Each layer repeats the arithmetic of the plain formulas in the same order, so the numbers
+    are exactly those of a direct evaluation.
+    """
 
     name = "sim"
     supports_snapshot = True
@@ -194,6 +209,60 @@ class SimShadow:
         self.profile: dict[str, list[Any]] = {}
         self._effects_by_target: dict[int, list[ActiveEffect]] = {}
         self._effect_end = 0.0
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Flatten everything static about the topology and the rules for the hot loop."""
+        topo, dep = self.topo, self.scenario.deployment
+        n = len(topo.names)
+        n_svc, n_ds = len(dep.services), len(dep.datastores)
+        self._n = n
+        self._wf = dep.traffic.write_fraction
+        self._is_cache = [k == "cache" for k in topo.kinds]
+        self._hit = [dep.caches[i - n_svc - n_ds].hit_ratio if k == "cache" else 0.0
+                     for i, k in enumerate(topo.kinds)]
+        self._warmup = [max(self._cache_warmup(i), EPS) for i in range(n)]
+        # callers before callees: (component, capacity per replica, ((callee, cache), ...))
+        self._flow = [(i, topo.capacity[i],
+                       tuple((j, topo.fronted_by.get((i, j), -1)) for j in topo.calls[i]))
+                      for i in topo.order]
+        self._lat_edges = [(i, j, topo.fronted_by.get((i, j), -1))
+                           for i in reversed(topo.order) for j in topo.calls[i]]
+        self._stores = [(i, topo.capacity[i]) for i, k in enumerate(topo.kinds)
+                        if k == "datastore"]
+        compat: list[tuple[int, bool, tuple[int, ...]]] = []
+        for d, callers in topo.db_callers.items():
+            mig = dep.datastores[d - n_svc].migration
+            if mig is None:
+                continue
+            compat.append((d, mig.backward_compatible, tuple(
+                c for c in callers
+                if topo.kinds[c] == "service" and dep.services[c].version is not None)))
+        self._compat = compat
+        reachable = set(topo.reachable)
+        self._reach = [i in reachable for i in range(n)]
+        metric_index = {"rps": 0, "error_rate": 1, "latency_p50_ms": 2, "latency_p99_ms": 3,
+                        "cpu": 4, "memory": 5}
+        # (component or -1 for the edge, metric index, above, below)
+        self._rule_eval = [(scope, metric_index[r.metric], r.above, r.below)
+                           for r, scope in zip(self.rules, self._rule_scope)]
+        self._noise_cache: dict[int, list[float]] = {}
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        # Inner caches are keyed by these counters, which (unlike ``state.version``, which
+        # restore() rewinds) are never reused: _epoch for any change, _w_epoch for warmth-only
+        # and _i_epoch for impulse-only changes.
+        self._epoch = getattr(self, "_epoch", 0) + 1
+        self._w_epoch = self._i_epoch = 0
+        self._v_key = -1
+        self._w_key: tuple[int, int] | None = None
+        self._i_key: tuple[int, int] | None = None
+        self._l_key: tuple[int, int, int] | None = None
+        self._e_key: tuple[Any, ...] | None = None
+        self._load_cache: dict[int, float] = {}
+        self._effect_list: list[tuple[int, ActiveEffect]] = []
+        self._saturated = False
 
     # ------------------------------------------------------------------ setup
 
@@ -213,27 +282,36 @@ class SimShadow:
         return load_pattern(load_series(path, "csv", column=pattern.column))
 
     def launch(self, seed: int) -> None:
-        sc, topo = self.scenario, self.topo
+        topo = self.topo
+        services = self.scenario.deployment.services
         self.seed = seed
-        rng = np.random.default_rng(_stable_seed("noise", seed))
-        self._noise = np.exp(rng.normal(0.0, NOISE_SIGMA, 720) - NOISE_SIGMA**2 / 2).tolist()
+        noise = self._noise_cache.get(seed)
+        if noise is None:
+            # relaunching with the same seed (redraws of a deviation) reuses the draw
+            rng = np.random.default_rng(_stable_seed("noise", seed))
+            noise = np.exp(rng.normal(0.0, NOISE_SIGMA, 720) - NOISE_SIGMA**2 / 2).tolist()
+            if len(self._noise_cache) >= 4:
+                self._noise_cache.clear()
+            self._noise_cache[seed] = noise
+        self._noise = noise
         self._jitter_cache = {}
+        n = self._n
         st = _State()
-        for i, kind in enumerate(topo.kinds):
-            st.buckets.append([float(sc.deployment.services[i].replicas), 0.0, 0.0, 0.0]
-                              if kind == "service" else [1.0, 0.0, 0.0, 0.0])
-            st.template.append([0, 0])
-            st.schema_prev.append(False)
-            st.locked.append(False)
-            st.online.append(False)
-            st.warmth.append(1.0)
-            st.warm_rate.append(1.0)
+        st.buckets = [[float(services[i].replicas), 0.0, 0.0, 0.0] if kind == "service"
+                      else [1.0, 0.0, 0.0, 0.0] for i, kind in enumerate(topo.kinds)]
+        st.template = [[0, 0] for _ in range(n)]
+        st.schema_prev = [False] * n
+        st.locked = [False] * n
+        st.online = [False] * n
+        st.warmth = [1.0] * n
+        st.warm_rate = [1.0] * n
         self.state = st
         self.injection = None
         self._effects_by_target = {}
         self._effect_end = 0.0
         self._rates = None
         self._rates_key = None
+        self._reset_caches()
         self.profile = {k: [] for k in ("t", "component", "rps", "error_rate", "latency_p50_ms",
                                         "latency_p99_ms", "cpu", "memory", "step", "phase")}
 
@@ -247,20 +325,47 @@ class SimShadow:
             end = max(end, injection.onset_s + span)
         self._effects_by_target = by_target
         self._effect_end = end
+        self._reset_caches()
+        self._effect_list = [(i, eff) for i, effs in by_target.items() for eff in effs]
+        self._saturated = all(self._constant_after_end(eff) for _, eff in self._effect_list)
         self._touch()
+
+    def _constant_after_end(self, eff: ActiveEffect) -> bool:
+        """Whether ``_progress(eff, t)`` is the same for every ``t >= _effect_end`` (it is
+        non-decreasing in the quantum, so checking from the first one is enough)."""
+        end = self._effect_end
+        if not eff.shape:
+            return self._progress(eff, end) == 1.0
+        onset = self.injection.onset_s if self.injection else math.inf
+        if end < onset:
+            return False
+        q = math.floor((end - onset) / QUANTUM_S) + 1
+        idx = int((q - 1) * QUANTUM_S // eff.shape_step_s)
+        return all(v == eff.shape[-1] for v in eff.shape[idx:])
 
     def now(self) -> float:
         return self.state.t
 
     def snapshot(self) -> Any:
-        return copy.deepcopy(self.state)
+        return _copy_state(self.state)
 
     def restore(self, snapshot: Any) -> None:
-        self.state = copy.deepcopy(snapshot)
+        self.state = _copy_state(snapshot)
         self._touch()
 
     def _touch(self) -> None:
         self.state.version += 1
+        self._epoch += 1
+
+    def _touch_warmth(self) -> None:
+        """Like :meth:`_touch` after a change of cache warmth only."""
+        self.state.version += 1
+        self._w_epoch += 1
+
+    def _touch_impulse(self) -> None:
+        """Like :meth:`_touch` after a change of ``impulse`` only."""
+        self.state.version += 1
+        self._i_epoch += 1
 
     def jitter(self, key: str, k: int = 0) -> float:
         """Seeded log-normal duration multiplier, independent of step order (common numbers)."""
@@ -333,130 +438,218 @@ class SimShadow:
             self._rates_key = key
         return self._rates
 
-    def _compute(self, t: float) -> _Rates:  # noqa: C901 - one readable pass over the tree
-        topo, st = self.topo, self.state
-        n = len(topo.names)
-        wf = self.scenario.deployment.traffic.write_fraction
-        load = self._load(t)
-        share = self._fault_share()
+    # The layers of _compute. Each repeats the plain formulas' arithmetic in the same order;
+    # where a term is left out it is an exact no-op (a product with 1.0).
+
+    def _struct_layer(self) -> None:
+        """Derived from the discrete state except warmth and impulses: once per change."""
+        st, n, wf = self.state, self._n, self._wf
+        buckets = st.buckets
+        caps = []
+        for i, capacity, _calls in self._flow:
+            b = buckets[i]
+            ready = b[0] + b[1] + b[2] + b[3]
+            caps.append(ready * capacity)
+        self._v_caps = caps
+        online = st.online
+        self._v_stores = [(i, cap * (1.0 - ONLINE_MIGRATION_LOAD if online[i] else 1.0))
+                          for i, cap in self._stores]
+        compat = [0.0] * n
+        lock = [0.0] * n
+        schema_prev, locked = st.schema_prev, st.locked
+        for d, backward_compatible, callers in self._compat:
+            for c in callers:
+                b = buckets[c]
+                total = b[0] + b[1] + b[2] + b[3]
+                if total <= EPS:
+                    continue
+                live = (b[LL] + b[LP]) / total
+                if schema_prev[d]:
+                    mismatch = live  # the live app cannot run on the previous schema
+                elif not backward_compatible:
+                    mismatch = 1.0 - live
+                else:
+                    mismatch = 0.0
+                compat[c] = 1.0 - (1.0 - compat[c]) * (1.0 - mismatch)
+                if locked[d]:
+                    lock[c] = 1.0 - (1.0 - lock[c]) * (1.0 - wf)
+        self._v_m2 = [e if e < 1.0 else 1.0 for e in compat]  # min(1.0, e)
+        self._v_m5 = [e if e < 1.0 else 1.0 for e in lock]
+        self._v_share = self._fault_share()
+        self._v_key = self._epoch
+
+    def _warmth_layer(self) -> None:
+        """Cache misses: the share of a caller's traffic passed on, and latency weights."""
+        warmth, hit, wf = self.state.warmth, self._hit, self._wf
+        self._v_flow = [(i, cap, tuple((j, wf + (1.0 - wf) * (1.0 - hit[c] * warmth[c])
+                                        if c >= 0 else 1.0) for j, c in calls))
+                        for (i, _, calls), cap in zip(self._flow, self._v_caps)]
+        self._v_lat = [(i, j, 1.0 - hit[c] * warmth[c] if c >= 0 else 1.0)
+                       for i, j, c in self._lat_edges]
+        self._w_key = (self._epoch, self._w_epoch)
+
+    def _impulse_layer(self) -> None:
+        impulse = self.state.impulse
+        self._v_m3 = ([e if e < 1.0 else 1.0 for e in (impulse.get(i, 0.0)
+                                                      for i in range(self._n))]
+                      if impulse else [0.0] * self._n)
+        self._i_key = (self._epoch, self._i_epoch)
+
+    def _load_layer(self, key: tuple[int, int, int], load: float) -> None:
+        """Load flow, utilisation and shedding: once per state and load block."""
+        n = self._n
+        rps = [0.0] * n
+        rps[self.topo.edge] = load
+        rho = [0.0] * n
+        shed = [0.0] * n
+        for i, cap, calls in self._v_flow:
+            r = rps[i]
+            x = r / cap if cap > EPS else (math.inf if r > 0 else 0.0)
+            rho[i] = x
+            s = 1.0 - 1.0 / x if x > 1.0 else 0.0
+            shed[i] = s
+            served = r * (1.0 - s)
+            for j, f in calls:
+                rps[j] += served * f  # f is 1.0 (exact) when no cache is in between
+        for i, cap in self._v_stores:
+            x = rps[i] / cap
+            rho[i] = x
+            shed[i] = 1.0 - 1.0 / x if x > 1.0 else 0.0
+        qf = [1.0] * n
+        pm = [2.0] * n  # p99_multiple(0.0) for caches
+        rr = [0.0] * n
+        is_cache = self._is_cache
+        for i in range(n):
+            x = rho[i]
+            rr[i] = 1.0 if x > 1.0 else x  # min(rho, 1.0)
+            if not is_cache[i]:
+                r = 0.97 if x > 0.97 else x  # queue_factor
+                qf[i] = 1.0 + r**4 / (1.0 - r)
+                pm[i] = 2.0 + 3.0 * (1.5 if x > 1.5 else x)  # p99_multiple
+        m4 = [e if e < 1.0 else 1.0 for e in shed]
+        m2, m5 = self._v_m2, self._v_m5
+        # the error of a component without incident or dropped-request errors (m1 = m3 = 0)
+        self._l_err = [1.0 - (1.0 - a) * (1.0 - b) * (1.0 - c) for a, b, c in zip(m2, m4, m5)]
+        self._l_rps, self._l_m4 = rps, m4
+        self._l_qf, self._l_pm, self._l_rr = qf, pm, rr
+        self._l_key = key
+
+    def _effect_layer(self, t: float, share: float) -> None:
+        """The incident's and commands' effects: once per distinct set of strengths."""
+        inj = self.injection
+        onset = inj.onset_s if inj else math.inf
+        if t < onset:
+            quantum = -1  # nothing has developed yet
+        elif self._saturated and t >= self._effect_end:
+            quantum = -2  # fully developed, the same from here on
+        else:
+            quantum = math.floor((t - onset) / QUANTUM_S)  # _progress depends on this only
+        cmd = self.state.command_effects
+        key = (quantum, share, cmd)
+        if key == self._e_key:
+            return
+        n = self._n
         err_add = [0.0] * n
         lat_factor = [1.0] * n
         lat_add = [0.0] * n
         cpu_add = [0.0] * n
         mem_add = [0.0] * n
-        for i, effs in self._effects_by_target.items():
-            for eff in effs:
-                p = self._progress(eff, t) * share
-                if p <= 0:
-                    continue
-                self._apply_effect(eff, p, i, err_add, lat_factor, lat_add, cpu_add, mem_add)
-        for eff in st.command_effects:
-            i = topo.index[eff.target]
-            self._apply_effect(eff, 1.0, i, err_add, lat_factor, lat_add, cpu_add, mem_add)
-
-        rps = [0.0] * n
-        rps[topo.edge] = load
-        rho = [0.0] * n
-        shed = [0.0] * n
-        for i in topo.order:
-            b = st.buckets[i]
-            ready = b[0] + b[1] + b[2] + b[3]
-            cap = ready * topo.capacity[i]
-            rho[i] = rps[i] / cap if cap > EPS else (math.inf if rps[i] > 0 else 0.0)
-            shed[i] = 1.0 - 1.0 / rho[i] if rho[i] > 1.0 else 0.0
-            served = rps[i] * (1.0 - shed[i])
-            for j in topo.calls[i]:
-                cache = topo.fronted_by.get((i, j))
-                if cache is not None:
-                    miss = 1.0 - self._hit_ratio(cache) * st.warmth[cache]
-                    rps[j] += served * (wf + (1.0 - wf) * miss)
-                else:
-                    rps[j] += served
-        for i, kind in enumerate(topo.kinds):
-            if kind == "datastore":
-                cap = topo.capacity[i] * (1.0 - ONLINE_MIGRATION_LOAD if st.online[i] else 1.0)
-                rho[i] = rps[i] / cap
-                shed[i] = 1.0 - 1.0 / rho[i] if rho[i] > 1.0 else 0.0
-
-        # error sources per component, as shares of that component's requests
-        src_incident = err_add
-        src_overload = shed
-        src_compat = [0.0] * n
-        src_lock = [0.0] * n
-        for d, callers in topo.db_callers.items():
-            mig = self.scenario.deployment.datastores[d - len(self.scenario.deployment.services)]
-            if mig.migration is None:
+        for i, eff in self._effect_list:
+            p = self._progress(eff, t) * share
+            if p <= 0:
                 continue
-            for c in callers:
-                b = st.buckets[c]
-                total = b[0] + b[1] + b[2] + b[3]
-                if total <= EPS or self.topo.kinds[c] != "service":
-                    continue
-                if self.scenario.deployment.services[c].version is None:
-                    continue
-                live = (b[LL] + b[LP]) / total
-                if st.schema_prev[d]:
-                    mismatch = live  # the live app cannot run on the previous schema
-                elif not mig.migration.backward_compatible:
-                    mismatch = 1.0 - live
-                else:
-                    mismatch = 0.0
-                src_compat[c] = 1.0 - (1.0 - src_compat[c]) * (1.0 - mismatch)
-                if st.locked[d]:
-                    src_lock[c] = 1.0 - (1.0 - src_lock[c]) * (1.0 - wf)
+            self._apply_effect(eff, p, i, err_add, lat_factor, lat_add, cpu_add, mem_add)
+        index = self.topo.index
+        for eff in cmd:
+            self._apply_effect(eff, 1.0, index[eff.target], err_add, lat_factor, lat_add,
+                               cpu_add, mem_add)
+        base = self.topo.base_latency_ms
+        self._e_lat = [base[i] * lat_factor[i] + lat_add[i] for i in range(n)]
+        self._e_m1 = [e if e < 1.0 else 1.0 for e in err_add]
+        self._e_cpu, self._e_mem = cpu_add, mem_add
+        self._e_key = key
 
+    def _compute(self, t: float) -> _Rates:
+        epoch = self._epoch
+        if self._v_key != epoch:
+            self._struct_layer()
+        if self._w_key != (epoch, self._w_epoch):
+            self._warmth_layer()
+        if self._i_key != (epoch, self._i_epoch):
+            self._impulse_layer()
+        block = int(t // BLOCK_S)
+        load = self._load_cache.get(block)
+        if load is None:
+            load = self._load_cache[block] = self._load(t)
+        lkey = (epoch, self._w_epoch, block)
+        if self._l_key != lkey:
+            self._load_layer(lkey, load)
+        self._effect_layer(t, self._v_share)
+        return self._assemble(load)
+
+    def _assemble(self, load: float) -> _Rates:
+        """Latency totals, errors and rules from the layers."""
+        rps, qf, pm, rr = self._l_rps, self._l_qf, self._l_pm, self._l_rr
         # latency, bottom-up over the tree
-        p50_own = [0.0] * n
-        p99_own = [0.0] * n
-        for i in range(n):
-            base = topo.base_latency_ms[i] * lat_factor[i] + lat_add[i]
-            q = queue_factor(rho[i]) if topo.kinds[i] != "cache" else 1.0
-            p50_own[i] = base * q
-            p99_own[i] = p50_own[i] * p99_multiple(rho[i] if topo.kinds[i] != "cache" else 0.0)
-        p50_tot = p50_own[:]
-        p99_tot = p99_own[:]
-        for i in reversed(topo.order):
-            for j in topo.calls[i]:
-                w = 1.0
-                cache = topo.fronted_by.get((i, j))
-                if cache is not None:
-                    w = 1.0 - self._hit_ratio(cache) * st.warmth[cache]
-                p50_tot[i] += w * p50_tot[j]
-                p99_tot[i] += w * p99_tot[j]
+        p50 = [a * b for a, b in zip(self._e_lat, qf)]
+        p99 = [a * b for a, b in zip(p50, pm)]
+        for i, j, w in self._v_lat:
+            p50[i] += w * p50[j]
+            p99[i] += w * p99[j]
 
-        by_source = {"incident": 0.0, "compatibility": 0.0, "dropped": 0.0, "overload": 0.0,
-                     "write_lock": 0.0}
+        # error sources per component, as shares of that component's requests:
+        # incident (m1), compatibility (m2), dropped (m3), overload (m4), write lock (m5)
+        m1s, m2s, m3s, m4s, m5s = self._e_m1, self._v_m2, self._v_m3, self._l_m4, self._v_m5
+        l_err, cpu_add, mem_add, reachable = self._l_err, self._e_cpu, self._e_mem, self._reach
+        s_inc = s_compat = s_drop = s_over = s_lock = 0.0
         survive = 1.0
         comps: list[tuple[float, float, float, float, float, float]] = []
-        for i in range(n):
-            parts = (("incident", src_incident[i]), ("compatibility", src_compat[i]),
-                     ("dropped", st.impulse.get(i, 0.0)), ("overload", src_overload[i]),
-                     ("write_lock", src_lock[i]))
-            ok = 1.0
-            for _name, e in parts:
-                ok *= 1.0 - min(1.0, e)
-            err = 1.0 - ok
-            if i in topo.reachable and load > 0 and err > 0:
-                reach = min(1.0, rps[i] / load)
+        for i in range(self._n):
+            m1 = m1s[i]
+            m3 = m3s[i]
+            if m1 or m3:
+                err = 1.0 - ((1.0 - m1) * (1.0 - m2s[i]) * (1.0 - m3) * (1.0 - m4s[i])
+                             * (1.0 - m5s[i]))
+            else:
+                err = l_err[i]
+            if err > 0 and load > 0 and reachable[i]:
+                x = rps[i] / load
+                reach = x if x < 1.0 else 1.0
                 survive *= 1.0 - err * reach
-                for name, e in parts:
-                    by_source[name] += min(1.0, e) * reach
-            rr = min(rho[i], 1.0)
-            comps.append((rps[i], err, p50_tot[i], p99_tot[i],
-                           min(1.0, rr + cpu_add[i]), min(1.0, 0.35 + 0.3 * rr + mem_add[i])))
+                s_inc += m1 * reach
+                s_compat += m2s[i] * reach
+                s_drop += m3 * reach
+                s_over += m4s[i] * reach
+                s_lock += m5s[i] * reach
+            r = rr[i]
+            cpu = r + cpu_add[i]
+            mem = 0.35 + 0.3 * r + mem_add[i]
+            comps.append((rps[i], err, p50[i], p99[i], cpu if cpu < 1.0 else 1.0,
+                          mem if mem < 1.0 else 1.0))
         edge_err = 1.0 - survive
-        total_src = sum(by_source.values())
+        total_src = s_inc + s_compat + s_drop + s_over + s_lock
         if total_src > 0:
-            by_source = {k: edge_err * v / total_src for k, v in by_source.items()}
-        violated = tuple(self._violated(r, i, comps, load, edge_err, p50_tot[topo.edge],
-                                        p99_tot[topo.edge]) for r, i in zip(self.rules,
-                                                                            self._rule_scope))
-        return _Rates(load, edge_err, by_source, violated, comps, p50_tot[topo.edge],
-                      p99_tot[topo.edge])
+            by_source = {"incident": edge_err * s_inc / total_src,
+                         "compatibility": edge_err * s_compat / total_src,
+                         "dropped": edge_err * s_drop / total_src,
+                         "overload": edge_err * s_over / total_src,
+                         "write_lock": edge_err * s_lock / total_src}
+        else:
+            by_source = {"incident": s_inc, "compatibility": s_compat, "dropped": s_drop,
+                         "overload": s_over, "write_lock": s_lock}
+        edge = self.topo.edge
+        ec = comps[edge]
+        violated = []
+        for scope, m, above, below in self._rule_eval:
+            if scope < 0:
+                value = edge_err if m == 1 else load if m == 0 else ec[m]
+            else:
+                value = comps[scope][m]
+            violated.append(value > above if above is not None else value < below)
+        return _Rates(load, edge_err, by_source, tuple(violated), comps, p50[edge], p99[edge])
 
     def _hit_ratio(self, cache_index: int) -> float:
-        sc = self.scenario.deployment
-        return sc.caches[cache_index - len(sc.services) - len(sc.datastores)].hit_ratio
+        return self._hit[cache_index]
 
     @staticmethod
     def _apply_effect(eff: ActiveEffect, p: float, i: int, err_add: list[float],
@@ -471,18 +664,6 @@ class SimShadow:
             cpu_add[i] += eff.add * p
         elif eff.metric == "memory":
             mem_add[i] += eff.add * p
-
-    def _violated(self, rule: Any, scope: int, comps: list[tuple[float, ...]], load: float,
-                  edge_err: float, p50: float, p99: float) -> bool:
-        if scope < 0:
-            edge = comps[self.topo.edge]
-            value = {"error_rate": edge_err, "latency_p50_ms": p50, "latency_p99_ms": p99,
-                     "cpu": edge[4], "memory": edge[5], "rps": load}[rule.metric]
-        else:
-            c = comps[scope]
-            value = {"rps": c[0], "error_rate": c[1], "latency_p50_ms": c[2],
-                     "latency_p99_ms": c[3], "cpu": c[4], "memory": c[5]}[rule.metric]
-        return rule.violated(value)
 
     # ------------------------------------------------------------------ time
 
@@ -506,11 +687,10 @@ class SimShadow:
         changed = False
         for i, w in enumerate(st.warmth):
             if w < 1.0:
-                warmup = max(self._cache_warmup(i), EPS)
-                st.warmth[i] = min(1.0, w + dt * st.warm_rate[i] / warmup)
+                st.warmth[i] = min(1.0, w + dt * st.warm_rate[i] / self._warmup[i])
                 changed = True
         if changed:
-            self._touch()
+            self._touch_warmth()
 
     def _cache_warmup(self, i: int) -> float:
         sc = self.scenario.deployment
@@ -518,29 +698,99 @@ class SimShadow:
             return EPS
         return sc.caches[i - len(sc.services) - len(sc.datastores)].warmup
 
-    def advance(self, seconds: float,
+    def advance(self, seconds: float,  # noqa: C901 - the hot loop, inlined
                 stop: Callable[[float, float, _Rates], float | None] | None = None) -> Span:
-        """Integrate ``seconds`` of shadow time; ``stop`` may end it early at a returned time."""
+        """Integrate ``seconds`` of shadow time; ``stop`` may end it early at a returned time.
+
+        The loop inlines :meth:`_next_boundary`, :meth:`rates`, :meth:`_accumulate` and
+        :meth:`_warm` (same arithmetic, same order)."""
         st = self.state
         t_end = st.t + seconds
         span = Span(st.t, st.t)
-        while st.t < t_end - EPS:
+        inj = self.injection
+        onset = inj.onset_s if inj is not None else math.inf
+        effect_end = self._effect_end
+        record = self.record_profile
+        warmth, warm_rate, warmup = st.warmth, st.warm_rate, self._warmup
+        floor = math.floor
+        t_stop = t_end - EPS
+        downtime = failed = requests = 0.0
+        by_src = span.errors_by_source
+        cut = None
+        while st.t < t_stop:
             t0 = st.t
-            t1 = self._next_boundary(t0, t_end)
-            r = self.rates(t0)
+            # next boundary: load block, effect quantum, warm-up quantum, profile second
+            nxt = (floor(t0 / BLOCK_S) + 1) * BLOCK_S
+            if t_end <= nxt:
+                nxt = t_end
+            if inj is not None:
+                if onset > t0:
+                    if onset < nxt:
+                        nxt = onset
+                elif t0 < effect_end:
+                    x = onset + (floor((t0 - onset) / QUANTUM_S) + 1) * QUANTUM_S
+                    if x < nxt:
+                        nxt = x
+            warming = False
+            for w in warmth:
+                if w < 1.0:
+                    warming = True
+                    break
+            if warming:
+                x = (floor(t0 / QUANTUM_S) + 1) * QUANTUM_S
+                if x < nxt:
+                    nxt = x
+            if record:
+                x = floor(t0) + 1.0
+                if x < nxt:
+                    nxt = x
+            if nxt > t0 + EPS:
+                t1 = nxt
+            else:
+                t1 = t0 + QUANTUM_S
+                if t_end <= t1:
+                    t1 = t_end
+            # rates, through the one-entry cache keyed like _key()
+            if t0 < onset:
+                q = -1
+            elif t0 >= effect_end:
+                q = -2
+            else:
+                q = floor((t0 - onset) / QUANTUM_S)
+            key = (st.version, int(t0 // BLOCK_S), q)
+            r = self._rates
+            if key != self._rates_key or r is None:
+                r = self._rates = self._compute(t0)
+                self._rates_key = key
             if stop is not None:
                 cut = stop(t0, t1, r)
                 if cut is not None:
                     t1 = max(t0, min(t1, cut))
             dt = t1 - t0
-            self._accumulate(span, r, dt)
-            if self.record_profile and dt > 0:
-                self._record(t0, r)
-            st.t = t1
             if dt > 0:
-                self._warm(dt)
-            if stop is not None and t1 < t_end - EPS and cut is not None and t1 >= cut - EPS:
+                if True in r.violated:
+                    downtime += dt
+                edge_rps = r.edge_rps
+                requests += edge_rps * dt
+                if r.edge_error > 0:
+                    failed += edge_rps * r.edge_error * dt
+                    for k, v in r.by_source.items():
+                        if v > 0:
+                            by_src[k] = by_src.get(k, 0.0) + edge_rps * v * dt
+                if record:
+                    self._record(t0, r)
+            st.t = t1
+            if dt > 0 and warming:
+                for i, w in enumerate(warmth):
+                    if w < 1.0:
+                        x = w + dt * warm_rate[i] / warmup[i]
+                        warmth[i] = x if x < 1.0 else 1.0
+                self._touch_warmth()
+            if stop is not None and t1 < t_stop and cut is not None and t1 >= cut - EPS:
                 break
+        span.downtime_s = downtime
+        span.failed_requests = failed
+        span.requests = requests
         span.end_s = st.t
         return span
 
@@ -674,14 +924,14 @@ class SimShadow:
         elif action == "flush_cache":
             span.add(self.advance(1.0))
             st.warmth[target] = 0.0
-            self._touch()
+            self._touch_warmth()
         elif action == "warm_cache":
             st.warm_rate[target] = 4.0
             remaining = (1.0 - st.warmth[target]) * self._cache_warmup(target) / 4.0
             span.add(self.advance(max(1.0, math.ceil(remaining / QUANTUM_S) * QUANTUM_S)))
             st.warmth[target] = 1.0
             st.warm_rate[target] = 1.0
-            self._touch()
+            self._touch_warmth()
         elif action == "wait":
             span.add(self.advance(float(settings["duration"])))
         elif action == "command":
@@ -745,10 +995,10 @@ class SimShadow:
             load_i = max(self.rates().comps[i][0], EPS)
             if dropped > 0:
                 st.impulse[i] = min(1.0, dropped / load_i)
-                self._touch()
+                self._touch_impulse()
                 span.add(self.advance(1.0))
                 st.impulse.pop(i, None)
-                self._touch()
+                self._touch_impulse()
                 span.add(self.advance(STOP_S - 1.0))
             else:
                 span.add(self.advance(STOP_S))
