@@ -181,6 +181,139 @@ def rehearse_cmd(
         raise typer.Exit(130)
 
 
+@app.command("optimize")
+def optimize_cmd(
+    file: Path = typer.Argument(..., help="Scenario YAML."),
+    method: str = typer.Option("all", help="search | rl | all"),
+    agent: Path | None = typer.Option(None, help="Agent config YAML (default: "
+                                                 "agents/maskable_ppo.yaml)."),
+    timesteps: int | None = typer.Option(None, min=1, help="RL training timesteps."),
+    replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
+    seed: int = typer.Option(0, help="Seed for search and training."),
+    out_dir: Path = typer.Option(Path("out/optimize"), "--out", help="Output folder."),
+    episodes: int = typer.Option(100, min=1, help="Held-out incidents per method."),
+    eval_seed: int = typer.Option(10000, help="First held-out seed."),
+    trials: int = typer.Option(150, min=1, help="Best-static search trials."),
+    oracle_nodes: int = typer.Option(5000, min=1, help="Oracle node budget per incident."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Find better rollback procedures and compare every method on held-out incidents."""
+    from shadowrl.optimize.engine import OptimizeOptions, methods_for, optimize
+
+    sc = load_or_exit(file)
+    try:
+        methods_for(method)
+    except ValueError as exc:
+        fail(str(exc))
+    if agent is not None:
+        agent_or_exit(agent)
+    opts = OptimizeOptions(method=method, agent=agent, timesteps=timesteps, replicas=replicas,
+                           seed=seed, episodes=episodes, eval_seed=eval_seed,
+                           search_trials=trials, oracle_nodes=oracle_nodes)
+    command = " ".join(["shadowrl", *sys.argv[1:]])
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        result = optimize(sc, out_dir, opts, command, log=lambda m: err.print(m),
+                          progress=progress)
+    if json_out:
+        emit_json(result)
+        return
+    sys.stdout.write((out_dir / "comparison.md").read_text())
+    for key in ("procedure", "policy", "bottlenecks", "comparison"):
+        if result.get(key):
+            out.print(f"{key}: {result[key]}")
+
+
+def _progress() -> Any:
+    from shadowrl.campaign import progress_bar
+
+    return progress_bar(console=err)
+
+
+def agent_or_exit(path: Path) -> Any:
+    from shadowrl.optimize.agents import load_agent_config
+
+    try:
+        return load_agent_config(path)
+    except SpecError as exc:
+        fail(exc.problems)
+
+
+def resolve_policy(spec: str, scenario: Scenario) -> Any:
+    """configured | random | greedy | oracle | PROCEDURE.yaml | POLICY.zip | models:/NAME@ALIAS"""
+    from shadowrl.optimize.policy import RandomPolicy, StaticPolicy
+    from shadowrl.optimize.search import GreedyPolicy, OraclePolicy
+    from shadowrl.rehearsal import configured_plan
+
+    if spec == "configured":
+        return StaticPolicy(configured_plan(scenario.procedure), name="configured")
+    if spec == "random":
+        return RandomPolicy(0)
+    if spec == "greedy":
+        return GreedyPolicy()
+    if spec == "oracle":
+        return OraclePolicy(incumbent_plans=[configured_plan(scenario.procedure)])
+    if spec.startswith("models:/"):
+        from shadowrl.tracking import load_registered_policy
+
+        return load_registered_policy(spec)
+    path = Path(spec)
+    if not path.exists():
+        fail(f"{spec}: no such policy (use configured, random, greedy, oracle, a procedure "
+             f".yaml, a policy .zip or models:/NAME@ALIAS)")
+    if path.suffix == ".zip":
+        from shadowrl.optimize.agents import SB3Policy
+
+        try:
+            return SB3Policy.load(path, name=path.name)
+        except Exception as exc:  # noqa: BLE001 - any load failure is a bad input file
+            fail(f"{path}: cannot load policy: {exc}")
+    proc = procedure_or_exit(path, scenario)
+    return StaticPolicy(configured_plan(proc), name=str(path)), proc
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    file: Path = typer.Argument(..., help="Scenario YAML."),
+    policy: str = typer.Option(..., help="configured, random, greedy, oracle, PROC.yaml, "
+                                         "POLICY.zip or models:/NAME@ALIAS"),
+    episodes: int = typer.Option(100, min=1, help="Incidents (episode i uses seed+i)."),
+    seed: int = typer.Option(10000, help="First seed."),
+    replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure a policy on fixed incidents: the same seeds give every policy the same ones."""
+    from shadowrl.env import RollbackEnv
+    from shadowrl.optimize.evaluate import evaluate
+    from shadowrl.summary import summarize
+
+    sc = load_or_exit(file)
+    resolved = resolve_policy(policy, sc)
+    proc = None
+    if isinstance(resolved, tuple):
+        resolved, proc = resolved
+    env = RollbackEnv(sc, procedure=proc)
+    try:
+        env.action_space.seed(seed)
+        with _progress() as bar:
+            task = bar.add_task(f"evaluating {resolved.name}", total=episodes)
+            eps = evaluate(env, resolved, episodes, seed, lambda i: bar.advance(task))
+    except (KeyError, ValueError) as exc:
+        fail(f"{policy}: does not fit {file}: {exc}")
+    summary = summarize(sc.name, policy, [e.rehearsal for e in eps])
+    summary["cost"] = {"mean": round(sum(e.cost for e in eps) / len(eps), 4)}
+    if json_out:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     o = summary["outcomes"]
     d = summary["downtime_s"]

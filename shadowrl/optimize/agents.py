@@ -31,7 +31,8 @@ import re
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,6 +536,24 @@ def _latest(out_dir: Path) -> tuple[int, Path] | None:
     return max(options, key=lambda o: o[0]) if options else None
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run tiny-network training on ``n`` intra-op threads, then restore the setting.
+
+    The networks here are a few 128-wide layers on batches of 4 to 256 rows: thread
+    hand-off costs more than it saves, and on a 2-core machine shared with the simulator
+    (and numpy's own threads) 2 torch threads made training 2-6x slower than 1.
+    """
+    import torch as th
+
+    before = th.get_num_threads()
+    th.set_num_threads(n)
+    try:
+        yield
+    finally:
+        th.set_num_threads(before)
+
+
 def _show_progress(progress: bool) -> bool:
     if not progress or not sys.stderr.isatty():
         return False
@@ -550,7 +569,8 @@ def train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
           out_dir: str | Path, *, seed: int = 0, timesteps: int | None = None,
           resume: bool = False,
           vec_env_factory: Callable[[list[Callable[[], Any]]], VecEnv] | None = None,
-          progress: bool = True, callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
+          progress: bool = True, callbacks: Sequence[BaseCallback] = (),
+          torch_threads: int = 1) -> TrainResult:
     """Train ``config``'s algorithm on ``scenario`` until ``timesteps`` (default
     ``config.timesteps``) in total; ``resume=True`` continues from the latest checkpoint
     (or ``policy.zip``) in ``out_dir`` instead of starting over.
@@ -558,6 +578,16 @@ def train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
     Writes ``policy.zip`` + ``policy.json``, ``best_policy.zip`` + ``best_policy.json``,
     ``checkpoints/`` and ``train_state.json`` into ``out_dir``.
     """
+    with _torch_threads(torch_threads):
+        return _train(scenario, config, out_dir, seed=seed, timesteps=timesteps,
+                      resume=resume, vec_env_factory=vec_env_factory, progress=progress,
+                      callbacks=callbacks)
+
+
+def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
+           out_dir: str | Path, *, seed: int, timesteps: int | None, resume: bool,
+           vec_env_factory: Callable[[list[Callable[[], Any]]], VecEnv] | None,
+           progress: bool, callbacks: Sequence[BaseCallback]) -> TrainResult:
     start = time.perf_counter()
     if not isinstance(config, AgentConfig):
         config = load_agent_config(config)

@@ -90,7 +90,8 @@ def procedure_yaml(scenario: Scenario, plan: Plan, summary: dict[str, Any],
               f"# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
     body = yaml.safe_dump({"apiVersion": "shadowrl/v1", "kind": "Procedure",
                            "metadata": {"name": proc.name, "scenario": scenario.name},
-                           "procedure": procedure_to_data(proc)}, sort_keys=False)
+                           "procedure": procedure_to_data(proc)}, sort_keys=False,
+                          default_flow_style=None)
     return header + body
 
 
@@ -239,7 +240,6 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         trained = train(scenario, config, out_dir / "rl", seed=opts.seed,
                         timesteps=opts.timesteps, progress=progress is not None,
                         vec_env_factory=_vec_env_factory(opts))
-        policy_path.write_bytes(Path(trained.model_path).read_bytes()) if False else None
         _copy_policy(Path(trained.model_path), out_dir)
         res = measure(env, SB3Policy.load(policy_path, name="rl"), n, s0, tick("rl"))
         res.extra = {"train_s": trained.wall_s, "timesteps": trained.timesteps,

@@ -241,6 +241,17 @@ class SimShadow:
         self._compat = compat
         reachable = set(topo.reachable)
         self._reach = [i in reachable for i in range(n)]
+        self._reach_list = sorted(reachable)
+        # flow edges numbered in loop order; the ones through a cache get a warmth factor
+        edges, flow_static = 0, []
+        for i, _cap, calls in self._flow:
+            flow_static.append((i, tuple((j, edges + k) for k, (j, _c) in enumerate(calls))))
+            edges += len(calls)
+        self._flow_static = flow_static
+        self._flow_caches = [(e, c) for e, c in enumerate(
+            c for _i, _cap, calls in self._flow for _j, c in calls) if c >= 0]
+        self._n_edges = edges
+        self._lat_caches = [(k, c) for k, (_i, _j, c) in enumerate(self._lat_edges) if c >= 0]
         metric_index = {"rps": 0, "error_rate": 1, "latency_p50_ms": 2, "latency_p99_ms": 3,
                         "cpu": 4, "memory": 5}
         # (component or -1 for the edge, metric index, above, below)
@@ -481,11 +492,19 @@ class SimShadow:
     def _warmth_layer(self) -> None:
         """Cache misses: the share of a caller's traffic passed on, and latency weights."""
         warmth, hit, wf = self.state.warmth, self._hit, self._wf
-        self._v_flow = [(i, cap, tuple((j, wf + (1.0 - wf) * (1.0 - hit[c] * warmth[c])
-                                        if c >= 0 else 1.0) for j, c in calls))
-                        for (i, _, calls), cap in zip(self._flow, self._v_caps)]
-        self._v_lat = [(i, j, 1.0 - hit[c] * warmth[c] if c >= 0 else 1.0)
-                       for i, j, c in self._lat_edges]
+        factor = [1.0] * self._n_edges  # 1.0 (exact) where no cache is in between
+        for e, c in self._flow_caches:
+            factor[e] = wf + (1.0 - wf) * (1.0 - hit[c] * warmth[c])
+        self._v_factor = factor
+        lat = self._lat_edges
+        if self._lat_caches:
+            lat = lat[:]
+            for k, c in self._lat_caches:
+                i, j, _ = lat[k]
+                lat[k] = (i, j, 1.0 - hit[c] * warmth[c])
+            self._v_lat = lat
+        else:
+            self._v_lat = [(i, j, 1.0) for i, j, _ in lat]
         self._w_key = (self._epoch, self._w_epoch)
 
     def _impulse_layer(self) -> None:
@@ -493,6 +512,7 @@ class SimShadow:
         self._v_m3 = ([e if e < 1.0 else 1.0 for e in (impulse.get(i, 0.0)
                                                       for i in range(self._n))]
                       if impulse else [0.0] * self._n)
+        self._v_m3_any = any(self._v_m3)
         self._i_key = (self._epoch, self._i_epoch)
 
     def _load_layer(self, key: tuple[int, int, int], load: float) -> None:
@@ -502,15 +522,16 @@ class SimShadow:
         rps[self.topo.edge] = load
         rho = [0.0] * n
         shed = [0.0] * n
-        for i, cap, calls in self._v_flow:
+        factor = self._v_factor
+        for (i, calls), cap in zip(self._flow_static, self._v_caps):
             r = rps[i]
             x = r / cap if cap > EPS else (math.inf if r > 0 else 0.0)
             rho[i] = x
             s = 1.0 - 1.0 / x if x > 1.0 else 0.0
             shed[i] = s
             served = r * (1.0 - s)
-            for j, f in calls:
-                rps[j] += served * f  # f is 1.0 (exact) when no cache is in between
+            for j, e in calls:
+                rps[j] += served * factor[e]
         for i, cap in self._v_stores:
             x = rps[i] / cap
             rho[i] = x
@@ -530,6 +551,9 @@ class SimShadow:
         m2, m5 = self._v_m2, self._v_m5
         # the error of a component without incident or dropped-request errors (m1 = m3 = 0)
         self._l_err = [1.0 - (1.0 - a) * (1.0 - b) * (1.0 - c) for a, b, c in zip(m2, m4, m5)]
+        # cpu and memory without effects (x + 0.0 == x here: x >= 0)
+        self._l_cpu = [x if x < 1.0 else 1.0 for x in (r + 0.0 for r in rr)]
+        self._l_mem = [x if x < 1.0 else 1.0 for x in (0.35 + 0.3 * r + 0.0 for r in rr)]
         self._l_rps, self._l_m4 = rps, m4
         self._l_qf, self._l_pm, self._l_rr = qf, pm, rr
         self._l_key = key
@@ -565,8 +589,10 @@ class SimShadow:
                                cpu_add, mem_add)
         base = self.topo.base_latency_ms
         self._e_lat = [base[i] * lat_factor[i] + lat_add[i] for i in range(n)]
-        self._e_m1 = [e if e < 1.0 else 1.0 for e in err_add]
-        self._e_cpu, self._e_mem = cpu_add, mem_add
+        self._e_m1 = m1 = [e if e < 1.0 else 1.0 for e in err_add]
+        self._e_m1_any = any(m1)
+        self._e_cpu = [(i, x) for i, x in enumerate(cpu_add) if x != 0.0]
+        self._e_mem = [(i, x) for i, x in enumerate(mem_add) if x != 0.0]
         self._e_key = key
 
     def _compute(self, t: float) -> _Rates:
@@ -589,43 +615,50 @@ class SimShadow:
 
     def _assemble(self, load: float) -> _Rates:
         """Latency totals, errors and rules from the layers."""
-        rps, qf, pm, rr = self._l_rps, self._l_qf, self._l_pm, self._l_rr
+        rps, rr = self._l_rps, self._l_rr
         # latency, bottom-up over the tree
-        p50 = [a * b for a, b in zip(self._e_lat, qf)]
-        p99 = [a * b for a, b in zip(p50, pm)]
+        p50 = [a * b for a, b in zip(self._e_lat, self._l_qf)]
+        p99 = [a * b for a, b in zip(p50, self._l_pm)]
         for i, j, w in self._v_lat:
             p50[i] += w * p50[j]
             p99[i] += w * p99[j]
 
         # error sources per component, as shares of that component's requests:
-        # incident (m1), compatibility (m2), dropped (m3), overload (m4), write lock (m5)
+        # incident (m1), compatibility (m2), dropped (m3), overload (m4), write lock (m5).
+        # err = 1 - prod(1 - m) in that order; without m1 and m3 (factors of exactly 1.0)
+        # it is the load layer's.
         m1s, m2s, m3s, m4s, m5s = self._e_m1, self._v_m2, self._v_m3, self._l_m4, self._v_m5
-        l_err, cpu_add, mem_add, reachable = self._l_err, self._e_cpu, self._e_mem, self._reach
+        errs = self._l_err
+        if self._e_m1_any or self._v_m3_any:
+            errs = [1.0 - ((1.0 - m1) * (1.0 - m2) * (1.0 - m3) * (1.0 - m4) * (1.0 - m5))
+                    if m1 or m3 else e
+                    for e, m1, m2, m3, m4, m5 in zip(errs, m1s, m2s, m3s, m4s, m5s)]
         s_inc = s_compat = s_drop = s_over = s_lock = 0.0
         survive = 1.0
-        comps: list[tuple[float, float, float, float, float, float]] = []
-        for i in range(self._n):
-            m1 = m1s[i]
-            m3 = m3s[i]
-            if m1 or m3:
-                err = 1.0 - ((1.0 - m1) * (1.0 - m2s[i]) * (1.0 - m3) * (1.0 - m4s[i])
-                             * (1.0 - m5s[i]))
-            else:
-                err = l_err[i]
-            if err > 0 and load > 0 and reachable[i]:
-                x = rps[i] / load
-                reach = x if x < 1.0 else 1.0
-                survive *= 1.0 - err * reach
-                s_inc += m1 * reach
-                s_compat += m2s[i] * reach
-                s_drop += m3 * reach
-                s_over += m4s[i] * reach
-                s_lock += m5s[i] * reach
-            r = rr[i]
-            cpu = r + cpu_add[i]
-            mem = 0.35 + 0.3 * r + mem_add[i]
-            comps.append((rps[i], err, p50[i], p99[i], cpu if cpu < 1.0 else 1.0,
-                          mem if mem < 1.0 else 1.0))
+        if load > 0:
+            for i in self._reach_list:
+                err = errs[i]
+                if err > 0:
+                    x = rps[i] / load
+                    reach = x if x < 1.0 else 1.0
+                    survive *= 1.0 - err * reach
+                    s_inc += m1s[i] * reach
+                    s_compat += m2s[i] * reach
+                    s_drop += m3s[i] * reach
+                    s_over += m4s[i] * reach
+                    s_lock += m5s[i] * reach
+        cpus, mems = self._l_cpu, self._l_mem
+        if self._e_cpu:
+            cpus = cpus[:]
+            for i, a in self._e_cpu:
+                x = rr[i] + a
+                cpus[i] = x if x < 1.0 else 1.0
+        if self._e_mem:
+            mems = mems[:]
+            for i, a in self._e_mem:
+                x = 0.35 + 0.3 * rr[i] + a
+                mems[i] = x if x < 1.0 else 1.0
+        comps = list(zip(rps, errs, p50, p99, cpus, mems))
         edge_err = 1.0 - survive
         total_src = s_inc + s_compat + s_drop + s_over + s_lock
         if total_src > 0:
