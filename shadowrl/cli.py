@@ -357,6 +357,61 @@ def print_rehearsal(data: dict[str, Any]) -> None:
         out.print(f"[{style}]{a['severity']}[/] {a['kind']}: {a['message']}", highlight=False)
 
 
+@app.command("export")
+def export(
+    source: str = typer.Argument(..., help="procedure.yaml, scenario YAML, MLflow run id or "
+                                           "models:/NAME@ALIAS."),
+    fmt: str = typer.Option(..., "--format", help="yaml | argo | chaostoolkit | shell"),
+    out_file: Path | None = typer.Option(None, "--out", help="Write here (atomically) "
+                                                             "instead of stdout."),
+    scenario: Path | None = typer.Option(None, help="Scenario YAML to check a procedure "
+                                                    "file against."),
+    image: str | None = typer.Option(None, help="Container image of the Argo steps "
+                                                "(default bitnami/kubectl:latest)."),
+) -> None:
+    """Export a procedure as shadowrl YAML, an Argo Workflow, a Chaos Toolkit experiment or a
+    shell script; steps without a Kubernetes command become flagged, failing placeholders."""
+    import os
+    import shlex
+
+    from shadowrl.atomic import atomic_write_text
+    from shadowrl.export import DEFAULT_IMAGE, FORMATS, SourceError, load_source, placeholders
+    from shadowrl.export import render as render_export
+
+    if fmt not in FORMATS:
+        fail(f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
+    try:
+        src = load_source(source, scenario)
+    except SpecError as exc:
+        fail(exc.problems)
+    except SourceError as exc:
+        fail(str(exc))
+    argv = ["shadowrl", "export", source, "--format", fmt]
+    if scenario is not None:
+        argv += ["--scenario", str(scenario)]
+    if image is not None:
+        argv += ["--image", image]
+    if out_file is not None:
+        argv += ["--out", str(out_file)]
+    text = render_export(src, fmt, command=shlex.join(argv), image=image or DEFAULT_IMAGE)
+    for warning in src.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    if fmt != "yaml":
+        for item in placeholders(src):
+            sys.stderr.write(f"warning: {item}\n")
+    if out_file is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        atomic_write_text(out_file, text)
+        if fmt == "shell":
+            os.chmod(out_file, 0o755)
+    except OSError as exc:
+        fail(f"{out_file}: cannot write: {exc.strerror or exc}")
+    sys.stderr.write(f"wrote {out_file}\n")
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -144,8 +144,11 @@ def start_incident(shadow: ShadowBackend, deviation: DeviationSimulator, seed: i
             f"{seed}): the deployment cannot hold its SLO at the drawn load; lower the load "
             f"range or the history's scale, or add capacity")
     name = f"incident '{incident}'" if incident else "the scenario's incidents"
-    raise NoBreachError(f"{name} did not breach any SLO rule in {MAX_DRAWS} draws "
-                        f"(seed {seed}); raise the effects or lower the rule thresholds")
+    also = (f"; in {baseline} of them the SLO breached before the incident started (the load "
+            f"alone violates it)" if baseline else "")
+    raise NoBreachError(f"{name} did not breach any SLO rule after the incident started in "
+                        f"{MAX_DRAWS} draws (seed {seed}){also}; raise the effects or lower "
+                        f"the rule thresholds")
 
 
 def validate_plan(procedure: Procedure, plan: Plan) -> None:

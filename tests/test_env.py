@@ -14,7 +14,7 @@ from gymnasium.utils.env_checker import check_env
 
 import shadowrl  # noqa: F401  (registers shadowrl/Rollback-v0)
 from shadowrl.env import RollbackEnv
-from shadowrl.rehearsal import NoBreachError, configured_plan, rehearse
+from shadowrl.rehearsal import configured_plan, rehearse
 from shadowrl.spec import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +79,7 @@ def test_registration_is_idempotent() -> None:
 
 
 @pytest.mark.parametrize("name", [
-    "checkout", "payments",
-    pytest.param("search", marks=pytest.mark.xfail(
-        strict=True, raises=NoBreachError,
-        reason="BUG envs/search.yaml + start_incident: some seeds raise NoBreachError "
-               "(24 of 25 draws breach the SLO at the diurnal peak before the onset, up to "
-               "24h in), and check_env's reset chain hits one (seed 456)")),
-])
+    "checkout", "payments", "search"])
 def test_check_env(name: str) -> None:
     env = gym.make(ENV_ID, scenario=str(ROOT / "envs" / f"{name}.yaml"))
     try:
@@ -95,10 +89,7 @@ def test_check_env(name: str) -> None:
         env.close()
 
 
-@pytest.mark.parametrize("name", ["checkout", "payments", pytest.param(
-    "search", marks=pytest.mark.xfail(strict=True, raises=NoBreachError,
-                                      reason="BUG: envs/search.yaml reset(seed=18) raises "
-                                             "NoBreachError (also seeds 33, 456)"))])
+@pytest.mark.parametrize("name", ["checkout", "payments", "search"])
 def test_reset_works_for_every_seed(name: str) -> None:
     env = make(f"envs/{name}.yaml")
     for seed in range(40):

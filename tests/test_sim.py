@@ -417,9 +417,6 @@ def test_snapshot_is_independent_of_later_steps(rollout: Scenario) -> None:
     assert sh.run_step(revert, {"batch": 1, "drain": 0.0}).span == first.span
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sim.py: restore() keys the rates cache with "
-                   "snapshot.version + 1, which can equal the version of the abandoned "
-                   "branch, so metrics()/run_step after restore reuse stale rates")
 def test_restore_after_observing_gives_the_snapshot_state() -> None:
     """The env's pattern: run a step, observe (metrics), restore, observe again."""
     sc = scenario("minimal")
@@ -437,8 +434,6 @@ def test_restore_after_observing_gives_the_snapshot_state() -> None:
     assert sh.metrics().components["app"].cpu == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sim.py: stale rates cache after restore() "
-                   "(see test_restore_after_observing_gives_the_snapshot_state)")
 def test_restore_after_observing_replays_the_step() -> None:
     sc = load_scenario(ROOT / "envs" / "checkout.yaml")
     sh = _at_breach(sc, 0, "new-checkout-flag")
@@ -452,12 +447,9 @@ def test_restore_after_observing_replays_the_step() -> None:
 
 PROFILE_TOTALS = [
     "minimal", "phys_rollout", "phys_compat", "irreversible",
-    pytest.param("phys_cache", marks=pytest.mark.xfail(
-        strict=True, reason="BUG sim.py: cache warm-up advances per segment, not per quantum, "
-                            "so 1s profile segments warm it differently")),
+    "phys_cache",
     pytest.param(ROOT / "envs" / "payments.yaml", id="payments"),
-    pytest.param(ROOT / "envs" / "checkout.yaml", id="checkout", marks=pytest.mark.xfail(
-        strict=True, reason="BUG sim.py: warm-up not quantised (warm-cache step differs)")),
+    pytest.param(ROOT / "envs" / "checkout.yaml", id="checkout"),
 ]
 
 
@@ -493,9 +485,6 @@ def test_profile_has_every_component_and_the_edge() -> None:
     assert {s.name for s in sc.procedure.steps} <= set(p["step"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG sim.py: _record writes a row per integration "
-                   "segment, so seconds cut by an event (startup jitter, breach, drain end) "
-                   "get two rows at fractional t")
 @pytest.mark.parametrize("name", ["minimal"])
 def test_profile_has_one_row_per_second_per_component(name: str) -> None:
     sc = scenario(name)

@@ -17,6 +17,7 @@ share of edge traffic that reaches component ``i``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections.abc import Callable
@@ -49,6 +50,11 @@ EPS = 1e-9
 LL, LP, PL, PP = 0, 1, 2, 3
 
 
+# State versions key the rates cache. They come from one counter and are never reused, so a
+# restored snapshot can never match rates cached for the branch it replaced.
+_VERSIONS = itertools.count(1)
+
+
 def queue_factor(rho: float) -> float:
     """Latency multiplier from utilisation: ~1 at low load, steep as rho -> 1, capped."""
     r = min(rho, 0.97)
@@ -58,6 +64,9 @@ def queue_factor(rho: float) -> float:
 def p99_multiple(rho: float) -> float:
     """p99/p50: heavier tails under load."""
     return 2.0 + 3.0 * min(rho, 1.5)
+
+
+_JITTER_MEMO: dict[tuple[int, str, int], float] = {}  # (seed, key, k) -> jitter
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -252,6 +261,7 @@ class SimShadow:
             c for _i, _cap, calls in self._flow for _j, c in calls) if c >= 0]
         self._n_edges = edges
         self._lat_caches = [(k, c) for k, (_i, _j, c) in enumerate(self._lat_edges) if c >= 0]
+        self._lat_plain = [(i, j, 1.0) for i, j, _c in self._lat_edges]
         metric_index = {"rps": 0, "error_rate": 1, "latency_p50_ms": 2, "latency_p99_ms": 3,
                         "cpu": 4, "memory": 5}
         # (component or -1 for the edge, metric index, above, below)
@@ -365,17 +375,17 @@ class SimShadow:
         self._touch()
 
     def _touch(self) -> None:
-        self.state.version += 1
+        self.state.version = next(_VERSIONS)
         self._epoch += 1
 
     def _touch_warmth(self) -> None:
         """Like :meth:`_touch` after a change of cache warmth only."""
-        self.state.version += 1
+        self.state.version = next(_VERSIONS)
         self._w_epoch += 1
 
     def _touch_impulse(self) -> None:
         """Like :meth:`_touch` after a change of ``impulse`` only."""
-        self.state.version += 1
+        self.state.version = next(_VERSIONS)
         self._i_epoch += 1
 
     def jitter(self, key: str, k: int = 0) -> float:
@@ -383,8 +393,15 @@ class SimShadow:
         cache_key = (key, k)
         value = self._jitter_cache.get(cache_key)
         if value is None:
-            rng = np.random.default_rng(_stable_seed("jitter", self.seed, key, k))
-            value = float(math.exp(rng.normal(0.0, JITTER_SIGMA) - JITTER_SIGMA**2 / 2))
+            # a pure function of (seed, key, k): kept across launches of the same seed
+            memo_key = (self.seed, key, k)
+            value = _JITTER_MEMO.get(memo_key)
+            if value is None:
+                rng = np.random.default_rng(_stable_seed("jitter", self.seed, key, k))
+                value = float(math.exp(rng.normal(0.0, JITTER_SIGMA) - JITTER_SIGMA**2 / 2))
+                if len(_JITTER_MEMO) >= 65536:
+                    _JITTER_MEMO.clear()
+                _JITTER_MEMO[memo_key] = value
             self._jitter_cache[cache_key] = value
         return value
 
@@ -496,15 +513,11 @@ class SimShadow:
         for e, c in self._flow_caches:
             factor[e] = wf + (1.0 - wf) * (1.0 - hit[c] * warmth[c])
         self._v_factor = factor
-        lat = self._lat_edges
-        if self._lat_caches:
-            lat = lat[:]
-            for k, c in self._lat_caches:
-                i, j, _ = lat[k]
-                lat[k] = (i, j, 1.0 - hit[c] * warmth[c])
-            self._v_lat = lat
-        else:
-            self._v_lat = [(i, j, 1.0) for i, j, _ in lat]
+        lat = self._lat_plain[:]  # weight 1.0 (exact) where no cache is in between
+        for k, c in self._lat_caches:
+            i, j, _ = lat[k]
+            lat[k] = (i, j, 1.0 - hit[c] * warmth[c])
+        self._v_lat = lat
         self._w_key = (self._epoch, self._w_epoch)
 
     def _impulse_layer(self) -> None:
@@ -539,21 +552,29 @@ class SimShadow:
         qf = [1.0] * n
         pm = [2.0] * n  # p99_multiple(0.0) for caches
         rr = [0.0] * n
-        is_cache = self._is_cache
+        m4 = [0.0] * n
+        err = [0.0] * n
+        cpu = [0.0] * n
+        mem = [0.0] * n
+        is_cache, m2, m5 = self._is_cache, self._v_m2, self._v_m5
         for i in range(n):
             x = rho[i]
-            rr[i] = 1.0 if x > 1.0 else x  # min(rho, 1.0)
+            r = 1.0 if x > 1.0 else x  # min(rho, 1.0)
+            rr[i] = r
             if not is_cache[i]:
-                r = 0.97 if x > 0.97 else x  # queue_factor
-                qf[i] = 1.0 + r**4 / (1.0 - r)
+                q = 0.97 if x > 0.97 else x  # queue_factor
+                qf[i] = 1.0 + q**4 / (1.0 - q)
                 pm[i] = 2.0 + 3.0 * (1.5 if x > 1.5 else x)  # p99_multiple
-        m4 = [e if e < 1.0 else 1.0 for e in shed]
-        m2, m5 = self._v_m2, self._v_m5
-        # the error of a component without incident or dropped-request errors (m1 = m3 = 0)
-        self._l_err = [1.0 - (1.0 - a) * (1.0 - b) * (1.0 - c) for a, b, c in zip(m2, m4, m5)]
-        # cpu and memory without effects (x + 0.0 == x here: x >= 0)
-        self._l_cpu = [x if x < 1.0 else 1.0 for x in (r + 0.0 for r in rr)]
-        self._l_mem = [x if x < 1.0 else 1.0 for x in (0.35 + 0.3 * r + 0.0 for r in rr)]
+            e = shed[i]
+            e = m4[i] = e if e < 1.0 else 1.0
+            # the error without incident or dropped-request errors (m1 = m3 = 0)
+            err[i] = 1.0 - (1.0 - m2[i]) * (1.0 - e) * (1.0 - m5[i])
+            # cpu and memory without effects (x + 0.0 == x here: x >= 0)
+            c = r + 0.0
+            cpu[i] = c if c < 1.0 else 1.0
+            c = 0.35 + 0.3 * r + 0.0
+            mem[i] = c if c < 1.0 else 1.0
+        self._l_err, self._l_cpu, self._l_mem = err, cpu, mem
         self._l_rps, self._l_m4 = rps, m4
         self._l_qf, self._l_pm, self._l_rr = qf, pm, rr
         self._l_key = key
@@ -700,31 +721,6 @@ class SimShadow:
 
     # ------------------------------------------------------------------ time
 
-    def _next_boundary(self, t: float, t_end: float) -> float:
-        nxt = min(t_end, (math.floor(t / BLOCK_S) + 1) * BLOCK_S)
-        inj = self.injection
-        if inj is not None:
-            if inj.onset_s > t:
-                nxt = min(nxt, inj.onset_s)
-            elif t < self._effect_end:
-                q = math.floor((t - inj.onset_s) / QUANTUM_S) + 1
-                nxt = min(nxt, inj.onset_s + q * QUANTUM_S)
-        if any(w < 1.0 for w in self.state.warmth):
-            nxt = min(nxt, (math.floor(t / QUANTUM_S) + 1) * QUANTUM_S)
-        if self.record_profile:
-            nxt = min(nxt, math.floor(t) + 1.0)
-        return nxt if nxt > t + EPS else min(t_end, t + QUANTUM_S)
-
-    def _warm(self, dt: float) -> None:
-        st = self.state
-        changed = False
-        for i, w in enumerate(st.warmth):
-            if w < 1.0:
-                st.warmth[i] = min(1.0, w + dt * st.warm_rate[i] / self._warmup[i])
-                changed = True
-        if changed:
-            self._touch_warmth()
-
     def _cache_warmup(self, i: int) -> float:
         sc = self.scenario.deployment
         if self.topo.kinds[i] != "cache":
@@ -735,8 +731,8 @@ class SimShadow:
                 stop: Callable[[float, float, _Rates], float | None] | None = None) -> Span:
         """Integrate ``seconds`` of shadow time; ``stop`` may end it early at a returned time.
 
-        The loop inlines :meth:`_next_boundary`, :meth:`rates`, :meth:`_accumulate` and
-        :meth:`_warm` (same arithmetic, same order)."""
+        Segments end at load blocks, effect and warm-up quanta, and the caller's target, the
+        same with and without a profile; a profile samples each whole second of a segment."""
         st = self.state
         t_end = st.t + seconds
         span = Span(st.t, st.t)
@@ -773,10 +769,6 @@ class SimShadow:
                 x = (floor(t0 / QUANTUM_S) + 1) * QUANTUM_S
                 if x < nxt:
                     nxt = x
-            if record:
-                x = floor(t0) + 1.0
-                if x < nxt:
-                    nxt = x
             if nxt > t0 + EPS:
                 t1 = nxt
             else:
@@ -811,7 +803,10 @@ class SimShadow:
                         if v > 0:
                             by_src[k] = by_src.get(k, 0.0) + edge_rps * v * dt
                 if record:
-                    self._record(t0, r)
+                    second = math.ceil(t0 - EPS)
+                    while second < t1 - EPS:
+                        self._record(float(second), r)
+                        second += 1
             st.t = t1
             if dt > 0 and warming:
                 for i, w in enumerate(warmth):
@@ -826,20 +821,6 @@ class SimShadow:
         span.requests = requests
         span.end_s = st.t
         return span
-
-    @staticmethod
-    def _accumulate(span: Span, r: _Rates, dt: float) -> None:
-        if dt <= 0:
-            return
-        if any(r.violated):
-            span.downtime_s += dt
-        span.requests += r.edge_rps * dt
-        if r.edge_error > 0:
-            span.failed_requests += r.edge_rps * r.edge_error * dt
-            for k, v in r.by_source.items():
-                if v > 0:
-                    span.errors_by_source[k] = span.errors_by_source.get(k, 0.0) + (
-                        r.edge_rps * v * dt)
 
     def _record(self, t: float, r: _Rates) -> None:
         p = self.profile
