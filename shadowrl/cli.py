@@ -268,10 +268,10 @@ def resolve_policy(spec: str, scenario: Scenario) -> Any:
         fail(f"{spec}: no such policy (use configured, random, greedy, oracle, a procedure "
              f".yaml, a policy .zip or models:/NAME@ALIAS)")
     if path.suffix == ".zip":
-        from shadowrl.optimize.agents import SB3Policy
+        from shadowrl.optimize.agents import load_policy
 
         try:
-            return SB3Policy.load(path, name=path.name)
+            return load_policy(path, name=path.name)
         except Exception as exc:  # noqa: BLE001 - any load failure is a bad input file
             fail(f"{path}: cannot load policy: {exc}")
     proc = procedure_or_exit(path, scenario)
@@ -312,6 +312,51 @@ def evaluate_cmd(
         emit_json(summary)
     else:
         print_summary(summary)
+
+
+@app.command("train")
+def train_cmd(
+    experiment: Path = typer.Argument(..., help="Experiment YAML (experiments/*.yaml)."),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    ray_address: str | None = typer.Option(
+        None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output folder (default: "
+                                                            "runs/NAME/TIMESTAMP)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Train, evaluate, track and register a policy as an experiment file describes."""
+    from shadowrl.experiment import load_experiment, run_experiment
+
+    try:
+        load_experiment(experiment)
+    except SpecError as exc:
+        fail(exc.problems)
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        try:
+            result = run_experiment(experiment, tracking_uri=tracking_uri,
+                                    ray_address=ray_address, out_dir=out_dir,
+                                    log=lambda m: err.print(m), progress=progress)
+        except (ConnectionError, ValueError) as exc:  # e.g. an unreachable --ray-address
+            fail(str(exc))
+    if json_out:
+        emit_json(result)
+        return
+    champion = result["champion"]
+    out.print(f"run {result['run_id']} in {result['tracking_uri']}")
+    out.print(f"registered {result['model']} version {result['version']}; champion: "
+              f"version {champion.get('champion_version')} "
+              f"({'promoted' if champion.get('promoted') else 'kept'})")
+    for name, d in result["methods"].items():
+        out.print(f"  {name:12s} downtime mean {d['mean']:.0f}s p95 {d['p95']:.0f}s")
+    out.print(f"comparison: {result['comparison']}")
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -61,7 +61,8 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
     ``scenario`` (path or :class:`Scenario`), ``procedure`` (default: the scenario's),
     ``backend`` (``"sim"``), ``incident`` (fix the incident; default drawn by weight),
     ``failed_request_weight`` (0.5), ``failed_step_penalty`` (10.0 minutes),
-    ``invalid_penalty`` (1.0), ``history`` (a deviation history model), ``at`` (``now``/``peak``).
+    ``invalid_penalty`` (1.0), ``history`` (a deviation history model), ``at`` (``now``/``peak``),
+    ``record_profile`` (attach per-second profiles to the terminal ``info["rehearsal"]``).
     ``reset(seed=s)`` makes episode seed ``s``: the same incident as ``shadowrl simulate
     --seed s``.
     """
@@ -72,13 +73,14 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
                  backend: str = "sim", incident: str | None = None,
                  failed_request_weight: float = 0.5, failed_step_penalty: float = 10.0,
                  invalid_penalty: float = 1.0, history: Any = None, at: str = "now",
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, record_profile: bool = False) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.procedure = procedure or self.scenario.procedure
         self.backend_kind = backend
         self.deviation = DeviationSimulator(self.scenario, history=history, at=at)  # type: ignore[arg-type]
-        self.shadow = make_backend(backend, self.scenario,
-                                   pattern=self.deviation.load_pattern())
+        self.record_profile = record_profile
+        self.shadow = make_backend(backend, self.scenario, pattern=self.deviation.load_pattern(),
+                                   record_profile=record_profile)
         self.incident = incident
         self.failed_request_weight = failed_request_weight
         self.failed_step_penalty = failed_step_penalty
@@ -279,6 +281,8 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         steps_failed = sum(r.span.failed_requests for r in self.results)
         self.rehearsal = finish(self.scenario, self.procedure, self.shadow, self.episode_seed,
                                 self.injection, self.breach, self.results)
+        if self.record_profile:
+            self.rehearsal.profile = getattr(self.shadow, "profile", None)
         return Span(0.0, 0.0, self.rehearsal.downtime_s - steps_cost,
                     self.rehearsal.failed_requests - steps_failed)
 

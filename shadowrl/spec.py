@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 API_VERSION = "shadowrl/v1"
+ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_FILE_BYTES = 8 * 2**20
 MAX_NODES = 200_000
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -823,6 +824,20 @@ def _drop_union_noise(problems: list[Problem]) -> list[Problem]:
     for p in problems:
         by_path.setdefault(p.path, p)
     return list(by_path.values())
+
+
+def validate_model(model: type[ModelT], data: Any, file: str,
+                   lines: _LineMap | None = None) -> ModelT:
+    """Validate ``data`` (from :func:`load_yaml`) against any pydantic model, with problems
+    naming file, line and field like the scenario's."""
+    lines = lines or _LineMap()
+    if not isinstance(data, dict):
+        raise SpecError([Problem(file, lines.line(()), "", "the top level must be a mapping, "
+                                 f"got a {_kind(data)}")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(exc, file, lines)) from None
 
 
 def scenario_from_data(data: Any, file: str, lines: _LineMap | None = None) -> Scenario:

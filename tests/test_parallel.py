@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,31 @@ def test_ray_session_reuses_running_ray_and_rejects_unreachable(ray_local: Any) 
     with pytest.raises(ValueError, match="127.0.0.1:1"):
         with ray_session("127.0.0.1:1"):
             pass
+
+
+_SESSION_SCRIPT = """
+import sys, ray
+from shadowrl.parallel import ray_session
+with ray_session(address=sys.argv[1]) as s:  # join the test's cluster
+    assert s.started and s.address == sys.argv[1], s
+    assert ray.get(ray.remote(lambda: 41).remote()) == 41
+assert not ray.is_initialized()
+with ray_session(num_cpus=1) as s:  # a private local instance
+    assert s.started and s.address is None and s.num_cpus == 1, s
+with ray_session(num_cpus=1) as outer, ray_session() as inner:
+    assert outer.started and not inner.started
+    assert ray.is_initialized()
+assert not ray.is_initialized()
+print("ok")
+"""
+
+
+def test_ray_session_joins_and_starts_and_shuts_down(ray_local: Any) -> None:
+    address = ray_local.get_runtime_context().gcs_address
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", _SESSION_SCRIPT, address], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- RayVecEnv

@@ -56,6 +56,8 @@ def methods_for(method: str) -> tuple[str, ...]:
         return RL_METHODS
     if method == "all":
         return ("configured", "random", "greedy", "best_static", "rl", "oracle")
+    if method == "search_rl":  # what an experiment compares: cheap, and what users deploy
+        return ("configured", "best_static", "rl")
     raise ValueError(f"unknown method {method!r} (search, rl or all)")
 
 
@@ -187,6 +189,8 @@ class OptimizeOptions:
     search_incidents: int = 24
     oracle_nodes: int = 5000
     ray_address: str | None = None
+    policy: Path | None = None  # a trained policy.zip: measured instead of training one
+    vec_env_factory: Callable[..., Any] | None = None  # e.g. Ray replicas for training
 
 
 def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: str,
@@ -233,17 +237,23 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     policy_path = out_dir / "policy.zip"
     rl_extra: dict[str, Any] = {}
     if "rl" in methods:
-        from shadowrl.optimize.agents import SB3Policy, load_agent_config, train
+        from shadowrl.optimize.agents import load_agent_config, load_policy, train
 
-        config = load_agent_config(opts.agent or default_agent_path())
-        log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} timesteps")
-        trained = train(scenario, config, out_dir / "rl", seed=opts.seed,
-                        timesteps=opts.timesteps, progress=progress is not None,
-                        vec_env_factory=_vec_env_factory(opts))
-        _copy_policy(Path(trained.model_path), out_dir)
-        res = measure(env, SB3Policy.load(policy_path, name="rl"), n, s0, tick("rl"))
-        res.extra = {"train_s": trained.wall_s, "timesteps": trained.timesteps,
+        if opts.policy is not None:
+            _copy_policy(opts.policy, out_dir)
+            extra: dict[str, Any] = {"policy": str(opts.policy)}
+        else:
+            config = load_agent_config(opts.agent or default_agent_path())
+            log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} "
+                f"timesteps")
+            trained = train(scenario, config, out_dir / "rl", seed=opts.seed,
+                            timesteps=opts.timesteps, progress=progress is not None,
+                            vec_env_factory=opts.vec_env_factory)
+            _copy_policy(Path(trained.model_path), out_dir)
+            extra = {"train_s": trained.wall_s, "timesteps": trained.timesteps,
                      "algorithm": config.algorithm}
+        res = measure(env, load_policy(policy_path, name="rl"), n, s0, tick("rl"))
+        res.extra = extra
         results["rl"] = res
         rl_extra = res.extra
     if "oracle" in methods:
@@ -294,10 +304,6 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
 def default_agent_path() -> Path:
     """``agents/maskable_ppo.yaml`` beside the package (a source checkout)."""
     return Path(__file__).resolve().parents[2] / "agents" / "maskable_ppo.yaml"
-
-
-def _vec_env_factory(opts: OptimizeOptions) -> Callable[..., Any] | None:
-    return None
 
 
 def _copy_policy(model_path: Path, out_dir: Path) -> None:
