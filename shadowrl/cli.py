@@ -262,7 +262,10 @@ def resolve_policy(spec: str, scenario: Scenario) -> Any:
     if spec.startswith("models:/"):
         from shadowrl.tracking import load_registered_policy
 
-        return load_registered_policy(spec)
+        try:
+            return load_registered_policy(spec)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; all are bad input
+            fail(f"{spec}: {exc}")
     path = Path(spec)
     if not path.exists():
         fail(f"{spec}: no such policy (use configured, random, greedy, oracle, a procedure "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -245,10 +246,13 @@ class _Replica:
     def is_wrapped(self, wrapper_class: type[gym.Wrapper]) -> bool:
         return is_wrapped(self.env, wrapper_class)
 
-    def rollout_chunk(self, n_steps: int, seed: int) -> dict[str, int]:
-        out = random_rollout(self.env, n_steps, np.random.default_rng(seed),
-                             needs_reset=not self._started)
+    def rollout_chunk(self, n_steps: int, seed: int) -> dict[str, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out: dict[str, float] = dict(random_rollout(
+            self.env, n_steps, np.random.default_rng(seed), needs_reset=not self._started))
         self._started = True
+        out["wall_s"] = time.perf_counter() - wall
+        out["cpu_s"] = time.process_time() - cpu
         return out
 
     def close(self) -> None:
@@ -334,6 +338,7 @@ class RayVecEnv(VecEnv):
         self._pending_cut: list[tuple[Any, dict[str, Any], np.ndarray | None] | None] = [None] * n
         self._needs_reset = False
         self._closed = False
+        self.last_chunk_stats: list[dict[str, float]] = []
         try:
             self.actors: list[Any] = [self._new_actor(i) for i in range(n)]
             obs_space, act_space, _, metadata = ray.get(self.actors[0].describe.remote())
@@ -569,7 +574,8 @@ class RayVecEnv(VecEnv):
 
     def rollout_chunk(self, n_steps: int, seed: int = 0) -> int:
         """Every replica plays ``n_steps`` random valid actions inside its actor (one Ray call
-        per replica, not per step) and the total step count is returned.
+        per replica, not per step) and the total step count is returned; per-replica
+        ``steps``, ``episodes``, ``wall_s`` and ``cpu_s`` are kept in ``last_chunk_stats``.
 
         This is the throughput path when an env step is much cheaper than a Ray call. It is
         not part of the SB3 API: the replicas move on, so call :meth:`reset` before stepping
@@ -581,10 +587,12 @@ class RayVecEnv(VecEnv):
         refs = [actor.rollout_chunk.remote(int(n_steps), int(seed) + i)
                 for i, actor in enumerate(self.actors)]
         total = 0
+        self.last_chunk_stats = []
         for i, res in enumerate(self._gather(refs)):
             if isinstance(res, _Lost):
                 self._restart(i, res.error)
                 continue
+            self.last_chunk_stats.append(res)
             total += int(res["steps"])
         return total
 

@@ -90,8 +90,8 @@ with ray_session(address=sys.argv[1]) as s:  # join the test's cluster
 assert not ray.is_initialized()
 with ray_session(num_cpus=1) as s:  # a private local instance
     assert s.started and s.address is None and s.num_cpus == 1, s
-with ray_session(num_cpus=1) as outer, ray_session() as inner:
-    assert outer.started and not inner.started
+    with ray_session() as inner:  # nested: reused, left running
+        assert not inner.started
     assert ray.is_initialized()
 assert not ray.is_initialized()
 print("ok")
@@ -160,6 +160,28 @@ def test_vec_env_matches_dummy_vec_env(vec2: Any, scenario: Any) -> None:
         for a, b in zip(vec2.reset_infos, dummy.reset_infos):
             _same_info(a, b)
     dummy.close()
+
+
+def test_make_vec_env_for_accepts_ray_vec_env(ray_local: Any, scenario: Any) -> None:
+    """The training hook: ``vec_env_factory=RayVecEnv`` gives DummyVecEnv's episodes."""
+    from shadowrl.optimize.agents import AgentConfig, make_vec_env_for
+
+    config = AgentConfig(n_envs=2)
+    dummy = make_vec_env_for(scenario, config, seed=4)
+    vec = make_vec_env_for(scenario, config, seed=4, vec_env_factory=RayVecEnv)
+    try:
+        assert isinstance(vec, RayVecEnv) and vec.env_is_wrapped(Monitor) == [True, True]
+        np.testing.assert_array_equal(vec.reset(), dummy.reset())
+        rng = np.random.default_rng(3)
+        for _ in range(15):
+            actions = _random_actions(get_action_masks(dummy), rng)
+            for a, b in zip(vec.step(actions)[:3], dummy.step(actions)[:3]):
+                np.testing.assert_array_equal(a, b)
+        assert [i["episode_seed"] for i in vec.reset_infos] == [
+            i["episode_seed"] for i in dummy.reset_infos]
+    finally:
+        vec.close()
+        dummy.close()
 
 
 def test_action_masks_match_the_replicas(vec2: Any, ray_local: Any) -> None:
