@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-# _check_procedure, _normalise_settings and _pydantic_problems are the spec module's own
+# _check_procedure, _normalise_settings and pydantic_problems are the spec module's own
 # checks: a procedure exported without a scenario is normalised and reported exactly like one
 # loaded with it (same defaults, same messages).
 from shadowrl.spec import (
@@ -39,7 +39,6 @@ from shadowrl.spec import (
     Step,
     _check_procedure,
     _normalise_settings,
-    _pydantic_problems,
     format_duration,
     format_path,
     load_procedure,
@@ -47,6 +46,7 @@ from shadowrl.spec import (
     load_yaml,
     parse_duration,
     procedure_to_data,
+    pydantic_problems,
     scenario_from_data,
     setting_kind,
 )
@@ -155,7 +155,7 @@ def procedure_from_data(data: dict[str, Any], file: str, lines: Any) -> Procedur
     try:
         proc = Procedure.model_validate(data["procedure"])
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, file, lines, ("procedure",))) from None
+        raise SpecError(pydantic_problems(exc, file, lines, ("procedure",))) from None
     problems: list[tuple[tuple[str | int, ...], str]] = []
     seen: set[str] = set()
     for i, step in enumerate(proc.steps):

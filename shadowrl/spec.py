@@ -377,7 +377,7 @@ class SpecError(ValueError):
 PathKey = tuple[str | int, ...]
 
 
-class _LineMap:
+class LineMap:
     """Field path -> line number, for mapping pydantic errors back to the file."""
 
     def __init__(self) -> None:
@@ -402,7 +402,7 @@ def format_path(path: Iterable[str | int]) -> str:
     return out
 
 
-def _construct(node: yaml.Node, path: PathKey, lines: _LineMap, file: str,
+def _construct(node: yaml.Node, path: PathKey, lines: LineMap, file: str,
                counter: list[int], loader: yaml.SafeLoader) -> Any:
     counter[0] += 1
     if counter[0] > MAX_NODES:
@@ -447,7 +447,7 @@ def _check_size(text: str, file: str, loader: Any) -> None:
                                      f"document too large (more than {MAX_NODES} nodes)")])
 
 
-def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
+def load_yaml(text: str | bytes, file: str) -> tuple[Any, LineMap]:
     """Parse one YAML document, returning plain data and a path->line map."""
     if isinstance(text, bytes):
         if len(text) > MAX_FILE_BYTES:
@@ -480,7 +480,7 @@ def load_yaml(text: str | bytes, file: str) -> tuple[Any, _LineMap]:
     if len(nodes) > 1:
         raise SpecError([Problem(file, nodes[1].start_mark.line + 1, "",
                                  "expected one YAML document, found several")])
-    lines = _LineMap()
+    lines = LineMap()
     # A loader per file resolves scalars (already tagged by the composer) with YAML 1.1's safe
     # types; it remembers what it built, so it must not outlive the load.
     loader = yaml.SafeLoader("")
@@ -779,7 +779,7 @@ def _check_target_fit(step: Step, comp: Any, path: PathKey) -> list[tuple[PathKe
 # --------------------------------------------------------------------------- loading
 
 
-def _pydantic_problems(exc: ValidationError, file: str, lines: _LineMap,
+def pydantic_problems(exc: ValidationError, file: str, lines: LineMap,
                        prefix: PathKey = ()) -> list[Problem]:
     problems = []
     seen = set()
@@ -827,21 +827,21 @@ def _drop_union_noise(problems: list[Problem]) -> list[Problem]:
 
 
 def validate_model(model: type[ModelT], data: Any, file: str,
-                   lines: _LineMap | None = None) -> ModelT:
+                   lines: LineMap | None = None) -> ModelT:
     """Validate ``data`` (from :func:`load_yaml`) against any pydantic model, with problems
     naming file, line and field like the scenario's."""
-    lines = lines or _LineMap()
+    lines = lines or LineMap()
     if not isinstance(data, dict):
         raise SpecError([Problem(file, lines.line(()), "", "the top level must be a mapping, "
                                  f"got a {_kind(data)}")])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, file, lines)) from None
+        raise SpecError(pydantic_problems(exc, file, lines)) from None
 
 
-def scenario_from_data(data: Any, file: str, lines: _LineMap | None = None) -> Scenario:
-    lines = lines or _LineMap()
+def scenario_from_data(data: Any, file: str, lines: LineMap | None = None) -> Scenario:
+    lines = lines or LineMap()
     if data is None:
         raise SpecError([Problem(file, 1, "", "file is empty")])
     if not isinstance(data, dict):
@@ -850,7 +850,7 @@ def scenario_from_data(data: Any, file: str, lines: _LineMap | None = None) -> S
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, file, lines)) from None
+        raise SpecError(pydantic_problems(exc, file, lines)) from None
     problems = _check_references(sc)
     if problems:
         raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
@@ -895,7 +895,7 @@ def load_procedure(path: str | Path, scenario: Scenario) -> Procedure:
     try:
         proc = Procedure.model_validate(data["procedure"])
     except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, file, lines, ("procedure",))) from None
+        raise SpecError(pydantic_problems(exc, file, lines, ("procedure",))) from None
     problems = _check_procedure(scenario, proc, ("procedure",))
     if problems:
         raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])

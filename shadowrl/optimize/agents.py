@@ -30,6 +30,8 @@ import json
 import re
 import sys
 import time
+import types
+import typing
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -51,18 +53,19 @@ from shadowrl.atomic import atomic_write_json, atomic_write_with
 from shadowrl.env import RollbackEnv
 from shadowrl.optimize.evaluate import evaluate
 from shadowrl.spec import (
+    LineMap,
     Problem,
     Scenario,
     SpecError,
-    _LineMap,
-    _pydantic_problems,
     format_path,
     load_scenario,
     load_yaml,
+    validate_model,
 )
 
 __all__ = [
-    "ALGORITHMS", "AgentConfig", "CheckpointConfig", "EvalConfig", "SB3Policy", "TrainResult",
+    "ALGORITHMS", "AgentConfig", "AtomicCheckpointCallback", "CheckpointConfig", "CostEvalCallback",
+    "EvalConfig", "SB3Policy", "TrainResult", "agent_config_from_data",
     "load_agent_config", "load_policy", "make_vec_env_for", "register_algorithm", "train",
     "uses_masks",
 ]
@@ -158,16 +161,10 @@ def _schedule(value: Any) -> Any:
 
 
 def agent_config_from_data(data: Any, file: str = "<agent>",
-                           lines: _LineMap | None = None) -> AgentConfig:
+                           lines: LineMap | None = None) -> AgentConfig:
     """Validate parsed YAML as an agent config; :class:`SpecError` names file:line: field."""
-    lines = lines or _LineMap()
-    if not isinstance(data, dict):
-        raise SpecError([Problem(file, lines.line(()), "", "the top level must be a mapping "
-                                 "(algorithm, hyperparameters, ...)")])
-    try:
-        config = AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(_pydantic_problems(exc, file, lines)) from None
+    lines = lines or LineMap()
+    config = validate_model(AgentConfig, data, file, lines)
     problems = _check_config(config)
     if problems:
         raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
@@ -194,6 +191,7 @@ def _check_config(config: AgentConfig) -> list[tuple[tuple[str | int, ...], str]
         known = ", ".join(sorted(ALGORITHMS))
         return [(("algorithm",), f"unknown algorithm {config.algorithm!r} (known: {known})")]
     accepted = _init_params(cls) - _RESERVED_ARGS
+    annotations = {k: p.annotation for k, p in inspect.signature(cls.__init__).parameters.items()}
     for key, value in config.hyperparameters.items():
         path = ("hyperparameters", key)
         if key == "n_envs":
@@ -208,6 +206,10 @@ def _check_config(config: AgentConfig) -> list[tuple[tuple[str | int, ...], str]
         elif key in _SCHEDULED and isinstance(value, (int, float)) and not isinstance(
                 value, bool) and value < 0:
             problems.append((path, f"must be >= 0, got {value}"))
+        elif not (key in _SCHEDULED and isinstance(value, str)):
+            wrong = _type_problem(annotations.get(key), value)
+            if wrong:
+                problems.append((path, wrong))
     gamma = config.hyperparameters.get("gamma")
     if isinstance(gamma, (int, float)) and not 0 <= gamma <= 1:
         problems.append((("hyperparameters", "gamma"), f"must be in [0, 1], got {gamma}"))
@@ -232,6 +234,35 @@ def _check_config(config: AgentConfig) -> list[tuple[tuple[str | int, ...], str]
             problems.append((("env", key), f"RollbackEnv does not accept '{key}' (accepted: "
                                            f"{', '.join(sorted(env_params))})"))
     return problems
+
+
+_SIMPLE = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+           type(None): "null"}
+
+
+def _type_problem(annotation: Any, value: Any) -> str | None:
+    """Check a YAML value against a constructor annotation built from int/float/bool/None
+    (other annotations are left to the constructor)."""
+    if annotation is inspect.Parameter.empty or annotation is None:
+        return None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    simple = [m for m in members if m in _SIMPLE]
+    if len(simple) != len(members) or not simple:
+        return None
+    for m in simple:
+        if m is bool and isinstance(value, bool):
+            return None
+        if m is int and isinstance(value, int) and not isinstance(value, bool):
+            return None
+        if m is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        if m is str and isinstance(value, str):
+            return None
+        if m is type(None) and value is None:
+            return None
+    expected = " or ".join(_SIMPLE[m] for m in simple)
+    return f"expected {expected}, got {value!r}"
 
 
 def _init_params(cls: type) -> set[str]:
@@ -383,8 +414,9 @@ def _candidates(path: Path) -> list[str]:
     def score(name: str) -> tuple[float, int]:
         cls = ALGORITHMS[name]
         params = _init_params(cls) - _RESERVED_ARGS - {"stats_window_size"}
-        fit = len(params & keys) / max(len(params), 1) - 0.5 * len(
-            {"clip_range", "exploration_fraction", "target_update_interval"} & keys - params)
+        foreign = {"clip_range", "exploration_fraction", "target_update_interval"} & (
+            keys - params)  # attributes only another algorithm has
+        fit = len(params & keys) / max(len(params), 1) - 0.5 * len(foreign)
         modules = {p.__module__ for p in getattr(cls, "policy_aliases", {}).values()}
         return (fit, int(policy_module in modules))
 
@@ -431,7 +463,8 @@ class TrainResult:
 
 
 class CostEvalCallback(BaseCallback):
-    """Every ``freq`` timesteps, run ``evaluate`` on seeds ``seed + i`` and keep the best.
+    """Every ``freq`` timesteps (checked between rollouts) and at the end of training, run
+    ``evaluate`` on seeds ``seed + i``; save the best model.
 
     SB3's (Maskable)EvalCallback resets its eval env without seeds, so each evaluation
     would face different incidents; this one faces the same ones every time, the same way
@@ -458,10 +491,14 @@ class CostEvalCallback(BaseCallback):
         if self._last is None:
             self._last = self.num_timesteps
 
-    def _on_step(self) -> bool:
+    def _on_rollout_start(self) -> None:
+        # Here, not in _on_step: on-policy algorithms update after collecting a rollout, so
+        # only at the start of the next one does the model include every sample seen so far.
         assert self._last is not None
         if self.num_timesteps - self._last >= self.freq:
             self.run()
+
+    def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
@@ -498,16 +535,32 @@ class CostEvalCallback(BaseCallback):
 
 
 class AtomicCheckpointCallback(CheckpointCallback):
-    """SB3's CheckpointCallback, but a crash never leaves a truncated checkpoint behind."""
+    """SB3's CheckpointCallback with two changes: a crash never leaves a truncated checkpoint
+    behind (atomic rename, sidecar ``.json`` with the algorithm), and checkpoints are taken
+    between rollouts, every ``freq`` timesteps and at the end, so a checkpoint named N steps
+    includes the update from the last rollout (SB3's, taken mid-rollout, lacks it)."""
 
-    def __init__(self, save_freq: int, save_path: str, meta: dict[str, Any]) -> None:
-        super().__init__(save_freq, save_path)
+    def __init__(self, freq: int, save_path: str, meta: dict[str, Any]) -> None:
+        super().__init__(freq, save_path)
         self.meta = meta
+        self._next = freq
 
-    def _on_step(self) -> bool:
-        if self.n_calls % self.save_freq == 0:
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _save_if_due(self) -> None:
+        if self.num_timesteps >= self._next:
             path = Path(self._checkpoint_path(extension="zip"))
             _save_model(self.model, path, {**self.meta, "timesteps": int(self.num_timesteps)})
+            self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_rollout_start(self) -> None:
+        self._save_if_due()
+
+    def _on_training_end(self) -> None:
+        self._save_if_due()
+
+    def _on_step(self) -> bool:
         return True
 
 
@@ -605,6 +658,9 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
             "env": dict(config.env), "seed": seed}
 
     state = _read_state(out) if resume else {}
+    if state.get("algorithm") not in (None, config.algorithm):
+        raise ValueError(f"cannot resume {out}: it was trained with '{state['algorithm']}', "
+                         f"the agent config says '{config.algorithm}'")
     latest = _latest(out) if resume else None
     done = latest[0] if latest else 0
     history: list[dict[str, Any]] = [r for r in state.get("eval_history", [])
@@ -633,8 +689,7 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
                                    config.eval.seed, best_path=out / "best_policy.zip",
                                    meta=meta, history=history, best_cost=best,
                                    log=progress and not show_bar)
-        ckpt_cb = AtomicCheckpointCallback(max(config.checkpoint.freq // config.n_envs, 1),
-                                           str(ckpt_dir), meta)
+        ckpt_cb = AtomicCheckpointCallback(config.checkpoint.freq, str(ckpt_dir), meta)
         remaining = total - done
         if remaining > 0:
             model.learn(remaining, callback=[ckpt_cb, eval_cb, *callbacks],
