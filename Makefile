@@ -3,6 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 OUT ?= out/demo
 SCENARIO ?= envs/checkout.yaml
+EXPERIMENT ?= experiments/checkout-maskable-ppo.yaml
 
 .PHONY: install demo test lint bench clean
 
@@ -11,7 +12,7 @@ install:
 	$(PIP) install -q -e ".[dev]"
 
 demo: install
-	$(PYTHON) -m shadowrl.demo --scenario $(SCENARIO) --out $(OUT)
+	$(PYTHON) -m shadowrl.demo --scenario $(SCENARIO) --experiment $(EXPERIMENT) --out $(OUT)
 
 test: install
 	$(PYTHON) -m ruff check shadowrl tests benchmarks

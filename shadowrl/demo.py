@@ -1,7 +1,9 @@
 """The main job of a fresh checkout (`make demo`): every stage of shadowrl on one scenario.
 
 Runs the real commands one after another, printing each, with the embedded defaults: the
-simulated shadow, a local Ray, and the sqlite MLflow store in the working directory.
+simulated shadow, a local Ray (2 shadow replicas for training), and the sqlite MLflow store
+``./mlflow.db`` in the working directory. ``--quick`` shrinks the rehearsal and evaluation
+budgets (training follows the experiment file).
 """
 
 from __future__ import annotations
@@ -13,36 +15,47 @@ import sys
 from pathlib import Path
 
 
-def stages(scenario: str, out: Path, quick: bool) -> list[list[str]]:
+def stages(scenario: str, experiment: str, out: Path, quick: bool) -> list[list[str]]:
     runs = "10" if quick else "50"
     episodes = "10" if quick else "50"
-    timesteps = "4000" if quick else "40000"
+    model = _model_name(experiment)
     return [
         ["validate", scenario],
         ["simulate", scenario, "--seed", "1"],
         ["rehearse", scenario, "--runs", runs, "--out", str(out / "rehearsal")],
-        ["optimize", scenario, "--method", "all", "--episodes", episodes, "--timesteps",
-         timesteps, "--out", str(out / "optimize")],
-        ["evaluate", scenario, "--policy", str(out / "optimize" / "policy.zip"), "--episodes",
-         episodes],
+        ["optimize", scenario, "--method", "search", "--episodes", episodes, "--out",
+         str(out / "optimize")],
+        ["train", experiment, "--out", str(out / "train")],
+        ["evaluate", scenario, "--policy", f"models:/{model}@champion", "--episodes", episodes],
+        ["export", f"models:/{model}@champion", "--format", "argo", "--out",
+         str(out / "rollback-workflow.yaml")],
     ]
+
+
+def _model_name(experiment: str) -> str:
+    from shadowrl.experiment import load_experiment
+
+    return load_experiment(experiment).tracking.model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenario", default="envs/checkout.yaml")
+    parser.add_argument("--experiment", default="experiments/checkout-maskable-ppo.yaml",
+                        help="the experiment `train` runs (2 Ray replicas, ./mlflow.db)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
     args = parser.parse_args(argv)
     exe = [sys.executable, "-m", "shadowrl"]
-    for stage in stages(args.scenario, args.out, args.quick):
+    for stage in stages(args.scenario, args.experiment, args.out, args.quick):
         print(f"\n$ shadowrl {shlex.join(stage)}", flush=True)
         code = subprocess.call([*exe, *stage])
         if code != 0:
             print(f"stage failed with exit code {code}", file=sys.stderr)
             return code
-    print(f"\nDone. Open {args.out / 'rehearsal' / 'report.html'} and read "
-          f"{args.out / 'optimize' / 'comparison.md'}.")
+    print(f"\nDone. Open {args.out / 'rehearsal' / 'report.html'}, read "
+          f"{args.out / 'train' / 'comparison.md'}, and browse the run with "
+          f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`.")
     return 0
 
 
