@@ -111,6 +111,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self._obs_ref: tuple[Any, ...] | None = None  # healthy yardsticks, flattened
         self._sig_clean: tuple[np.ndarray, list[float]] | None = None
         self._reset_state()
+        self._healthy_metrics()  # the yardstick of observations and of the cost
 
     # ------------------------------------------------------------------ helpers
 
@@ -207,7 +208,12 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return np.asarray(sig, dtype=np.float32)
 
     def _cost(self, span: Span) -> float:
-        return (span.downtime_s + self.failed_request_weight * span.failed_requests
+        return self.cost_of(span.downtime_s, span.failed_requests)
+
+    def cost_of(self, downtime_s: float, failed_requests: float) -> float:
+        """The objective in minutes: downtime plus weighted failed requests, the latter as
+        seconds of full outage at the healthy edge rate."""
+        return (downtime_s + self.failed_request_weight * failed_requests
                 / self._healthy_rps) / 60.0
 
     # ------------------------------------------------------------------ gym API

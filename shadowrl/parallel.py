@@ -53,6 +53,8 @@ __all__ = [
 DEFAULT_OBJECT_STORE_MEMORY = 300 * 2**20  # bytes: episodes and rehearsals are a few KB each
 _QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 _CONNECT_TIMEOUT_S = 5.0
+_STARTUP_TIMEOUT_S = 300.0  # a replacement replica's start-up (imports, env build)
+_RESTART_ATTEMPTS = 3  # per lost replica, before giving up with RuntimeError
 
 
 # --------------------------------------------------------------------------- sessions
@@ -269,6 +271,13 @@ def _remote_replica_class() -> Any:
     return _RemoteReplica
 
 
+def _kill_quietly(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
 @dataclass
 class _Lost:
     """A replica whose actor died (or hung past the timeout) during a call."""
@@ -339,12 +348,17 @@ class RayVecEnv(VecEnv):
         self._needs_reset = False
         self._closed = False
         self.last_chunk_stats: list[dict[str, float]] = []
+        self.actors: list[Any] = []
         try:
-            self.actors: list[Any] = [self._new_actor(i) for i in range(n)]
-            obs_space, act_space, _, metadata = ray.get(self.actors[0].describe.remote())
+            self.actors = [self._new_actor(i) for i in range(n)]
+            # wait for every replica: a factory that fails raises here, not mid-training
+            described = ray.get([a.describe.remote() for a in self.actors])
         except BaseException:
+            for actor in self.actors:
+                _kill_quietly(actor)
             self._stack.close()
             raise
+        obs_space, act_space, _, metadata = described[0]
         super().__init__(n, obs_space, act_space)
         self.metadata = metadata
         self.keys, shapes, dtypes = obs_space_info(obs_space)
@@ -402,21 +416,23 @@ class RayVecEnv(VecEnv):
         return int(state[0] % (2**31 - 1))
 
     def _restart(self, i: int, cause: BaseException,
-                 seed: int | None = None) -> tuple[Any, dict[str, Any], np.ndarray | None]:
+                 ) -> tuple[Any, dict[str, Any], np.ndarray | None]:
         """Replace replica ``i`` with a new actor and reset it; returns (obs, info, mask)."""
         last: BaseException = cause
-        for _ in range(3):
+        for _ in range(_RESTART_ATTEMPTS):
             if self.max_restarts is not None and self.restarts >= self.max_restarts:
                 raise RuntimeError(f"replica {i} lost ({last!r}) and the restart budget "
                                    f"({self.max_restarts}) is spent") from last
-            try:
-                ray.kill(self.actors[i], no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-            reset_seed = seed if seed is not None else self._restart_seed(i)
+            _kill_quietly(self.actors[i])
+            reset_seed = self._restart_seed(i)
             self._restarts_per_env[i] += 1
             self.restarts += 1
             self.actors[i] = self._new_actor(i)
+            try:  # start-up (imports, env build) is not held to call_timeout_s
+                ray.get(self.actors[i].describe.remote(), timeout=_STARTUP_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError) as exc:
+                last = exc
+                continue
             for name, value in self._attr_log[i]:
                 self.actors[i].set_attr.remote(name, value)
             options = self._options[i] or None
@@ -560,13 +576,11 @@ class RayVecEnv(VecEnv):
         self._closed = True
         try:
             if ray.is_initialized():
-                refs = [a.close.remote() for a in self.actors]
-                self._gather(refs)
-                for actor in self.actors:
-                    try:
-                        ray.kill(actor, no_restart=True)
-                    except Exception:  # noqa: BLE001 - already gone
-                        pass
+                try:
+                    self._gather([a.close.remote() for a in self.actors])
+                finally:
+                    for actor in self.actors:
+                        _kill_quietly(actor)
         finally:
             self._stack.close()
 

@@ -45,7 +45,7 @@ def env_restore(env: RollbackEnv, snap: tuple[Any, ...]) -> None:
 
 def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
     """The env's objective for a finished rehearsal: minus the episode return, in minutes."""
-    cost = (r.downtime_s + env.failed_request_weight * r.failed_requests / env._healthy_rps) / 60
+    cost = env.cost_of(r.downtime_s, r.failed_requests)
     if any(s.status == "failed" for s in r.steps):
         cost += env.failed_step_penalty
     return cost
@@ -306,7 +306,66 @@ def best_static(env: RollbackEnv, train_seeds: Sequence[int], *, trials: int = 1
             if on_trial:
                 on_trial(n, size)
         return StaticSearchResult(best_plan, best_cost, n, "exhaustive")
-    return _optuna_search(env, train_seeds, trials, seed, configured, on_trial)
+    found = _optuna_search(env, train_seeds, trials, seed, configured, on_trial)
+    return local_search(env, train_seeds, found)
+
+
+def _neighbours(procedure: Procedure,
+                plan: list[tuple[str, dict[str, Any] | None]]) -> Iterator[list[Any]]:
+    """Plans one change away: another setting for one step, one step moved, one optional
+    step kept or skipped. Only orders that respect ``after`` are produced."""
+    from shadowrl.rehearsal import validate_plan
+
+    spaces = {s.name: _settings_space(s) for s in procedure.steps}
+    for k, (name, settings) in enumerate(plan):
+        if settings is None:
+            continue
+        for other in spaces[name]:
+            if other != settings:
+                yield [*plan[:k], (name, other), *plan[k + 1:]]
+    kept = [(n, st) for n, st in plan if st is not None]
+    skipped = [(n, st) for n, st in plan if st is None]
+    for i in range(len(kept)):
+        for j in range(len(kept)):
+            if i == j:
+                continue
+            order = kept[:i] + kept[i + 1:]
+            order.insert(j, kept[i])
+            candidate = [*order, *skipped]
+            try:
+                validate_plan(procedure, candidate)
+            except ValueError:
+                continue
+            yield candidate
+    for k, (name, settings) in enumerate(plan):
+        if procedure.step(name).optional:
+            flipped = (name, None) if settings is not None else (name, spaces[name][0])
+            candidate = [*plan[:k], *plan[k + 1:]]
+            candidate = ([*candidate, flipped] if flipped[1] is None
+                         else [flipped, *candidate])
+            try:
+                validate_plan(procedure, candidate)
+            except ValueError:
+                continue
+            yield candidate
+
+
+def local_search(env: RollbackEnv, train_seeds: Sequence[int], start: StaticSearchResult,
+                 max_sweeps: int = 6) -> StaticSearchResult:
+    """First-improvement hill climbing from a search result over :func:`_neighbours`."""
+    best_plan, best_cost = list(start.plan), start.train_cost
+    evaluated = start.evaluated
+    for _ in range(max_sweeps):
+        improved = False
+        for candidate in _neighbours(env.procedure, best_plan):
+            evaluated += 1
+            cost = plan_cost(env, candidate, train_seeds, env.deviation)
+            if cost < best_cost - 1e-9:
+                best_plan, best_cost, improved = candidate, cost, True
+                break
+        if not improved:
+            break
+    return StaticSearchResult(best_plan, best_cost, evaluated, start.method + "+local")
 
 
 def _optuna_search(env: RollbackEnv, train_seeds: Sequence[int], trials: int, seed: int,
