@@ -140,6 +140,7 @@ def rehearse_cmd(
     at: str = typer.Option("now", help="now | peak: place incidents at the forecast peak."),
     alert_webhook: str | None = typer.Option(
         None, help="Alertmanager-style webhook URL (or SHADOWRL_ALERT_WEBHOOK)."),
+    replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
 ) -> None:
     """Rehearse many incidents with the procedure; profile, report and alert."""
     from shadowrl.campaign import (
@@ -157,8 +158,14 @@ def rehearse_cmd(
     proc = procedure_or_exit(procedure, sc)
     hist = history_or_exit(history, sc)
     try:
-        campaign = run_campaign(sc, runs, seed, procedure=proc, history=hist, at=at,
-                                record_profile=out is not None)
+        with _maybe_ray(replicas):
+            extra: dict[str, Any] = {}
+            if replicas > 1:
+                from shadowrl.parallel import RayRehearseFn
+
+                extra["rehearse_fn"] = RayRehearseFn(replicas, window=max(runs, 1))
+            campaign = run_campaign(sc, runs, seed, procedure=proc, history=hist, at=at,
+                                    record_profile=out is not None, **extra)
     except NoBreachError as exc:
         fail(f"{file}: {exc}")
     summary = summarize_campaign(sc, "configured" if procedure is None else str(procedure),
@@ -219,8 +226,9 @@ def optimize_cmd(
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done, total=total)
 
-        result = optimize(sc, out_dir, opts, command, log=lambda m: err.print(m),
-                          progress=progress)
+        with _maybe_ray(replicas):
+            result = optimize(sc, out_dir, opts, command, log=lambda m: err.print(m),
+                              progress=progress)
     if json_out:
         emit_json(result)
         return
@@ -228,6 +236,17 @@ def optimize_cmd(
     for key in ("procedure", "policy", "bottlenecks", "comparison"):
         if result.get(key):
             out.print(f"{key}: {result[key]}")
+
+
+def _maybe_ray(replicas: int) -> Any:
+    """A Ray session (local, or RAY_ADDRESS) when work fans out over several replicas."""
+    import contextlib
+
+    if replicas <= 1:
+        return contextlib.nullcontext()
+    from shadowrl.parallel import ray_session
+
+    return ray_session()
 
 
 def _progress() -> Any:
@@ -303,10 +322,18 @@ def evaluate_cmd(
         resolved, proc = resolved
     env = RollbackEnv(sc, procedure=proc)
     try:
-        env.action_space.seed(seed)
-        with _progress() as bar:
+        with _progress() as bar, _maybe_ray(replicas):
             task = bar.add_task(f"evaluating {resolved.name}", total=episodes)
-            eps = evaluate(env, resolved, episodes, seed, lambda i: bar.advance(task))
+            if replicas > 1:
+                from shadowrl.parallel import parallel_evaluate
+
+                shipped = policy if (policy in ("configured", "random", "greedy", "oracle")
+                                     or policy.endswith(".zip")) else resolved
+                eps = parallel_evaluate(sc, shipped, episodes, seed, replicas,
+                                        env_kwargs={"procedure": proc} if proc else None,
+                                        on_episode=lambda i: bar.advance(task))
+            else:
+                eps = evaluate(env, resolved, episodes, seed, lambda i: bar.advance(task))
     except (KeyError, ValueError) as exc:
         fail(f"{policy}: does not fit {file}: {exc}")
     summary = summarize(sc.name, policy, [e.rehearsal for e in eps])

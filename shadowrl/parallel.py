@@ -11,7 +11,8 @@
   :func:`shadowrl.optimize.evaluate.evaluate` and :func:`shadowrl.rehearsal.rehearse`.
   :class:`RayRehearseFn` plugs the same fan-out into ``run_campaign(rehearse_fn=...)``.
 
-Nothing here is imported by the rest of the package: Ray stays optional at runtime.
+Importing this module imports Ray and SB3 (about a second); import it lazily, where Ray is
+actually used. Never ``ray stop``: only what a session started is shut down.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
 DEFAULT_OBJECT_STORE_MEMORY = 300 * 2**20  # bytes: episodes and rehearsals are a few KB each
 _QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 _CONNECT_TIMEOUT_S = 5.0
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 _STARTUP_TIMEOUT_S = 300.0  # a replacement replica's start-up (imports, env build)
 _RESTART_ATTEMPTS = 3  # per lost replica, before giving up with RuntimeError
 
@@ -75,7 +77,8 @@ def _quiet_env() -> None:
 
 
 def _check_reachable(address: str) -> None:
-    """Fail fast (ValueError naming the address) when ``host:port`` does not answer.
+    """Fail fast (ValueError naming the address) when ``host:port`` does not answer, or
+    answers but does not speak gRPC.
 
     ``auto`` (the latest ``ray start`` on this machine) is checked by ``ray.init`` itself.
     """
@@ -88,10 +91,22 @@ def _check_reachable(address: str) -> None:
                          "ray://HOST:PORT or auto")
     try:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
-                                      timeout=_CONNECT_TIMEOUT_S):
-            pass
+                                      timeout=_CONNECT_TIMEOUT_S) as sock:
+            # Ray's GCS and client server speak gRPC: an HTTP/2 server answers the connection
+            # preface with a SETTINGS frame (type 4). Anything else (a dashboard, a web
+            # server) would make ray.init retry for minutes.
+            sock.sendall(_HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
     except OSError as exc:
         raise ValueError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    if len(head) < 9 or head[3] != 4:
+        raise ValueError(f"{address!r} answers but is not a Ray cluster (no gRPC on that "
+                         "port; the GCS port is usually 6379, the Ray client's 10001)")
 
 
 def _cluster_cpus() -> float:

@@ -61,13 +61,27 @@ def methods_for(method: str) -> tuple[str, ...]:
     raise ValueError(f"unknown method {method!r} (search, rl or all)")
 
 
-def measure(env: RollbackEnv, policy: Policy, episodes: int, seed: int,
-            tick: Callable[[int], None] | None = None) -> MethodResult:
+def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
+            tick: Callable[[int], None] | None = None, replicas: int = 1,
+            name: str | None = None) -> MethodResult:
+    """Evaluate on seeds ``seed..seed+episodes-1``; with ``replicas`` > 1 as Ray tasks
+    (``policy`` may then be a saved ``.zip`` path, shipped to the tasks by value)."""
     start = time.perf_counter()
-    eps = evaluate(env, policy, episodes, seed, tick)
-    summary = summarize(env.scenario.name, policy.name, [e.rehearsal for e in eps])
+    if replicas > 1:
+        from shadowrl.parallel import parallel_evaluate
+
+        eps = parallel_evaluate(env.scenario, policy, episodes, seed, replicas,
+                                env_kwargs={"procedure": env.procedure}, on_episode=tick)
+    else:
+        if isinstance(policy, str):
+            from shadowrl.optimize.agents import load_policy
+
+            policy = load_policy(policy, name=name or "rl")
+        eps = evaluate(env, policy, episodes, seed, tick)
+    label = name or getattr(policy, "name", str(policy))
+    summary = summarize(env.scenario.name, label, [e.rehearsal for e in eps])
     summary["cost"] = {"mean": round(float(np.mean([e.cost for e in eps])), 4)}
-    return MethodResult(policy.name, eps, summary, time.perf_counter() - start)
+    return MethodResult(label, eps, summary, time.perf_counter() - start)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -208,14 +222,15 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         return lambda i: progress(name, i + 1, n) if progress else None
 
     log("evaluating the configured procedure")
-    results["configured"] = measure(env, configured_policy(env), n, s0, tick("configured"))
+    rep = opts.replicas
+    results["configured"] = measure(env, configured_policy(env), n, s0, tick("configured"), rep)
     report = analyze(scenario, [e.rehearsal for e in results["configured"].episodes])
     bottlenecks = report.to_json()
     atomic_write_json(out_dir / "bottlenecks.json", bottlenecks)
     if "random" in methods:
-        results["random"] = measure(env, RandomPolicy(opts.seed), n, s0, tick("random"))
+        results["random"] = measure(env, RandomPolicy(opts.seed), n, s0, tick("random"), rep)
     if "greedy" in methods:
-        results["greedy"] = measure(env, GreedyPolicy(), n, s0, tick("greedy"))
+        results["greedy"] = measure(env, GreedyPolicy(), n, s0, tick("greedy"), rep)
     best_plan: Plan = configured_plan(scenario.procedure)
     search_extra: dict[str, Any] = {}
     if "best_static" in methods:
@@ -229,7 +244,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         search_s = time.perf_counter() - start
         best_plan = found.plan
         res = measure(env, StaticPolicy(best_plan, name="best_static"), n, s0,
-                      tick("best_static"))
+                      tick("best_static"), rep)
         res.extra = {"train_s": search_s, "search": found.method, "plans": found.evaluated,
                      "train_cost": found.train_cost}
         results["best_static"] = res
@@ -237,7 +252,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     policy_path = out_dir / "policy.zip"
     rl_extra: dict[str, Any] = {}
     if "rl" in methods:
-        from shadowrl.optimize.agents import load_agent_config, load_policy, train
+        from shadowrl.optimize.agents import load_agent_config, train
 
         if opts.policy is not None:
             _copy_policy(opts.policy, out_dir)
@@ -252,7 +267,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
             _copy_policy(Path(trained.model_path), out_dir)
             extra = {"train_s": trained.wall_s, "timesteps": trained.timesteps,
                      "algorithm": config.algorithm}
-        res = measure(env, load_policy(policy_path, name="rl"), n, s0, tick("rl"))
+        res = measure(env, str(policy_path), n, s0, tick("rl"), rep, name="rl")
         res.extra = extra
         results["rl"] = res
         rl_extra = res.extra
@@ -262,10 +277,11 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         if "best_static" in methods:
             incumbents.append(best_plan)
         oracle = OraclePolicy(opts.oracle_nodes, incumbents)
-        res = measure(env, oracle, n, s0, tick("oracle"))
-        res.extra = {"exact": sum(r.exact for r in oracle.results),
+        res = measure(env, oracle, n, s0, tick("oracle"), rep)
+        res.extra = {"exact": sum(bool(e.extra.get("exact")) for e in res.episodes),
                      "max_nodes": opts.oracle_nodes,
-                     "mean_nodes": float(np.mean([r.nodes for r in oracle.results]))}
+                     "mean_nodes": float(np.mean([e.extra.get("nodes", 0)
+                                                  for e in res.episodes]))}
         results["oracle"] = res
 
     changes = describe_changes(configured_plan(scenario.procedure), best_plan, {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from shadowrl.env import RollbackEnv
 from shadowrl.optimize.policy import Policy
@@ -15,6 +16,7 @@ class Episode:
     rehearsal: Rehearsal
     cost: float  # minus the episode return: the optimisation objective, in minutes
     actions: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)  # a policy's ``last_info``
 
 
 def run_episode(env: RollbackEnv, policy: Policy, seed: int) -> Episode:
@@ -32,7 +34,7 @@ def run_episode(env: RollbackEnv, policy: Policy, seed: int) -> Episode:
     if env.rehearsal is None:
         raise RuntimeError(f"policy '{policy.name}' ended an episode without finishing the "
                            f"procedure (truncated after {len(actions)} actions)")
-    return Episode(env.rehearsal, -total, actions)
+    return Episode(env.rehearsal, -total, actions, dict(getattr(policy, "last_info", {}) or {}))
 
 
 def evaluate(env: RollbackEnv, policy: Policy, episodes: int, seed: int,

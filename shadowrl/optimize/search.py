@@ -203,6 +203,7 @@ class OraclePolicy:
         self.max_nodes = max_nodes
         self.incumbent_plans = list(incumbent_plans)
         self.results: list[OracleResult] = []
+        self.last_info: dict[str, Any] = {}
         self._queue: list[int] = []
 
     def reset(self, env: RollbackEnv) -> None:
@@ -211,6 +212,7 @@ class OraclePolicy:
         incumbents = [plan_actions(env, p) for p in self.incumbent_plans]
         result = branch_and_bound(env, self.max_nodes, incumbents)
         self.results.append(result)
+        self.last_info = {"exact": result.exact, "nodes": result.nodes}
         self._queue = list(result.actions)
 
     def act(self, env: RollbackEnv, obs: np.ndarray) -> int:
