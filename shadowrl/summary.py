@@ -24,16 +24,17 @@ def stats(values: Sequence[float]) -> dict[str, float]:
 
 def summarize(scenario: str, policy: str, runs: Sequence[Rehearsal]) -> dict[str, Any]:
     outcomes = Counter(r.outcome for r in runs)
-    alert_groups: dict[tuple[str, str | None], list[str]] = {}
-    for r in runs:
+    alert_groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
+    for k, r in enumerate(runs):
         for a in r.alerts:
-            alert_groups.setdefault((a.kind, a.step), []).append(a.message)
+            alert_groups.setdefault((a.kind, a.step), []).append((k, a.message))
     alerts = []
-    for (kind, step), messages in sorted(alert_groups.items(), key=lambda kv: -len(kv[1])):
+    for (kind, step), found in sorted(alert_groups.items(), key=lambda kv: -len(kv[1])):
         where = f" at step '{step}'" if step else ""
-        alerts.append({"kind": kind, "step": step, "count": len(messages),
-                       "message": f"{kind}{where} in {len(messages)} of {len(runs)} runs; "
-                                  f"e.g. {messages[0]}"})
+        affected = len({k for k, _ in found})
+        alerts.append({"kind": kind, "step": step, "count": len(found),
+                       "message": f"{kind}{where} in {affected} of {len(runs)} runs; "
+                                  f"e.g. {found[0][1]}"})
     total_downtime = sum(r.downtime_s for r in runs)
     per_step: dict[str, dict[str, list[float]]] = {}
     for r in runs:
