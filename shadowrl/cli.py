@@ -219,13 +219,7 @@ def optimize_cmd(
                            search_trials=trials, oracle_nodes=oracle_nodes)
     command = " ".join(["shadowrl", *sys.argv[1:]])
     with _progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done, total=total)
-
+        progress = _named_tasks(bar)
         with _maybe_ray(replicas):
             result = optimize(sc, out_dir, opts, command, log=lambda m: err.print(m),
                               progress=progress)
@@ -249,6 +243,18 @@ def _maybe_ray(replicas: int) -> Any:
     return ray_session()
 
 
+def _named_tasks(bar: Any) -> Any:
+    """A ``progress(name, done, total)`` callback showing one bar per named task."""
+    tasks: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    return progress
+
+
 def _progress() -> Any:
     from shadowrl.campaign import progress_bar
 
@@ -266,18 +272,12 @@ def agent_or_exit(path: Path) -> Any:
 
 def resolve_policy(spec: str, scenario: Scenario) -> Any:
     """configured | random | greedy | oracle | PROCEDURE.yaml | POLICY.zip | models:/NAME@ALIAS"""
-    from shadowrl.optimize.policy import RandomPolicy, StaticPolicy
-    from shadowrl.optimize.search import GreedyPolicy, OraclePolicy
+    from shadowrl.optimize.policy import StaticPolicy
+    from shadowrl.optimize.search import BUILTIN_POLICIES, builtin_policy
     from shadowrl.rehearsal import configured_plan
 
-    if spec == "configured":
-        return StaticPolicy(configured_plan(scenario.procedure), name="configured")
-    if spec == "random":
-        return RandomPolicy(0)
-    if spec == "greedy":
-        return GreedyPolicy()
-    if spec == "oracle":
-        return OraclePolicy(incumbent_plans=[configured_plan(scenario.procedure)])
+    if spec in BUILTIN_POLICIES:
+        return builtin_policy(spec, scenario.procedure)
     if spec.startswith("models:/"):
         from shadowrl.tracking import load_registered_policy
 
@@ -325,9 +325,10 @@ def evaluate_cmd(
         with _progress() as bar, _maybe_ray(replicas):
             task = bar.add_task(f"evaluating {resolved.name}", total=episodes)
             if replicas > 1:
+                from shadowrl.optimize.search import BUILTIN_POLICIES
                 from shadowrl.parallel import parallel_evaluate
 
-                shipped = policy if (policy in ("configured", "random", "greedy", "oracle")
+                shipped = policy if (policy in BUILTIN_POLICIES
                                      or policy.endswith(".zip")) else resolved
                 eps = parallel_evaluate(sc, shipped, episodes, seed, replicas,
                                         env_kwargs={"procedure": proc} if proc else None,
@@ -363,13 +364,7 @@ def train_cmd(
     except SpecError as exc:
         fail(exc.problems)
     with _progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done, total=total)
-
+        progress = _named_tasks(bar)
         try:
             result = run_experiment(experiment, tracking_uri=tracking_uri,
                                     ray_address=ray_address, out_dir=out_dir,

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shadowrl.spec import Problem, SpecError, load_scenario, load_yaml, validate_model
+from shadowrl.spec import Problem, SpecError, load_scenario, load_yaml_file, validate_model
 
 
 class _Strict(BaseModel):
@@ -82,11 +82,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """Load an experiment; its scenario and agent files are validated too (paths are
     relative to the experiment file)."""
     file = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    data, lines = load_yaml(raw, file)
+    data, lines = load_yaml_file(path)
     exp = validate_model(Experiment, data, file, lines)
     exp.__dict__["_base"] = Path(path).resolve().parent
     problems = []

@@ -686,21 +686,10 @@ def _policy_spec(policy: Any) -> Any:
 
 
 def _build_policy(spec: Any, env: Any) -> Any:
-    from shadowrl.optimize.policy import RandomPolicy, StaticPolicy
-    from shadowrl.rehearsal import configured_plan
+    from shadowrl.optimize.search import BUILTIN_POLICIES, builtin_policy
 
-    if spec == "configured":
-        return StaticPolicy(configured_plan(env.procedure), name="configured")
-    if spec == "random":
-        return RandomPolicy(0)
-    if spec == "greedy":
-        from shadowrl.optimize.search import GreedyPolicy
-
-        return GreedyPolicy()
-    if spec == "oracle":
-        from shadowrl.optimize.search import OraclePolicy
-
-        return OraclePolicy(incumbent_plans=[configured_plan(env.procedure)])
+    if isinstance(spec, str) and spec in BUILTIN_POLICIES:
+        return builtin_policy(spec, env.procedure)
     if isinstance(spec, _SavedModel):
         from shadowrl.optimize.agents import load_policy  # lazily: torch, SB3
 

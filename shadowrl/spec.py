@@ -862,8 +862,8 @@ def _kind(data: Any) -> str:
             bool: "boolean"}.get(type(data), type(data).__name__)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file; raises :class:`SpecError` on any problem."""
+def load_yaml_file(path: str | Path) -> tuple[Any, LineMap]:
+    """Read and parse a YAML file; an unreadable file is a :class:`SpecError` like bad YAML."""
     file = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -872,8 +872,14 @@ def load_scenario(path: str | Path) -> Scenario:
     except IsADirectoryError:
         raise SpecError([Problem(file, 1, "", "is a directory, not a file")]) from None
     except OSError as exc:
-        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror}")]) from None
-    data, lines = load_yaml(raw, file)
+        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
+    return load_yaml(raw, file)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario file; raises :class:`SpecError` on any problem."""
+    file = str(path)
+    data, lines = load_yaml_file(path)
     sc = scenario_from_data(data, file, lines)
     sc.__dict__["_source"] = Path(path)
     return sc
@@ -882,11 +888,7 @@ def load_scenario(path: str | Path) -> Scenario:
 def load_procedure(path: str | Path, scenario: Scenario) -> Procedure:
     """Load a ``procedure:`` block (a file with that key) and check it against ``scenario``."""
     file = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    data, lines = load_yaml(raw, file)
+    data, lines = load_yaml_file(path)
     if not isinstance(data, dict) or "procedure" not in data:
         raise SpecError([Problem(file, 1, "", "expected a mapping with a 'procedure:' key")])
     extra = sorted(set(data) - {"procedure", "apiVersion", "kind", "metadata"})

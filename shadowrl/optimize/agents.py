@@ -59,7 +59,7 @@ from shadowrl.spec import (
     SpecError,
     format_path,
     load_scenario,
-    load_yaml,
+    load_yaml_file,
     validate_model,
 )
 
@@ -173,15 +173,8 @@ def agent_config_from_data(data: Any, file: str = "<agent>",
 
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Load and check an agent config file; raises :class:`SpecError` on any problem."""
-    file = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SpecError([Problem(file, 1, "", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError([Problem(file, 1, "", f"cannot read: {exc.strerror or exc}")]) from None
-    data, lines = load_yaml(raw, file)
-    return agent_config_from_data(data, file, lines)
+    data, lines = load_yaml_file(path)
+    return agent_config_from_data(data, str(path), lines)
 
 
 def _check_config(config: AgentConfig) -> list[tuple[tuple[str | int, ...], str]]:

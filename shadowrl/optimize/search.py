@@ -459,3 +459,21 @@ def plan_to_procedure(procedure: Procedure, plan: Plan) -> Procedure:
         step.after = [d for d in step.after if d not in skipped]
         steps.append(step)
     return procedure.model_copy(update={"steps": steps, "name": procedure.name + "-optimized"})
+
+
+BUILTIN_POLICIES = ("configured", "random", "greedy", "oracle")
+
+
+def builtin_policy(name: str, procedure: Procedure) -> Any:
+    """The policies every command knows by name."""
+    from shadowrl.optimize.policy import RandomPolicy, StaticPolicy
+
+    if name == "configured":
+        return StaticPolicy(configured_plan(procedure), name="configured")
+    if name == "random":
+        return RandomPolicy(0)
+    if name == "greedy":
+        return GreedyPolicy()
+    if name == "oracle":
+        return OraclePolicy(incumbent_plans=[configured_plan(procedure)])
+    raise KeyError(f"unknown policy {name!r} (built in: {', '.join(BUILTIN_POLICIES)})")
