@@ -192,7 +192,8 @@ def run_experiment(path: str | Path, *, tracking_uri: str | None = None,
     uri = tracking.tracking_uri(tracking_uri)
     tracking.configure(uri)
     mlflow.set_experiment(exp.tracking.experiment)
-    out_dir = out_dir or Path("runs") / exp.metadata.name / time.strftime("%Y%m%d-%H%M%S")
+    out_dir = (out_dir or Path("runs") / exp.metadata.name
+               / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"experiment": exp.metadata.name, "tracking_uri": uri,
                               "out": str(out_dir)}

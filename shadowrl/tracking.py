@@ -1120,6 +1120,10 @@ def _run_summary(client: MlflowClient, run_id: str, dst: Path) -> dict[str, Any]
         data = json.loads(_download_run_file(client, run_id, path, dst).read_text())
     except (OSError, ValueError, MlflowException):
         return None
+    if isinstance(data, dict) and isinstance(data.get("methods"), dict):
+        # an `optimize`/`train` summary: the logged procedure.yaml is its best static one
+        methods = data["methods"]
+        data = methods.get("best_static") or methods.get("configured")
     return data if isinstance(data, dict) else None
 
 

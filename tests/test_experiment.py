@@ -221,11 +221,6 @@ def test_export_the_champion_as_argo(trained) -> None:
     assert workflow["spec"]["templates"]
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: run_experiment logs the optimize "
-                   "summary.json as a run artifact; tracking.load_export_source reads it as "
-                   "an `evaluate --json` summary, so the export header's evaluation line is "
-                   "'policy runs/.../policy.zip' with no numbers (the procedure.yaml header "
-                   "that has them is ignored)")
 def test_export_header_states_the_evaluation(trained) -> None:
     header = [line for line in trained["export"].stdout.splitlines()
               if line.startswith("# evaluation:")]
@@ -249,11 +244,6 @@ TINY_AGENT = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: optimize.agents._train builds the model "
-                   "(initial network weights) before set_random_seed(seed), so the same seed "
-                   "trains different policies depending on torch's global state (a fresh "
-                   "process seeds it randomly): two identical `shadowrl train` runs score "
-                   "differently and the second can take the champion alias")
 def test_training_is_reproducible_without_reseeding_torch(tmp_path: Path) -> None:
     from shadowrl.optimize.agents import load_policy, train
 

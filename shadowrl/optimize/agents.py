@@ -666,15 +666,17 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
 
     vec_env = make_vec_env_for(sc, config, seed, vec_env_factory, salt=done)
     try:
+        # Seed torch/numpy before the network is built (its initial weights), and again after
+        # a resume: the envs carry their own sub-seeds.
+        set_random_seed(seed + done)
         if latest is not None:
             model = cls.load(latest[1], env=vec_env, device="cpu")
             if model.num_timesteps != done:
                 done = int(model.num_timesteps)
+                set_random_seed(seed + done)
         else:
             model = cls(config.policy, vec_env, verbose=0, device="cpu",
                         **config.constructor_kwargs())
-        # Seed torch/numpy/the action space, not the envs: they carry their own sub-seeds.
-        set_random_seed(seed + done)
         model.action_space.seed(seed + done)
 
         show_bar = _show_progress(progress)

@@ -246,15 +246,18 @@ def _settings_space(step: Step) -> list[dict[str, Any]]:
 
 
 def plan_space_size(procedure: Procedure, limit: int = 10**9) -> int:
-    """Number of static plans (orders x settings x optional skips), capped at ``limit``."""
-    settings = math.prod(len(_settings_space(s)) for s in procedure.steps)
+    """Number of static plans (orders x settings of the kept steps, per choice of optional
+    steps), capped at ``limit``."""
+    spaces = {s.name: len(_settings_space(s)) for s in procedure.steps}
     total = 0
     for subset in _optional_subsets(procedure):
-        for _ in linear_extensions([s for s in procedure.steps if s.name in subset]):
-            total += 1
-            if total * settings > limit:
+        kept = [s for s in procedure.steps if s.name in subset]
+        settings = math.prod(spaces[s.name] for s in kept)
+        for _ in linear_extensions(kept):
+            total += settings
+            if total > limit:
                 return limit
-    return total * settings
+    return total
 
 
 def _optional_subsets(procedure: Procedure) -> Iterator[set[str]]:
