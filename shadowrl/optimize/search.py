@@ -356,11 +356,12 @@ def _neighbours(procedure: Procedure,
 
 
 def local_search(env: RollbackEnv, train_seeds: Sequence[int], start: StaticSearchResult,
-                 max_sweeps: int = 6) -> StaticSearchResult:
-    """First-improvement hill climbing from a search result over :func:`_neighbours`."""
+                 max_moves: int = 40) -> StaticSearchResult:
+    """First-improvement hill climbing from a search result over :func:`_neighbours`, until
+    no neighbour is better (a local optimum) or ``max_moves`` improvements were made."""
     best_plan, best_cost = list(start.plan), start.train_cost
     evaluated = start.evaluated
-    for _ in range(max_sweeps):
+    for _ in range(max_moves):
         improved = False
         for candidate in _neighbours(env.procedure, best_plan):
             evaluated += 1
