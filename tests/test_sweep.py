@@ -88,8 +88,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path,
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)  # recorded: restored after the fixture
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mp.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        mp.setenv("RAY_AIR_NEW_OUTPUT", "0")
+        # no RAY_AIR_NEW_OUTPUT / TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: Tune runs as it would
+        # for a user, which is what test_train_json_stdout_is_one_object checks
         try:
             result = CliRunner().invoke(app, ["train", "exp.yaml", "--tracking-uri", uri,
                                               "--json"])
@@ -98,8 +98,26 @@ def swept(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path,
                 mlflow.end_run()
             mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
     assert result.exit_code == 0, (result.stderr[-4000:], repr(result.exception))
-    return {"result": json.loads(result.stdout), "folder": folder, "uri": uri,
-            "client": MlflowClient(tracking_uri=uri), "stderr": result.stderr}
+    return {"result": last_json_object(result.stdout), "stdout": result.stdout,
+            "folder": folder, "uri": uri, "client": MlflowClient(tracking_uri=uri),
+            "stderr": result.stderr}
+
+
+def last_json_object(stdout: str) -> dict[str, Any]:
+    """The JSON object ``--json`` printed (indent 2: it starts on a line of its own)."""
+    start = stdout.rfind("\n{\n") + 1 if not stdout.startswith("{") else 0
+    obj, end = json.JSONDecoder().raw_decode(stdout, start)
+    assert stdout[end:].strip() == ""
+    return obj
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "package bug: with a sweep, `shadowrl train --json` prints Ray Tune's 'Configuration for "
+    "experiment' box (Ray 2.60's new console output, RunConfig(verbose=0) notwithstanding) "
+    "on stdout before the JSON object; DESIGN section 5 says --json prints exactly one JSON "
+    "object on stdout (setting RAY_AIR_NEW_OUTPUT=0 avoids it)"))
+def test_train_json_stdout_is_one_object(swept: dict[str, Any]) -> None:
+    assert json.loads(swept["stdout"]) == swept["result"]
 
 
 def test_sweep_runs_the_declared_trials(swept: dict[str, Any]) -> None:
@@ -140,9 +158,9 @@ def test_sweep_is_tracked_and_registered(swept: dict[str, Any]) -> None:
     assert float(ent) == res["sweep"]["params"]["ent_coef"]
     assert run.data.metrics["train_wall_s"] == 0.0  # no second training after the sweep
     versions = client.search_model_versions(f"name='{MODEL}'")
-    assert [v.version for v in versions] == ["1"] == [res["version"]]
+    assert [str(v.version) for v in versions] == ["1"] == [res["version"]]
     assert versions[0].run_id == res["run_id"]
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert res["champion"]["promoted"] is True
     for name in ("report.html", "profiles.parquet", "procedure.yaml", "summary.json"):
         assert name in files, (name, files)

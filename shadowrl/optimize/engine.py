@@ -135,8 +135,8 @@ def describe_changes(configured: Plan, best: Plan, per_step: dict[str, tuple[flo
                          f"{before:.0f}s.")
     for f in findings[:3]:
         step = f" at `{f['step']}`" if f.get("step") else ""
-        lines.append(f"Why: {f['kind']}{step} ({f['share_of_downtime']:.0%} of the configured "
-                     f"procedure's downtime): {f['suggestion']}")
+        lines.append(f"Bottleneck of the configured procedure: {f['kind']}{step} "
+                     f"({f['share_of_downtime']:.0%} of its downtime): {f['suggestion']}")
     return lines
 
 
@@ -166,9 +166,10 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
     notes = []
     if "oracle" in results:
         o = results["oracle"].extra
+        rest = (f"; the others are the best found within {o['max_nodes']} nodes"
+                if o["exact"] < episodes else "")
         notes.append(f"The oracle searched each incident by branch and bound: {o['exact']} of "
-                     f"{episodes} searches finished (exact optimum); the others are the best "
-                     f"found within {o['max_nodes']} nodes.")
+                     f"{episodes} searches finished (exact optimum){rest}.")
     if "rl" in results and "best_static" in results:
         rl, bs = results["rl"], results["best_static"]
         wins = int(np.sum(rl.costs < bs.costs - 1e-9))
