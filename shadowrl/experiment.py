@@ -10,6 +10,9 @@ over agent hyperparameters picks the configuration first.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,7 +158,10 @@ def run_sweep(exp: Experiment, out_dir: Path, log: Callable[[str], None]) -> dic
         run_config=tune.RunConfig(storage_path=str((out_dir / "tune").resolve()),
                                   name=exp.metadata.name, verbose=0),
     )
-    grid = tuner.fit()
+    # Tune prints progress tables on stdout; `--json` promises stdout holds one JSON object.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    with contextlib.redirect_stdout(sys.stderr):
+        grid = tuner.fit()
     best = grid.get_best_result(metric="cost", mode="min")
     trials = [{"params": r.config, "cost": r.metrics.get("cost"),
                "downtime": r.metrics.get("downtime")} for r in grid if r.metrics]

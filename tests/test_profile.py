@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shadowrl.profile import PROFILE_SCHEMA, attribution, profile_table, write_profiles
-from shadowrl.rehearsal import Rehearsal, rehearse
+from shadowrl.rehearsal import Rehearsal, configured_plan, rehearse
 from shadowrl.spec import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +107,6 @@ def test_phase_values(runs: list[Rehearsal]) -> None:
                 assert phase == "verify", (t, phase)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "package bug (minor): SimShadow.run_until_breach sets phase 'incident' for the whole "
-    "run-up once an injection is scheduled, so the healthy seconds before the onset are "
-    "labelled 'incident' in profiles.parquet; 'normal' never appears in a rehearsal profile"))
 def test_seconds_before_the_onset_are_normal(runs: list[Rehearsal]) -> None:
     for k, r in enumerate(runs):
         before = [row["phase"] for row in rows_of(runs)
@@ -210,3 +206,16 @@ def test_ineffective_rollback_blames_verification() -> None:
     assert r.outcome == "rollback_ineffective"
     verify = attribution(r)[-1]
     assert verify["step"] == "verify" and verify["downtime_s"] > 0
+
+
+def test_attribution_leaves_out_skipped_steps(checkout: Scenario) -> None:
+    plan = [(name, None if name == "warm-cache" else settings)
+            for name, settings in configured_plan(checkout.procedure)]
+    for seed in range(3):
+        r = rehearse(checkout, seed, plan=plan)
+        assert any(s.status == "skipped" for s in r.steps)
+        rows = attribution(r)
+        assert "warm-cache" not in [row["step"] for row in rows]
+        assert sum(row["downtime_s"] for row in rows) == pytest.approx(r.downtime_s, abs=1e-6)
+        assert sum(row["failed_requests"] for row in rows) == pytest.approx(
+            r.failed_requests, abs=1e-6, rel=1e-9)

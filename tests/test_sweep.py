@@ -111,11 +111,6 @@ def last_json_object(stdout: str) -> dict[str, Any]:
     return obj
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "package bug: with a sweep, `shadowrl train --json` prints Ray Tune's 'Configuration for "
-    "experiment' box (Ray 2.60's new console output, RunConfig(verbose=0) notwithstanding) "
-    "on stdout before the JSON object; DESIGN section 5 says --json prints exactly one JSON "
-    "object on stdout (setting RAY_AIR_NEW_OUTPUT=0 avoids it)"))
 def test_train_json_stdout_is_one_object(swept: dict[str, Any]) -> None:
     assert json.loads(swept["stdout"]) == swept["result"]
 

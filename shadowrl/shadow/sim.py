@@ -824,6 +824,9 @@ class SimShadow:
 
     def _record(self, t: float, r: _Rates) -> None:
         p = self.profile
+        phase = self.state.phase
+        if phase == "incident" and (self.injection is None or t < self.injection.onset_s):
+            phase = "normal"  # the run-up to the breach, before the incident starts
         rows = [("edge", (r.edge_rps, r.edge_error, r.edge_p50, r.edge_p99,
                           *r.comps[self.topo.edge][4:]))]
         rows += list(zip(self.topo.names, r.comps))
@@ -837,7 +840,7 @@ class SimShadow:
             p["cpu"].append(c[4])
             p["memory"].append(c[5])
             p["step"].append(self.state.step)
-            p["phase"].append(self.state.phase)
+            p["phase"].append(phase)
 
     # ------------------------------------------------------------------ SLO
 
