@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 _UMASK_LOCK = threading.Lock()
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import shadowrl.atomic as atomic
 from shadowrl.atomic import (
     atomic_write_bytes,
     atomic_write_json,
