@@ -226,7 +226,7 @@ def test_local_search_improves_the_configured_plan(checkout) -> None:
     seeds = TRAIN_SEEDS[:3]
     conf = configured_plan(checkout.procedure)
     start = StaticSearchResult(conf, plan_cost(env, conf, seeds, env.deviation), 1, "start")
-    out = local_search(env, seeds, start, max_sweeps=3)
+    out = local_search(env, seeds, start, max_moves=3)
     assert out.method == "start+local"
     assert out.evaluated > start.evaluated
     assert out.train_cost < start.train_cost
