@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+CHECKOUT_YAML = Path(__file__).resolve().parents[1] / "envs" / "checkout.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkout() -> Any:
+    """The checkout scenario, loaded once per test module."""
+    from shadowrl.spec import load_scenario
+
+    return load_scenario(CHECKOUT_YAML)
+
+
+@pytest.fixture(scope="module")
+def env(checkout: Any) -> Any:
+    """A RollbackEnv over the checkout scenario, one per test module."""
+    from shadowrl.env import RollbackEnv
+
+    return RollbackEnv(checkout)
 
 
 @pytest.fixture(scope="session")

@@ -140,10 +140,6 @@ def scenario_file(tmp_path: Path, text: str, name: str) -> Scenario:
     return load_scenario(path)
 
 
-@pytest.fixture(scope="module")
-def checkout() -> Scenario:
-    return load_scenario(ROOT / "envs" / "checkout.yaml")
-
 
 def checkout_plan(sc: Scenario, **overrides: dict[str, Any]) -> list[tuple[str, Any]]:
     """The configured plan with some steps' settings replaced (keys: step names, _ for -)."""

@@ -30,7 +30,7 @@ from shadowrl.campaign import (
 from shadowrl.cli import app
 from shadowrl.deviation import load_history
 from shadowrl.rehearsal import Rehearsal, rehearse
-from shadowrl.spec import Scenario, load_scenario
+from shadowrl.spec import Scenario
 from shadowrl.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +39,6 @@ HISTORY = ROOT / "envs" / "history" / "checkout_rps.csv"
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
               "ALL_PROXY", "no_proxy", "NO_PROXY")
 
-
-@pytest.fixture(scope="module")
-def checkout() -> Scenario:
-    return load_scenario(CHECKOUT)
 
 
 @pytest.fixture(autouse=True)

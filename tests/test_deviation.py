@@ -29,10 +29,6 @@ N_DRAWS = 2000
 CHI2_DF3_P001 = 16.27  # chi-square critical value, 3 degrees of freedom, p = 0.001
 
 
-@pytest.fixture(scope="module")
-def checkout() -> Scenario:
-    return load_scenario(CHECKOUT)
-
 
 @pytest.fixture(scope="module")
 def history() -> HistoryModel:

@@ -13,20 +13,11 @@ from shadowrl.optimize.evaluate import Episode, evaluate, run_episode
 from shadowrl.optimize.policy import RandomPolicy, StaticPolicy, configured_policy
 from shadowrl.optimize.search import GreedyPolicy, OraclePolicy, episode_cost
 from shadowrl.rehearsal import configured_plan, rehearse
-from shadowrl.spec import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
 
 
-@pytest.fixture(scope="module")
-def checkout():
-    return load_scenario(CHECKOUT)
-
-
-@pytest.fixture(scope="module")
-def env(checkout) -> RollbackEnv:
-    return RollbackEnv(checkout)
 
 
 def test_episode_i_uses_seed_plus_i(checkout, env: RollbackEnv) -> None:

@@ -31,7 +31,7 @@ from shadowrl.export import (
 )
 from shadowrl.optimize.engine import procedure_yaml
 from shadowrl.rehearsal import configured_plan, rehearse
-from shadowrl.spec import SpecError, load_procedure, load_scenario, procedure_to_data
+from shadowrl.spec import SpecError, load_procedure, procedure_to_data
 from shadowrl.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +50,6 @@ def no_traceback(result: Result) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         repr(result.exception))
 
-
-@pytest.fixture(scope="module")
-def checkout():
-    return load_scenario(CHECKOUT)
 
 
 @pytest.fixture(scope="module")

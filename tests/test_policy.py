@@ -20,7 +20,6 @@ from shadowrl.optimize.policy import (
 )
 from shadowrl.optimize.search import GreedyPolicy, OraclePolicy, all_plans, episode_cost
 from shadowrl.rehearsal import configured_plan, rehearse
-from shadowrl.spec import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
@@ -36,14 +35,6 @@ REORDERED = [("revert-orders", {"batch": 2, "drain": 10.0}),
              ("warm-cache", None)]
 
 
-@pytest.fixture(scope="module")
-def checkout():
-    return load_scenario(CHECKOUT)
-
-
-@pytest.fixture(scope="module")
-def env(checkout) -> RollbackEnv:
-    return RollbackEnv(checkout)
 
 
 def test_policies_satisfy_the_protocol(env: RollbackEnv) -> None:
