@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -63,8 +63,8 @@ class Sweep(_Strict):
 
 
 class Experiment(_Strict):
-    api_version: str = Field(alias="apiVersion", pattern=r"^shadowrl/v1$")
-    kind: str = Field(pattern=r"^Experiment$")
+    api_version: Literal["shadowrl/v1"] = Field(alias="apiVersion")
+    kind: Literal["Experiment"]
     metadata: ExperimentMetadata
     scenario: str
     agent: str = "../agents/maskable_ppo.yaml"
