@@ -12,6 +12,17 @@ import pytest
 CHECKOUT_YAML = Path(__file__).resolve().parents[1] / "envs" / "checkout.yaml"
 
 
+@pytest.fixture
+def dead_url() -> str:
+    """A loopback URL whose port nothing listens on (bound, then closed)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = httpd.server_address[1]
+    httpd.server_close()
+    return f"http://127.0.0.1:{port}/hook"
+
+
 @pytest.fixture(scope="module")
 def checkout() -> Any:
     """The checkout scenario, loaded once per test module."""

@@ -104,14 +104,6 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
         thread.join(timeout=2)
 
 
-@pytest.fixture
-def dead_url() -> str:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    port = httpd.server_address[1]
-    httpd.server_close()
-    return f"http://127.0.0.1:{port}/hook"
-
-
 def test_alert_json_contract() -> None:
     alert = make_alerts()[0]
     assert alert.to_json() == {"kind": "rollback_failed", "severity": "critical",

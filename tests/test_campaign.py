@@ -74,14 +74,6 @@ class FastWebhook(WebhookSink):
         super().__init__(url, **{"backoff_s": 0.01, "timeout_s": 2.0, **kwargs})
 
 
-@pytest.fixture
-def dead_url() -> str:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    port = httpd.server_address[1]
-    httpd.server_close()
-    return f"http://127.0.0.1:{port}/hook"
-
-
 class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []

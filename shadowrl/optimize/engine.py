@@ -285,11 +285,14 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
                                                   for e in res.episodes]))}
         results["oracle"] = res
 
-    changes = describe_changes(configured_plan(scenario.procedure), best_plan, {
-        name: (per_step_downtime(results["configured"].episodes).get(name, 0.0),
-               per_step_downtime(results["best_static"].episodes).get(name, 0.0))
-        for name in (s.name for s in scenario.procedure.steps)} if "best_static" in results
-        else {}, bottlenecks.get("findings", []))
+    per_step: dict[str, tuple[float, float]] = {}
+    if "best_static" in results:
+        before = per_step_downtime(results["configured"].episodes)
+        after = per_step_downtime(results["best_static"].episodes)
+        per_step = {s.name: (before.get(s.name, 0.0), after.get(s.name, 0.0))
+                    for s in scenario.procedure.steps}
+    changes = describe_changes(configured_plan(scenario.procedure), best_plan, per_step,
+                               bottlenecks.get("findings", []))
     summaries = {name: r.summary for name, r in results.items()}
     procedure_file = out_dir / "procedure.yaml"
     atomic_write_text(procedure_file, procedure_yaml(
