@@ -3,7 +3,7 @@
 Fourteen days at 5-minute steps with a daily season (night trough, lunch bump, evening
 peak), a weekly season (busier Friday, quieter weekend), a slight growth trend, correlated
 noise and three injected excursions whose positions are known (``EXCURSIONS``), so tests
-can check that ``shadowrl.history`` finds them and forecasts the right peak.
+can check that ``shadowrl.traffic.history`` finds them and forecasts the right peak.
 
 Deterministic: the same seed always writes the same bytes. Prints a JSON summary.
 

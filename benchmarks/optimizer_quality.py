@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shadowrl.optimize.engine import OptimizeOptions, optimize  # noqa: E402
-from shadowrl.spec import load_scenario  # noqa: E402
+from shadowrl.core.spec import load_scenario  # noqa: E402
+from shadowrl.rl.optimizer import OptimizeOptions, optimize  # noqa: E402
 
 
 def targets(methods: dict, timing: dict) -> dict:

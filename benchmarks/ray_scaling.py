@@ -37,9 +37,9 @@ from sb3_contrib.common.maskable.utils import get_action_masks
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from shadowrl.env import RollbackEnv
-from shadowrl.parallel import RayVecEnv, random_rollout, ray_session
-from shadowrl.spec import Scenario, load_scenario
+from shadowrl.core.spec import Scenario, load_scenario
+from shadowrl.integrations.ray import RayVecEnv, random_rollout, ray_session
+from shadowrl.rl.env import RollbackEnv
 
 TARGET_RATIO = 1.6
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
 """``python -m shadowrl`` is the ``shadowrl`` command."""
 
-from shadowrl.cli import app
+from shadowrl.cli.main import app
 
 app(prog_name="shadowrl")

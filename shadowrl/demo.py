@@ -33,7 +33,7 @@ def stages(scenario: str, experiment: str, out: Path, quick: bool) -> list[list[
 
 
 def _model_name(experiment: str) -> str:
-    from shadowrl.experiment import load_experiment
+    from shadowrl.app.experiment import load_experiment
 
     return load_experiment(experiment).tracking.model
 

@@ -26,7 +26,7 @@ def dead_url() -> str:
 @pytest.fixture(scope="module")
 def checkout() -> Any:
     """The checkout scenario, loaded once per test module."""
-    from shadowrl.spec import load_scenario
+    from shadowrl.core.spec import load_scenario
 
     return load_scenario(CHECKOUT_YAML)
 
@@ -34,7 +34,7 @@ def checkout() -> Any:
 @pytest.fixture(scope="module")
 def env(checkout: Any) -> Any:
     """A RollbackEnv over the checkout scenario, one per test module."""
-    from shadowrl.env import RollbackEnv
+    from shadowrl.rl.env import RollbackEnv
 
     return RollbackEnv(checkout)
 

@@ -1,7 +1,7 @@
 """Shadow Deployment Engine: one backend protocol, several backends."""
 
 from shadowrl.shadow.base import ShadowBackend
-from shadowrl.shadow.sim import SimShadow
+from shadowrl.shadow.sim.engine import SimShadow
 
 __all__ = ["ShadowBackend", "SimShadow", "make_backend"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from shadowrl.spec import Scenario, Step
+from shadowrl.core.spec import Scenario, Step
 
 StepStatus = Literal["ok", "failed", "skipped"]
 

@@ -27,7 +27,7 @@ def _run(args: list[str]) -> Any:
     exit code and error text when it refuses (that is part of the contract too)."""
     from typer.testing import CliRunner
 
-    from shadowrl.cli import app
+    from shadowrl.cli.main import app
 
     cwd = os.getcwd()
     os.chdir(ROOT)

@@ -1,0 +1,1231 @@
+"""MLflow integration: runs, metrics, the pyfunc rollback policy and registry aliases.
+
+- :func:`tracking_uri` / :func:`configure`: where runs go (``--tracking-uri``, else
+  ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; MLflow 3 no longer writes the
+  old ``./mlruns`` file store).
+- :func:`flatten`, :func:`scenario_hash`, :func:`git_commit`: what a run records about its
+  inputs (params, the scenario's content hash, the code's commit).
+- :class:`MlflowMetricsCallback` (training curves, one batched request per rollout) and
+  :func:`log_eval_history` (the :class:`~shadowrl.rl.agents.CostEvalCallback` rows),
+  :func:`holdout_metrics` / :func:`log_holdout` (the held-out evaluation that promotion reads).
+- :class:`RollbackPolicyModel` and :func:`log_policy_model`: a trained policy as an MLflow
+  pyfunc model that turns an observed incident into a rehearsal-backed rollback plan.
+- :func:`promote_if_better`: move the ``champion`` alias only to a version that is strictly
+  better on the *same* held-out incidents.
+- :func:`load_registered_policy` (``shadowrl evaluate --policy models:/NAME@ALIAS``) and
+  :func:`load_export_source` (``shadowrl export RUN_ID|models:/NAME@ALIAS``).
+
+Artifact layout of a run (what :func:`log_run_files` and :func:`log_policy_model` write and
+:func:`load_export_source` reads): ``procedure.yaml``, ``scenario/<scenario file>`` (plus the
+files it references by relative path) and, when known, ``summary.json`` (an
+``evaluate --json``-shaped summary). The pyfunc model holds the artifacts ``policy`` (the SB3
+zip and its ``.json`` sidecar), ``scenario`` and optionally ``procedure``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# MLflow's artifact download bars would interleave with ours on stderr.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from stable_baselines3.common.callbacks import BaseCallback
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+    from shadowrl.core.spec import Procedure, Scenario
+    from shadowrl.export.formats import ExportSource
+    from shadowrl.rl.agents import SB3Policy
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.evaluate import Episode
+
+__all__ = [
+    "CHAMPION", "HOLDOUT_PREFIX", "MlflowMetricsCallback", "RollbackPolicyModel", "configure",
+    "evaluate_holdout", "flatten", "git_commit", "holdout_metrics", "load_export_source",
+    "load_registered_policy", "log_eval_history", "log_holdout", "log_policy_model",
+    "log_run_files", "parse_model_uri", "promote_if_better", "scenario_hash", "tracking_uri",
+]
+
+CHAMPION = "champion"
+HOLDOUT_PREFIX = "eval_holdout_"
+LOWER_IS_BETTER = ("downtime_mean", "downtime_p95", "cost_mean", "failed_requests_mean")
+DB_NAME = "mlflow.db"
+
+try:  # MLflow's own limits, with the documented values as a fallback
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH as _MAX_KEY
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as _MAX_PARAM
+except ImportError:  # pragma: no cover - older/newer MLflow
+    _MAX_KEY, _MAX_PARAM = 250, 6000
+try:
+    from mlflow.utils.validation import MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH as _MAX_TAG
+except ImportError:  # pragma: no cover
+    _MAX_TAG = 5000
+
+_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_TRUNCATED = "...[truncated]"
+
+
+# --------------------------------------------------------------------------- where runs go
+
+
+def tracking_uri(cli_value: str | None = None) -> str:
+    """The tracking URI to use: ``cli_value``, else ``MLFLOW_TRACKING_URI``, else the SQLite
+    store ``mlflow.db`` in the working directory as an absolute URI (four slashes)."""
+    if cli_value:
+        return cli_value
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd().resolve() / DB_NAME}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores or in-memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def configure(uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (default :func:`tracking_uri`); creates a SQLite file's folder.
+
+    Returns the URI. (MLflow also exports it as ``MLFLOW_TRACKING_URI`` for subprocesses.)
+    """
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _client(client: MlflowClient | None = None, *, must_exist: bool = True) -> MlflowClient:
+    """``client``, else one for the configured URI; a SQLite store that does not exist is an
+    error (rather than a new empty database created by a read-only lookup)."""
+    if client is not None:
+        return client
+    uri = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else tracking_uri()
+    db = _sqlite_path(uri)
+    if must_exist and db is not None and not db.is_file():
+        raise ValueError(f"no MLflow tracking store at {db} (set MLFLOW_TRACKING_URI or give "
+                         f"--tracking-uri)")
+    return MlflowClient(tracking_uri=uri)
+
+
+def _uris(client: MlflowClient) -> tuple[str, str]:
+    tracking = getattr(client, "tracking_uri", None) or client._tracking_client.tracking_uri
+    registry = getattr(client, "_registry_uri", None) or tracking
+    return tracking, registry
+
+
+# --------------------------------------------------------------------------- run inputs
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, Path):
+        text = str(value)
+    elif hasattr(value, "model_dump"):
+        text = json.dumps(value.model_dump(mode="json"), sort_keys=True)
+    else:
+        try:
+            text = json.dumps(value, default=str)
+        except (TypeError, ValueError):
+            text = str(value)
+    if len(text) > _MAX_PARAM:
+        text = text[: _MAX_PARAM - len(_TRUNCATED)] + _TRUNCATED
+    return text
+
+
+def _param_key(key: str) -> str:
+    key = _BAD_KEY_CHARS.sub("_", key)
+    return key if len(key) <= _MAX_KEY else key[: _MAX_KEY - 9] + "~" + hashlib.sha256(
+        key.encode()).hexdigest()[:8]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}`` for ``mlflow.log_params``.
+
+    Mappings nest with dots, lists of mappings by index (``a.0.b``), other lists and scalars
+    become JSON text (``[128, 128]``, ``true``, ``null``); strings stay as they are. Values
+    longer than MLflow's param limit are truncated (marked ``...[truncated]``); characters
+    MLflow rejects in keys become ``_``.
+    """
+    out: dict[str, str] = {}
+    if hasattr(d, "model_dump"):
+        d = d.model_dump(mode="json")  # type: ignore[union-attr]
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if hasattr(v, "model_dump"):
+            v = v.model_dump(mode="json")
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key))
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) for x in v):
+            for i, item in enumerate(v):
+                out.update(flatten(item, f"{key}.{i}"))
+        else:
+            out[_param_key(key)] = _param_value(v)
+    return out
+
+
+def scenario_hash(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the scenario file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout this package runs from; ``"unknown"`` when it
+    is not a git checkout, git is missing or slow."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) \
+        else "unknown"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float],
+                 step: int) -> None:
+    ts = _now_ms()
+    metrics = [Metric(k, float(v), ts, int(step)) for k, v in values.items()
+               if v is not None and math.isfinite(float(v))]
+    for i in range(0, len(metrics), 1000):  # MLflow's per-request metric limit
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _active_run_id(run_id: str | None) -> str:
+    if run_id is not None:
+        return run_id
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run: call inside `with mlflow.start_run():` or "
+                           "pass run_id")
+    return run.info.run_id
+
+
+class MlflowMetricsCallback(BaseCallback):
+    """Log training progress to an MLflow run at each rollout end, at ``step=num_timesteps``.
+
+    From the episodes that finished since the last log (SB3's ``Monitor`` puts
+    ``info["episode"] = {"r", "l"}`` and :class:`~shadowrl.rl.env.RollbackEnv` ``downtime_s`` and
+    ``outcome`` into the terminal step's ``info``): ``<prefix>reward_mean``,
+    ``<prefix>downtime_mean``, ``<prefix>length_mean``, ``<prefix>recovered_rate`` and
+    ``<prefix>episodes``, in one ``log_batch`` request. Rollouts in which no episode ended
+    log nothing. ``run_id`` defaults to the run active when training starts.
+    """
+
+    def __init__(self, run_id: str | None = None, client: MlflowClient | None = None,
+                 prefix: str = "train_") -> None:
+        super().__init__(verbose=0)
+        self.run_id = run_id
+        self.client = client
+        self.prefix = prefix
+        self.logged_steps: list[int] = []
+        self._reset_buffers()
+
+    def _reset_buffers(self) -> None:
+        self._rewards: list[float] = []
+        self._lengths: list[float] = []
+        self._downtimes: list[float] = []
+        self._outcomes: list[str] = []
+
+    def _on_training_start(self) -> None:
+        self.run_id = _active_run_id(self.run_id)
+        if self.client is None:
+            self.client = MlflowClient()
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos") or ():
+            episode = info.get("episode")
+            if episode is not None:
+                self._rewards.append(float(episode["r"]))
+                self._lengths.append(float(episode["l"]))
+            if "downtime_s" in info:
+                self._downtimes.append(float(info["downtime_s"]))
+                self._outcomes.append(str(info.get("outcome", "")))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.flush()
+
+    def _on_training_end(self) -> None:
+        self.flush()
+
+    def flush(self) -> dict[str, float]:
+        """Log what was collected since the last log (nothing if no episode ended)."""
+        if not self._rewards and not self._downtimes:
+            return {}
+        p = self.prefix
+        values: dict[str, float] = {f"{p}episodes": float(max(len(self._rewards),
+                                                              len(self._downtimes)))}
+        if self._rewards:
+            values[f"{p}reward_mean"] = float(np.mean(self._rewards))
+            values[f"{p}length_mean"] = float(np.mean(self._lengths))
+        if self._downtimes:
+            values[f"{p}downtime_mean"] = float(np.mean(self._downtimes))
+            values[f"{p}recovered_rate"] = float(np.mean(
+                [o == "recovered" for o in self._outcomes]))
+        assert self.client is not None and self.run_id is not None
+        _log_metrics(self.client, self.run_id, values, self.num_timesteps)
+        self.logged_steps.append(int(self.num_timesteps))
+        self._reset_buffers()
+        return values
+
+
+def log_eval_history(history: Sequence[Mapping[str, Any]], run_id: str | None = None,
+                     client: MlflowClient | None = None) -> int:
+    """Log :class:`CostEvalCallback` rows (``TrainResult.eval_history``) as ``eval_<key>``
+    metrics at ``step=row["timesteps"]``, one ``log_batch``; returns the number of metrics."""
+    run_id = _active_run_id(run_id)
+    client = client or MlflowClient()
+    ts = _now_ms()
+    metrics = []
+    for row in history:
+        step = int(row.get("timesteps", 0))
+        for key, value in row.items():
+            if key == "timesteps" or isinstance(value, bool) or not isinstance(
+                    value, (int, float, np.integer, np.floating)):
+                continue
+            if not math.isfinite(float(value)):
+                continue
+            name = key if key.startswith("eval_") else f"eval_{key}"
+            metrics.append(Metric(name, float(value), ts, step))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    return len(metrics)
+
+
+def holdout_metrics(episodes: Sequence[Episode], seed: int) -> dict[str, float]:
+    """The held-out evaluation numbers promotion compares (``eval_holdout_*``): downtime
+    mean/p95, cost and failed requests means, recovered rate, and the seeds they used."""
+    if not episodes:
+        raise ValueError("no episodes to summarise")
+    downtime = np.array([e.rehearsal.downtime_s for e in episodes], dtype=float)
+    failed = np.array([e.rehearsal.failed_requests for e in episodes], dtype=float)
+    p = HOLDOUT_PREFIX
+    return {f"{p}downtime_mean": float(downtime.mean()),
+            f"{p}downtime_p95": float(np.percentile(downtime, 95)),
+            f"{p}cost_mean": float(np.mean([e.cost for e in episodes])),
+            f"{p}failed_requests_mean": float(failed.mean()),
+            f"{p}recovered_rate": float(np.mean([e.rehearsal.outcome == "recovered"
+                                                 for e in episodes])),
+            f"{p}seed": float(seed), f"{p}episodes": float(len(episodes))}
+
+
+def log_holdout(episodes: Sequence[Episode], seed: int, run_id: str | None = None,
+                client: MlflowClient | None = None) -> dict[str, float]:
+    """Log :func:`holdout_metrics` to the run (what :func:`promote_if_better` reads)."""
+    values = holdout_metrics(episodes, seed)
+    _log_metrics(client or MlflowClient(), _active_run_id(run_id), values, 0)
+    return values
+
+
+def evaluate_holdout(policy: Any, scenario: str | Path | Scenario, seed: int, episodes: int,
+                     *, env: RollbackEnv | None = None,
+                     env_kwargs: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Run ``policy`` on seeds ``seed .. seed+episodes-1`` and return :func:`holdout_metrics`."""
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.evaluate import evaluate
+
+    env = env or RollbackEnv(_load_scenario(scenario), **dict(env_kwargs or {}))
+    return holdout_metrics(evaluate(env, policy, int(episodes), int(seed)), seed)
+
+
+# --------------------------------------------------------------------------- run files
+
+
+def _load_scenario(scenario: str | Path | Scenario) -> Scenario:
+    from shadowrl.core.spec import Scenario, load_scenario
+
+    return scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+
+
+def _referenced_files(scenario_path: Path) -> list[str]:
+    """Relative paths the scenario reads (a CSV traffic pattern, the deviation history)."""
+    from shadowrl.core.spec import CsvPattern
+
+    sc = _load_scenario(scenario_path)
+    refs = []
+    pattern = sc.deployment.traffic.pattern
+    if isinstance(pattern, CsvPattern):
+        refs.append(pattern.csv)
+    if sc.deviations.history is not None:
+        refs.append(sc.deviations.history.file)
+    base = scenario_path.resolve().parent
+    out = []
+    for ref in refs:
+        p = Path(ref)
+        if p.is_absolute() or ".." in p.parts or not (base / p).is_file():
+            continue  # absolute or outside: loads from where it is (if it is there)
+        out.append(ref)
+    return out
+
+
+def _stage_scenario(scenario_path: Path, folder: Path) -> Path:
+    """Copy the scenario file and the files it references by relative path into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(scenario_path, folder / scenario_path.name)
+    base = scenario_path.resolve().parent
+    for ref in _referenced_files(scenario_path):
+        (folder / ref).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(base / ref, folder / ref)
+    return folder
+
+
+def _run_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    try:
+        return [f.path for f in client.list_artifacts(run_id, path)]
+    except (MlflowException, OSError):
+        return []
+
+
+def log_run_files(scenario_path: str | Path | None = None,
+                  procedure_path: str | Path | None = None,
+                  summary: Mapping[str, Any] | None = None, *, run_id: str | None = None,
+                  client: MlflowClient | None = None, overwrite: bool = True) -> None:
+    """Log the run's inputs/outputs in the layout :func:`load_export_source` reads:
+    ``scenario/<file>`` (+ referenced files), ``procedure.yaml`` and ``summary.json``; also
+    tags the run with the scenario hash and the git commit."""
+    run_id = _active_run_id(run_id)
+    client = client or MlflowClient()
+    present = set() if overwrite else set(_run_artifacts(client, run_id))
+    with tempfile.TemporaryDirectory(prefix="shadowrl-run-") as tmp:
+        if scenario_path is not None and "scenario" not in present:
+            sp = Path(scenario_path)
+            client.log_artifacts(run_id, str(_stage_scenario(sp, Path(tmp) / "scenario")),
+                                 "scenario")
+            client.set_tag(run_id, "shadowrl.scenario_hash", scenario_hash(sp))
+            client.set_tag(run_id, "shadowrl.git_commit", git_commit())
+        if procedure_path is not None and "procedure.yaml" not in present:
+            target = Path(tmp) / "procedure.yaml"
+            shutil.copy2(procedure_path, target)
+            client.log_artifact(run_id, str(target))
+        if summary is not None and "summary.json" not in present:
+            target = Path(tmp) / "summary.json"
+            target.write_text(json.dumps(summary, indent=2, default=str))
+            client.log_artifact(run_id, str(target))
+
+
+# --------------------------------------------------------------------------- pyfunc model
+
+
+def _find(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.rglob(pattern)) if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def _policy_file(path: Path) -> Path:
+    """The policy zip of a ``policy`` artifact (a zip, or a folder with the zip and sidecar)."""
+    if path.is_file():
+        return path
+    preferred = path / "policy.zip"
+    if preferred.is_file():
+        return preferred
+    found = _find(path, "*.zip")
+    if found is None:
+        raise FileNotFoundError(f"no policy .zip in {path}")
+    return found
+
+
+def _scenario_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for candidate in sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")):
+        return candidate
+    raise FileNotFoundError(f"no scenario YAML in {path}")
+
+
+def _procedure_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    found = _find(path, "procedure.yaml") or _find(path, "*.yaml")
+    if found is None:
+        raise FileNotFoundError(f"no procedure YAML in {path}")
+    return found
+
+
+def _sidecar_meta(policy_zip: Path) -> dict[str, Any]:
+    from shadowrl.rl.agents import _sidecar
+
+    try:
+        return json.loads(_sidecar(policy_zip).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _env_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The RollbackEnv keyword arguments the policy was trained with (its sidecar's ``env``)."""
+    import inspect
+
+    from shadowrl.rl.env import RollbackEnv
+
+    accepted = set(inspect.signature(RollbackEnv.__init__).parameters) - {
+        "self", "scenario", "procedure", "history", "render_mode"}
+    env = meta.get("env") or {}
+    return {k: v for k, v in env.items() if k in accepted} if isinstance(env, dict) else {}
+
+
+def _env_for_policy(scenario: Scenario, policy: SB3Policy, meta: Mapping[str, Any],
+                    procedure: Procedure | None = None) -> RollbackEnv:
+    """A RollbackEnv the policy fits: the scenario's procedure, else ``procedure``."""
+    from shadowrl.rl.env import RollbackEnv
+
+    kwargs = _env_kwargs(meta)
+    env = RollbackEnv(scenario, **kwargs)
+    try:
+        _check_fit(env, policy)
+        return env
+    except ValueError as first:
+        if procedure is None:
+            raise
+        alt = RollbackEnv(scenario, procedure=procedure, **kwargs)
+        try:
+            _check_fit(alt, policy)
+        except ValueError:
+            raise first from None
+        return alt
+
+
+def _check_fit(env: RollbackEnv, policy: SB3Policy) -> None:
+    model = policy.model
+    if getattr(env.action_space, "n", None) != getattr(model.action_space, "n", None) or (
+            env.observation_space.shape != model.observation_space.shape):
+        raise ValueError(
+            f"policy was trained on {model.action_space} actions and observations of shape "
+            f"{model.observation_space.shape}; scenario '{env.scenario.name}' with procedure "
+            f"'{env.procedure.name}' has {env.action_space} and {env.observation_space.shape}")
+
+
+class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
+    """A trained rollback policy as an MLflow pyfunc model: observed incident -> rollback plan.
+
+    The plan is *rehearsal-backed*. The model keeps a library of simulated breaches of its
+    scenario (seeds ``0 .. library_size-1``: the incident signature at the breach, i.e. each
+    component's error rate and p99 latency relative to healthy, and the SLO rules failing). For
+    each observed incident it finds the simulated breach nearest to the observation
+    (Euclidean distance on the signature; agreement of the failing rules breaks ties), rolls
+    the policy out in the shadow from that breach, and returns the steps the policy chose.
+    The policy adapts its order and settings to the incident it recognises, and
+    ``expected_downtime_s`` is the downtime that rehearsal measured, not a guess. When the
+    matched rehearsal fails at a step (``outcome`` ``rollback_failed``) the plan ends there.
+
+    Input: a pandas DataFrame, one row per observed incident, with ``failing_rules`` (rule names
+    separated by commas, or a list of names) and, per component,
+    ``<component>.error_rate`` and ``<component>.latency_p99_ms``. A missing column or an empty
+    value means that metric is at its healthy level.
+
+    Output: one row per input row with ``matched_seed``, ``matched_incident``, ``plan`` (JSON:
+    ``[{"step", "action", "target", "settings"}, ...]`` in execution order, skipped optional
+    steps left out), ``expected_downtime_s``, ``outcome`` (of the matched rehearsal) and
+    ``match_distance``.
+
+    Artifacts: ``policy`` (the SB3 zip with its ``.json`` sidecar), ``scenario`` (the scenario
+    YAML) and optionally ``procedure`` (used when the policy was trained on that procedure
+    rather than the scenario's own).
+    """
+
+    def __init__(self, library_size: int = 64) -> None:
+        if library_size < 1:
+            raise ValueError("library_size must be at least 1")
+        self.library_size = int(library_size)
+        self._ready = False
+
+    # The instance is pickled when logged: keep the configuration, not the loaded state.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"library_size": self.library_size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.library_size = int(state.get("library_size", 64))
+        self._ready = False
+
+    # ------------------------------------------------------------------ loading
+
+    def load_context(self, context: Any) -> None:
+        config = getattr(context, "model_config", None) or {}
+        if "library_size" in config:
+            self.library_size = int(config["library_size"])
+        artifacts = context.artifacts
+        self.setup(artifacts["scenario"], artifacts["policy"], artifacts.get("procedure"))
+
+    def setup(self, scenario: str | Path, policy: str | Path,
+              procedure: str | Path | None = None) -> RollbackPolicyModel:
+        """Load the scenario and policy and build the breach library (``load_context``
+        without MLflow)."""
+        from shadowrl.core.spec import load_procedure
+        from shadowrl.rl.agents import load_policy
+
+        scenario_file = _scenario_file(Path(scenario))
+        policy_file = _policy_file(Path(policy))
+        self.scenario = _load_scenario(scenario_file)
+        self.meta = _sidecar_meta(policy_file)
+        self.policy = load_policy(policy_file, name=str(self.meta.get("procedure") or "rl"))
+        proc = None
+        if procedure:
+            proc = load_procedure(_procedure_file(Path(procedure)), self.scenario)
+        self.env = _env_for_policy(self.scenario, self.policy, self.meta, proc)
+        healthy = self.env._healthy_metrics()
+        self.components = list(healthy.components)
+        self.healthy = {name: (c.error_rate, c.latency_p99_ms)
+                        for name, c in healthy.components.items()}
+        self.rules = [r.name for r in self.scenario.slo.rules]
+        from shadowrl.rehearsal.runner import NoBreachError
+
+        seeds, incidents, sigs, failing = [], [], [], []
+        problem: NoBreachError | None = None
+        for seed in range(self.library_size):
+            try:
+                self.env.reset(seed=seed)
+            except NoBreachError as exc:  # this seed never breaches: nothing to rehearse
+                problem = exc
+                continue
+            m = self.env.shadow.metrics()
+            seeds.append(seed)
+            incidents.append(self.env.injection.incident if self.env.injection else "")
+            sigs.append(self._vector({n: (c.error_rate, c.latency_p99_ms)
+                                      for n, c in m.components.items()}))
+            failing.append(frozenset(m.failing_rules))
+        if not seeds:
+            raise ValueError(f"no simulated breach in seeds 0..{self.library_size - 1} of "
+                             f"scenario '{self.scenario.name}': {problem}")
+        self.library_seeds = seeds
+        self.library_incidents = incidents
+        self.library = np.vstack(sigs)
+        self.library_failing = failing
+        self._lock = threading.Lock()
+        self._ready = True
+        return self
+
+    # ------------------------------------------------------------------ signature
+
+    def _vector(self, observed: Mapping[str, tuple[float | None, float | None]]) -> np.ndarray:
+        """Error rate and p99 ratio to healthy per component, clamped like the observation."""
+        from shadowrl.rl.env import OBS_CAP, _ratio
+
+        out = []
+        for name in self.components:
+            h_err, h_p99 = self.healthy[name]
+            err, p99 = observed.get(name, (None, None))
+            err = h_err if _missing(err) else _number(err, f"{name}.error_rate")
+            ratio = 1.0 if _missing(p99) else _ratio(_number(p99, f"{name}.latency_p99_ms"),
+                                                     h_p99)
+            out += [err, ratio]
+        return np.clip(np.nan_to_num(np.asarray(out, dtype=np.float64), nan=0.0,
+                                     posinf=OBS_CAP), 0.0, OBS_CAP)
+
+    def observation(self, row: Mapping[str, Any]) -> tuple[np.ndarray, frozenset[str]]:
+        """One input row -> (signature vector, failing rule names)."""
+        observed = {name: (row.get(f"{name}.error_rate"), row.get(f"{name}.latency_p99_ms"))
+                    for name in self.components}
+        return self._vector(observed), frozenset(_rule_names(row.get("failing_rules")))
+
+    def match(self, vector: np.ndarray, failing: frozenset[str]) -> tuple[int, float]:
+        """Index of the nearest simulated breach and its distance."""
+        dist = np.sqrt(((self.library - vector) ** 2).sum(axis=1))
+        best = float(dist.min())
+        tied = np.flatnonzero(dist <= best + 1e-9 * (1.0 + best))
+        if len(tied) > 1:
+            def agreement(i: int) -> float:
+                lib = self.library_failing[i]
+                union = lib | failing
+                return 1.0 if not union else len(lib & failing) / len(union)
+            tied = sorted(tied, key=lambda i: (-agreement(int(i)), int(i)))
+        return int(tied[0]), float(dist[int(tied[0])])
+
+    # ------------------------------------------------------------------ predict
+
+    def rollout(self, seed: int) -> tuple[list[dict[str, Any]], float, str]:
+        """Run the policy in the shadow from breach ``seed``: (plan, downtime, outcome)."""
+        from shadowrl.rl.evaluate import run_episode
+
+        env = self.env
+        with self._lock:
+            episode = run_episode(env, self.policy, seed)
+            plan = []
+            for a in episode.actions:
+                i, settings = env.actions[a]
+                if settings is None:
+                    continue  # a skipped optional step
+                step = env.steps[i]
+                plan.append({"step": step.name, "action": step.action, "target": step.target,
+                             "settings": {k: _plain(v) for k, v in settings.items()}})
+            return plan, float(episode.rehearsal.downtime_s), episode.rehearsal.outcome
+
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if not self._ready:
+            raise RuntimeError("RollbackPolicyModel is not loaded (load it with "
+                               "mlflow.pyfunc.load_model, or call setup())")
+        rows = _records(model_input)
+        out = []
+        for row in rows:
+            vector, failing = self.observation(row)
+            k, distance = self.match(vector, failing)
+            seed = self.library_seeds[k]
+            plan, downtime, outcome = self.rollout(seed)
+            out.append({"matched_seed": int(seed), "matched_incident": self.library_incidents[k],
+                        "plan": json.dumps(plan), "expected_downtime_s": downtime,
+                        "outcome": outcome, "match_distance": distance})
+        return pd.DataFrame(out, columns=["matched_seed", "matched_incident", "plan",
+                                          "expected_downtime_s", "outcome", "match_distance"])
+
+    # ------------------------------------------------------------------ examples
+
+    def example_input(self, seed: int = 0) -> pd.DataFrame:
+        """A one-row input built from simulated breach ``seed`` (what an operator would see)."""
+        self.env.reset(seed=seed)
+        return breach_frame(self.env)
+
+    def input_schema(self) -> Any:
+        """Every column optional (a missing metric means healthy). Metric columns are typed
+        ``any``: MLflow's ``double`` refuses int64 columns, and ``500`` ms sent as JSON is one;
+        :meth:`predict` converts them and names a column whose value is not a number."""
+        from mlflow.types.schema import AnyType, ColSpec, Schema
+
+        cols = [ColSpec("string", "failing_rules", required=False)]
+        for name in self.components:
+            cols += [ColSpec(AnyType(), f"{name}.error_rate", required=False),
+                     ColSpec(AnyType(), f"{name}.latency_p99_ms", required=False)]
+        return Schema(cols)
+
+
+def breach_frame(env: RollbackEnv) -> pd.DataFrame:
+    """The env's current metrics as a one-row :class:`RollbackPolicyModel` input."""
+    m = env.shadow.metrics()
+    row: dict[str, Any] = {"failing_rules": ",".join(m.failing_rules)}
+    for name, c in m.components.items():
+        row[f"{name}.error_rate"] = float(c.error_rate)
+        row[f"{name}.latency_p99_ms"] = float(c.latency_p99_ms)
+    return pd.DataFrame([row])
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _number(value: Any, column: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"column {column}: expected a number, got {value!r}") from None
+
+
+def _rule_names(value: Any) -> list[str]:
+    if value is None or (not isinstance(value, (list, tuple, set, np.ndarray))
+                         and _missing(value)):
+        return []
+    if isinstance(value, str):
+        items: Iterable[Any] = value.split(",")
+    elif isinstance(value, (list, tuple, set, np.ndarray)):
+        items = value
+    else:
+        items = [value]
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _records(model_input: Any) -> list[dict[str, Any]]:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.to_dict("records")
+    if isinstance(model_input, Mapping):
+        return [dict(model_input)]
+    if isinstance(model_input, (list, tuple)) and all(isinstance(r, Mapping) for r in model_input):
+        return [dict(r) for r in model_input]
+    raise TypeError(f"expected a pandas DataFrame (one row per incident), got "
+                    f"{type(model_input).__name__}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for dist in ("mlflow", "shadowrl", "stable-baselines3", "sb3-contrib", "torch", "gymnasium",
+                 "numpy", "pandas", "pydantic", "pyyaml", "cloudpickle"):
+        try:
+            reqs.append(f"{dist}=={_metadata.version(dist)}")
+        except _metadata.PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+_MODEL_CODE = """\
+# shadowrl rollback policy, logged as MLflow "models from code": see shadowrl.integrations.mlflow.
+import mlflow
+
+from shadowrl.integrations.mlflow import RollbackPolicyModel
+
+mlflow.models.set_model(RollbackPolicyModel())
+"""
+
+
+def log_policy_model(policy_zip: str | Path, scenario_path: str | Path, *,
+                     procedure_path: str | Path | None = None,
+                     registered_model_name: str | None = None, name: str = "policy",
+                     library_size: int = 64, await_registration_for: int = 300) -> ModelInfo:
+    """Log the policy as a :class:`RollbackPolicyModel` into the active run (and register it
+    as a new version of ``registered_model_name``).
+
+    The model is loaded locally first (an unusable policy/scenario pair fails here, not at
+    serving time) to build its signature and input example from simulated breach 0. The
+    scenario (and the procedure, if given) are also logged as run files (``scenario/``,
+    ``procedure.yaml``) unless the run already has them. ``pip_requirements`` are pinned to
+    the installed versions, shadowrl included: serving the model needs shadowrl installed.
+    """
+    run_id = _active_run_id(None)
+    policy_file = Path(policy_zip)
+    scenario_file = Path(scenario_path)
+    if not policy_file.is_file():
+        raise FileNotFoundError(f"no such policy file: {policy_file}")
+    if not scenario_file.is_file():
+        raise FileNotFoundError(f"no such scenario file: {scenario_file}")
+    from shadowrl.rl.agents import _sidecar
+
+    local = RollbackPolicyModel(library_size=library_size).setup(
+        scenario_file, policy_file, procedure_path)
+    example = local.example_input(0)
+    output = local.predict(None, example)
+    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
+
+    with warnings.catch_warnings():  # "integer column" hint: matched_seed is never missing
+        warnings.simplefilter("ignore")
+        inferred = infer_signature(example, output)
+    signature = ModelSignature(inputs=local.input_schema(), outputs=inferred.outputs)
+
+    with tempfile.TemporaryDirectory(prefix="shadowrl-model-") as tmp:
+        stage = Path(tmp)
+        policy_dir = stage / "policy"
+        policy_dir.mkdir()
+        shutil.copy2(policy_file, policy_dir / policy_file.name)
+        if _sidecar(policy_file).is_file():
+            shutil.copy2(_sidecar(policy_file), policy_dir / _sidecar(policy_file).name)
+        artifacts = {"policy": str(policy_dir),
+                     "scenario": str(_stage_scenario(scenario_file, stage / "scenario"))}
+        if procedure_path is not None:
+            shutil.copy2(procedure_path, stage / "procedure.yaml")
+            artifacts["procedure"] = str(stage / "procedure.yaml")
+        code = stage / "rollback_policy_model.py"  # models from code: nothing pickled
+        code.write_text(_MODEL_CODE)
+        meta = _sidecar_meta(policy_file)
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=str(code), model_config={"library_size": library_size},
+            artifacts=artifacts, signature=signature, input_example=example,
+            registered_model_name=registered_model_name, pip_requirements=_pip_requirements(),
+            await_registration_for=await_registration_for,
+            metadata={"shadowrl": {
+                "scenario": local.scenario.name, "scenario_hash": scenario_hash(scenario_file),
+                "procedure": local.env.procedure.name, "algorithm": meta.get("algorithm"),
+                "timesteps": meta.get("timesteps"), "library_size": library_size,
+                "git_commit": git_commit()}})
+    log_run_files(scenario_file, procedure_path, run_id=run_id, overwrite=False)
+    return info
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None,
+    VERSION). Anything else is a ValueError."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"{uri}: not a registered model URI (models:/NAME@ALIAS or "
+                         f"models:/NAME/VERSION)")
+    rest = uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        if name and alias and "/" not in alias:
+            return name, alias, None
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise ValueError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def _resolve_version(client: MlflowClient, uri: str) -> Any:
+    """The ModelVersion a models:/ URI names; ValueError naming the URI when it does not
+    exist."""
+    name, alias, version = parse_model_uri(uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise ValueError(f"{uri}: no registered model '{name}'") from None
+        raise
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _not_found(exc):
+            what = f"alias '{alias}'" if alias is not None else f"version {version}"
+            raise ValueError(f"{uri}: registered model '{name}' has no {what}") from None
+        raise
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+def _download_model(client: MlflowClient, name: str, version: str, dst: Path) -> Path:
+    tracking, registry = _uris(client)
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking,
+        registry_uri=registry)
+    return Path(path)
+
+
+def _model_artifact(model_dir: Path, key: str) -> Path | None:
+    """A pyfunc artifact (``artifacts/<key>...``) of a downloaded model, or None."""
+    base = model_dir / "artifacts"
+    for candidate in (base / key, base / f"{key}.yaml", base / f"{key}.zip"):
+        if candidate.exists():
+            return candidate
+    found = sorted(base.glob(f"{key}*")) if base.is_dir() else []
+    return found[0] if found else None
+
+
+def _load_model_policy(model_dir: Path, name: str) -> tuple[SB3Policy, dict[str, Any]]:
+    from shadowrl.rl.agents import load_policy
+
+    art = _model_artifact(model_dir, "policy")
+    if art is None:
+        raise LookupError(f"{name}: the model has no 'policy' artifact (not logged by "
+                          f"shadowrl.integrations.mlflow.log_policy_model?)")
+    zip_path = _policy_file(art)
+    return load_policy(zip_path, name=name), _sidecar_meta(zip_path)
+
+
+def load_registered_policy(uri: str, client: MlflowClient | None = None) -> SB3Policy:
+    """The policy of a registered model version (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``), ready for :func:`shadowrl.rl.evaluate.evaluate`."""
+    client = _client(client)
+    mv = _resolve_version(client, uri)
+    with tempfile.TemporaryDirectory(prefix="shadowrl-policy-") as tmp:
+        model_dir = _download_model(client, mv.name, str(mv.version), Path(tmp))
+        policy, _ = _load_model_policy(model_dir, uri)  # fully in memory: tmp can go
+    return policy
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _recorded_score(values: Mapping[str, Any], key: str, seed: int,
+                    episodes: int) -> float | None:
+    """``values[key]`` if the recorded evaluation used these seeds, else None."""
+    score = _float(values.get(key))
+    rec_seed = _float(values.get(f"{HOLDOUT_PREFIX}seed"))
+    rec_eps = _float(values.get(f"{HOLDOUT_PREFIX}episodes"))
+    if score is None or rec_seed is None or rec_eps is None:
+        return None
+    if int(rec_seed) != int(seed) or int(rec_eps) != int(episodes):
+        return None
+    return score
+
+
+def _version_score(client: MlflowClient, mv: Any, key: str, scenario: Scenario, seed: int,
+                   episodes: int) -> tuple[float, str]:
+    """A version's score on these seeds: its tags, its run's metrics, else a fresh
+    evaluation of its policy; the version is tagged with the numbers."""
+    score = _recorded_score(mv.tags or {}, key, seed, episodes)
+    if score is not None:
+        return score, "version tags"
+    values: dict[str, float] = {}
+    source = ""
+    if mv.run_id:
+        try:
+            run_metrics = client.get_run(mv.run_id).data.metrics
+        except MlflowException:
+            run_metrics = {}
+        score = _recorded_score(run_metrics, key, seed, episodes)
+        if score is not None:
+            values = {k: v for k, v in run_metrics.items() if k.startswith(HOLDOUT_PREFIX)}
+            source = f"run {mv.run_id}"
+    if not source:
+        with tempfile.TemporaryDirectory(prefix="shadowrl-eval-") as tmp:
+            model_dir = _download_model(client, mv.name, str(mv.version), Path(tmp))
+            uri = f"models:/{mv.name}/{mv.version}"
+            policy, meta = _load_model_policy(model_dir, uri)
+            proc = None
+            proc_art = _model_artifact(model_dir, "procedure")
+            if proc_art is not None:
+                from shadowrl.core.spec import load_procedure
+
+                proc = load_procedure(_procedure_file(proc_art), scenario)
+            env = _env_for_policy(scenario, policy, meta, proc)
+            values = evaluate_holdout(policy, scenario, seed, episodes, env=env)
+        score = values[key]
+        source = "evaluated"
+    for k, v in values.items():
+        client.set_model_version_tag(mv.name, str(mv.version), k, _tag_number(v))
+    return float(score), source
+
+
+def _tag_number(value: float) -> str:
+    f = float(value)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+def promote_if_better(model_name: str, version: int | str, *,
+                      scenario: str | Path | Scenario, eval_seed: int, episodes: int,
+                      metric: str = "downtime_mean", client: MlflowClient | None = None,
+                      alias: str = CHAMPION) -> dict[str, Any]:
+    """Make ``version`` the ``champion`` if it beats the current one on the same incidents.
+
+    Without a champion, ``version`` becomes it. Otherwise both are scored on seeds
+    ``eval_seed .. eval_seed+episodes-1``: from the version's tags or its run's
+    ``eval_holdout_<metric>`` metric when ``eval_holdout_seed``/``eval_holdout_episodes``
+    match, else by downloading the version's policy and evaluating it on ``scenario``. The
+    alias moves only when the new score is strictly lower (a tie keeps the champion). Both
+    versions are tagged with their scores; the new one also with the decision.
+
+    Returns ``{"promoted", "champion_version", "new", "old", "metric", "sources"}``.
+    """
+    if metric not in LOWER_IS_BETTER:
+        raise ValueError(f"metric must be one of {', '.join(LOWER_IS_BETTER)}, got {metric!r}")
+    client = _client(client)
+    key = f"{HOLDOUT_PREFIX}{metric}"
+    version = str(version)
+    sc = _load_scenario(scenario)
+    new_mv = _resolve_version(client, f"models:/{model_name}/{version}")
+    new, new_src = _version_score(client, new_mv, key, sc, eval_seed, episodes)
+    champion = _alias_version(client, model_name, alias)
+    result: dict[str, Any] = {"metric": key, "new": new, "old": None,
+                              "sources": {"new": new_src}}
+    if champion is None:
+        client.set_registered_model_alias(model_name, alias, version)
+        decision = f"{alias}: first version evaluated"
+        result.update(promoted=True, champion_version=version)
+    elif str(champion.version) == version:
+        decision = f"{alias}: already"
+        result.update(promoted=False, champion_version=version, old=new)
+    else:
+        old, old_src = _version_score(client, champion, key, sc, eval_seed, episodes)
+        result["old"] = old
+        result["sources"]["old"] = old_src
+        if new < old:
+            client.set_registered_model_alias(model_name, alias, version)
+            decision = f"promoted over version {champion.version} ({new:.3f} < {old:.3f})"
+            result.update(promoted=True, champion_version=version)
+        else:
+            decision = (f"kept version {champion.version} ({new:.3f} >= {old:.3f})")
+            result.update(promoted=False, champion_version=str(champion.version))
+    client.set_model_version_tag(model_name, version, "shadowrl.promotion",
+                                 f"{decision}; {key} on seeds {eval_seed}+{episodes}"[:_MAX_TAG])
+    return result
+
+
+# --------------------------------------------------------------------------- export sources
+
+
+def _download_run_file(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
+    return Path(client.download_artifacts(run_id, path, str(dst)))
+
+
+def _find_run_artifact(client: MlflowClient, run_id: str, name: str,
+                       depth: int = 2) -> str | None:
+    """The run artifact path of ``name`` at the root or up to ``depth`` folders down."""
+    level = [None]
+    for _ in range(depth + 1):
+        nxt = []
+        for folder in level:
+            try:
+                items = client.list_artifacts(run_id, folder)
+            except (MlflowException, OSError):
+                continue
+            for item in items:
+                if not item.is_dir and item.path.rsplit("/", 1)[-1] == name:
+                    return item.path
+                if item.is_dir:
+                    nxt.append(item.path)
+        level = nxt
+        if not level:
+            break
+    return None
+
+
+def _run_scenario(client: MlflowClient, run_id: str, dst: Path) -> Scenario | None:
+    try:
+        items = client.list_artifacts(run_id, "scenario")
+    except (MlflowException, OSError):
+        return None
+    if not any(i.path.endswith((".yaml", ".yml")) for i in items if not i.is_dir):
+        return None
+    folder = Path(client.download_artifacts(run_id, "scenario", str(dst)))
+    return _load_scenario(_scenario_file(folder))
+
+
+def _run_summary(client: MlflowClient, run_id: str, dst: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` artifact (an ``evaluate --json`` summary), if any."""
+    path = _find_run_artifact(client, run_id, "summary.json", depth=1)
+    if path is None:
+        return None
+    try:
+        data = json.loads(_download_run_file(client, run_id, path, dst).read_text())
+    except (OSError, ValueError, MlflowException):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("methods"), dict):
+        # an `optimize`/`train` summary: the logged procedure.yaml is its best static one
+        methods = data["methods"]
+        data = methods.get("best_static") or methods.get("configured")
+    return data if isinstance(data, dict) else None
+
+
+def _metrics_summary(m: Mapping[str, float]) -> dict[str, Any] | None:
+    """A summary from the run's ``eval_holdout_*`` metrics (the policy's held-out numbers)."""
+    if f"{HOLDOUT_PREFIX}downtime_mean" not in m:
+        return None
+    out: dict[str, Any] = {"downtime_s": {"mean": m[f"{HOLDOUT_PREFIX}downtime_mean"]}}
+    if f"{HOLDOUT_PREFIX}downtime_p95" in m:
+        out["downtime_s"]["p95"] = m[f"{HOLDOUT_PREFIX}downtime_p95"]
+    if f"{HOLDOUT_PREFIX}episodes" in m:
+        out["runs"] = int(m[f"{HOLDOUT_PREFIX}episodes"])
+    if f"{HOLDOUT_PREFIX}recovered_rate" in m and "runs" in out:
+        out["outcomes"] = {"recovered": round(m[f"{HOLDOUT_PREFIX}recovered_rate"]
+                                              * out["runs"])}
+    return out
+
+
+def _procedure_from_file(path: Path, scenario: Scenario | None, origin: str) -> Procedure:
+    from shadowrl.core.spec import SpecError, load_procedure, load_yaml
+    from shadowrl.export.formats import procedure_from_data
+
+    try:
+        if scenario is not None:
+            return load_procedure(path, scenario)
+        data, lines = load_yaml(path.read_bytes(), str(path))
+        if not isinstance(data, dict) or "procedure" not in data:
+            raise ValueError(f"{origin}: procedure.yaml has no 'procedure:' block")
+        return procedure_from_data(data, str(path), lines)
+    except SpecError as exc:
+        details = "; ".join(f"line {p.line}: {p.path}: {p.message}" if p.path else
+                            f"line {p.line}: {p.message}" for p in exc.problems)
+        raise ValueError(f"{origin}: invalid procedure.yaml: {details}") from None
+
+
+def load_export_source(source: str, client: MlflowClient | None = None) -> ExportSource:
+    """The procedure behind an MLflow run id or ``models:/NAME@ALIAS`` (or ``/VERSION``).
+
+    A run: its ``procedure.yaml`` artifact, checked against its ``scenario/`` artifact when
+    present. A model version: its run's ``procedure.yaml``, else the model's own
+    ``procedure`` artifact (and the model's scenario). The evaluation comes from the run's
+    ``summary.json``, else the procedure file's header (``shadowrl optimize`` writes one),
+    else the run's ``eval_holdout_*`` metrics.
+    Raises ValueError (unknown run/model/alias) or LookupError (no procedure logged).
+    """
+    from shadowrl.export.formats import ExportSource, read_header
+
+    client = _client(client)
+    with tempfile.TemporaryDirectory(prefix="shadowrl-export-") as tmp:
+        dst = Path(tmp)
+        run = None
+        proc_file: Path | None = None
+        scenario: Scenario | None = None
+        model_dir: Path | None = None
+        if _RUN_ID.match(source):
+            run_id = source
+        elif source.startswith("models:/"):
+            mv = _resolve_version(client, source)
+            run_id = mv.run_id or ""
+            model_dir = _download_model(client, mv.name, str(mv.version), dst / "model")
+        else:
+            raise ValueError(f"{source}: not an MLflow run id (32 hex digits) or "
+                             f"models:/NAME@ALIAS")
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as exc:
+                if model_dir is None and _not_found(exc):
+                    raise ValueError(f"{source}: no MLflow run with this id at "
+                                     f"{_uris(client)[0]}") from None
+                if model_dir is None:
+                    raise
+        if run is not None:
+            path = _find_run_artifact(client, run.info.run_id, "procedure.yaml")
+            if path is not None:
+                proc_file = _download_run_file(client, run.info.run_id, path, dst / "run")
+            scenario = _run_scenario(client, run.info.run_id, dst / "run-scenario")
+        if model_dir is not None:
+            if proc_file is None:
+                art = _model_artifact(model_dir, "procedure")
+                proc_file = _procedure_file(art) if art is not None else None
+            if scenario is None:
+                art = _model_artifact(model_dir, "scenario")
+                scenario = _load_scenario(_scenario_file(art)) if art is not None else None
+        if proc_file is None:
+            where = "run" if model_dir is None else "model version (and its run)"
+            raise LookupError(f"{source}: the {where} has no procedure.yaml artifact (log one "
+                              f"with shadowrl.integrations.mlflow.log_run_files or log_policy_model("
+                              f"procedure_path=...))")
+        procedure = _procedure_from_file(proc_file, scenario, source)
+        command, header_eval = read_header(proc_file.read_text(errors="replace"))
+        evaluation = None
+        if run is not None:
+            evaluation = _run_summary(client, run.info.run_id, dst / "summary")
+        evaluation = evaluation or header_eval
+        if evaluation is None and run is not None:
+            evaluation = _metrics_summary(run.data.metrics)
+        if command is None and run is not None:
+            command = run.data.tags.get("shadowrl.command")
+    scenario_name = scenario.name if scenario is not None else None
+    if scenario_name is None and run is not None:
+        scenario_name = run.data.tags.get("shadowrl.scenario")
+    return ExportSource(procedure=procedure, scenario=scenario, name=procedure.name,
+                        origin=source, evaluation=evaluation, command=command,
+                        scenario_name=scenario_name)

@@ -1,0 +1,314 @@
+"""RollbackEnv: choosing rollback steps and settings as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from shadowrl.core.spec import Procedure, Scenario, Step, load_scenario
+from shadowrl.rehearsal.deviation import DeviationSimulator
+from shadowrl.rehearsal.runner import Rehearsal, finish, start_incident
+from shadowrl.shadow import make_backend
+from shadowrl.shadow.base import Breach, Injection, Metrics, Span, StepResult
+
+OBS_CAP = 10.0
+
+
+class RollbackEnv(gym.Env[np.ndarray, int]):
+    """
+    ## Description
+
+    One episode is one incident in a shadow of the deployment. ``reset`` launches the shadow,
+    injects an incident drawn by the deviation simulator and runs until an SLO rule breaches.
+    Each action then runs the next rollback step, with chosen settings, inside the shadow.
+    The episode ends when every required step has run (optional ones run or skipped) and
+    verification has passed or timed out, or early when a step fails.
+
+    ## Action Space
+
+    ``Discrete(n)`` over (step, settings) pairs: every combination of each step's tunable
+    setting choices, plus one "skip" action per optional step. :meth:`action_masks` marks the
+    valid ones (step not yet done, its ``after`` steps done); MaskablePPO uses it. A masked
+    action is not executed: it costs ``invalid_penalty`` and the state does not change.
+
+    ## Observation Space
+
+    ``Box(0, 10, (d,), float32)``: for each component its error rate, p99 latency relative to
+    healthy, CPU and load relative to healthy; the same for the edge; which SLO rules are
+    failing; the incident's visible signature (error rate and latency ratio per component at
+    the breach); which steps are done or skipped; time since the breach over the timeout. The
+    hidden cause of the incident is never observed.
+
+    ## Rewards
+
+    Minus the cost each step caused, in minutes: downtime plus ``failed_request_weight`` x
+    failed requests / healthy edge rps; the last step also pays for the verification period.
+    A failed step costs ``failed_step_penalty`` more.
+
+    ## Episode End
+
+    Terminated when all steps are done or skipped (after verification), or when a step
+    fails. Truncated after ``max_actions`` actions (only reachable by repeated masked actions).
+
+    ## Arguments
+
+    ``scenario`` (path or :class:`Scenario`), ``procedure`` (default: the scenario's),
+    ``backend`` (``"sim"``), ``incident`` (fix the incident; default drawn by weight),
+    ``failed_request_weight`` (0.5), ``failed_step_penalty`` (10.0 minutes),
+    ``invalid_penalty`` (1.0), ``history`` (a deviation history model), ``at`` (``now``/``peak``),
+    ``record_profile`` (attach per-second profiles to the terminal ``info["rehearsal"]``).
+    ``reset(seed=s)`` makes episode seed ``s``: the same incident as ``shadowrl simulate
+    --seed s``.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, scenario: str | Path | Scenario, procedure: Procedure | None = None,
+                 backend: str = "sim", incident: str | None = None,
+                 failed_request_weight: float = 0.5, failed_step_penalty: float = 10.0,
+                 invalid_penalty: float = 1.0, history: Any = None, at: str = "now",
+                 render_mode: str | None = None, record_profile: bool = False) -> None:
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.procedure = procedure or self.scenario.procedure
+        self.backend_kind = backend
+        self.deviation = DeviationSimulator(self.scenario, history=history, at=at)  # type: ignore[arg-type]
+        self.record_profile = record_profile
+        self.shadow = make_backend(backend, self.scenario, pattern=self.deviation.load_pattern(),
+                                   record_profile=record_profile)
+        self.incident = incident
+        self.failed_request_weight = failed_request_weight
+        self.failed_step_penalty = failed_step_penalty
+        self.invalid_penalty = invalid_penalty
+        self.render_mode = render_mode
+        self.steps: list[Step] = list(self.procedure.steps)
+        self.step_index = {s.name: i for i, s in enumerate(self.steps)}
+        self.actions: list[tuple[int, dict[str, Any] | None]] = []
+        for i, step in enumerate(self.steps):
+            tunables = step.tunables()
+            keys = list(tunables)
+            for combo in itertools.product(*(tunables[k].choices for k in keys)):
+                self.actions.append((i, dict(zip(keys, combo))))
+            if step.optional:
+                self.actions.append((i, None))
+        self._after = [[self.step_index[d] for d in s.after] for s in self.steps]
+        self._action_step = np.array([i for i, _ in self.actions])
+        self._required = np.array([not s.optional for s in self.steps])
+        self.action_space = spaces.Discrete(len(self.actions))
+        n_comp = len(self.shadow.topo.names)  # type: ignore[attr-defined]
+        n_obs = 4 * n_comp + 4 + len(self.scenario.slo.rules) + 2 * n_comp + 2 * len(
+            self.steps) + 1
+        self.observation_space = spaces.Box(0.0, OBS_CAP, (n_obs,), np.float32)
+        self.max_actions = 4 * len(self.steps) + 4
+        self._healthy: Metrics | None = None
+        self._healthy_rps = 1.0
+        self._mask_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._obs_ref: tuple[Any, ...] | None = None  # healthy yardsticks, flattened
+        self._sig_clean: tuple[np.ndarray, list[float]] | None = None
+        self._reset_state()
+        self._healthy_metrics()  # the yardstick of observations and of the cost
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reset_state(self) -> None:
+        self.status = np.zeros(len(self.steps), dtype=np.int8)  # 0 todo, 1 done, 2 skipped
+        self.results: list[StepResult] = []
+        self.injection: Injection | None = None
+        self.breach: Breach | None = None
+        self.signature = np.zeros(0, dtype=np.float32)
+        self.n_actions = 0
+        self.failed = False
+        self.rehearsal: Rehearsal | None = None
+
+    def _healthy_metrics(self) -> Metrics:
+        """Metrics of the healthy deployment at nominal load: the observation's yardstick."""
+        if self._healthy is None:
+            self.shadow.launch(0)
+            self._healthy = self.shadow.metrics()
+            self._healthy_rps = max(self._healthy.edge.rps, 1e-6)
+        return self._healthy
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions: step not done, its ``after`` steps done or skipped."""
+        return self._mask().copy()
+
+    def _mask(self) -> np.ndarray:
+        """:meth:`action_masks` without the copy, memoised by the step statuses (do not
+        modify the returned array)."""
+        key = (*self.status.tolist(), self.failed or self.rehearsal is not None)
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            if key[-1]:
+                mask = np.zeros(len(self.actions), dtype=bool)
+            else:
+                status = key[:-1]
+                open_steps = np.array([status[i] == 0 and all(status[d] for d in after)
+                                       for i, after in enumerate(self._after)], dtype=bool)
+                mask = open_steps[self._action_step]
+            if len(self._mask_cache) >= 4096:
+                self._mask_cache.clear()
+            self._mask_cache[key] = mask
+        return mask
+
+    def describe(self, action: int) -> str:
+        i, settings = self.actions[action]
+        if settings is None:
+            return f"skip {self.steps[i].name}"
+        text = ", ".join(f"{k}={v}" for k, v in settings.items())
+        return f"{self.steps[i].name}({text})"
+
+    def _observe(self) -> np.ndarray:
+        # Same values as clip(nan_to_num(float32(parts), nan=0, posinf=CAP), 0, CAP), with the
+        # clamp done on Python floats (NaN and negatives -> 0, above CAP and +inf -> CAP):
+        # clamping before or after the float32 cast gives the same float32.
+        healthy = self._healthy_metrics()
+        ref = self._obs_ref
+        if ref is None or ref[0] is not healthy:
+            ref = self._obs_ref = (healthy, {name: (h.latency_p99_ms, h.rps) for name, h in
+                                             healthy.components.items()},
+                                   [r.name for r in self.scenario.slo.rules])
+        m = self.shadow.metrics()
+        href = ref[1]
+        parts: list[float] = []
+        for name, c in m.components.items():
+            h_p99, h_rps = href[name]
+            parts += (c.error_rate, _ratio(c.latency_p99_ms, h_p99), c.cpu, _ratio(c.rps, h_rps))
+        e = m.edge
+        parts += (e.error_rate, _ratio(e.latency_p99_ms, healthy.edge.latency_p99_ms), e.cpu,
+                  _ratio(e.rps, healthy.edge.rps))
+        failing = m.failing_rules
+        parts += [1.0 if name in failing else 0.0 for name in ref[2]]
+        sig = self._sig_clean
+        if sig is None or sig[0] is not self.signature:
+            sig = self._sig_clean = (self.signature, _clamp(self.signature.tolist()))
+        parts += sig[1]
+        status = self.status.tolist()
+        parts += [1.0 if s == 1 else 0.0 for s in status]
+        parts += [1.0 if s == 2 else 0.0 for s in status]
+        parts.append(self._elapsed())
+        return np.array(_clamp(parts), dtype=np.float32)
+
+    def _elapsed(self) -> float:
+        if self.breach is None:
+            return 0.0
+        return (self.shadow.now() - self.breach.at_s) / self.procedure.verify.timeout
+
+    def _signature(self) -> np.ndarray:
+        healthy = self._healthy_metrics()
+        m = self.shadow.metrics()
+        sig: list[float] = []
+        for name, c in m.components.items():
+            sig += [c.error_rate, _ratio(c.latency_p99_ms,
+                                         healthy.components[name].latency_p99_ms)]
+        return np.asarray(sig, dtype=np.float32)
+
+    def _cost(self, span: Span) -> float:
+        return self.cost_of(span.downtime_s, span.failed_requests)
+
+    def cost_of(self, downtime_s: float, failed_requests: float) -> float:
+        """The objective in minutes: downtime plus weighted failed requests, the latter as
+        seconds of full outage at the healthy edge rate."""
+        return (downtime_s + self.failed_request_weight * failed_requests
+                / self._healthy_rps) / 60.0
+
+    # ------------------------------------------------------------------ gym API
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        self._healthy_metrics()
+        self._reset_state()
+        incident = (options or {}).get("incident", self.incident)
+        self.injection, self.breach = start_incident(self.shadow, self.deviation, episode_seed,
+                                                     incident)
+        self.episode_seed = episode_seed
+        self.signature = self._signature()
+        info = {"incident": self.injection.incident, "breach_at_s": self.breach.at_s,
+                "episode_seed": episode_seed}
+        return self._observe(), info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.breach is None:
+            raise RuntimeError("call reset() before step()")
+        self.n_actions += 1
+        action = int(action)
+        mask = self._mask()
+        info: dict[str, Any] = {}
+        if not (0 <= action < len(self.actions)) or not mask[action]:
+            truncated = self.n_actions >= self.max_actions
+            info["invalid_action"] = True
+            return self._observe(), -self.invalid_penalty, False, truncated, info
+        i, settings = self.actions[action]
+        step = self.steps[i]
+        if settings is None:
+            self.status[i] = 2
+            t = self.shadow.now()
+            self.results.append(StepResult(step.name, step.action, "skipped", {}, Span(t, t),
+                                           "optional step skipped"))
+            reward = 0.0
+        else:
+            result = self.shadow.run_step(step, settings)
+            self.results.append(result)
+            self.status[i] = 1
+            reward = -self._cost(result.span)
+            if result.status == "failed":
+                self.failed = True
+                reward -= self.failed_step_penalty
+        info["step"] = self.results[-1].name
+        all_done = 0 not in self.status.tolist()  # every step done or skipped
+        if all_done or self.failed:
+            before = self.shadow.now()
+            verify_cost_span = self._finish()
+            reward -= self._cost(verify_cost_span)
+            info["verify_s"] = self.shadow.now() - before
+            assert self.rehearsal is not None
+            info["rehearsal"] = self.rehearsal
+            info["outcome"] = self.rehearsal.outcome
+            info["downtime_s"] = self.rehearsal.downtime_s
+            return self._observe(), float(reward), True, False, info
+        return self._observe(), float(reward), False, False, info
+
+    def _finish(self) -> Span:
+        """Skip what is left (after a failure), verify, and judge the rehearsal."""
+        for i, step in enumerate(self.steps):
+            if self.status[i] == 0:
+                self.status[i] = 2
+                t = self.shadow.now()
+                self.results.append(StepResult(step.name, step.action, "skipped", {},
+                                               Span(t, t), "skipped after a failed step"))
+        assert self.injection is not None and self.breach is not None
+        steps_cost = sum(r.span.downtime_s for r in self.results)
+        steps_failed = sum(r.span.failed_requests for r in self.results)
+        self.rehearsal = finish(self.scenario, self.procedure, self.shadow, self.episode_seed,
+                                self.injection, self.breach, self.results)
+        if self.record_profile:
+            self.rehearsal.profile = getattr(self.shadow, "profile", None)
+        return Span(0.0, 0.0, self.rehearsal.downtime_s - steps_cost,
+                    self.rehearsal.failed_requests - steps_failed)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        m = self.shadow.metrics()
+        done = [r.name + ("" if r.status == "ok" else f" ({r.status})") for r in self.results]
+        return (f"t={m.at_s:.0f}s edge err={m.edge.error_rate:.4f} "
+                f"p99={m.edge.latency_p99_ms:.0f}ms failing={list(m.failing_rules)} "
+                f"steps={done}")
+
+
+def _clamp(values: list[float]) -> list[float]:
+    """NaN and negatives to 0, above ``OBS_CAP`` (and +inf) to ``OBS_CAP``."""
+    return [(v if v < OBS_CAP else OBS_CAP) if v > 0.0 else 0.0 for v in values]
+
+
+def _ratio(value: float, healthy: float) -> float:
+    if healthy <= 0:
+        return 0.0
+    r = value / healthy
+    return r if math.isfinite(r) else OBS_CAP

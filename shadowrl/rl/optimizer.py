@@ -1,0 +1,335 @@
+"""Rollback Optimization Engine: every method measured on the same held-out incidents.
+
+``optimize`` analyses the configured procedure's bottlenecks, runs the baselines (configured,
+random, greedy), searches the best static procedure, trains an RL policy, bounds them all with
+the per-incident oracle, and writes ``procedure.yaml``, ``policy.zip``, ``bottlenecks.json``,
+``comparison.md`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from shadowrl.analysis.summary import summarize
+from shadowrl.core.atomic import atomic_write_json, atomic_write_text
+from shadowrl.core.spec import Scenario, procedure_to_data
+from shadowrl.rehearsal.runner import Plan, configured_plan
+from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.evaluate import Episode, evaluate
+from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
+from shadowrl.rl.search import GreedyPolicy, OraclePolicy, best_static, plan_to_procedure
+
+SEARCH_METHODS = ("configured", "random", "greedy", "best_static", "oracle")
+RL_METHODS = ("configured", "rl")
+TRAIN_SEED_BASE = 1_000_000  # search/training incidents never overlap the held-out ones
+
+
+@dataclass
+class MethodResult:
+    name: str
+    episodes: list[Episode]
+    summary: dict[str, Any]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def costs(self) -> np.ndarray:
+        return np.array([e.cost for e in self.episodes])
+
+    @property
+    def downtimes(self) -> np.ndarray:
+        return np.array([e.rehearsal.downtime_s for e in self.episodes])
+
+
+def methods_for(method: str) -> tuple[str, ...]:
+    if method == "search":
+        return SEARCH_METHODS
+    if method == "rl":
+        return RL_METHODS
+    if method == "all":
+        return ("configured", "random", "greedy", "best_static", "rl", "oracle")
+    if method == "search_rl":  # what an experiment compares: cheap, and what users deploy
+        return ("configured", "best_static", "rl")
+    raise ValueError(f"unknown method {method!r} (search, rl or all)")
+
+
+def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
+            tick: Callable[[int], None] | None = None, replicas: int = 1,
+            name: str | None = None) -> MethodResult:
+    """Evaluate on seeds ``seed..seed+episodes-1``; with ``replicas`` > 1 as Ray tasks
+    (``policy`` may then be a saved ``.zip`` path, shipped to the tasks by value)."""
+    start = time.perf_counter()
+    if replicas > 1:
+        from shadowrl.integrations.ray import parallel_evaluate
+
+        eps = parallel_evaluate(env.scenario, policy, episodes, seed, replicas,
+                                env_kwargs={"procedure": env.procedure}, on_episode=tick)
+    else:
+        if isinstance(policy, str):
+            from shadowrl.rl.agents import load_policy
+
+            policy = load_policy(policy, name=name or "rl")
+        eps = evaluate(env, policy, episodes, seed, tick)
+    label = name or getattr(policy, "name", str(policy))
+    summary = summarize(env.scenario.name, label, [e.rehearsal for e in eps])
+    summary["cost"] = {"mean": round(float(np.mean([e.cost for e in eps])), 4)}
+    return MethodResult(label, eps, summary, time.perf_counter() - start)
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % normal confidence interval."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size < 2:
+        return float(arr.mean()) if arr.size else 0.0, 0.0
+    return float(arr.mean()), float(1.96 * arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def procedure_yaml(scenario: Scenario, plan: Plan, summary: dict[str, Any],
+                   command: str) -> str:
+    proc = plan_to_procedure(scenario.procedure, plan)
+    d = summary["downtime_s"]
+    header = (f"# shadowrl optimized procedure '{proc.name}' for scenario '{scenario.name}'\n"
+              f"# best static order and settings found by `{command}`\n"
+              f"# held-out evaluation ({summary['runs']} incidents): downtime mean "
+              f"{d['mean']:.0f}s p95 {d['p95']:.0f}s; outcomes {summary['outcomes']}\n"
+              f"# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
+    body = yaml.safe_dump({"apiVersion": "shadowrl/v1", "kind": "Procedure",
+                           "metadata": {"name": proc.name, "scenario": scenario.name},
+                           "procedure": procedure_to_data(proc)}, sort_keys=False,
+                          default_flow_style=None)
+    return header + body
+
+
+def describe_changes(configured: Plan, best: Plan, per_step: dict[str, tuple[float, float]],
+                     findings: list[dict[str, Any]]) -> list[str]:
+    """Plain-language differences between the configured plan and the optimized one."""
+    lines: list[str] = []
+    conf_order = [n for n, s in configured if s is not None]
+    best_order = [n for n, s in best if s is not None]
+    if conf_order != best_order:
+        lines.append(f"Order: {' -> '.join(conf_order)}  became  {' -> '.join(best_order)}.")
+    conf = dict(configured)
+    for name, settings in best:
+        old = conf.get(name)
+        if settings is None and old is not None:
+            lines.append(f"Skip optional step `{name}`.")
+        elif settings is not None and old is not None:
+            changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            if changed:
+                text = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+                lines.append(f"`{name}`: {text}.")
+    for name, (before, after) in per_step.items():
+        if abs(before - after) >= 1.0:
+            lines.append(f"`{name}` causes {after:.0f}s of downtime on average instead of "
+                         f"{before:.0f}s.")
+    for f in findings[:3]:
+        step = f" at `{f['step']}`" if f.get("step") else ""
+        lines.append(f"Bottleneck of the configured procedure: {f['kind']}{step} "
+                     f"({f['share_of_downtime']:.0%} of its downtime): {f['suggestion']}")
+    return lines
+
+
+def per_step_downtime(episodes: Sequence[Episode]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for e in episodes:
+        for s in e.rehearsal.steps:
+            totals[s.name] = totals.get(s.name, 0.0) + s.span.downtime_s
+    n = max(1, len(episodes))
+    return {k: v / n for k, v in totals.items()}
+
+
+def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
+                        changes: list[str], episodes: int, seed: int,
+                        extra: dict[str, Any]) -> str:
+    rows = ["| method | mean downtime (s) ± 95% CI | p95 downtime (s) | mean failed requests "
+            "± 95% CI | p95 failed requests | recovered | cost (min) | time (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        dm, dci = mean_ci(r.downtimes)
+        fails = [e.rehearsal.failed_requests for e in r.episodes]
+        fm, fci = mean_ci(fails)
+        rows.append(f"| {name} | {dm:.1f} ± {dci:.1f} | {np.percentile(r.downtimes, 95):.1f} | "
+                    f"{fm:.0f} ± {fci:.0f} | {np.percentile(fails, 95):.0f} | "
+                    f"{r.summary['outcomes']['recovered']}/{len(r.episodes)} | "
+                    f"{r.costs.mean():.2f} | {r.seconds + r.extra.get('train_s', 0):.1f} |")
+    notes = []
+    if "oracle" in results:
+        o = results["oracle"].extra
+        rest = (f"; the others are the best found within {o['max_nodes']} nodes"
+                if o["exact"] < episodes else "")
+        notes.append(f"The oracle searched each incident by branch and bound: {o['exact']} of "
+                     f"{episodes} searches finished (exact optimum){rest}.")
+    if "rl" in results and "best_static" in results:
+        rl, bs = results["rl"], results["best_static"]
+        wins = int(np.sum(rl.costs < bs.costs - 1e-9))
+        losses = int(np.sum(rl.costs > bs.costs + 1e-9))
+        notes.append(f"RL vs best_static per incident: RL better on {wins}, worse on {losses}, "
+                     f"equal on {episodes - wins - losses}.")
+    for key, value in extra.items():
+        notes.append(f"{key}: {value}")
+    return (f"# Rollback optimization: {scenario.name}\n\n"
+            f"Every method faced the same {episodes} held-out incidents (seeds {seed}.."
+            f"{seed + episodes - 1}). Downtime: seconds from the breach to the end of "
+            f"verification with any SLO rule violated. Cost: the RL objective (downtime plus "
+            f"weighted failed requests, minutes).\n\n" + "\n".join(rows) + "\n\n"
+            + ("## What changed from the configured procedure\n\n"
+               + "\n".join(f"- {c}" for c in changes) + "\n\n" if changes else "")
+            + ("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class OptimizeOptions:
+    method: str = "all"
+    agent: Path | None = None
+    timesteps: int | None = None
+    replicas: int = 1
+    seed: int = 0
+    episodes: int = 100
+    eval_seed: int = 10000
+    search_trials: int = 150
+    search_incidents: int = 24
+    oracle_nodes: int = 5000
+    ray_address: str | None = None
+    policy: Path | None = None  # a trained policy.zip: measured instead of training one
+    vec_env_factory: Callable[..., Any] | None = None  # e.g. Ray replicas for training
+
+
+def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: str,
+             log: Callable[[str], None] = lambda _m: None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    from shadowrl.analysis.bottlenecks import analyze
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    methods = methods_for(opts.method)
+    env = RollbackEnv(scenario)
+    results: dict[str, MethodResult] = {}
+    n, s0 = opts.episodes, opts.eval_seed
+
+    def tick(name: str) -> Callable[[int], None]:
+        return lambda i: progress(name, i + 1, n) if progress else None
+
+    log("evaluating the configured procedure")
+    rep = opts.replicas
+    results["configured"] = measure(env, configured_policy(env), n, s0, tick("configured"), rep)
+    report = analyze(scenario, [e.rehearsal for e in results["configured"].episodes])
+    bottlenecks = report.to_json()
+    atomic_write_json(out_dir / "bottlenecks.json", bottlenecks)
+    if "random" in methods:
+        results["random"] = measure(env, RandomPolicy(opts.seed), n, s0, tick("random"), rep)
+    if "greedy" in methods:
+        results["greedy"] = measure(env, GreedyPolicy(), n, s0, tick("greedy"), rep)
+    best_plan: Plan = configured_plan(scenario.procedure)
+    search_extra: dict[str, Any] = {}
+    if "best_static" in methods:
+        log("searching the best static procedure")
+        train_seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + k
+                       for k in range(opts.search_incidents)]
+        start = time.perf_counter()
+        found = best_static(env, train_seeds, trials=opts.search_trials, seed=opts.seed,
+                            on_trial=(lambda i, total: progress("best_static search", i, total))
+                            if progress else None)
+        search_s = time.perf_counter() - start
+        best_plan = found.plan
+        res = measure(env, StaticPolicy(best_plan, name="best_static"), n, s0,
+                      tick("best_static"), rep)
+        res.extra = {"train_s": search_s, "search": found.method, "plans": found.evaluated,
+                     "train_cost": found.train_cost}
+        results["best_static"] = res
+        search_extra = res.extra
+    policy_path = out_dir / "policy.zip"
+    rl_extra: dict[str, Any] = {}
+    if "rl" in methods:
+        from shadowrl.rl.agents import load_agent_config, train
+
+        if opts.policy is not None:
+            _copy_policy(opts.policy, out_dir)
+            extra: dict[str, Any] = {"policy": str(opts.policy)}
+        else:
+            config = load_agent_config(opts.agent or default_agent_path())
+            log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} "
+                f"timesteps")
+            trained = train(scenario, config, out_dir / "rl", seed=opts.seed,
+                            timesteps=opts.timesteps, progress=progress is not None,
+                            vec_env_factory=opts.vec_env_factory)
+            _copy_policy(Path(trained.model_path), out_dir)
+            extra = {"train_s": trained.wall_s, "timesteps": trained.timesteps,
+                     "algorithm": config.algorithm}
+        res = measure(env, str(policy_path), n, s0, tick("rl"), rep, name="rl")
+        res.extra = extra
+        results["rl"] = res
+        rl_extra = res.extra
+    if "oracle" in methods:
+        log("searching each incident's optimum (oracle)")
+        incumbents = [configured_plan(scenario.procedure)]
+        if "best_static" in methods:
+            incumbents.append(best_plan)
+        oracle = OraclePolicy(opts.oracle_nodes, incumbents)
+        res = measure(env, oracle, n, s0, tick("oracle"), rep)
+        res.extra = {"exact": sum(bool(e.extra.get("exact")) for e in res.episodes),
+                     "max_nodes": opts.oracle_nodes,
+                     "mean_nodes": float(np.mean([e.extra.get("nodes", 0)
+                                                  for e in res.episodes]))}
+        results["oracle"] = res
+
+    per_step: dict[str, tuple[float, float]] = {}
+    if "best_static" in results:
+        before = per_step_downtime(results["configured"].episodes)
+        after = per_step_downtime(results["best_static"].episodes)
+        per_step = {s.name: (before.get(s.name, 0.0), after.get(s.name, 0.0))
+                    for s in scenario.procedure.steps}
+    changes = describe_changes(configured_plan(scenario.procedure), best_plan, per_step,
+                               bottlenecks.get("findings", []))
+    summaries = {name: r.summary for name, r in results.items()}
+    procedure_file = out_dir / "procedure.yaml"
+    atomic_write_text(procedure_file, procedure_yaml(
+        scenario, best_plan, summaries.get("best_static", summaries["configured"]), command))
+    atomic_write_text(out_dir / "comparison.md", comparison_markdown(
+        scenario, results, changes, n, s0, {}))
+    out: dict[str, Any] = {
+        "scenario": scenario.name,
+        "episodes": n,
+        "eval_seed": s0,
+        "methods": summaries,
+        "procedure": str(procedure_file),
+        "policy": str(policy_path) if "rl" in results else None,
+        "bottlenecks": str(out_dir / "bottlenecks.json"),
+        "comparison": str(out_dir / "comparison.md"),
+        "timing_s": {name: round(r.seconds + r.extra.get("train_s", 0.0), 3)
+                     for name, r in results.items()},
+    }
+    if search_extra:
+        out["search"] = search_extra
+    if rl_extra:
+        out["rl"] = rl_extra
+    if "oracle" in results:
+        out["oracle"] = results["oracle"].extra
+    atomic_write_json(out_dir / "summary.json", out)
+    return out
+
+
+def default_agent_path() -> Path:
+    """``agents/maskable_ppo.yaml`` beside the package (a source checkout)."""
+    return Path(__file__).resolve().parents[2] / "agents" / "maskable_ppo.yaml"
+
+
+def _copy_policy(model_path: Path, out_dir: Path) -> None:
+    from shadowrl.core.atomic import atomic_write_bytes
+
+    atomic_write_bytes(out_dir / "policy.zip", model_path.read_bytes())
+    sidecar = model_path.with_suffix(".json")
+    if sidecar.exists():
+        atomic_write_bytes(out_dir / "policy.json", sidecar.read_bytes())

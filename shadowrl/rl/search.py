@@ -1,0 +1,483 @@
+"""Search baselines and bounds: greedy lookahead, the best static procedure, and the oracle.
+
+- ``greedy``: at each decision, try every valid action from a snapshot and take the one whose
+  own cost (downtime and failed requests it causes) is lowest; myopic by design.
+- ``best_static``: the single order and settings minimising the mean cost over sampled
+  training incidents: exhaustive where the plan space is small, Optuna's TPE otherwise.
+- ``oracle``: per incident, the best sequence by depth-first branch and bound over the
+  deterministic simulator (snapshot/restore). Costs only accumulate, so a partial sequence
+  costing more than the best complete one is pruned; with its node budget not exhausted the
+  result is exact: a lower bound no policy can beat on that incident.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shadowrl.core.spec import Procedure, Step
+from shadowrl.rehearsal.deviation import DeviationSimulator
+from shadowrl.rehearsal.runner import Plan, Rehearsal, configured_plan, rehearse
+from shadowrl.rl.env import RollbackEnv
+
+# --------------------------------------------------------------------------- env snapshots
+
+
+def env_snapshot(env: RollbackEnv) -> tuple[Any, ...]:
+    return (env.shadow.snapshot(), env.status.copy(), list(env.results), env.failed,
+            env.n_actions, env.rehearsal)
+
+
+def env_restore(env: RollbackEnv, snap: tuple[Any, ...]) -> None:
+    shadow, status, results, failed, n_actions, rehearsal = snap
+    env.shadow.restore(shadow)
+    env.status = status.copy()
+    env.results = list(results)
+    env.failed = failed
+    env.n_actions = n_actions
+    env.rehearsal = rehearsal
+
+
+def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
+    """The env's objective for a finished rehearsal: minus the episode return, in minutes."""
+    cost = env.cost_of(r.downtime_s, r.failed_requests)
+    if any(s.status == "failed" for s in r.steps):
+        cost += env.failed_step_penalty
+    return cost
+
+
+# --------------------------------------------------------------------------- greedy
+
+
+class GreedyPolicy:
+    """One-step lookahead with snapshot/restore."""
+
+    name = "greedy"
+
+    def reset(self, env: RollbackEnv) -> None:
+        pass
+
+    def act(self, env: RollbackEnv, obs: np.ndarray) -> int:
+        snap = env_snapshot(env)
+        best, best_cost = -1, math.inf
+        for a in np.flatnonzero(env.action_masks()):
+            _, reward, *_ = env.step(int(a))
+            env_restore(env, snap)
+            if -reward < best_cost - 1e-12:
+                best, best_cost = int(a), -reward
+        return best
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+@dataclass
+class OracleResult:
+    cost: float
+    actions: list[int]
+    nodes: int
+    exact: bool  # False when the node budget ran out: then the best found, not a bound
+
+
+def rollout(env: RollbackEnv, actions: Sequence[int]) -> float:
+    """Cost of playing ``actions`` from the env's current state (the state is not restored)."""
+    cost = 0.0
+    for a in actions:
+        _, reward, term, trunc, _ = env.step(int(a))
+        cost -= reward
+        if term or trunc:
+            return cost
+    return math.inf  # the sequence did not finish the procedure
+
+
+def greedy_actions(env: RollbackEnv) -> list[int]:
+    greedy = GreedyPolicy()
+    actions: list[int] = []
+    while env.rehearsal is None and not env.failed:
+        a = greedy.act(env, None)  # type: ignore[arg-type]
+        actions.append(a)
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            break
+    return actions
+
+
+def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
+                     incumbents: Sequence[Sequence[int]] = ()) -> OracleResult:
+    """Best action sequence from the env's current state (just after reset).
+
+    The greedy rollout and any ``incumbents`` (e.g. the configured and best static plans)
+    seed the bound, so the result is never worse than them even when the budget runs out.
+    """
+    root = env_snapshot(env)
+    best = OracleResult(math.inf, [], 0, True)
+    for candidate in [greedy_actions(env), *incumbents]:
+        env_restore(env, root)
+        c = rollout(env, candidate)
+        if c < best.cost:
+            best.cost, best.actions = c, list(candidate)
+    env_restore(env, root)
+    nodes = 0
+    # Transpositions: a node reached later and at higher cost than an earlier node with the
+    # same steps done and the same shadow state is dominated (its future is the same future,
+    # shifted in time), so it is pruned.
+    seen: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
+
+    def dominated(key: tuple[Any, ...], cost: float, t: float) -> bool:
+        entries = seen.setdefault(key, [])
+        for c, tt in entries:
+            if c <= cost + 1e-9 and tt <= t + 1e-9:
+                return True
+        entries[:] = [(c, tt) for c, tt in entries if not (cost <= c and t <= tt)]
+        entries.append((cost, t))
+        return False
+
+    def dfs(cost_so_far: float, path: list[int]) -> None:
+        nonlocal nodes
+        snap = env_snapshot(env)
+        children = []
+        for a in np.flatnonzero(env.action_masks()):
+            if nodes >= max_nodes:
+                best.exact = False
+                return
+            nodes += 1
+            _, reward, term, _, _ = env.step(int(a))
+            c = cost_so_far - reward
+            if term:
+                if c < best.cost - 1e-9:
+                    best.cost, best.actions = c, [*path, int(a)]
+            elif c < best.cost - 1e-9 and not dominated(state_key(env), c, env.shadow.now()):
+                children.append((c, int(a), env_snapshot(env)))
+            env_restore(env, snap)
+        children.sort(key=lambda x: x[0])
+        for c, a, child in children:
+            if c >= best.cost - 1e-9:
+                break
+            env_restore(env, child)
+            dfs(c, [*path, a])
+            if nodes >= max_nodes:
+                best.exact = False
+                break
+        env_restore(env, snap)
+
+    dfs(0.0, [])
+    env_restore(env, root)
+    best.nodes = nodes
+    return best
+
+
+_TRANSIENT = {"t", "version", "step", "phase"}
+
+
+def state_key(env: RollbackEnv) -> tuple[Any, ...]:
+    """Steps done plus the shadow's discrete state, floats rounded (time left out)."""
+    state = env.shadow.state  # type: ignore[attr-defined]
+    fields = getattr(state, "__dataclass_fields__", None) or vars(state)
+    return (env.status.tobytes(), tuple(_freeze(getattr(state, f)) for f in fields
+                                        if f not in _TRANSIENT))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(map(repr, value)))
+    if isinstance(value, dict):
+        return tuple(sorted((repr(k), _freeze(v)) for k, v in value.items()))
+    return value
+
+
+class OraclePolicy:
+    """Replays, per incident, the branch-and-bound optimum found at reset."""
+
+    name = "oracle"
+
+    def __init__(self, max_nodes: int = 5000, incumbent_plans: Sequence[Plan] = ()) -> None:
+        self.max_nodes = max_nodes
+        self.incumbent_plans = list(incumbent_plans)
+        self.results: list[OracleResult] = []
+        self.last_info: dict[str, Any] = {}
+        self._queue: list[int] = []
+
+    def reset(self, env: RollbackEnv) -> None:
+        from shadowrl.rl.policy import plan_actions
+
+        incumbents = [plan_actions(env, p) for p in self.incumbent_plans]
+        result = branch_and_bound(env, self.max_nodes, incumbents)
+        self.results.append(result)
+        self.last_info = {"exact": result.exact, "nodes": result.nodes}
+        self._queue = list(result.actions)
+
+    def act(self, env: RollbackEnv, obs: np.ndarray) -> int:
+        return self._queue.pop(0)
+
+
+# --------------------------------------------------------------------------- static plans
+
+
+def linear_extensions(steps: Sequence[Step]) -> Iterator[list[str]]:
+    """Every order of ``steps`` that respects their ``after`` constraints."""
+    names = [s.name for s in steps]
+    after = {s.name: [d for d in s.after if d in names] for s in steps}
+
+    def rec(done: list[str], left: list[str]) -> Iterator[list[str]]:
+        if not left:
+            yield list(done)
+            return
+        for k, name in enumerate(left):
+            if all(d in done for d in after[name]):
+                yield from rec([*done, name], left[:k] + left[k + 1:])
+
+    yield from rec([], names)
+
+
+def _settings_space(step: Step) -> list[dict[str, Any]]:
+    tun = step.tunables()
+    keys = list(tun)
+    return [dict(zip(keys, combo)) for combo in itertools.product(
+        *(tun[k].choices for k in keys))]
+
+
+def plan_space_size(procedure: Procedure, limit: int = 10**9) -> int:
+    """Number of static plans (orders x settings of the kept steps, per choice of optional
+    steps), capped at ``limit``."""
+    spaces = {s.name: len(_settings_space(s)) for s in procedure.steps}
+    total = 0
+    for subset in _optional_subsets(procedure):
+        kept = [s for s in procedure.steps if s.name in subset]
+        settings = math.prod(spaces[s.name] for s in kept)
+        for _ in linear_extensions(kept):
+            total += settings
+            if total > limit:
+                return limit
+    return total
+
+
+def _optional_subsets(procedure: Procedure) -> Iterator[set[str]]:
+    required = {s.name for s in procedure.steps if not s.optional}
+    optional = [s.name for s in procedure.steps if s.optional]
+    for mask in itertools.product([True, False], repeat=len(optional)):
+        yield required | {n for n, keep in zip(optional, mask) if keep}
+
+
+def all_plans(procedure: Procedure) -> Iterator[list[tuple[str, dict[str, Any] | None]]]:
+    spaces = {s.name: _settings_space(s) for s in procedure.steps}
+    for subset in _optional_subsets(procedure):
+        kept = [s for s in procedure.steps if s.name in subset]
+        skipped = [(s.name, None) for s in procedure.steps if s.name not in subset]
+        for order in linear_extensions(kept):
+            for combo in itertools.product(*(spaces[n] for n in order)):
+                yield [*zip(order, combo), *skipped]
+
+
+@dataclass
+class StaticSearchResult:
+    plan: list[tuple[str, dict[str, Any] | None]]
+    train_cost: float
+    evaluated: int
+    method: str  # exhaustive | optuna
+
+
+def plan_cost(env: RollbackEnv, plan: Plan, seeds: Sequence[int],
+              deviation: DeviationSimulator) -> float:
+    costs = [episode_cost(rehearse(env.scenario, s, procedure=env.procedure, plan=plan,
+                                   deviation=deviation), env) for s in seeds]
+    return float(np.mean(costs))
+
+
+def best_static(env: RollbackEnv, train_seeds: Sequence[int], *, trials: int = 150,
+                exhaustive_limit: int = 400, seed: int = 0,
+                on_trial: Callable[[int, int], None] | None = None) -> StaticSearchResult:
+    """The static plan with the lowest mean cost over ``train_seeds``."""
+    proc = env.procedure
+    deviation = env.deviation
+    size = plan_space_size(proc, limit=exhaustive_limit + 1)
+    configured = configured_plan(proc)
+    if size <= exhaustive_limit:
+        best_plan, best_cost, n = configured, plan_cost(env, configured, train_seeds,
+                                                        deviation), 0
+        for plan in all_plans(proc):
+            n += 1
+            c = plan_cost(env, plan, train_seeds, deviation)
+            if c < best_cost - 1e-12:
+                best_plan, best_cost = plan, c
+            if on_trial:
+                on_trial(n, size)
+        return StaticSearchResult(best_plan, best_cost, n, "exhaustive")
+    found = _optuna_search(env, train_seeds, trials, seed, configured, on_trial)
+    return local_search(env, train_seeds, found)
+
+
+def _neighbours(procedure: Procedure,
+                plan: list[tuple[str, dict[str, Any] | None]]) -> Iterator[list[Any]]:
+    """Plans one change away: another setting for one step, one step moved, one optional
+    step kept or skipped. Only orders that respect ``after`` are produced."""
+    from shadowrl.rehearsal.runner import validate_plan
+
+    spaces = {s.name: _settings_space(s) for s in procedure.steps}
+    for k, (name, settings) in enumerate(plan):
+        if settings is None:
+            continue
+        for other in spaces[name]:
+            if other != settings:
+                yield [*plan[:k], (name, other), *plan[k + 1:]]
+    kept = [(n, st) for n, st in plan if st is not None]
+    skipped = [(n, st) for n, st in plan if st is None]
+    for i in range(len(kept)):
+        for j in range(len(kept)):
+            if i == j:
+                continue
+            order = kept[:i] + kept[i + 1:]
+            order.insert(j, kept[i])
+            candidate = [*order, *skipped]
+            try:
+                validate_plan(procedure, candidate)
+            except ValueError:
+                continue
+            yield candidate
+    for k, (name, settings) in enumerate(plan):
+        if procedure.step(name).optional:
+            flipped = (name, None) if settings is not None else (name, spaces[name][0])
+            candidate = [*plan[:k], *plan[k + 1:]]
+            candidate = ([*candidate, flipped] if flipped[1] is None
+                         else [flipped, *candidate])
+            try:
+                validate_plan(procedure, candidate)
+            except ValueError:
+                continue
+            yield candidate
+
+
+def local_search(env: RollbackEnv, train_seeds: Sequence[int], start: StaticSearchResult,
+                 max_moves: int = 40) -> StaticSearchResult:
+    """First-improvement hill climbing from a search result over :func:`_neighbours`, until
+    no neighbour is better (a local optimum) or ``max_moves`` improvements were made."""
+    best_plan, best_cost = list(start.plan), start.train_cost
+    evaluated = start.evaluated
+    for _ in range(max_moves):
+        improved = False
+        for candidate in _neighbours(env.procedure, best_plan):
+            evaluated += 1
+            cost = plan_cost(env, candidate, train_seeds, env.deviation)
+            if cost < best_cost - 1e-9:
+                best_plan, best_cost, improved = candidate, cost, True
+                break
+        if not improved:
+            break
+    return StaticSearchResult(best_plan, best_cost, evaluated, start.method + "+local")
+
+
+def _optuna_search(env: RollbackEnv, train_seeds: Sequence[int], trials: int, seed: int,
+                   configured: list[tuple[str, dict[str, Any] | None]],
+                   on_trial: Callable[[int, int], None] | None) -> StaticSearchResult:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    proc = env.procedure
+    spaces = {s.name: _settings_space(s) for s in proc.steps}
+    cache: dict[str, float] = {}
+
+    def decode(params: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+        kept = [s for s in proc.steps if not s.optional or params.get(f"keep:{s.name}", True)]
+        order = _priority_order(kept, {s.name: params[f"pos:{s.name}"] for s in kept})
+        plan: list[tuple[str, dict[str, Any] | None]] = [
+            (n, spaces[n][params[f"set:{n}"]]) for n in order]
+        plan += [(s.name, None) for s in proc.steps if s not in kept]
+        return plan
+
+    def objective(trial: optuna.Trial) -> float:
+        params: dict[str, Any] = {}
+        for i, s in enumerate(proc.steps):
+            params[f"pos:{s.name}"] = trial.suggest_float(f"pos:{s.name}", 0.0, 1.0)
+            params[f"set:{s.name}"] = trial.suggest_categorical(
+                f"set:{s.name}", list(range(len(spaces[s.name]))))
+            if s.optional:
+                params[f"keep:{s.name}"] = trial.suggest_categorical(f"keep:{s.name}",
+                                                                     [True, False])
+            del i
+        plan = decode(params)
+        key = repr(plan)
+        if key not in cache:
+            cache[key] = plan_cost(env, plan, train_seeds, env.deviation)
+        trial.set_user_attr("plan", key)
+        if on_trial:
+            on_trial(trial.number + 1, trials)
+        return cache[key]
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    # start from the configured runbook, so the search can only improve on it
+    first: dict[str, Any] = {}
+    for k, (name, settings) in enumerate(configured):
+        first[f"pos:{name}"] = k / max(1, len(configured) - 1)
+        first[f"set:{name}"] = next(i for i, s in enumerate(spaces[name]) if s == settings)
+        if proc.step(name).optional:
+            first[f"keep:{name}"] = True
+    study.enqueue_trial(first)
+    study.optimize(objective, n_trials=trials)
+    best_params = {**study.best_trial.params}
+    return StaticSearchResult(decode(best_params), float(study.best_value), len(cache),
+                              "optuna")
+
+
+def _priority_order(steps: Sequence[Step], priority: dict[str, float]) -> list[str]:
+    """Steps by ascending priority, a step waiting until its ``after`` steps are placed."""
+    names = {s.name for s in steps}
+    after = {s.name: [d for d in s.after if d in names] for s in steps}
+    left = sorted(names, key=lambda n: (priority[n], n))
+    done: list[str] = []
+    while left:
+        for k, n in enumerate(left):
+            if all(d in done for d in after[n]):
+                done.append(n)
+                left.pop(k)
+                break
+    return done
+
+
+def plan_to_procedure(procedure: Procedure, plan: Plan) -> Procedure:
+    """A procedure listing the plan's steps in order with its settings as defaults.
+
+    Skipped optional steps are left out (and dropped from other steps' ``after``); tunable
+    choices are kept so the result can be optimised again.
+    """
+    skipped = {name for name, settings in plan if settings is None}
+    steps = []
+    for name, settings in plan:
+        if settings is None:
+            continue
+        step = procedure.step(name).model_copy(deep=True)
+        new_settings = {}
+        for key, tun in step.tunables().items():
+            value = settings.get(key, tun.default)
+            new_settings[key] = tun.model_copy(update={"default": value}) if tun.tunable \
+                else tun.default
+        step.settings = new_settings  # type: ignore[assignment]
+        step.after = [d for d in step.after if d not in skipped]
+        steps.append(step)
+    return procedure.model_copy(update={"steps": steps, "name": procedure.name + "-optimized"})
+
+
+BUILTIN_POLICIES = ("configured", "random", "greedy", "oracle")
+
+
+def builtin_policy(name: str, procedure: Procedure) -> Any:
+    """The policies every command knows by name."""
+    from shadowrl.rl.policy import RandomPolicy, StaticPolicy
+
+    if name == "configured":
+        return StaticPolicy(configured_plan(procedure), name="configured")
+    if name == "random":
+        return RandomPolicy(0)
+    if name == "greedy":
+        return GreedyPolicy()
+    if name == "oracle":
+        return OraclePolicy(incumbent_plans=[configured_plan(procedure)])
+    raise KeyError(f"unknown policy {name!r} (built in: {', '.join(BUILTIN_POLICIES)})")

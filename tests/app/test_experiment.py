@@ -1,0 +1,261 @@
+"""Experiment files and ``shadowrl train``: load and validate, then one tiny experiment end to
+end (Ray replicas, MLflow run, registry alias) and ``shadowrl export`` of the champion."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner, Result
+
+from shadowrl.app.experiment import load_experiment
+from shadowrl.cli.main import app
+from shadowrl.core.spec import SpecError
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT = ROOT / "envs" / "checkout.yaml"
+AGENT = ROOT / "agents" / "maskable_ppo.yaml"
+MODEL = "tiny-checkout-rollback"
+
+EXPERIMENT = f"""\
+apiVersion: shadowrl/v1
+kind: Experiment
+metadata: {{name: tiny-checkout}}
+scenario: {CHECKOUT}
+agent: {AGENT}
+timesteps: 512
+replicas: 2
+seed: 0
+evaluation: {{episodes: 3, seed: 10000}}
+tracking: {{experiment: tiny-checkout, model: {MODEL}}}
+search_trials: 5
+"""
+
+
+def run(*args: Any) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok_json(result: Result) -> dict[str, Any]:
+    assert result.exit_code == 0, (result.stderr[-3000:], repr(result.exception))
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_experiments_load(path: Path) -> None:
+    exp = load_experiment(path)
+    assert exp.metadata.name == path.stem
+    assert exp.path_of(exp.scenario).is_file()
+    assert exp.path_of(exp.agent).is_file()
+    assert exp.path_of(exp.scenario).parent == ROOT / "envs"  # relative to the file
+    assert exp.evaluation.episodes >= 1 and exp.replicas >= 1
+    if exp.sweep is not None:
+        assert exp.sweep.params
+
+
+def test_paths_are_relative_to_the_experiment_file(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    shutil.copyfile(CHECKOUT, tmp_path / "scenario.yaml")
+    (folder / "e.yaml").write_text(EXPERIMENT.replace(str(CHECKOUT), "../scenario.yaml"))
+    monkeypatch.chdir(ROOT)  # anywhere else
+    exp = load_experiment(folder / "e.yaml")
+    assert exp.path_of(exp.scenario) == (tmp_path / "scenario.yaml").resolve()
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+BAD = {
+    # name: (text, line containing this, field, words in the message)
+    "unknown-key": (EXPERIMENT + "learning_rate: 0.001\n", "learning_rate:", "learning_rate",
+                    "unknown"),
+    "missing-scenario": (EXPERIMENT.replace(str(CHECKOUT), "nope/checkout.yaml"),
+                         "scenario:", "scenario", "no such file"),
+    "bad-sweep-range": (EXPERIMENT + "sweep:\n  samples: 2\n  params:\n"
+                        "    learning_rate: [1e-3, 1e-4]\n", "params:", "sweep.params",
+                        "low <= high"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_experiment_names_file_line_and_field(name: str, tmp_path: Path) -> None:
+    text, needle, field, words = BAD[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_experiment(path)
+    [problem] = info.value.problems
+    line = _line_of(text, needle)
+    if name == "bad-sweep-range":  # the range's own line would do as well
+        assert problem.line in (line, line + 1)
+    else:
+        assert problem.line == line
+    assert problem.file == str(path)
+    assert problem.path == field
+    assert words in problem.message
+    assert str(problem).startswith(f"{path}:{problem.line}: {field}: ")
+    # the command says the same, exits 2, no traceback
+    result = run("train", path)
+    assert result.exit_code == 2
+    assert str(problem) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- train end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path,
+            ray_local: Any) -> dict[str, Any]:
+    """``shadowrl train`` twice on the same experiment (one migrated store, cwd in a tmp
+    folder), then ``shadowrl export`` of the champion.
+
+    torch's global generator is re-seeded before each run: ``train`` builds the network
+    before seeding, so the initial weights depend on the process's torch state (see
+    test_training_is_reproducible_without_reseeding_torch). Seeded, the two runs are
+    identical, which is what "a second identical run" means here.
+    """
+    folder = tmp_path_factory.mktemp("experiment")
+    db = folder / "mlflow.db"
+    shutil.copyfile(mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
+    assert uri.startswith("sqlite:////")
+    exp = folder / "tiny.yaml"
+    exp.write_text(EXPERIMENT)
+    out: dict[str, Any] = {"folder": folder, "uri": uri, "runs": []}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored (unset) afterwards
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            for _ in range(2):
+                torch.manual_seed(0)
+                out["runs"].append(ok_json(run("train", exp, "--tracking-uri", uri, "--json")))
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            out["export"] = run("export", f"models:/{MODEL}@champion", "--format", "argo")
+            out["bad_ray"] = run("train", exp, "--tracking-uri", uri, "--ray-address",
+                                 "127.0.0.1:1", "--json")
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    out["client"] = MlflowClient(tracking_uri=uri)
+    return out
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    files: list[str] = []
+    for item in client.list_artifacts(run_id, path):
+        files += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return files
+
+
+def test_train_registers_the_first_version_as_champion(trained) -> None:
+    first = trained["runs"][0]
+    assert first["experiment"] == "tiny-checkout"
+    assert first["tracking_uri"] == trained["uri"]
+    assert first["model"] == MODEL and first["version"] == "1"
+    assert first["champion"]["promoted"] is True
+    assert first["champion"]["champion_version"] == "1"
+    assert set(first["methods"]) == {"configured", "best_static", "rl"}
+    # outputs under the working directory (a tmp folder), none in the repo
+    out = Path(first["out"])
+    assert out.is_absolute() and out.is_relative_to(trained["folder"].resolve())
+    assert Path(first["comparison"]).is_file()
+    assert not (ROOT / "runs" / "tiny-checkout").exists()
+
+
+def test_train_logs_metrics_params_and_artifacts(trained) -> None:
+    client: MlflowClient = trained["client"]
+    first = trained["runs"][0]
+    run_ = client.get_run(first["run_id"])
+    metrics, params = run_.data.metrics, run_.data.params
+    assert metrics["eval_holdout_downtime_mean"] == pytest.approx(
+        first["methods"]["rl"]["mean"])
+    assert metrics["eval_holdout_seed"] == 10_000 and metrics["eval_holdout_episodes"] == 3
+    assert params["scenario_hash"] and params["git_commit"]
+    assert params["replicas"] == "2"
+    names = {Path(p).name for p in _artifacts(client, first["run_id"])}
+    assert {"report.html", "comparison.md", "procedure.yaml"} <= names
+    table = (trained["folder"] / first["comparison"]).read_text()
+    for method in ("configured", "best_static", "rl"):
+        assert f"| {method} |" in table
+
+
+def test_second_identical_run_keeps_the_champion(trained) -> None:
+    client: MlflowClient = trained["client"]
+    first, second = trained["runs"]
+    assert second["version"] == "2"
+    assert second["methods"] == first["methods"]  # identical runs, identical held-out numbers
+    decision = second["champion"]
+    assert decision["new"] == decision["old"]
+    assert decision["promoted"] is False
+    assert decision["champion_version"] == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+
+
+def test_export_the_champion_as_argo(trained) -> None:
+    result: Result = trained["export"]
+    assert result.exit_code == 0, result.stderr
+    workflow = yaml.safe_load(result.stdout)
+    assert workflow["kind"] == "Workflow"
+    assert workflow["apiVersion"].startswith("argoproj.io/")
+    assert workflow["metadata"]["annotations"]["shadowrl/scenario"] == "checkout"
+    assert workflow["spec"]["templates"]
+
+
+def test_export_header_states_the_evaluation(trained) -> None:
+    header = [line for line in trained["export"].stdout.splitlines()
+              if line.startswith("# evaluation:")]
+    assert header and "downtime mean" in header[0], header
+
+
+def test_unreachable_ray_address_exits_2(trained) -> None:
+    result: Result = trained["bad_ray"]
+    assert result.exit_code == 2
+    assert "127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+TINY_AGENT = {
+    "algorithm": "maskable_ppo", "policy": "MlpPolicy", "n_envs": 1, "timesteps": 128,
+    "hyperparameters": {"n_steps": 64, "batch_size": 64, "n_epochs": 1, "gamma": 1.0},
+    "policy_kwargs": {"net_arch": [16]},
+    "eval": {"freq": 1_000_000, "episodes": 1, "seed": 1000},
+    "checkpoint": {"freq": 1_000_000},
+}
+
+
+def test_training_is_reproducible_without_reseeding_torch(tmp_path: Path) -> None:
+    from shadowrl.rl.agents import load_policy, train
+
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(yaml.safe_dump(TINY_AGENT))
+    weights = []
+    for k, torch_state in enumerate((1, 2)):  # whatever ran before in the process
+        torch.manual_seed(torch_state)
+        result = train(CHECKOUT, agent, tmp_path / f"run{k}", seed=0, progress=False)
+        params = load_policy(result.model_path).model.policy.state_dict()
+        weights.append({key: value.clone() for key, value in params.items()})
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

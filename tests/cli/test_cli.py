@@ -1,0 +1,259 @@
+"""The ``shadowrl`` command line (DESIGN.md section 5, a public contract)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from shadowrl.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "tests" / "scenarios"
+ENVS = ["checkout", "payments", "search"]
+
+OUTCOMES = {"recovered", "rollback_failed", "rollback_ineffective"}
+TOP_KEYS = {"scenario": str, "backend": str, "incident": str, "seed": int, "outcome": str,
+            "breach_at_s": float, "rollback_s": float, "downtime_s": float,
+            "failed_requests": float, "steps": list, "alerts": list}
+STEP_KEYS = {"name": str, "status": str, "settings": dict, "start_s": float, "end_s": float,
+             "downtime_s": float, "failed_requests": float}
+ALERT_KEYS = {"kind", "severity", "step", "message"}
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.stdout
+    assert "Traceback" not in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        repr(result.exception))
+
+
+def problem_lines(result: Result, path: Path) -> list[str]:
+    """stderr lines, each checked to be ``FILE:LINE: [path: ]message``."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "no problem reported on stderr"
+    pattern = re.compile(re.escape(str(path)) + r":(\d+): \S.*")
+    for line in lines:
+        assert pattern.fullmatch(line), line
+    return lines
+
+
+# --------------------------------------------------------------------------- validate
+
+@pytest.mark.parametrize("name", ENVS)
+def test_validate_ok(name: str) -> None:
+    path = ROOT / "envs" / f"{name}.yaml"
+    result = run("validate", path)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == f"ok: {path}"
+    assert result.stderr == ""
+
+
+def test_validate_many_files() -> None:
+    paths = [ROOT / "envs" / f"{n}.yaml" for n in ENVS]
+    paths += sorted(SCENARIOS.glob("*.yaml"))
+    result = run("validate", *paths)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [f"ok: {p}" for p in paths]
+
+
+def _huge_csv() -> bytes:
+    # a ~5 MB metrics export passed by mistake: YAML reads it as one long string
+    rows = "".join(f"{1700000000 + 60 * i},{(i * 7919) % 1000 / 10:.1f}\n"
+                   for i in range(300_000))
+    return ("timestamp,value\n" + rows).encode()
+
+
+BAD_FILES: dict[str, tuple[Any, str]] = {
+    "junk-nul.bin": (bytes(range(256)) * 64, "not a text file"),
+    "junk-latin1.bin": (bytes(range(128, 256)) * 64, "not UTF-8"),
+    "empty.yaml": (b"", "empty"),
+    "blank.yaml": (b"\n   \n# only a comment\n", "empty"),
+    "list.yaml": (b"- apiVersion: shadowrl/v1\n- kind: Scenario\n", "mapping"),
+    "scalar.yaml": (b"42\n", "mapping"),
+    "syntax.yaml": (b"apiVersion: shadowrl/v1\nkind: [Scenario\n", "YAML"),
+    "huge.yaml": (_huge_csv, "mapping"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_validate_bad_file(tmp_path: Path, name: str) -> None:
+    content, words = BAD_FILES[name]
+    data = content() if callable(content) else content
+    path = tmp_path / name
+    path.write_bytes(data)
+    if name == "huge.yaml":
+        assert 4 * 2**20 < len(data) < 6 * 2**20
+    result = run("validate", path)
+    assert result.exit_code == 2
+    no_traceback(result)
+    lines = problem_lines(result, path)
+    assert any(words in line for line in lines), lines
+    assert "ok:" not in result.stdout
+
+
+def test_validate_names_line_and_field(tmp_path: Path) -> None:
+    text = (ROOT / "envs" / "checkout.yaml").read_text()
+    lines = text.splitlines()
+    target = next(i for i, line in enumerate(lines) if line.strip().startswith("replicas: 4"))
+    lines[target] = lines[target].replace("replicas: 4", "replicas: -4")
+    unknown = next(i for i, line in enumerate(lines) if line.strip().startswith("hold: 2m"))
+    lines.insert(unknown + 1, "    holdd: 3m")
+    path = tmp_path / "checkout.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    result = run("validate", path)
+    assert result.exit_code == 2
+    no_traceback(result)
+    problems = problem_lines(result, path)
+    assert any(p.startswith(f"{path}:{target + 1}: deployment.services[1].replicas: ")
+               for p in problems), problems
+    assert f"{path}:{unknown + 2}: procedure.verify.holdd: unknown field" in problems
+
+
+def test_validate_mixed_files(tmp_path: Path) -> None:
+    good = ROOT / "envs" / "payments.yaml"
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n")
+    missing = tmp_path / "nope.yaml"
+    result = run("validate", good, bad, missing)
+    assert result.exit_code == 2
+    no_traceback(result)
+    assert result.stdout.strip() == f"ok: {good}"
+    assert {line.split(":")[0] for line in result.stderr.splitlines()} == {str(bad), str(missing)}
+
+
+def test_validate_directory(tmp_path: Path) -> None:
+    result = run("validate", tmp_path)
+    assert result.exit_code == 2
+    no_traceback(result)
+    problem_lines(result, tmp_path)
+
+
+# --------------------------------------------------------------------------- simulate
+
+def check_contract(data: dict[str, Any]) -> None:
+    assert set(data) == set(TOP_KEYS)
+    for key, kind in TOP_KEYS.items():
+        assert isinstance(data[key], kind), key
+    assert data["backend"] == "sim"
+    assert data["outcome"] in OUTCOMES
+    for step in data["steps"]:
+        assert set(step) == set(STEP_KEYS)
+        for key, kind in STEP_KEYS.items():
+            assert isinstance(step[key], kind), (step["name"], key)
+        assert step["status"] in {"ok", "failed", "skipped"}
+    names = {s["name"] for s in data["steps"]}
+    for alert in data["alerts"]:
+        assert set(alert) == ALERT_KEYS
+        assert alert["kind"] in {"rollback_failed", "rollback_ineffective", "too_slow",
+                                 "new_errors"}
+        assert alert["severity"] in {"critical", "warning"}
+        assert alert["step"] is None or alert["step"] in names
+        assert isinstance(alert["message"], str) and alert["message"]
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_simulate_json(name: str) -> None:
+    path = ROOT / "envs" / f"{name}.yaml"
+    result = run("simulate", path, "--json", "--seed", "3")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)  # exactly one JSON document, nothing else on stdout
+    assert isinstance(data, dict)
+    check_contract(data)
+    assert data["scenario"] == name and data["seed"] == 3
+    assert json.loads(run("simulate", path, "--json", "--seed", "3").stdout) == data
+
+
+@pytest.mark.parametrize("name,incident,outcome", [
+    ("irreversible", "bad-schema", "rollback_failed"),
+    ("external", "upstream-outage", "rollback_ineffective"),
+    ("minimal", "bad-release", "recovered"),
+])
+def test_simulate_outcomes(name: str, incident: str, outcome: str) -> None:
+    result = run("simulate", SCENARIOS / f"{name}.yaml", "--json", "--incident", incident)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    check_contract(data)
+    assert data["incident"] == incident
+    assert data["outcome"] == outcome
+
+
+def test_simulate_incident_option() -> None:
+    path = ROOT / "envs" / "checkout.yaml"
+    for incident in ("bad-web-release", "new-checkout-flag", "payment-provider-outage"):
+        data = json.loads(run("simulate", path, "--json", "--incident", incident).stdout)
+        assert data["incident"] == incident
+
+
+def test_simulate_unknown_incident() -> None:
+    result = run("simulate", ROOT / "envs" / "checkout.yaml", "--incident", "nope")
+    assert result.exit_code == 2
+    no_traceback(result)
+    assert result.stdout == ""
+    assert "unknown incident 'nope'" in result.stderr
+    assert "bad-web-release" in result.stderr  # lists the known ones
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_simulate_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("apiVersion: shadowrl/v1\nkind: Scenario\n")
+    result = run("simulate", path, "--json")
+    assert result.exit_code == 2
+    no_traceback(result)
+    assert result.stdout == ""
+    problem_lines(result, path)
+
+
+@pytest.mark.parametrize("name", ["checkout", "irreversible"])
+def test_simulate_text_mentions_the_outcome(name: str) -> None:
+    path = ROOT / "envs" / f"{name}.yaml"
+    if not path.exists():
+        path = SCENARIOS / f"{name}.yaml"
+    data = json.loads(run("simulate", path, "--json", "--seed", "1").stdout)
+    result = run("simulate", path, "--seed", "1")
+    assert result.exit_code == 0, result.stderr
+    no_traceback(result)
+    text = result.stdout
+    assert data["outcome"] in text
+    assert data["incident"] in text
+    assert f"downtime {data['downtime_s']:.0f}s" in text
+    for alert in data["alerts"]:
+        assert alert["kind"] in text
+
+
+def test_console_script_subprocess() -> None:
+    exe = shutil.which("shadowrl") or str(Path(sys.executable).parent / "shadowrl")
+    assert Path(exe).exists(), "the shadowrl console script is not installed"
+    proc = subprocess.run([exe, "simulate", "envs/payments.yaml", "--json", "--seed", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)
+    check_contract(data)
+    assert data == json.loads(run("simulate", ROOT / "envs" / "payments.yaml", "--json",
+                                  "--seed", "2").stdout)
+
+
+def test_validate_rejects_a_huge_many_node_file_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "huge-list.yaml"
+    path.write_text("".join(f"- {i}\n" for i in range(600_000)))  # ~5 MB, 600k nodes
+    exe = shutil.which("shadowrl") or str(Path(sys.executable).parent / "shadowrl")
+    proc = subprocess.run([exe, "validate", str(path)], capture_output=True, text=True,
+                          timeout=8)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"{path}:")

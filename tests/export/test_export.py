@@ -1,0 +1,401 @@
+"""Export of rollback procedures (DESIGN.md section 5, "Export")."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from shadowrl.analysis.summary import summarize
+from shadowrl.cli.main import app
+from shadowrl.core.spec import SpecError, load_procedure, procedure_to_data
+from shadowrl.export.formats import (
+    FORMATS,
+    ExportSource,
+    SourceError,
+    load_source,
+    placeholders,
+    read_header,
+    render,
+    to_argo,
+    to_chaostoolkit,
+    to_shell,
+    to_yaml,
+)
+from shadowrl.rehearsal.runner import configured_plan, rehearse
+from shadowrl.rl.optimizer import procedure_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT = ROOT / "envs" / "checkout.yaml"
+MINIMAL = ROOT / "tests" / "scenarios" / "minimal.yaml"
+OPTIMIZE_CMD = "shadowrl optimize envs/checkout.yaml --method search --seed 3"
+PLACEHOLDER_ACTIONS = {"migrate_down", "flush_cache", "warm_cache", "disable_flag"}
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        repr(result.exception))
+
+
+
+@pytest.fixture(scope="module")
+def summary(checkout):
+    runs = [rehearse(checkout, seed) for seed in (0, 1)]
+    return summarize(checkout.name, "best_static", runs)
+
+
+@pytest.fixture(scope="module")
+def optimized_file(tmp_path_factory, checkout, summary) -> Path:
+    """A procedure.yaml as `optimize` writes it: a changed order/settings, one step skipped."""
+    plan = dict(configured_plan(checkout.procedure))
+    plan["scale-web"] = {"replicas": 12}
+    plan["revert-web"] = {"batch": 3, "drain": 10.0}
+    plan["warm-cache"] = None
+    order = ["disable-new-checkout", "scale-web", "revert-orders", "revert-web",
+             "migrate-db-down", "flush-cache", "warm-cache"]
+    path = tmp_path_factory.mktemp("optimize") / "procedure.yaml"
+    path.write_text(procedure_yaml(checkout, [(n, plan[n]) for n in order], summary,
+                                   OPTIMIZE_CMD))
+    return path
+
+
+@pytest.fixture(params=["scenario", "optimized"])
+def source(request, optimized_file) -> ExportSource:
+    if request.param == "scenario":
+        return load_source(str(CHECKOUT))
+    return load_source(str(optimized_file), CHECKOUT)
+
+
+def order(src: ExportSource) -> list[str]:
+    return [s.name for s in src.procedure.steps]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_sources_load(optimized_file, summary) -> None:
+    sc = load_source(str(CHECKOUT))
+    assert sc.procedure.name == "checkout-rollback" and sc.scenario is not None
+    assert sc.scenario_name == "checkout" and sc.evaluation is None and not sc.warnings
+    opt = load_source(str(optimized_file), CHECKOUT)
+    assert opt.procedure.name == "checkout-rollback-optimized"
+    assert order(opt) == ["disable-new-checkout", "scale-web", "revert-orders", "revert-web",
+                          "migrate-db-down", "flush-cache"]
+    assert opt.command == OPTIMIZE_CMD
+    assert opt.evaluation["runs"] == 2
+    assert opt.evaluation["downtime_s"]["mean"] == pytest.approx(
+        round(summary["downtime_s"]["mean"]))
+    assert opt.evaluation["outcomes"] == summary["outcomes"]
+    # the folder `optimize --out` wrote works too
+    assert load_source(str(optimized_file.parent), CHECKOUT).procedure == opt.procedure
+
+
+def test_procedure_file_without_scenario(optimized_file) -> None:
+    alone = load_source(str(optimized_file))
+    with_sc = load_source(str(optimized_file), CHECKOUT)
+    assert alone.scenario is None and alone.scenario_name == "checkout"
+    assert procedure_to_data(alone.procedure) == procedure_to_data(with_sc.procedure)
+    assert any("--scenario" in w for w in alone.warnings)
+    # without a scenario there are no SLO rules to probe, but every format still renders
+    for fmt in FORMATS:
+        assert "checkout-rollback-optimized" in render(alone, fmt)
+
+
+def test_bad_procedure_file_names_line(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("procedure:\n  name: p\n  steps:\n"
+                   "    - {name: a, action: rollback_version, target: app}\n"
+                   "    - {name: b, action: wait, settings: {duration: soon}, after: [zz]}\n")
+    with pytest.raises(SpecError) as info:
+        load_source(str(bad))
+    text = str(info.value)
+    assert f"{bad}:5: procedure.steps[1].settings.duration" in text
+    assert f"{bad}:5: procedure.steps[1].after[0]: unknown step 'zz'" in text
+    with pytest.raises(SpecError, match=r"unknown component 'app'"):
+        load_source(str(bad), CHECKOUT)
+    with pytest.raises(SourceError, match="no such file"):
+        load_source(str(tmp_path / "missing.yaml"))
+    (tmp_path / "other.yaml").write_text("apiVersion: shadowrl/v1\nkind: Experiment\n")
+    with pytest.raises(SpecError, match="expected a scenario"):
+        load_source(str(tmp_path / "other.yaml"))
+
+
+def test_read_header_stops_at_the_body() -> None:
+    text = ("# shadowrl optimized procedure 'p' for scenario 's'\n"
+            "# best static order and settings found by `shadowrl optimize s.yaml`\n"
+            "#\n"
+            "# held-out evaluation (7 incidents): downtime mean 12s p95 30s; outcomes "
+            "{'recovered': 7}\n"
+            "procedure: {name: p}\n"
+            "# produced by: `not this one`\n")
+    command, evaluation = read_header(text)
+    assert command == "shadowrl optimize s.yaml"
+    assert evaluation is not None and evaluation["runs"] == 7
+    assert evaluation["downtime_s"] == {"mean": 12.0, "p95": 30.0}
+    assert evaluation["outcomes"] == {"recovered": 7}
+    assert read_header("procedure: {}\n") == (None, None)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_yaml_loads_back(source, checkout, tmp_path) -> None:
+    text = to_yaml(source, command="shadowrl export X --format yaml")
+    data = yaml.safe_load(text)
+    assert data["kind"] == "Procedure" and data["apiVersion"] == "shadowrl/v1"
+    assert data["metadata"] == {"name": source.procedure.name, "scenario": "checkout"}
+    path = tmp_path / "procedure.yaml"
+    path.write_text(text)
+    back = load_procedure(path, checkout)
+    assert procedure_to_data(back) == procedure_to_data(source.procedure)
+    assert [(s.name, s.default_settings()) for s in back.steps] == \
+        [(s.name, s.default_settings()) for s in source.procedure.steps]
+    # a re-export keeps the evaluation and the command that produced the procedure
+    again = load_source(str(path), CHECKOUT)
+    assert again.command == source.command
+    assert (again.evaluation or {}).get("downtime_s") == (source.evaluation or {}).get(
+        "downtime_s")
+
+
+def test_argo_workflow(source) -> None:
+    wf = yaml.safe_load(to_argo(source, image="registry.local/kubectl:1.31"))
+    assert wf["apiVersion"] == "argoproj.io/v1alpha1" and wf["kind"] == "Workflow"
+    assert wf["metadata"]["generateName"] == source.procedure.name + "-"
+    templates = {t["name"]: t for t in wf["spec"]["templates"]}
+    entry = templates[wf["spec"]["entrypoint"]]
+    groups = entry["steps"]
+    assert all(len(g) == 1 for g in groups)
+    assert [g[0]["name"] for g in groups] == order(source)
+    for group, step in zip(groups, source.procedure.steps):
+        item = group[0]
+        params = {p["name"]: p["value"] for p in item.get("arguments", {}).get("parameters", [])}
+        assert set(params) == set(step.default_settings())
+        assert all(isinstance(v, str) for v in params.values())
+        template = templates[item["template"]]
+        assert template["container"]["image"] == "registry.local/kubectl:1.31"
+        assert template["container"]["command"] == ["sh", "-c"]
+        script = template["container"]["args"][0]
+        declared = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
+        assert declared == set(params)
+        for key in params:
+            assert f"{{{{inputs.parameters.{key}}}}}" in script
+        if step.action == "scale":
+            assert script.startswith(f"kubectl scale deployment/{step.target} --replicas=")
+        if step.action == "rollback_version":
+            assert f"kubectl rollout undo deployment/{step.target}" in script
+            assert "maxUnavailable" in script and "terminationGracePeriodSeconds" in script
+        if step.action in PLACEHOLDER_ACTIONS:
+            assert "TODO(shadowrl)" in script and "exit 1" in script
+    revert = next(g[0] for g in groups if g[0]["name"] == "revert-web")
+    values = {p["name"]: p["value"] for p in revert["arguments"]["parameters"]}
+    expected = source.procedure.step("revert-web").default_settings()
+    assert values == {"batch": str(expected["batch"]), "drain": str(int(expected["drain"]))}
+
+
+def test_chaostoolkit_experiment(source, checkout) -> None:
+    exp = json.loads(to_chaostoolkit(source, command="shadowrl export X --format chaostoolkit"))
+    assert exp["title"] and exp["description"] and exp["rollbacks"] == []
+    assert source.procedure.name in exp["description"]
+    assert exp["x-shadowrl"]["procedure"] == source.procedure.name
+    assert [a["name"] for a in exp["method"]] == order(source)
+    for action in exp["method"]:
+        assert action["type"] == "action"
+        assert action["provider"]["type"] == "process"
+        assert action["provider"]["path"] and isinstance(action["provider"]["arguments"], list)
+    probes = exp["steady-state-hypothesis"]["probes"]
+    assert exp["steady-state-hypothesis"]["title"]
+    assert len(probes) == len(checkout.slo.rules)
+    assert [p["name"] for p in probes] == [f"slo-{r.name}" for r in checkout.slo.rules]
+    for probe in probes:
+        assert probe["type"] == "probe" and "tolerance" in probe
+        assert probe["provider"]["type"] in ("process", "http")
+    assert exp["method"][-1]["pauses"]["after"] == int(source.procedure.verify.hold)
+
+
+def test_shell_script(source, tmp_path) -> None:
+    text = to_shell(source, command="shadowrl export X --format shell")
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    path = tmp_path / "rollback.sh"
+    path.write_text(text)
+    bash = shutil.which("bash")
+    assert bash
+    check = subprocess.run([bash, "-n", str(path)], capture_output=True, text=True, timeout=10)
+    assert check.returncode == 0, check.stderr
+    for i, name in enumerate(order(source), 1):
+        assert f"# step {i}/{len(source.procedure.steps)}: {name}\n" in text
+    holders = [s for s in source.procedure.steps if s.action in PLACEHOLDER_ACTIONS]
+    blocks = text.split("# " + "-" * 77)[1:]
+    assert len(blocks) == len(source.procedure.steps)
+    for step, block in zip(source.procedure.steps, blocks):
+        if step.action in PLACEHOLDER_ACTIONS:
+            assert "# PLACEHOLDER: " in block and "exit 1" in block
+        else:
+            assert "PLACEHOLDER" not in block and "exit 1" not in block
+    assert len(placeholders(source)) == len(holders)
+    revert = source.procedure.step("revert-web").default_settings()
+    assert "kubectl rollout undo deployment/web" in text
+    assert f'"maxUnavailable":{revert["batch"]},' in text
+    assert f'-lt {int(revert["drain"])} ]' in text
+    scale = source.procedure.step("scale-web").default_settings()
+    assert f"kubectl scale deployment/web --replicas={scale['replicas']}\n" in text
+
+
+def test_headers(source) -> None:
+    command = "shadowrl export SOURCE --format F"
+    outputs = {fmt: render(source, fmt, command=command) for fmt in FORMATS}
+    for fmt, text in outputs.items():
+        head = json.loads(text)["description"] if fmt == "chaostoolkit" else text
+        if fmt != "chaostoolkit":
+            lines = text.splitlines()
+            start = 1 if fmt == "shell" else 0
+            assert lines[start].startswith("# shadowrl rollback procedure")
+        assert f"'{source.procedure.name}'" in head
+        assert f"exported by: `{command}`" in head
+        assert f"source: {source.origin}" in head
+        if source.evaluation:
+            assert "downtime mean" in head and f"produced by: `{OPTIMIZE_CMD}`" in head
+        else:
+            assert "evaluation: none recorded" in head
+    if source.evaluation:
+        meta = json.loads(outputs["chaostoolkit"])["x-shadowrl"]
+        assert meta["evaluation"]["runs"] == 2 and meta["produced_by"] == OPTIMIZE_CMD
+
+
+def test_run_replaces_template(tmp_path) -> None:
+    proc = tmp_path / "proc.yaml"
+    proc.write_text(
+        "procedure:\n  name: custom\n  steps:\n"
+        "    - name: revert-app\n      action: rollback_version\n      target: app\n"
+        "      settings: {batch: 2, drain: 1500ms}\n"
+        "      run: [./deploy.sh, rollback, --app, my app, \"--note=it's\"]\n"
+        "    - {name: pause, action: wait, settings: {duration: 1m}}\n"
+        "    - {name: tell, action: command, run: [notify, done]}\n"
+        "    - {name: todo, action: command}\n")
+    src = load_source(str(proc), MINIMAL)
+    argv = ["./deploy.sh", "rollback", "--app", "my app", "--note=it's"]
+    sh = to_shell(src)
+    assert shlex.join(argv) + "\n" in sh
+    assert "kubectl" not in sh
+    assert "\nsleep 60\n" in sh and "\nnotify done\n" in sh
+    assert sh.count("# PLACEHOLDER: ") == 2  # the header lists it, and so does its block
+    (tmp_path / "s.sh").write_text(sh)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "s.sh")]).returncode == 0
+    wf = yaml.safe_load(to_argo(src))
+    templates = {t["name"]: t for t in wf["spec"]["templates"]}
+    assert templates["revert-app"]["container"]["args"] == [shlex.join(argv)]
+    params = wf["spec"]["templates"][0]["steps"][0][0]["arguments"]["parameters"]
+    assert {p["name"]: p["value"] for p in params} == {"batch": "2", "drain": "2"}
+    exp = json.loads(to_chaostoolkit(src))
+    first = exp["method"][0]["provider"]
+    assert first["path"] == "./deploy.sh" and first["arguments"] == argv[1:]
+    assert [a["name"] for a in exp["method"]] == ["revert-app", "pause", "tell", "todo"]
+
+
+def test_revert_config_uses_previous_config(tmp_path) -> None:
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(MINIMAL.read_text().replace(
+        "version: {live: v2, previous: v1}}",
+        "version: {live: v2, previous: v1}, config: {live: c9, previous: c8}}").replace(
+        "    - {name: revert-app, action: rollback_version, target: app}",
+        "    - {name: revert-cfg, action: revert_config, target: app}"))
+    sh = to_shell(load_source(str(sc)))
+    assert "kubectl apply -f app-config-c8.yaml\n" in sh
+    assert "kubectl rollout restart deployment/app\n" in sh
+    assert "kubectl rollout status deployment/app" in sh
+
+
+def test_mlflow_sources(monkeypatch, checkout) -> None:
+    run_id = "0123456789abcdef0123456789abcdef"
+    monkeypatch.setitem(sys.modules, "shadowrl.integrations.mlflow", None)
+    with pytest.raises(SourceError, match="shadowrl.integrations.mlflow"):
+        load_source(run_id)
+
+    def resolve(uri: str) -> ExportSource:
+        if uri.endswith("@missing"):
+            raise ValueError("no model version with alias 'missing'")
+        return ExportSource(procedure=checkout.procedure.model_copy(deep=True), scenario=None,
+                            name="checkout-rollback", origin=uri,
+                            evaluation={"runs": 100, "policy": "rl",
+                                        "downtime_s": {"mean": 61.2, "p95": 90.0}},
+                            command="shadowrl train experiments/x.yaml")
+
+    fake = types.ModuleType("shadowrl.integrations.mlflow")
+    fake.load_export_source = resolve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "shadowrl.integrations.mlflow", fake)
+    src = load_source("models:/checkout-rollback@champion", CHECKOUT)
+    assert src.scenario is not None and src.origin == "models:/checkout-rollback@champion"
+    sh = to_shell(src)
+    assert "downtime mean 61s p95 90s" in sh and "shadowrl train experiments/x.yaml" in sh
+    with pytest.raises(SourceError, match="alias 'missing'"):
+        load_source("models:/checkout-rollback@missing")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_out_writes_file(tmp_path, optimized_file) -> None:
+    out = tmp_path / "deep" / "rollback.sh"
+    result = run("export", optimized_file, "--format", "shell", "--scenario", CHECKOUT,
+                 "--out", out)
+    no_traceback(result)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "PLACEHOLDER" in result.stderr and f"wrote {out}" in result.stderr
+    text = out.read_text()
+    assert text.startswith("#!/usr/bin/env bash") and OPTIMIZE_CMD in text
+    assert f"exported by: `shadowrl export {optimized_file} --format shell" in text
+    assert out.stat().st_mode & stat.S_IXUSR
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    wf = tmp_path / "wf.yaml"
+    assert run("export", CHECKOUT, "--format", "argo", "--out", wf).exit_code == 0
+    assert yaml.safe_load(wf.read_text())["kind"] == "Workflow"
+    assert not wf.stat().st_mode & stat.S_IXUSR
+
+
+def test_cli_stdout(optimized_file) -> None:
+    result = run("export", optimized_file, "--format", "yaml")
+    no_traceback(result)
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["kind"] == "Procedure"
+    assert "--scenario" in result.stderr  # not checked against a scenario: says how
+    result = run("export", CHECKOUT, "--format", "chaostoolkit")
+    assert result.exit_code == 0 and json.loads(result.stdout)["method"]
+
+
+@pytest.mark.parametrize("args", [
+    ["does-not-exist.yaml", "--format", "yaml"],
+    [str(CHECKOUT), "--format", "terraform"],
+    [str(MINIMAL), "--format", "shell", "--scenario", str(CHECKOUT)],
+    ["models:/checkout@champion", "--format", "yaml"],
+])
+def test_cli_bad_input_exits_2(args, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "shadowrl.integrations.mlflow", None)
+    result = run("export", *args)
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: ")
+
+
+def test_cli_bad_file_reports_line(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("procedure:\n  name: p\n  steps: [{name: a, action: teleport}]\n")
+    result = run("export", bad, "--format", "shell")
+    no_traceback(result)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{bad}:3: procedure.steps[0].action")

@@ -1,0 +1,405 @@
+"""shadowrl.integrations.mlflow against a real MLflow: a migrated SQLite store per test (a copy of one
+made per session) and a real ``mlflow server`` process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from shadowrl.core.spec import load_scenario, procedure_to_data
+from shadowrl.export.formats import load_source, to_shell
+from shadowrl.integrations import mlflow as tracking
+from shadowrl.rl.agents import load_policy, train
+from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.evaluate import evaluate, run_episode
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT = ROOT / "envs" / "checkout.yaml"
+SEED = 20_000  # held-out evaluation seeds of these tests
+TINY_AGENT = {
+    "algorithm": "maskable_ppo", "policy": "MlpPolicy", "n_envs": 1, "timesteps": 256,
+    "hyperparameters": {"n_steps": 64, "batch_size": 64, "n_epochs": 2, "gamma": 1.0},
+    "policy_kwargs": {"net_arch": [32, 32]},
+    "eval": {"freq": 1_000_000, "episodes": 3, "seed": 1000},
+    "checkpoint": {"freq": 1_000_000},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _boot_server(mlflow_server_process: Any) -> None:
+    """Start the MLflow server at the first test so its boot overlaps the other tests."""
+
+
+def _agent(folder: Path) -> Path:
+    path = folder / "agent.yaml"
+    path.write_text(yaml.safe_dump(TINY_AGENT))
+    return path
+
+
+@pytest.fixture(scope="session")
+def policy_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("policy")
+    return train(CHECKOUT, _agent(folder), folder / "out", progress=False).model_path
+
+
+def _log_version(policy: Path, name: str | None, experiment_id: str, *,
+                 holdout: dict[str, float] | None = None,
+                 procedure: Path | None = None) -> Any:
+    """One run: optional held-out metrics, the pyfunc model (registered under ``name``)."""
+    with mlflow.start_run(experiment_id=experiment_id):
+        if holdout is not None:
+            mlflow.log_metrics(holdout)
+        return tracking.log_policy_model(policy, CHECKOUT, procedure_path=procedure,
+                                         registered_model_name=name)
+
+
+def _holdout(mean: float, seed: int = SEED, episodes: int = 3) -> dict[str, float]:
+    return {"eval_holdout_downtime_mean": mean, "eval_holdout_seed": seed,
+            "eval_holdout_episodes": episodes}
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "recorded")  # so the test's changes are undone
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    default = tracking.tracking_uri()
+    assert default == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert default.startswith("sqlite:////")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.tracking_uri() == "http://127.0.0.1:1"
+    assert tracking.tracking_uri("sqlite:////x/y.db") == "sqlite:////x/y.db"
+    deep = f"sqlite:///{tmp_path}/a/b/mlflow.db"
+    try:
+        assert tracking.configure(deep) == deep
+        assert (tmp_path / "a" / "b").is_dir()
+        assert mlflow.get_tracking_uri() == deep
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def test_flatten_hash_and_commit(tmp_path, monkeypatch) -> None:
+    flat = tracking.flatten({"agent": {"hyperparameters": {"learning_rate": 3e-4, "gamma": 1.0},
+                                       "policy_kwargs": {"net_arch": [64, 64]}, "on": True,
+                                       "none": None, "name": "ppo"},
+                             "stages": [{"a": 1}, {"a": 2}], "long": "x" * 10_000,
+                             "bad key!": 1})
+    assert flat["agent.hyperparameters.learning_rate"] == "0.0003"
+    assert flat["agent.policy_kwargs.net_arch"] == "[64, 64]"
+    assert flat["agent.on"] == "true" and flat["agent.none"] == "null"
+    assert flat["agent.name"] == "ppo"
+    assert flat["stages.0.a"] == "1" and flat["stages.1.a"] == "2"
+    assert len(flat["long"]) == 6000 and flat["long"].endswith("[truncated]")
+    assert flat["bad key_"] == "1"
+    assert all(isinstance(v, str) for v in flat.values())
+
+    h = tracking.scenario_hash(CHECKOUT)
+    assert len(h) == 16 and int(h, 16) >= 0 and h == tracking.scenario_hash(CHECKOUT)
+    other = tmp_path / "s.yaml"
+    other.write_bytes(CHECKOUT.read_bytes() + b"\n")
+    assert tracking.scenario_hash(other) != h
+
+    def fake_run(args, **kwargs):
+        assert args == ["git", "rev-parse", "HEAD"]
+        assert Path(kwargs["cwd"]) == Path(tracking.__file__).resolve().parent
+        return subprocess.CompletedProcess(args, 0, "a" * 40 + "\n", "")
+
+    monkeypatch.setattr(tracking.subprocess, "run", fake_run)
+    assert tracking.git_commit() == "a" * 40
+    monkeypatch.setattr(tracking.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 128, "", "fatal: not a git repository"))
+    assert tracking.git_commit() == "unknown"
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(tracking.subprocess, "run", missing)
+    assert tracking.git_commit() == "unknown"
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_logs_metrics_at_timesteps(mlflow_store, tmp_path) -> None:
+    client = mlflow_store.client
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as run:
+        cb = tracking.MlflowMetricsCallback()
+        result = train(CHECKOUT, _agent(tmp_path), tmp_path / "out", progress=False,
+                       callbacks=[cb])
+        assert tracking.log_eval_history(result.eval_history) > 0
+    run_id = run.info.run_id
+    assert result.timesteps == 256
+    history = client.get_metric_history(run_id, "train_reward_mean")
+    steps = [m.step for m in history]
+    assert steps == cb.logged_steps and steps == sorted(steps) and len(steps) >= 2
+    assert all(s % 64 == 0 and 0 < s <= 256 for s in steps) and steps[-1] == 256
+    downtime = client.get_metric_history(run_id, "train_downtime_mean")
+    assert [m.step for m in downtime] == steps and all(m.value > 0 for m in downtime)
+    assert all(m.value < 0 for m in history)  # rewards are minus costs
+    episodes = client.get_metric_history(run_id, "train_episodes")
+    assert all(m.value >= 1 for m in episodes)
+    ev = client.get_metric_history(run_id, "eval_mean_cost")
+    assert [(m.step, m.value) for m in ev] == [(256, result.eval_history[-1]["mean_cost"])]
+    assert "eval_timesteps" not in client.get_run(run_id).data.metrics
+
+
+def test_callback_needs_a_run(tmp_path) -> None:
+    cb = tracking.MlflowMetricsCallback()
+    with pytest.raises(RuntimeError, match="no active MLflow run"):
+        cb._on_training_start()
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_register_and_promote_on_same_seeds(mlflow_store, policy_zip) -> None:
+    client = mlflow_store.client
+    exp = mlflow_store.experiment_id
+    name = "checkout-rollback"
+    promote = dict(scenario=CHECKOUT, eval_seed=SEED, episodes=3)
+
+    v1 = _log_version(policy_zip, name, exp, holdout=_holdout(300.0))
+    assert int(v1.registered_model_version) == 1
+    assert client.get_model_version(name, "1").run_id == v1.run_id
+    first = tracking.promote_if_better(name, 1, **promote)
+    assert first["promoted"] and first["champion_version"] == "1" and first["old"] is None
+    assert first["new"] == 300.0 and first["sources"]["new"] == f"run {v1.run_id}"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["eval_holdout_downtime_mean"] == "300" and tags["eval_holdout_seed"] == str(SEED)
+
+    _log_version(policy_zip, name, exp, holdout=_holdout(400.0))  # worse
+    worse = tracking.promote_if_better(name, 2, **promote)
+    assert not worse["promoted"] and worse["champion_version"] == "1"
+    assert (worse["new"], worse["old"]) == (400.0, 300.0)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert "kept version 1" in client.get_model_version(name, "2").tags["shadowrl.promotion"]
+
+    _log_version(policy_zip, name, exp, holdout=_holdout(250.0))  # better
+    better = tracking.promote_if_better(name, "3", **promote)
+    assert better["promoted"] and better["champion_version"] == "3"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+
+    _log_version(policy_zip, name, exp, holdout=_holdout(250.0))  # a tie keeps the champion
+    tie = tracking.promote_if_better(name, 4, **promote)
+    assert not tie["promoted"] and tie["champion_version"] == "3"
+
+    # The champion was measured on other seeds: it is evaluated on the new ones.
+    other = SEED + 500
+    _log_version(policy_zip, name, exp, holdout=_holdout(1e9, seed=other))  # hopeless
+    fair = tracking.promote_if_better(name, 5, scenario=CHECKOUT, eval_seed=other, episodes=3)
+    assert fair["sources"]["old"] == "evaluated" and not fair["promoted"]
+    env = RollbackEnv(CHECKOUT)
+    expected = np.mean([e.rehearsal.downtime_s for e in
+                        evaluate(env, load_policy(policy_zip), 3, other)])
+    assert fair["old"] == pytest.approx(expected)
+    tags = client.get_model_version(name, "3").tags
+    assert tags["eval_holdout_seed"] == str(other) and tags["eval_holdout_episodes"] == "3"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+
+    with pytest.raises(ValueError, match="metric must be one of"):
+        tracking.promote_if_better(name, 5, metric="recovered_rate", **promote)
+
+
+def test_promote_evaluates_versions_without_metrics(mlflow_store, policy_zip) -> None:
+    name = "fresh"
+    _log_version(policy_zip, name, mlflow_store.experiment_id)
+    result = tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED, episodes=3)
+    assert result["promoted"] and result["sources"]["new"] == "evaluated"
+    tags = mlflow_store.client.get_model_version(name, "1").tags
+    assert float(tags["eval_holdout_downtime_mean"]) == pytest.approx(result["new"])
+    assert float(tags["eval_holdout_recovered_rate"]) <= 1.0
+
+
+def test_load_registered_policy(mlflow_store, policy_zip) -> None:
+    name = "checkout-rollback"
+    _log_version(policy_zip, name, mlflow_store.experiment_id, holdout=_holdout(1.0))
+    tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED, episodes=3)
+    policy = tracking.load_registered_policy(f"models:/{name}@champion")
+    env = RollbackEnv(CHECKOUT)
+    episodes = evaluate(env, policy, 3, SEED)
+    assert len(episodes) == 3 and all(e.rehearsal is not None for e in episodes)
+    local = evaluate(env, load_policy(policy_zip), 3, SEED)
+    assert [e.actions for e in episodes] == [e.actions for e in local]
+    assert tracking.load_registered_policy(f"models:/{name}/1").name == f"models:/{name}/1"
+    with pytest.raises(ValueError, match=f"models:/{name}@missing.*no alias 'missing'"):
+        tracking.load_registered_policy(f"models:/{name}@missing")
+    with pytest.raises(ValueError, match="models:/nobody@champion.*no registered model"):
+        tracking.load_registered_policy("models:/nobody@champion")
+    with pytest.raises(ValueError, match="models:/NAME@ALIAS"):
+        tracking.load_registered_policy(f"models:/{name}")
+
+
+def test_missing_store_is_an_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/nothing/mlflow.db")
+    with pytest.raises(ValueError, match="no MLflow tracking store"):
+        tracking.load_registered_policy("models:/x@champion")
+    assert not (tmp_path / "nothing").exists()
+
+
+# --------------------------------------------------------------------------- pyfunc
+
+
+def _check_plan(plan: list[dict[str, Any]]) -> None:
+    sc = load_scenario(CHECKOUT)
+    names = [p["step"] for p in plan]
+    assert len(names) == len(set(names))
+    for p in plan:
+        step = sc.procedure.step(p["step"])
+        assert p["action"] == step.action and p["target"] == step.target
+        assert set(p["settings"]) == set(step.tunables())
+        for key, value in p["settings"].items():
+            assert value in step.tunables()[key].choices
+        for dep in step.after:
+            assert dep in names[:names.index(p["step"])] or sc.procedure.step(dep).optional
+    required = [s.name for s in sc.procedure.steps if not s.optional]
+    assert set(required) <= set(names)
+
+
+def test_pyfunc_predicts_rehearsal_backed_plans(mlflow_store, policy_zip) -> None:
+    info = _log_version(policy_zip, None, mlflow_store.experiment_id)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    schema = model.metadata.get_input_schema()
+    assert "failing_rules" in schema.input_names()
+    assert "web.latency_p99_ms" in schema.input_names()
+    assert all(not col.required for col in schema.inputs)
+
+    env = RollbackEnv(CHECKOUT)
+    env.reset(seed=7)
+    incident = env.injection.incident
+    frame = tracking.breach_frame(env)
+    healthy_only = pd.DataFrame([{"failing_rules": "edge-errors", "web.error_rate": 1,
+                                  "orders.latency_p99_ms": 500}])  # ints, other columns missing
+    out = model.predict(pd.concat([frame, healthy_only], ignore_index=True))
+    assert list(out.columns[:4]) == ["matched_seed", "matched_incident", "plan",
+                                     "expected_downtime_s"]
+    assert len(out) == 2
+    first = out.iloc[0]
+    assert first["matched_seed"] == 7 and first["matched_incident"] == incident
+    assert first["match_distance"] == pytest.approx(0.0, abs=1e-9)
+    plan = json.loads(first["plan"])
+    _check_plan(plan)
+    episode = run_episode(RollbackEnv(CHECKOUT), load_policy(policy_zip), 7)
+    assert first["expected_downtime_s"] == pytest.approx(episode.rehearsal.downtime_s)
+    assert first["outcome"] == episode.rehearsal.outcome
+    _check_plan(json.loads(out.iloc[1]["plan"]))
+    assert 0 <= out.iloc[1]["matched_seed"] < 64
+
+    as_list = model.predict(frame.assign(failing_rules=[frame["failing_rules"].iloc[0].split(
+        ",")]))
+    assert as_list.iloc[0]["matched_seed"] == 7
+    python_model = model.unwrap_python_model()
+    with pytest.raises(ValueError, match="web.error_rate"):
+        python_model.predict(None, pd.DataFrame([{"web.error_rate": "high"}]))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _procedure_file(folder: Path, header: bool = True) -> Path:
+    sc = load_scenario(CHECKOUT)
+    path = folder / ("procedure.yaml" if header else "plain/procedure.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump({"apiVersion": "shadowrl/v1", "kind": "Procedure",
+                           "metadata": {"name": "checkout-rollback", "scenario": "checkout"},
+                           "procedure": procedure_to_data(sc.procedure)}, sort_keys=False)
+    text = ("# best static order and settings found by `shadowrl optimize "
+            "envs/checkout.yaml`\n# held-out evaluation (5 incidents): downtime mean "
+            "310s p95 400s; outcomes {'recovered': 5}\n") if header else ""
+    path.write_text(text + body)
+    return path
+
+
+def test_load_export_source(mlflow_store, policy_zip, tmp_path) -> None:
+    client = mlflow_store.client
+    proc = _procedure_file(tmp_path)
+    info = _log_version(policy_zip, "checkout-rollback", mlflow_store.experiment_id,
+                        holdout=_holdout(300.0), procedure=proc)
+    run_id = info.run_id
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"procedure.yaml", "scenario"} <= arts
+
+    src = tracking.load_export_source(run_id)
+    assert src.procedure.name == "checkout-rollback" and src.origin == run_id
+    assert src.scenario is not None and src.scenario_name == "checkout"
+    assert src.command == "shadowrl optimize envs/checkout.yaml"
+    assert src.evaluation["downtime_s"] == {"mean": 310.0, "p95": 400.0}  # the file's header
+
+    summary = {"scenario": "checkout", "policy": "rl", "runs": 7,
+               "downtime_s": {"mean": 123.0, "p50": 1.0, "p95": 200.0, "max": 300.0},
+               "outcomes": {"recovered": 7}}
+    tracking.log_run_files(summary=summary, run_id=run_id)
+    assert tracking.load_export_source(run_id).evaluation == summary
+
+    client.set_registered_model_alias("checkout-rollback", "champion", "1")
+    by_alias = load_source("models:/checkout-rollback@champion")  # through shadowrl.export.formats
+    assert by_alias.procedure.name == "checkout-rollback"
+    assert "downtime mean 123s p95 200s" in to_shell(by_alias)
+
+    # A version without a run: the procedure comes from the model's own artifact.
+    client.create_model_version("checkout-rollback", info.model_uri)
+    client.set_registered_model_alias("checkout-rollback", "bare", "2")
+    bare = tracking.load_export_source("models:/checkout-rollback@bare")
+    assert bare.procedure.name == "checkout-rollback" and bare.scenario is not None
+
+    # A plain run (no model): procedure and scenario files, evaluation from its metrics.
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as plain:
+        mlflow.log_metrics({**_holdout(99.0, episodes=4), "eval_holdout_recovered_rate": 0.5})
+        tracking.log_run_files(CHECKOUT, _procedure_file(tmp_path, header=False))
+    src = tracking.load_export_source(plain.info.run_id)
+    assert src.scenario is not None and src.command is None
+    assert src.evaluation == {"downtime_s": {"mean": 99.0}, "runs": 4,
+                              "outcomes": {"recovered": 2}}
+    assert client.get_run(plain.info.run_id).data.tags["shadowrl.scenario_hash"] == \
+        tracking.scenario_hash(CHECKOUT)
+
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as empty:
+        pass
+    with pytest.raises(LookupError, match="no procedure.yaml"):
+        tracking.load_export_source(empty.info.run_id)
+    with pytest.raises(ValueError, match="no MLflow run"):
+        tracking.load_export_source("f" * 32)
+    with pytest.raises(ValueError, match="no alias 'nope'"):
+        tracking.load_export_source("models:/checkout-rollback@nope")
+
+
+# --------------------------------------------------------------------------- server
+
+
+def test_registry_flow_against_mlflow_server(mlflow_server, policy_zip, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tracking.configure(tracking.tracking_uri())
+    try:
+        client = mlflow.MlflowClient()
+        assert client._tracking_client.tracking_uri == mlflow_server
+        exp = client.create_experiment("server-flow")
+        name = "served-rollback"
+        v1 = _log_version(policy_zip, name, exp, holdout=_holdout(300.0))
+        assert int(v1.registered_model_version) == 1
+        assert tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED,
+                                          episodes=3)["promoted"]
+        _log_version(policy_zip, name, exp, holdout=_holdout(301.0))
+        worse = tracking.promote_if_better(name, 2, scenario=CHECKOUT, eval_seed=SEED,
+                                           episodes=3)
+        assert not worse["promoted"] and worse["champion_version"] == "1"
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        policy = tracking.load_registered_policy(f"models:/{name}@champion")
+        assert len(evaluate(RollbackEnv(CHECKOUT), policy, 3, SEED)) == 3
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
