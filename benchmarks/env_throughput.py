@@ -27,7 +27,7 @@ import gymnasium
 import numpy as np
 
 import shadowrl  # noqa: F401  (registers shadowrl/Rollback-v0)
-from shadowrl.rehearsal.runner import NoBreachError
+from shadowrl.core.errors import NoBreachError
 
 TARGET_RATIO = 0.25
 ROOT = Path(__file__).resolve().parent.parent

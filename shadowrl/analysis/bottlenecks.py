@@ -54,8 +54,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowrl.analysis.profile import attribution
+from shadowrl.core.plan import ordered_steps
 from shadowrl.core.spec import Procedure, Scenario, Service, Step, format_duration
-from shadowrl.rehearsal.runner import Rehearsal, ordered_steps
+from shadowrl.rehearsal.runner import Rehearsal
 from shadowrl.shadow.sim.engine import ONLINE_MIGRATION_LOAD, STOP_S
 
 KINDS = ("capacity_loss", "slow_step", "compatibility_window", "cold_cache", "write_lock",

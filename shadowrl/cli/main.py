@@ -90,7 +90,8 @@ def simulate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Rehearse one incident in the simulated shadow and report the rollback."""
-    from shadowrl.rehearsal.runner import NoBreachError, rehearse
+    from shadowrl.core.errors import NoBreachError
+    from shadowrl.rehearsal.runner import rehearse
 
     sc = load_or_exit(file)
     proc = procedure_or_exit(procedure, sc)
@@ -150,6 +151,7 @@ def rehearse_cmd(
     replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
 ) -> None:
     """Rehearse many incidents with the procedure; profile, report and alert."""
+    from shadowrl.core.errors import NoBreachError
     from shadowrl.rehearsal.campaign import (
         all_alerts,
         run_campaign,
@@ -157,7 +159,6 @@ def rehearse_cmd(
         summarize_campaign,
         write_outputs,
     )
-    from shadowrl.rehearsal.runner import NoBreachError
 
     if at not in ("now", "peak"):
         fail(f"--at must be 'now' or 'peak', not {at!r}")
@@ -279,7 +280,7 @@ def agent_or_exit(path: Path) -> Any:
 
 def resolve_policy(spec: str, scenario: Scenario) -> Any:
     """configured | random | greedy | oracle | PROCEDURE.yaml | POLICY.zip | models:/NAME@ALIAS"""
-    from shadowrl.rehearsal.runner import configured_plan
+    from shadowrl.core.plan import configured_plan
     from shadowrl.rl.policy import StaticPolicy
     from shadowrl.rl.search import BUILTIN_POLICIES, builtin_policy
 

@@ -191,8 +191,8 @@ def _from_mlflow(source: str, scenario: Scenario | None) -> ExportSource:
     try:
         from shadowrl.integrations.mlflow import load_export_source
     except ImportError as exc:
-        raise SourceError(f"{source}: MLflow sources need shadowrl.integrations.mlflow, which is not "
-                          f"available ({exc})") from None
+        raise SourceError(f"{source}: MLflow sources need shadowrl.integrations.mlflow, "
+                          f"which is not available ({exc})") from None
     try:
         src = load_export_source(source)
     except (ImportError, ValueError, LookupError, OSError) as exc:
@@ -322,7 +322,7 @@ def _comment(lines: list[str]) -> str:
 
 def ordered_steps(procedure: Procedure) -> list[Step]:
     """Listed order, stably adjusted so every step follows its ``after`` steps."""
-    from shadowrl.rehearsal.runner import ordered_steps as _ordered
+    from shadowrl.core.plan import ordered_steps as _ordered
 
     return _ordered(procedure)
 

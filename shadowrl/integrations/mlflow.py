@@ -603,7 +603,7 @@ class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
         self.healthy = {name: (c.error_rate, c.latency_p99_ms)
                         for name, c in healthy.components.items()}
         self.rules = [r.name for r in self.scenario.slo.rules]
-        from shadowrl.rehearsal.runner import NoBreachError
+        from shadowrl.core.errors import NoBreachError
 
         seeds, incidents, sigs, failing = [], [], [], []
         problem: NoBreachError | None = None
@@ -1211,8 +1211,8 @@ def load_export_source(source: str, client: MlflowClient | None = None) -> Expor
         if proc_file is None:
             where = "run" if model_dir is None else "model version (and its run)"
             raise LookupError(f"{source}: the {where} has no procedure.yaml artifact (log one "
-                              f"with shadowrl.integrations.mlflow.log_run_files or log_policy_model("
-                              f"procedure_path=...))")
+                              f"with shadowrl.integrations.mlflow.log_run_files or "
+                              f"log_policy_model(procedure_path=...))")
         procedure = _procedure_from_file(proc_file, scenario, source)
         command, header_eval = read_header(proc_file.read_text(errors="replace"))
         evaluation = None

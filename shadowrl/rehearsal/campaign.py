@@ -16,10 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shadowrl.analysis.summary import summarize
 from shadowrl.core.atomic import atomic_write_json
+from shadowrl.core.plan import Plan
 from shadowrl.core.spec import Procedure, Scenario
 from shadowrl.rehearsal.alerts import Alert, dispatch, sinks_from_options
 from shadowrl.rehearsal.deviation import DeviationSimulator, HistoryModel
-from shadowrl.rehearsal.runner import Plan, Rehearsal, rehearse
+from shadowrl.rehearsal.runner import Rehearsal, rehearse
 
 
 @dataclass

@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
+from shadowrl.core.injection import ActiveEffect, Injection
 from shadowrl.core.spec import Incident, Scenario
-from shadowrl.shadow.base import ActiveEffect, Injection
 
 DAY_S = 86400.0
 PEAK_LEAD_S = 600.0  # with at="peak", the incident starts at most this long after launch

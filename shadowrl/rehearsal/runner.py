@@ -14,32 +14,24 @@ the rollback itself created, absent before the incident), each naming the step t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shadowrl.core.spec import Procedure, Scenario, Step
+from shadowrl.core.errors import NoBreachError
+from shadowrl.core.injection import Injection
+from shadowrl.core.plan import Plan, configured_plan, validate_plan
+from shadowrl.core.results import NEW_ERROR_SOURCES, Breach, Span, StepResult
+from shadowrl.core.spec import Procedure, Scenario
 from shadowrl.rehearsal.alerts import Alert
 from shadowrl.rehearsal.deviation import DeviationSimulator
-from shadowrl.shadow.base import (
-    NEW_ERROR_SOURCES,
-    Breach,
-    Injection,
-    ShadowBackend,
-    Span,
-    StepResult,
-)
+from shadowrl.shadow.base import ShadowBackend
 from shadowrl.shadow.sim.engine import SimShadow
 
 BREACH_SEARCH_S = 1800.0  # how long after onset an incident may take to breach
 MAX_DRAWS = 25  # redraws (same seed, next attempt) for deviations too weak to breach
 NEW_ERROR_MIN_SHARE = 1e-4  # failed share of a span's requests that counts as an error source
 
-Plan = Sequence[tuple[str, dict[str, Any] | None]]  # (step, settings) or (step, None) = skip
-
-
-class NoBreachError(RuntimeError):
-    """The scenario's incidents never breach its SLO rules: nothing to rehearse."""
 
 
 @dataclass
@@ -96,29 +88,6 @@ def _json_settings(settings: dict[str, Any]) -> dict[str, Any]:
                 and k in ("drain", "duration") else v) for k, v in settings.items()}
 
 
-def configured_plan(procedure: Procedure) -> list[tuple[str, dict[str, Any] | None]]:
-    """The runbook as written: listed order (deferring a step until its ``after`` are done),
-    default settings, optional steps included."""
-    return [(s.name, s.default_settings()) for s in ordered_steps(procedure)]
-
-
-def ordered_steps(procedure: Procedure) -> list[Step]:
-    """Listed order, stably adjusted so every step comes after its ``after`` steps."""
-    done: set[str] = set()
-    pending = list(procedure.steps)
-    out: list[Step] = []
-    while pending:
-        for k, step in enumerate(pending):
-            if all(d in done for d in step.after):
-                out.append(step)
-                done.add(step.name)
-                pending.pop(k)
-                break
-        else:  # a cycle: the loader rejects these, so this is a programming error
-            raise ValueError("procedure has an 'after' cycle")
-    return out
-
-
 def start_incident(shadow: ShadowBackend, deviation: DeviationSimulator, seed: int,
                    incident: str | None = None) -> tuple[Injection, Breach]:
     """Launch, inject and run to the breach.
@@ -149,27 +118,6 @@ def start_incident(shadow: ShadowBackend, deviation: DeviationSimulator, seed: i
     raise NoBreachError(f"{name} did not breach any SLO rule after the incident started in "
                         f"{MAX_DRAWS} draws (seed {seed}){also}; raise the effects or lower "
                         f"the rule thresholds")
-
-
-def validate_plan(procedure: Procedure, plan: Plan) -> None:
-    """A plan names every step once, respects ``after``, and skips only optional steps."""
-    seen: set[str] = set()
-    names = {s.name for s in procedure.steps}
-    for name, settings in plan:
-        if name not in names:
-            raise ValueError(f"plan names unknown step '{name}'")
-        if name in seen:
-            raise ValueError(f"plan names step '{name}' twice")
-        step = procedure.step(name)
-        if settings is None and not step.optional:
-            raise ValueError(f"plan skips required step '{name}'")
-        missing = [d for d in step.after if d not in seen]
-        if missing:
-            raise ValueError(f"step '{name}' runs before {missing} (its 'after')")
-        seen.add(name)
-    left = [s.name for s in procedure.steps if s.name not in seen and not s.optional]
-    if left:
-        raise ValueError(f"plan leaves out required steps {left}")
 
 
 def finish(scenario: Scenario, procedure: Procedure, shadow: ShadowBackend, seed: int,

@@ -11,11 +11,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from shadowrl.core.injection import Injection
+from shadowrl.core.results import Breach, Metrics, Span, StepResult
 from shadowrl.core.spec import Procedure, Scenario, Step, load_scenario
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, finish, start_incident
 from shadowrl.shadow import make_backend
-from shadowrl.shadow.base import Breach, Injection, Metrics, Span, StepResult
 
 OBS_CAP = 10.0
 

@@ -20,8 +20,8 @@ import yaml
 
 from shadowrl.analysis.summary import summarize
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
+from shadowrl.core.plan import Plan, configured_plan
 from shadowrl.core.spec import Scenario, procedure_to_data
-from shadowrl.rehearsal.runner import Plan, configured_plan
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from shadowrl.rehearsal.runner import Plan, configured_plan, validate_plan
+from shadowrl.core.plan import Plan, configured_plan, validate_plan
 from shadowrl.rl.env import RollbackEnv
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from shadowrl.core.plan import Plan, configured_plan
 from shadowrl.core.spec import Procedure, Step
 from shadowrl.rehearsal.deviation import DeviationSimulator
-from shadowrl.rehearsal.runner import Plan, Rehearsal, configured_plan, rehearse
+from shadowrl.rehearsal.runner import Rehearsal, rehearse
 from shadowrl.rl.env import RollbackEnv
 
 # --------------------------------------------------------------------------- env snapshots
@@ -319,7 +320,7 @@ def _neighbours(procedure: Procedure,
                 plan: list[tuple[str, dict[str, Any] | None]]) -> Iterator[list[Any]]:
     """Plans one change away: another setting for one step, one step moved, one optional
     step kept or skipped. Only orders that respect ``after`` are produced."""
-    from shadowrl.rehearsal.runner import validate_plan
+    from shadowrl.core.plan import validate_plan
 
     spaces = {s.name: _settings_space(s) for s in procedure.steps}
     for k, (name, settings) in enumerate(plan):

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from shadowrl.analysis.bottlenecks import KINDS, Bottleneck, BottleneckReport, analyze
+from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import Scenario, load_scenario
-from shadowrl.rehearsal.runner import Rehearsal, configured_plan, rehearse
+from shadowrl.rehearsal.runner import Rehearsal, rehearse
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"

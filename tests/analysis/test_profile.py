@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from shadowrl.analysis.profile import PROFILE_SCHEMA, attribution, profile_table, write_profiles
+from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import Scenario, load_scenario
-from shadowrl.rehearsal.runner import Rehearsal, configured_plan, rehearse
+from shadowrl.rehearsal.runner import Rehearsal, rehearse
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"

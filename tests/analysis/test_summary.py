@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from shadowrl.analysis.summary import OUTCOMES, stats, summarize
 from shadowrl.cli.main import app
+from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import load_scenario
 from shadowrl.rehearsal.alerts import Alert
-from shadowrl.rehearsal.runner import Rehearsal, configured_plan, rehearse
+from shadowrl.rehearsal.runner import Rehearsal, rehearse
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"

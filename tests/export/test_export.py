@@ -17,6 +17,7 @@ from typer.testing import CliRunner, Result
 
 from shadowrl.analysis.summary import summarize
 from shadowrl.cli.main import app
+from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import SpecError, load_procedure, procedure_to_data
 from shadowrl.export.formats import (
     FORMATS,
@@ -31,7 +32,7 @@ from shadowrl.export.formats import (
     to_shell,
     to_yaml,
 )
-from shadowrl.rehearsal.runner import configured_plan, rehearse
+from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.optimizer import procedure_yaml
 
 ROOT = Path(__file__).resolve().parents[2]

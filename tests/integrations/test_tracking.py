@@ -1,5 +1,5 @@
-"""shadowrl.integrations.mlflow against a real MLflow: a migrated SQLite store per test (a copy of one
-made per session) and a real ``mlflow server`` process."""
+"""shadowrl.integrations.mlflow against a real MLflow: a migrated SQLite store per test (a
+copy of one made per session) and a real ``mlflow server`` process."""
 
 from __future__ import annotations
 

@@ -183,8 +183,8 @@ def test_uninterrupted_summary_has_no_interrupted_key(checkout: Scenario) -> Non
 def test_cli_rehearse_exits_130_on_ctrl_c_with_outputs(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # run_campaign's default rehearse_fn is bound when the module is imported, so patching
-    # shadowrl.rehearsal.campaign.rehearse would not reach it: wrap run_campaign instead (the command
-    # imports it from shadowrl.rehearsal.campaign when it runs).
+    # shadowrl.rehearsal.campaign.rehearse would not reach it: wrap run_campaign instead (the
+    # command imports it from shadowrl.rehearsal.campaign when it runs).
     fn, calls = interrupting(3)
     real = campaign_mod.run_campaign
     monkeypatch.setattr(campaign_mod, "run_campaign",

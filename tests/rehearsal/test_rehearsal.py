@@ -8,13 +8,9 @@ from typing import Any
 
 import pytest
 
+from shadowrl.core.plan import configured_plan, validate_plan
 from shadowrl.core.spec import Budget, Procedure, Scenario, load_scenario
-from shadowrl.rehearsal.runner import (
-    Rehearsal,
-    configured_plan,
-    rehearse,
-    validate_plan,
-)
+from shadowrl.rehearsal.runner import Rehearsal, rehearse
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "tests" / "scenarios"

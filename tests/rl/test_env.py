@@ -13,8 +13,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import shadowrl  # noqa: F401  (registers shadowrl/Rollback-v0)
+from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import Scenario, load_scenario
-from shadowrl.rehearsal.runner import configured_plan, rehearse
+from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.env import RollbackEnv
 
 ROOT = Path(__file__).resolve().parents[2]

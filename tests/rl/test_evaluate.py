@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shadowrl.rehearsal.runner import configured_plan, rehearse
+from shadowrl.core.plan import configured_plan
+from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate, run_episode
 from shadowrl.rl.policy import RandomPolicy, StaticPolicy, configured_policy

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from shadowrl.rehearsal.runner import configured_plan, rehearse
+from shadowrl.core.plan import configured_plan
+from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import evaluate, run_episode
 from shadowrl.rl.policy import (

@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
+from shadowrl.core.plan import configured_plan, validate_plan
 from shadowrl.core.spec import load_procedure, load_scenario, procedure_to_data
-from shadowrl.rehearsal.runner import configured_plan, rehearse, validate_plan
+from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl import search
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import evaluate

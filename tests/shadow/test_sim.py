@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from shadowrl.core.injection import ActiveEffect, Injection
+from shadowrl.core.results import StepResult
 from shadowrl.core.spec import Scenario, Step, load_scenario
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse, start_incident
-from shadowrl.shadow.base import ActiveEffect, Injection, StepResult
 from shadowrl.shadow.sim.engine import SimShadow
 
 ROOT = Path(__file__).resolve().parents[2]

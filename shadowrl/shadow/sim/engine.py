@@ -26,17 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from shadowrl.core.injection import ActiveEffect, Injection
+from shadowrl.core.results import Breach, ComponentMetrics, Metrics, Span, StepResult, VerifyResult
 from shadowrl.core.spec import Cache, Datastore, Scenario, Service, Step
-from shadowrl.shadow.base import (
-    ActiveEffect,
-    Breach,
-    ComponentMetrics,
-    Injection,
-    Metrics,
-    Span,
-    StepResult,
-    VerifyResult,
-)
 
 BLOCK_S = 60.0  # load (pattern x noise) is constant over one block
 QUANTUM_S = 5.0  # ramps, replayed shapes and cache warm-up move in steps of this size
