@@ -9,7 +9,7 @@ EXPERIMENT ?= experiments/checkout-maskable-ppo.yaml
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[all,dev]"
 
 demo: install
 	$(PYTHON) -m shadowrl.demo --scenario $(SCENARIO) --experiment $(EXPERIMENT) --out $(OUT)

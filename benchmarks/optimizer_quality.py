@@ -59,7 +59,8 @@ def main() -> None:
             res = optimize(sc, Path(tmp), OptimizeOptions(
                 method=args.method, episodes=args.episodes, timesteps=args.timesteps,
                 search_trials=args.trials), "benchmarks/optimizer_quality.py",
-                log=lambda m, name=sc.name: print(f"[{name}] {m}", file=sys.stderr))
+                log=lambda m, name=sc.name: print(f"[{name}] {m}", file=sys.stderr)
+            ).model_dump(mode="json")
         methods = {name: {"downtime_s": s["downtime_s"], "failed_requests_mean":
                           s["failed_requests"]["mean"], "outcomes": s["outcomes"],
                           "cost_mean": s["cost"]["mean"]}

@@ -41,7 +41,7 @@ def env(checkout: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[Any]:
-    """A private local Ray for the test session (DESIGN section 7): 2 CPUs, no dashboard,
+    """A private local Ray for the test session: 2 CPUs, no dashboard,
     a 200 MB object store, worker logs kept out of the output.
 
     ``address="local"`` always starts a new instance, so each pytest-xdist worker (a separate
@@ -68,7 +68,7 @@ def ray_local() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One migrated MLflow SQLite store per session (DESIGN section 7: a fresh one costs
+    """One migrated MLflow SQLite store per session (a fresh one costs
     seconds); tests copy it with ``mlflow_store``. Created with the working directory in its
     own folder, so the default experiment's artifact root is there, never in the repo."""
     from mlflow.tracking import MlflowClient

@@ -57,7 +57,15 @@ from shadowrl.analysis.profile import attribution
 from shadowrl.core.plan import ordered_steps
 from shadowrl.core.spec import Procedure, Scenario, Service, Step, format_duration
 from shadowrl.rehearsal.runner import Rehearsal
-from shadowrl.shadow.sim.engine import ONLINE_MIGRATION_LOAD, STOP_S
+from shadowrl.shadow.sim.params import SimParams
+from shadowrl.shadow.sim.topology import (
+    compile_topology,
+    edge_factors,
+    load_flow,
+    online_capacity,
+    rollout_s,
+    warming_s,
+)
 
 KINDS = ("capacity_loss", "slow_step", "compatibility_window", "cold_cache", "write_lock",
          "dropped_requests", "overload", "failed_step", "ineffective")
@@ -68,7 +76,6 @@ SLOW_SHARE = 0.3  # share of rollback time from which a step "dominates"
 SLOW_VIOLATED = 0.5  # share of the step's time the SLO must be violated to call it slow
 MIN_FINDING_SHARE = 0.001  # findings below this share of downtime and failures are dropped
 LOAD_MARGIN = 1.05  # peak load over a step's mean (per-minute traffic noise)
-WARM_SPEEDUP = 4.0  # warm_cache warms this much faster than natural refill (DESIGN.md 3)
 EPS = 1e-9
 
 Key = tuple[str, str | None]  # (kind, step)
@@ -189,65 +196,49 @@ def _pct(share: float) -> str:
 
 
 class _Model:
-    """The scenario's static capacity picture: who gets how much of the edge load."""
+    """The scenario's static capacity picture: who gets how much of the edge load, by the
+    simulator's own topology and physics (so a calibrated simulator and its advice agree)."""
 
-    def __init__(self, sc: Scenario, proc: Procedure) -> None:
+    def __init__(self, sc: Scenario, proc: Procedure, params: SimParams) -> None:
         dep = sc.deployment
         self.sc = sc
         self.proc = proc
+        self.params = params
+        self.topo = compile_topology(sc)
         self.services = {s.name: s for s in dep.services}
         self.datastores = {d.name: d for d in dep.datastores}
         self.caches = {c.name: c for c in dep.caches}
-        self.wf = dep.traffic.write_fraction
-        self.paths: dict[str, float] = {s.name: 0.0 for s in dep.services}
-        order: list[str] = []
-        seen: set[str] = set()
-
-        def visit(name: str) -> None:
-            if name in seen:
-                return
-            seen.add(name)
-            for callee in self.services[name].calls:
-                if callee in self.services:
-                    visit(callee)
-            order.append(name)
-
-        for s in dep.services:
-            visit(s.name)
-        self.paths[sc.edge.name] = 1.0
-        for name in reversed(order):  # callers before callees
-            for callee in self.services[name].calls:
-                if callee in self.services:
-                    self.paths[callee] += self.paths[name]
-        # datastore -> [(caller, fronting cache or None)]
-        self.ds_callers: dict[str, list[tuple[str, str | None]]] = {}
-        for s in dep.services:
-            for callee in s.calls:
-                if callee not in self.datastores:
-                    continue
-                cache = next((c for c in s.calls if c in self.caches and (
-                    self.caches[c].fronts is None or callee in (self.caches[c].fronts or []))),
-                    None)
-                self.ds_callers.setdefault(callee, []).append((s.name, cache))
         self.steps = {s.name: s for s in proc.steps}
         self.deps = {s.name: _deps(proc, s.name) for s in proc.steps}
 
+    def _loads(self, edge_rps: float, warmth: dict[str, float] | None) -> list[float]:
+        """Requests/s per component with every cache warm except as ``warmth`` says, and no
+        shedding."""
+        topo = self.topo
+        levels = [1.0 if warmth is None else warmth.get(name, 1.0) for name in topo.names]
+        return load_flow(topo, edge_rps, edge_factors(topo, levels))[0]
+
     def service_load(self, name: str, edge_rps: float) -> float:
-        return self.paths.get(name, 0.0) * edge_rps
+        i = self.topo.index.get(name)
+        if i is None or self.topo.kinds[i] != "service":
+            return 0.0
+        return self._loads(edge_rps, None)[i]
 
     def datastore_load(self, name: str, edge_rps: float, warmth: dict[str, float] | None = None
                        ) -> float:
-        total = 0.0
-        for caller, cache in self.ds_callers.get(name, []):
-            rps = self.service_load(caller, edge_rps)
-            if cache is not None:
-                w = 1.0 if warmth is None else warmth.get(cache, 1.0)
-                rps *= self.wf + (1.0 - self.wf) * (1.0 - self.caches[cache].hit_ratio * w)
-            total += rps
-        return total
+        return self._loads(edge_rps, warmth)[self.topo.index[name]]
 
     def fronted(self, cache: str) -> list[str]:
-        return [d for d, callers in self.ds_callers.items() if any(c == cache for _, c in callers)]
+        """Datastores behind ``cache``."""
+        topo = self.topo
+        i = topo.index.get(cache)
+        return [topo.names[d] for d in topo.fronted(i)] if i is not None else []
+
+    def callers(self, datastore: str) -> set[str]:
+        """Services that call ``datastore`` directly."""
+        topo = self.topo
+        i = topo.index.get(datastore)
+        return {topo.names[c] for c in topo.db_callers.get(i, [])} if i is not None else set()
 
     def scale_step_for(self, service: str) -> Step | None:
         return next((s for s in self.proc.steps if s.action == "scale" and s.target == service),
@@ -306,16 +297,16 @@ def _rollouts(model: _Model, step: str, service: Service, load: float,
         for b in sorted(batches):
             d = good_drain if (r, b) != (replicas, batch) else drain
             for dd in sorted({d, good_drain}):
-                out.append(_rollout(service, load, r, b, dd, replicas))
+                out.append(_rollout(model.params, service, load, r, b, dd, replicas))
     out.sort(key=lambda o: (o.time_s, o.replicas, o.utilisation))
     return out
 
 
-def _rollout(service: Service, load: float, replicas: int, batch: int, drain: float,
-             current_replicas: int) -> _Rollout:
+def _rollout(params: SimParams, service: Service, load: float, replicas: int, batch: int,
+             drain: float, current_replicas: int) -> _Rollout:
     ready = replicas - min(batch, replicas)
     util = load / (ready * service.capacity_rps) if ready > 0 else math.inf
-    t = math.ceil(replicas / batch) * (drain + STOP_S + service.startup)
+    t = rollout_s(replicas, batch, drain, service.startup, params)
     if replicas > current_replicas:
         t += service.startup  # the scale-up before it
     return _Rollout(replicas, batch, drain, util, t)
@@ -626,7 +617,7 @@ def _compat_pair(run: _Run) -> list[tuple[str, str]]:
     for mig in m.proc.steps:
         if mig.action != "migrate_down" or mig.target not in m.datastores:
             continue
-        callers = {c for c, _ in m.ds_callers.get(mig.target, [])}
+        callers = m.callers(mig.target)
         for rb in m.proc.steps:
             if rb.action == "rollback_version" and rb.target in callers:
                 pairs.append((rb.name, mig.name))
@@ -684,18 +675,7 @@ def _observe(run: _Run, key: Key, ledger: _Ledger) -> dict[str, Any]:
     elif kind == "compatibility_window":
         obs.update(_compat_obs(run, step))
     elif kind == "cold_cache":
-        w = next((w for w in run.cold if w.flush == step), None)
-        if w is not None:
-            rps = [x.edge_rps for x in run.units
-                   if x.start_s < w.end_s - EPS and x.end_s > w.start_s + EPS]
-            obs.update({"cache": w.cache, "warmed_by": w.warmed_by or "none",
-                        "mean_cold_window_s": w.end_s - w.start_s,
-                        "max_edge_rps": max(rps, default=u.edge_rps if u else 0.0)})
-            if run.profile is not None:
-                for d in run.model.fronted(w.cache):
-                    got = run.profile.window_max(d, w.start_s, w.end_s)
-                    if got is not None:
-                        obs[f"max_{d}_cpu"], obs[f"max_{d}_p99_ms"] = got
+        obs.update(_cold_obs(run, step, u))
     elif kind == "write_lock" and u is not None:
         obs.update({"datastore": run.target(u), "mean_write_lock_failed_requests":
                     u.errors.get("write_lock", 0.0),
@@ -723,6 +703,25 @@ def _observe(run: _Run, key: Key, ledger: _Ledger) -> dict[str, Any]:
                                       "none"),
                     "mean_verify_downtime_s": v.downtime_s,
                     "mean_verify_error_rate": v.failed / max(v.requests, EPS)})
+    return obs
+
+
+def _cold_obs(run: _Run, flush: str | None, u: _Unit | None) -> dict[str, Any]:
+    """The cold window ``flush`` opened: its cache, length, peak load and, with a profile,
+    the fronted datastores' peak cpu and p99."""
+    w = next((w for w in run.cold if w.flush == flush), None)
+    if w is None:
+        return {}
+    rps = [x.edge_rps for x in run.units
+           if x.start_s < w.end_s - EPS and x.end_s > w.start_s + EPS]
+    obs: dict[str, Any] = {"cache": w.cache, "warmed_by": w.warmed_by or "none",
+                           "mean_cold_window_s": w.end_s - w.start_s,
+                           "max_edge_rps": max(rps, default=u.edge_rps if u else 0.0)}
+    if run.profile is not None:
+        for d in run.model.fronted(w.cache):
+            got = run.profile.window_max(d, w.start_s, w.end_s)
+            if got is not None:
+                obs[f"max_{d}_cpu"], obs[f"max_{d}_p99_ms"] = got
     return obs
 
 
@@ -787,8 +786,7 @@ def _overload_obs(run: _Run, u: _Unit) -> dict[str, Any]:
             utils[name] = load / (ready * svc.capacity_rps) if ready > 0 else 1e9
     online = u.action == "migrate_down" and bool(u.settings.get("online"))
     for name, ds in m.datastores.items():
-        cap = ds.capacity_qps * ((1.0 - ONLINE_MIGRATION_LOAD)
-                                 if online and run.target(u) == name else 1.0)
+        cap = online_capacity(ds.capacity_qps, online and run.target(u) == name, m.params)
         load = m.datastore_load(name, u.edge_rps)
         if load > 0:
             utils[name] = load / cap
@@ -873,7 +871,7 @@ def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
     batch = int(settings.get("batch", 1))
     drain = float(settings.get("drain", 30.0))
     options = _rollouts(model, step, svc, load, (replicas, batch, drain))
-    current = _rollout(svc, load, replicas, batch, drain, replicas)
+    current = _rollout(model.params, svc, load, replicas, batch, drain, replicas)
     best = _safe(options)
     least = min(options, key=lambda o: (o.utilisation, o.time_s))
     if best is None:
@@ -992,29 +990,12 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
                 f"failed_step finding for {mig}.")
     head = (f"the previous version of {model.steps[rb].target} fails on the live schema for "
             f"~{_dur(window)} between {rb} and the end of {mig}")
-    advice: list[str] = []
     between = ev.get("steps_between") or []
     if between and isinstance(between, list) and isinstance(between[0], list):
         between = sorted({s for group in between for s in group})
-    moves = []
-    if gap > 1.0:
-        for name in between:
-            s = model.steps.get(name)
-            if s is not None and name not in model.deps.get(mig, set()):
-                moves.append(f"skip {name}" if s.optional else f"move {name} after {mig}")
+    reorder = _compat_reorder(model, ev, rb, mig, gap, between)
+    advice = [reorder] if reorder else []
     online = ev.get("online")
-    offline = ""
-    if online is True and False in model.choices(mig, "online"):
-        ds = model.datastores.get(model.steps[mig].target or "")
-        factor = ds.migration.online_factor if ds and ds.migration else 1.0
-        dur = float(ev.get("mean_migrate_duration_s") or 0.0)
-        offline = (f" with online: false (~{_dur(dur / factor)} instead of ~{_dur(dur)}; "
-                   f"writes lock meanwhile)")
-    if moves:
-        advice.append(f"run {mig} right after {rb} ({', '.join(moves)}: ~{_dur(gap)} of "
-                      f"errors between them){offline}")
-    elif offline:
-        advice.append(f"run {mig}{offline}")
     rb_dur = float(ev.get("mean_rollback_duration_s") or 0.0)
     rb_settings = ev.get("rollback_settings")
     plan = _rollout_plan(model, rb, ev, rb_settings if isinstance(rb_settings, dict) else None)
@@ -1046,6 +1027,29 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
             f"compatible (expand/contract).")
 
 
+def _compat_reorder(model: _Model, ev: dict[str, Any], rb: str, mig: str, gap: float,
+                    between: list[Any]) -> str:
+    """Advice to run ``mig`` sooner after ``rb``: move or skip the steps between them, and
+    migrate offline when it is faster ("" when neither applies)."""
+    moves = []
+    if gap > 1.0:
+        for name in between:
+            s = model.steps.get(name)
+            if s is not None and name not in model.deps.get(mig, set()):
+                moves.append(f"skip {name}" if s.optional else f"move {name} after {mig}")
+    offline = ""
+    if ev.get("online") is True and False in model.choices(mig, "online"):
+        ds = model.datastores.get(model.steps[mig].target or "")
+        factor = ds.migration.online_factor if ds and ds.migration else 1.0
+        dur = float(ev.get("mean_migrate_duration_s") or 0.0)
+        offline = (f" with online: false (~{_dur(dur / factor)} instead of ~{_dur(dur)}; "
+                   f"writes lock meanwhile)")
+    if moves:
+        return (f"run {mig} right after {rb} ({', '.join(moves)}: ~{_dur(gap)} of errors "
+                f"between them){offline}")
+    return f"run {mig}{offline}" if offline else ""
+
+
 def _suggest_cold(model: _Model, step: str | None, ev: dict[str, Any],
                   obs: list[dict[str, Any]], runs: int) -> str:
     assert step is not None
@@ -1059,8 +1063,8 @@ def _suggest_cold(model: _Model, step: str | None, ev: dict[str, Any],
         warm = model.datastore_load(d, rps, {cache: 1.0})
         slope = cold - warm
         need = min(1.0, max(0.0, (cold - TARGET_UTIL * cap) / slope)) if slope > 0 else 0.0
-        natural = need * model.caches[cache].warmup
-        parts.append((d, cold, cap, need, natural, natural / WARM_SPEEDUP))
+        warmup = model.caches[cache].warmup
+        parts.append((d, cold, cap, need, need * warmup, warming_s(need, warmup, model.params)))
     if not parts:
         return f"the cache behind {step} refills slowly; warm it before sending traffic."
     d, cold, cap, need, natural, warmed = max(parts, key=lambda p: p[1] / p[2])
@@ -1108,15 +1112,16 @@ def _suggest_write_lock(model: _Model, step: str | None, ev: dict[str, Any],
     util = None
     if ds is not None:
         rps = float(ev.get("max_edge_rps") or model.sc.deployment.traffic.rps)
-        util = model.datastore_load(ds.name, rps) / (
-            ds.capacity_qps * (1.0 - ONLINE_MIGRATION_LOAD))
+        util = model.datastore_load(ds.name, rps) / online_capacity(ds.capacity_qps, True,
+                                                                   model.params)
     if util is not None and util > 1.0:
         return (head + f": online: true would overload {ds.name if ds else 'the datastore'} "
                 f"(utilisation ~{util:.2f} with the copy's extra load); run it offline at low "
                 f"write traffic or add capacity.")
     load_note = f", {ds.name if ds else 'datastore'} at ~{util:.2f}" if util is not None else ""
     return (head + f": run {step} with online: true (no write lock; ~{_dur(dur * factor)} instead "
-            f"of ~{_dur(dur)}, with {ONLINE_MIGRATION_LOAD:.0%} extra load{load_note}).")
+            f"of ~{_dur(dur)}, with {model.params.online_migration_load:.0%} extra load"
+            f"{load_note}).")
 
 
 def _suggest_dropped(model: _Model, step: str | None, ev: dict[str, Any],
@@ -1205,11 +1210,12 @@ def _suggest_ineffective(model: _Model, step: str | None, ev: dict[str, Any],
 
 
 def analyze(scenario: Scenario, rehearsals: Sequence[Rehearsal], *,
-            procedure: Procedure | None = None) -> BottleneckReport:
+            procedure: Procedure | None = None,
+            params: SimParams | None = None) -> BottleneckReport:
     """Where the downtime of ``rehearsals`` (runs of ``procedure``, default the scenario's)
-    goes, why, and what to change."""
+    goes, why, and what to change; ``params`` are the simulator's (default: its defaults)."""
     proc = procedure or scenario.procedure
-    model = _Model(scenario, proc)
+    model = _Model(scenario, proc, params if params is not None else SimParams())
     n = len(rehearsals)
     steps = _step_shares(proc, rehearsals)
     threshold = _error_threshold(scenario)

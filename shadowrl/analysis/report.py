@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shadowrl.analysis.profile import attribution  # noqa: E402
+from shadowrl.analysis.summary import RehearsalSummary  # noqa: E402
 from shadowrl.core.atomic import atomic_write_text  # noqa: E402
 from shadowrl.core.spec import Scenario  # noqa: E402
 from shadowrl.rehearsal.runner import Rehearsal  # noqa: E402
@@ -129,7 +130,7 @@ def pick_examples(runs: Sequence[Rehearsal]) -> list[Rehearsal]:
     return [r for r in picks if not (id(r) in seen or seen.add(id(r)))]  # type: ignore[func-returns-value]
 
 
-def render_report(scenario: Scenario, summary: dict[str, Any], runs: Sequence[Rehearsal],
+def render_report(scenario: Scenario, summary: RehearsalSummary, runs: Sequence[Rehearsal],
                   command: str = "") -> str:
     images = [("Downtime distribution", _png(downtime_figure(
         runs, scenario.procedure.budget.downtime))),
@@ -137,19 +138,20 @@ def render_report(scenario: Scenario, summary: dict[str, Any], runs: Sequence[Re
     for r in pick_examples(runs):
         images.append((f"Timeline: seed {r.seed} ({r.incident}, {r.outcome})",
                        _png(timeline_figure(scenario, r))))
-    d = summary["downtime_s"]
-    f = summary["failed_requests"]
-    overview = _table(["runs", *summary["outcomes"], "downtime mean/p50/p95/max (s)",
+    d = summary.downtime_s
+    f = summary.failed_requests
+    outcomes = summary.outcomes.model_dump()
+    overview = _table(["runs", *outcomes, "downtime mean/p50/p95/max (s)",
                        "failed requests mean/p95"],
-                      [[summary["runs"], *summary["outcomes"].values(),
-                        f"{d['mean']:.0f} / {d['p50']:.0f} / {d['p95']:.0f} / {d['max']:.0f}",
-                        f"{f['mean']:.0f} / {f['p95']:.0f}"]])
+                      [[summary.runs, *outcomes.values(),
+                        f"{d.mean:.0f} / {d.p50:.0f} / {d.p95:.0f} / {d.max:.0f}",
+                        f"{f.mean:.0f} / {f.p95:.0f}"]])
     alerts = _table(["kind", "step", "runs", "example"],
-                    [[a["kind"], a.get("step") or "-", a["count"], a["message"]]
-                     for a in summary["alerts"]]) if summary["alerts"] else "<p>No alerts.</p>"
+                    [[a.kind, a.step or "-", a.count, a.message]
+                     for a in summary.alerts]) if summary.alerts else "<p>No alerts.</p>"
     steps = _table(["step", "mean s", "p95 s", "share of downtime"],
-                   [[s["name"], s["mean_s"], s["p95_s"], f"{s['downtime_share']:.0%}"]
-                    for s in summary["steps"]])
+                   [[s.name, s.mean_s, s.p95_s, f"{s.downtime_share:.0%}"]
+                    for s in summary.steps])
     figures = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
                       f"src='data:image/png;base64,{png}'>" for title, png in images)
     return f"""<!doctype html>
@@ -164,7 +166,7 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} code {{ background: #f3
 <h1>Rollback rehearsal: {html.escape(scenario.name)}</h1>
 <p>{html.escape(scenario.metadata.description)}. Procedure
 <code>{html.escape(scenario.procedure.name)}</code>, policy
-<code>{html.escape(str(summary.get('policy')))}</code>.
+<code>{html.escape(summary.policy)}</code>.
 {f'Command: <code>{html.escape(command)}</code>' if command else ''}</p>
 <h2>Overview</h2>{overview}
 <h2>Alerts</h2>{alerts}
@@ -188,6 +190,6 @@ it runs; <code>verify</code> is the time after the last step until the SLO held.
 """
 
 
-def write_report(path: str | Path, scenario: Scenario, summary: dict[str, Any],
+def write_report(path: str | Path, scenario: Scenario, summary: RehearsalSummary,
                  runs: Sequence[Rehearsal], command: str = "") -> Path:
     return atomic_write_text(path, render_report(scenario, summary, runs, command))

@@ -1,40 +1,130 @@
-"""Summaries of many rehearsals: the ``rehearse --json`` / ``evaluate --json`` contract."""
+"""Summaries of many rehearsals: the ``rehearse --json`` / ``evaluate --json`` contract, as
+typed models (an HTTP API can serve them as response models)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from shadowrl.rehearsal.runner import Rehearsal
 
 OUTCOMES = ("recovered", "rollback_failed", "rollback_ineffective")
 
 
-def stats(values: Sequence[float]) -> dict[str, float]:
+class ResultModel(BaseModel):
+    """A result whose JSON is a public contract: fields serialise in declaration order, and
+    the fields named in ``omit_when_empty`` are left out while None, False or empty (the
+    commands have always printed those keys only when they say something)."""
+
+    model_config = ConfigDict(extra="forbid")
+    omit_when_empty: ClassVar[frozenset[str]] = frozenset()
+
+    # No return annotation: pydantic then keeps the fields' schema for serialisation.
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler):
+        data: dict[str, Any] = handler(self)
+        if not self.omit_when_empty:
+            return data
+        return {k: v for k, v in data.items() if k not in self.omit_when_empty or not _empty(v)}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (list, dict)) and not value)
+
+
+class Stats(ResultModel):
+    """mean/p50/p95/max of one quantity over the runs, rounded to 3 decimals."""
+
+    mean: float
+    p50: float
+    p95: float
+    max: float
+
+
+class Outcomes(ResultModel):
+    """How many runs ended each way (every outcome listed, in a fixed order)."""
+
+    recovered: int = 0
+    rollback_failed: int = 0
+    rollback_ineffective: int = 0
+
+
+class AlertGroup(ResultModel):
+    """The alerts of one kind at one step, across the runs."""
+
+    kind: str
+    step: str | None
+    count: int
+    message: str
+
+
+class StepStats(ResultModel):
+    """One step's duration and share of the downtime, over the runs that executed it."""
+
+    name: str
+    mean_s: float
+    p95_s: float
+    downtime_share: float
+    runs: int
+
+
+class RehearsalSummary(ResultModel):
+    """Many rehearsals of one policy: what ``summarize`` returns."""
+
+    scenario: str
+    policy: str
+    runs: int
+    outcomes: Outcomes
+    downtime_s: Stats
+    failed_requests: Stats
+    alerts: list[AlertGroup]
+    steps: list[StepStats]
+
+
+class Cost(ResultModel):
+    mean: float  # the RL objective (minutes), rounded to 4 decimals
+
+
+class EvaluationSummary(RehearsalSummary):
+    """A policy measured on fixed incidents: the rehearsal summary plus its mean cost."""
+
+    cost: Cost
+
+
+def stats(values: Sequence[float]) -> Stats:
     """mean/p50/p95/max, rounded for JSON; zeros for an empty list."""
     if not values:
-        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+        return Stats(mean=0.0, p50=0.0, p95=0.0, max=0.0)
     arr = np.asarray(values, dtype=float)
-    return {"mean": round(float(arr.mean()), 3), "p50": round(float(np.percentile(arr, 50)), 3),
-            "p95": round(float(np.percentile(arr, 95)), 3), "max": round(float(arr.max()), 3)}
+    return Stats(mean=round(float(arr.mean()), 3), p50=round(float(np.percentile(arr, 50)), 3),
+                 p95=round(float(np.percentile(arr, 95)), 3), max=round(float(arr.max()), 3))
 
 
-def summarize(scenario: str, policy: str, runs: Sequence[Rehearsal]) -> dict[str, Any]:
-    outcomes = Counter(r.outcome for r in runs)
-    alert_groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
+def with_cost(summary: RehearsalSummary, mean_cost: float) -> EvaluationSummary:
+    """``summary`` with the policy's mean cost (already rounded by the caller)."""
+    return EvaluationSummary(**dict(summary), cost=Cost(mean=mean_cost))
+
+
+def _alert_groups(runs: Sequence[Rehearsal]) -> list[AlertGroup]:
+    groups: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
     for k, r in enumerate(runs):
         for a in r.alerts:
-            alert_groups.setdefault((a.kind, a.step), []).append((k, a.message))
-    alerts = []
-    for (kind, step), found in sorted(alert_groups.items(), key=lambda kv: -len(kv[1])):
+            groups.setdefault((a.kind, a.step), []).append((k, a.message))
+    out = []
+    for (kind, step), found in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         where = f" at step '{step}'" if step else ""
         affected = len({k for k, _ in found})
-        alerts.append({"kind": kind, "step": step, "count": len(found),
-                       "message": f"{kind}{where} in {affected} of {len(runs)} runs; "
-                                  f"e.g. {found[0][1]}"})
+        out.append(AlertGroup(kind=kind, step=step, count=len(found),
+                              message=f"{kind}{where} in {affected} of {len(runs)} runs; "
+                                      f"e.g. {found[0][1]}"))
+    return out
+
+
+def _step_stats(runs: Sequence[Rehearsal]) -> list[StepStats]:
     total_downtime = sum(r.downtime_s for r in runs)
     per_step: dict[str, dict[str, list[float]]] = {}
     for r in runs:
@@ -44,18 +134,22 @@ def summarize(scenario: str, policy: str, runs: Sequence[Rehearsal]) -> dict[str
             entry = per_step.setdefault(s.name, {"dur": [], "down": []})
             entry["dur"].append(s.end_s - s.start_s)
             entry["down"].append(s.span.downtime_s)
-    steps = [{"name": name, "mean_s": round(float(np.mean(v["dur"])), 3),
-              "p95_s": round(float(np.percentile(v["dur"], 95)), 3),
-              "downtime_share": round(sum(v["down"]) / total_downtime, 4)
-              if total_downtime > 0 else 0.0, "runs": len(v["dur"])}
-             for name, v in per_step.items()]
-    return {
-        "scenario": scenario,
-        "policy": policy,
-        "runs": len(runs),
-        "outcomes": {k: outcomes.get(k, 0) for k in OUTCOMES},
-        "downtime_s": stats([r.downtime_s for r in runs]),
-        "failed_requests": stats([r.failed_requests for r in runs]),
-        "alerts": alerts,
-        "steps": steps,
-    }
+    return [StepStats(name=name, mean_s=round(float(np.mean(v["dur"])), 3),
+                      p95_s=round(float(np.percentile(v["dur"], 95)), 3),
+                      downtime_share=round(sum(v["down"]) / total_downtime, 4)
+                      if total_downtime > 0 else 0.0, runs=len(v["dur"]))
+            for name, v in per_step.items()]
+
+
+def summarize(scenario: str, policy: str, runs: Sequence[Rehearsal]) -> RehearsalSummary:
+    outcomes = Counter(r.outcome for r in runs)
+    return RehearsalSummary(
+        scenario=scenario,
+        policy=policy,
+        runs=len(runs),
+        outcomes=Outcomes(**{k: outcomes.get(k, 0) for k in OUTCOMES}),
+        downtime_s=stats([r.downtime_s for r in runs]),
+        failed_requests=stats([r.failed_requests for r in runs]),
+        alerts=_alert_groups(runs),
+        steps=_step_stats(runs),
+    )

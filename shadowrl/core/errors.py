@@ -7,6 +7,8 @@ that needs snapshots from a backend without them, an incident that never breache
 
 from __future__ import annotations
 
+from shadowrl.core.results import Span
+
 
 class ShadowError(RuntimeError):
     """Base class of every error a shadow backend or a rehearsal raises."""
@@ -14,3 +16,25 @@ class ShadowError(RuntimeError):
 
 class NoBreachError(ShadowError):
     """The scenario's incidents never breach its SLO rules: nothing to rehearse."""
+
+
+class BackendUnavailable(ShadowError):
+    """The backend cannot serve the call: not launched yet, or already closed."""
+
+
+class StepTimeout(ShadowError):
+    """A step ran past its timeout.
+
+    A backend's deadline guard raises it from deep inside a step to stop the step where the
+    deadline falls; ``span`` is what the interrupted part cost. ``run_step`` catches it at the
+    step boundary and reports status ``timed_out``, so protocol callers get a result, and the
+    rehearsal judges the procedure ``rollback_failed``.
+    """
+
+    def __init__(self, message: str, span: Span) -> None:
+        super().__init__(message)
+        self.span = span
+
+
+class SnapshotUnsupported(ShadowError):
+    """A method needs snapshot/restore from a backend that does not offer them."""

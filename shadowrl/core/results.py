@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-StepStatus = Literal["ok", "failed", "skipped"]
+# timed_out: stopped at its timeout; cancelled: stopped on request. Both, like failed, leave
+# the shadow part-done and end the procedure.
+StepStatus = Literal["ok", "failed", "skipped", "timed_out", "cancelled"]
+STOPPED_STATUSES = ("failed", "timed_out", "cancelled")
 
 # Error sources the profiler and the `new_errors` alert tell apart.
 ERROR_SOURCES = ("incident", "compatibility", "dropped", "overload", "write_lock", "command")
@@ -44,6 +47,11 @@ class StepResult:
     settings: dict[str, Any]
     span: Span
     message: str = ""
+
+    @property
+    def stopped(self) -> bool:
+        """The step did not complete (failed, timed out or cancelled): the procedure ends."""
+        return self.status in STOPPED_STATUSES
 
     @property
     def start_s(self) -> float:

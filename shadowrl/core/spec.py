@@ -1,6 +1,6 @@
 """Scenario format ``shadowrl/v1``: pydantic models and a YAML loader that keeps line numbers.
 
-The scenario is a public contract (DESIGN.md section 2). Every validation error names the
+The scenario is a public contract (docs/scenario-format.md). Every validation error names the
 file, the line and the field path, e.g.
 ``envs/x.yaml:41: procedure.steps[2].after: unknown step 'revert-api'``.
 """
@@ -32,12 +32,6 @@ MAX_NODES = 200_000
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-METRICS = ("error_rate", "latency_p50_ms", "latency_p99_ms", "cpu", "memory", "rps")
-ACTIONS = (
-    "scale", "rollback_version", "revert_config", "migrate_down", "disable_flag",
-    "flush_cache", "warm_cache", "wait", "command",
-)
 
 
 # --------------------------------------------------------------------------- durations
@@ -279,6 +273,8 @@ class Step(Strict):
     optional: bool = False
     run: list[str] | None = None
     sim: SimCommand | None = None
+    # stopped part-way past this (shadow time from its start): the rollback fails
+    timeout: Duration | None = Field(default=None, gt=0)
 
     def tunables(self) -> dict[str, Tunable]:
         """Settings normalised to :class:`Tunable` (validated and coerced by the loader)."""
@@ -371,10 +367,16 @@ class SpecError(ValueError):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    @classmethod
+    def at_paths(cls, file: str, lines: LineMap, problems: Problems) -> SpecError:
+        """From (field path, message) pairs, each placed on its line of ``file``."""
+        return cls([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
+
 
 # --------------------------------------------------------------------------- YAML with lines
 
 PathKey = tuple[str | int, ...]
+Problems = list[tuple[PathKey, str]]  # (field path, message): placed on lines by SpecError
 
 
 class LineMap:
@@ -497,7 +499,6 @@ def load_yaml(text: str | bytes, file: str) -> tuple[Any, LineMap]:
 
 # --------------------------------------------------------------------------- settings
 
-_SERVICE_ACTIONS = {"scale", "rollback_version", "revert_config", "disable_flag"}
 _SETTING_KINDS: dict[str, dict[str, str]] = {
     "scale": {"replicas": "count"},
     "rollback_version": {"batch": "positive", "drain": "duration"},
@@ -533,9 +534,9 @@ def _coerce_setting(kind: str, value: Any) -> Scalar:
     return _check_name(value)
 
 
-def _normalise_settings(step: Step, path: PathKey) -> list[tuple[PathKey, str]]:
+def _normalise_settings(step: Step, path: PathKey) -> Problems:
     """Coerce settings to typed :class:`Tunable` values; return problems."""
-    problems: list[tuple[PathKey, str]] = []
+    problems: Problems = []
     kinds = _SETTING_KINDS[step.action]
     normalised: dict[str, Tunable | Scalar] = {}
     for key, raw in step.settings.items():
@@ -607,11 +608,19 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def _check_references(sc: Scenario) -> list[tuple[PathKey, str]]:
-    problems: list[tuple[PathKey, str]] = []
-    dep = sc.deployment
-    services = {s.name: s for s in dep.services}
-    datastores = {d.name: d for d in dep.datastores}
+def _check_references(sc: Scenario) -> Problems:
+    """Cross-references a field-by-field validation cannot see, in file order."""
+    problems, components = _check_components(sc.deployment)
+    problems += _check_slo(sc.slo, components)
+    problems += _check_incidents(sc)
+    problems += check_procedure(sc.procedure, sc)
+    return problems
+
+
+def _check_components(dep: Deployment) -> tuple[Problems, set[str]]:
+    """Unique component names, one edge, calls to known components without cycles, caches in
+    front of datastores; also returns the component names."""
+    problems: Problems = []
     seen: dict[str, PathKey] = {}
     for group, items in (("services", dep.services), ("datastores", dep.datastores),
                          ("caches", dep.caches)):
@@ -635,26 +644,41 @@ def _check_references(sc: Scenario) -> list[tuple[PathKey, str]]:
             elif callee == svc.name:
                 problems.append((("deployment", "services", i, "calls", j),
                                  "a service cannot call itself"))
+    services = {s.name for s in dep.services}
     cycle = _find_cycle({s.name: [c for c in s.calls if c in services] for s in dep.services})
     if cycle:
         idx = next(i for i, s in enumerate(dep.services) if s.name == cycle[0])
         problems.append((("deployment", "services", idx, "calls"),
                          "call cycle: " + " -> ".join(cycle)))
+    datastores = {d.name for d in dep.datastores}
     for i, cache in enumerate(dep.caches):
         for j, target in enumerate(cache.fronts or []):
             if target not in datastores:
                 problems.append((("deployment", "caches", i, "fronts", j),
                                  f"'{target}' is not a datastore"))
-    for i, rule in enumerate(sc.slo.rules):
+    return problems, components
+
+
+def _check_slo(slo: Slo, components: set[str]) -> Problems:
+    problems: Problems = []
+    for i, rule in enumerate(slo.rules):
         if rule.scope != "edge" and rule.scope not in components:
             problems.append((("slo", "rules", i, "scope"),
                              f"unknown scope '{rule.scope}' (use 'edge' or a component)"))
     names: set[str] = set()
-    for i, rule in enumerate(sc.slo.rules):
+    for i, rule in enumerate(slo.rules):
         if rule.name in names:
             problems.append((("slo", "rules", i, "name"), f"duplicate rule '{rule.name}'"))
         names.add(rule.name)
-    names = set()
+    return problems
+
+
+def _check_incidents(sc: Scenario) -> Problems:
+    problems: Problems = []
+    services = {s.name: s for s in sc.deployment.services}
+    datastores = {d.name: d for d in sc.deployment.datastores}
+    components = sc.components()
+    names: set[str] = set()
     for i, inc in enumerate(sc.incidents):
         ipath: PathKey = ("incidents", i)
         if inc.name in names:
@@ -665,12 +689,11 @@ def _check_references(sc: Scenario) -> list[tuple[PathKey, str]]:
             if eff.target not in components:
                 problems.append(((*ipath, "effects", j, "target"),
                                  f"unknown component '{eff.target}'"))
-    problems += _check_procedure(sc, sc.procedure, ("procedure",))
     return problems
 
 
 def _check_cause(cause: Cause, path: PathKey, services: dict[str, Service],
-                 datastores: dict[str, Datastore]) -> list[tuple[PathKey, str]]:
+                 datastores: dict[str, Datastore]) -> Problems:
     if cause.kind == "external":
         return []
     if cause.target is None:
@@ -709,49 +732,28 @@ _ACTION_TARGET_KIND = {
 }
 
 
-def _check_procedure(sc: Scenario, proc: Procedure, root: PathKey) -> list[tuple[PathKey, str]]:
-    problems: list[tuple[PathKey, str]] = []
-    comps = sc.components()
-    kinds = {**{s.name: "service" for s in sc.deployment.services},
-             **{d.name: "datastore" for d in sc.deployment.datastores},
-             **{c.name: "cache" for c in sc.deployment.caches}}
+def check_procedure(proc: Procedure, scenario: Scenario | None = None) -> Problems:
+    """The problems of a procedure, as (field path, message) pairs; normalises its settings.
+
+    Its own rules always (step names, settings, ``after`` references and cycles); with
+    ``scenario`` also what refers to the scenario (targets, flags, incidents), so a
+    procedure file is checked exactly like a scenario's own procedure
+    (docs/scenario-format.md, Cross-field checks).
+    """
+    problems: Problems = []
+    root: PathKey = ("procedure",)
     step_names: dict[str, int] = {}
     for i, step in enumerate(proc.steps):
         if step.name in step_names:
             problems.append(((*root, "steps", i, "name"), f"duplicate step '{step.name}'"))
         step_names[step.name] = i
-    incident_names = {inc.name for inc in sc.incidents}
     for i, step in enumerate(proc.steps):
         path: PathKey = (*root, "steps", i)
-        want = _ACTION_TARGET_KIND.get(step.action)
-        if want:
-            if step.target is None:
-                problems.append(((*path, "target"), f"action '{step.action}' needs a {want}"))
-            elif step.target not in comps:
-                problems.append(((*path, "target"), f"unknown component '{step.target}'"))
-            elif kinds[step.target] != want:
-                problems.append(((*path, "target"), f"action '{step.action}' needs a {want}, "
-                                                    f"'{step.target}' is a {kinds[step.target]}"))
-            else:
-                problems += _check_target_fit(step, comps[step.target], path)
-        elif step.target is not None and step.target not in comps:
-            problems.append(((*path, "target"), f"unknown component '{step.target}'"))
+        if scenario is not None:
+            problems += _check_target(scenario, step, path)
         problems += _normalise_settings(step, path)
-        if step.action == "disable_flag" and step.target in comps and "flag" in step.settings:
-            svc = comps[step.target]
-            for flag in step.tunables()["flag"].choices:
-                if isinstance(svc, Service) and flag not in svc.flags:
-                    problems.append(((*path, "settings", "flag"),
-                                     f"'{flag}' is not a flag of '{step.target}' "
-                                     f"(flags: {svc.flags})"))
-        if step.sim is not None:
-            for j, fix in enumerate(step.sim.fixes):
-                if fix not in incident_names:
-                    problems.append(((*path, "sim", "fixes", j), f"unknown incident '{fix}'"))
-            for j, eff in enumerate(step.sim.effects):
-                if eff.target not in comps:
-                    problems.append(((*path, "sim", "effects", j, "target"),
-                                     f"unknown component '{eff.target}'"))
+        if scenario is not None:
+            problems += _check_step_refs(scenario, step, path)
         for j, dep in enumerate(step.after):
             if dep not in step_names:
                 problems.append(((*path, "after", j), f"unknown step '{dep}'"))
@@ -764,7 +766,54 @@ def _check_procedure(sc: Scenario, proc: Procedure, root: PathKey) -> list[tuple
     return problems
 
 
-def _check_target_fit(step: Step, comp: Any, path: PathKey) -> list[tuple[PathKey, str]]:
+def _check_target(sc: Scenario, step: Step, path: PathKey) -> Problems:
+    """The step's target exists and is the kind of component its action needs."""
+    comps = sc.components()
+    want = _ACTION_TARGET_KIND.get(step.action)
+    if not want:
+        if step.target is not None and step.target not in comps:
+            return [((*path, "target"), f"unknown component '{step.target}'")]
+        return []
+    if step.target is None:
+        return [((*path, "target"), f"action '{step.action}' needs a {want}")]
+    if step.target not in comps:
+        return [((*path, "target"), f"unknown component '{step.target}'")]
+    kind = _component_kind(comps[step.target])
+    if kind != want:
+        return [((*path, "target"), f"action '{step.action}' needs a {want}, "
+                                    f"'{step.target}' is a {kind}")]
+    return _check_target_fit(step, comps[step.target], path)
+
+
+def _component_kind(comp: Service | Datastore | Cache) -> str:
+    return {Service: "service", Datastore: "datastore", Cache: "cache"}[type(comp)]
+
+
+def _check_step_refs(sc: Scenario, step: Step, path: PathKey) -> Problems:
+    """The flags a ``disable_flag`` step may choose, and the incidents and components its
+    ``sim`` block names."""
+    problems: Problems = []
+    comps = sc.components()
+    svc = comps.get(step.target or "")
+    if step.action == "disable_flag" and isinstance(svc, Service) and "flag" in step.settings:
+        for flag in step.tunables()["flag"].choices:
+            if flag not in svc.flags:
+                problems.append(((*path, "settings", "flag"),
+                                 f"'{flag}' is not a flag of '{step.target}' "
+                                 f"(flags: {svc.flags})"))
+    if step.sim is not None:
+        incidents = {inc.name for inc in sc.incidents}
+        for j, fix in enumerate(step.sim.fixes):
+            if fix not in incidents:
+                problems.append(((*path, "sim", "fixes", j), f"unknown incident '{fix}'"))
+        for j, eff in enumerate(step.sim.effects):
+            if eff.target not in comps:
+                problems.append(((*path, "sim", "effects", j, "target"),
+                                 f"unknown component '{eff.target}'"))
+    return problems
+
+
+def _check_target_fit(step: Step, comp: Any, path: PathKey) -> Problems:
     if step.action == "rollback_version" and comp.version is None:
         return [((*path, "target"), f"service '{comp.name}' has no 'version' to roll back")]
     if step.action == "revert_config" and comp.config is None:
@@ -853,7 +902,7 @@ def scenario_from_data(data: Any, file: str, lines: LineMap | None = None) -> Sc
         raise SpecError(pydantic_problems(exc, file, lines)) from None
     problems = _check_references(sc)
     if problems:
-        raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
+        raise SpecError.at_paths(file, lines, problems)
     return sc
 
 
@@ -885,23 +934,50 @@ def load_scenario(path: str | Path) -> Scenario:
     return sc
 
 
-def load_procedure(path: str | Path, scenario: Scenario) -> Procedure:
-    """Load a ``procedure:`` block (a file with that key) and check it against ``scenario``."""
-    file = str(path)
+def as_scenario(scenario: str | Path | Scenario) -> Scenario:
+    """``scenario`` itself, or the scenario file it names, loaded and validated."""
+    return scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+
+
+def load_procedure(path: str | Path, scenario: Scenario | None = None) -> Procedure:
+    """Load a procedure file (a mapping with a ``procedure:`` key); see
+    :func:`procedure_from_data`."""
     data, lines = load_yaml_file(path)
+    return procedure_from_data(data, str(path), lines, scenario)
+
+
+def procedure_from_data(data: Any, file: str, lines: LineMap,
+                        scenario: Scenario | None = None) -> Procedure:
+    """Validate a procedure file's data; raises :class:`SpecError` naming file:line: field.
+
+    With ``scenario`` the procedure is checked against it like the scenario's own; without,
+    on its own (types, settings, step names, ``after``), its targets unchecked.
+    """
     if not isinstance(data, dict) or "procedure" not in data:
         raise SpecError([Problem(file, 1, "", "expected a mapping with a 'procedure:' key")])
     extra = sorted(set(data) - {"procedure", "apiVersion", "kind", "metadata"})
     if extra:
         raise SpecError([Problem(file, lines.line((extra[0],)), extra[0], "unknown field")])
+    if data.get("kind", "Procedure") != "Procedure":
+        raise SpecError([Problem(file, lines.line(("kind",)), "kind",
+                                 f"expected 'Procedure', got {data['kind']!r}")])
     try:
         proc = Procedure.model_validate(data["procedure"])
     except ValidationError as exc:
         raise SpecError(pydantic_problems(exc, file, lines, ("procedure",))) from None
-    problems = _check_procedure(scenario, proc, ("procedure",))
+    problems = check_procedure(proc, scenario)
     if problems:
-        raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
+        raise SpecError.at_paths(file, lines, problems)
     return proc
+
+
+def procedure_file_data(proc: Procedure, scenario_name: str | None = None) -> dict[str, Any]:
+    """A procedure file (``kind: Procedure``, what ``--procedure`` reads) as plain data."""
+    metadata: dict[str, Any] = {"name": proc.name}
+    if scenario_name:
+        metadata["scenario"] = scenario_name
+    return {"apiVersion": API_VERSION, "kind": "Procedure", "metadata": metadata,
+            "procedure": procedure_to_data(proc)}
 
 
 def procedure_to_data(proc: Procedure) -> dict[str, Any]:
@@ -928,6 +1004,8 @@ def procedure_to_data(proc: Procedure) -> dict[str, Any]:
             item["optional"] = True
         if step.run:
             item["run"] = list(step.run)
+        if step.timeout is not None:
+            item["timeout"] = format_duration(step.timeout)
         if step.sim:
             item["sim"] = step.sim.model_dump(exclude_defaults=True)
             if "duration" in item["sim"]:

@@ -13,7 +13,10 @@
 - :func:`promote_if_better`: move the ``champion`` alias only to a version that is strictly
   better on the *same* held-out incidents.
 - :func:`load_registered_policy` (``shadowrl evaluate --policy models:/NAME@ALIAS``) and
-  :func:`load_export_source` (``shadowrl export RUN_ID|models:/NAME@ALIAS``).
+  :func:`load_export_source` (``shadowrl export RUN_ID|models:/NAME@ALIAS``, through
+  :data:`shadowrl.integrations.sources.MLFLOW`).
+
+Needs the ``mlflow`` extra (``pip install 'shadowrl[mlflow]'``), which brings the ``rl`` one.
 
 Artifact layout of a run (what :func:`log_run_files` and :func:`log_policy_model` write and
 :func:`load_export_source` reads): ``procedure.yaml``, ``scenario/<scenario file>`` (plus the
@@ -44,20 +47,34 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-import mlflow
-import mlflow.pyfunc
+from shadowrl.core.extras import missing_extra
+
+try:
+    import mlflow
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from stable_baselines3.common.callbacks import BaseCallback
+except ImportError as exc:
+    raise missing_extra("mlflow", exc) from exc
 import numpy as np
-import pandas as pd
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from stable_baselines3.common.callbacks import BaseCallback
+
+from shadowrl.core.spec import (
+    CsvPattern,
+    Procedure,
+    Scenario,
+    SpecError,
+    as_scenario,
+    load_procedure,
+)
+from shadowrl.export.sources import ExportSource, read_header
+from shadowrl.integrations.sources import RUN_ID
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
-    from shadowrl.core.spec import Procedure, Scenario
-    from shadowrl.export.formats import ExportSource
     from shadowrl.rl.agents import SB3Policy
     from shadowrl.rl.env import RollbackEnv
     from shadowrl.rl.evaluate import Episode
@@ -85,7 +102,6 @@ except ImportError:  # pragma: no cover
     _MAX_TAG = 5000
 
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _TRUNCATED = "...[truncated]"
 
 
@@ -222,10 +238,13 @@ def _now_ms() -> int:
 def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float],
                  step: int) -> None:
     ts = _now_ms()
-    metrics = [Metric(k, float(v), ts, int(step)) for k, v in values.items()
-               if v is not None and math.isfinite(float(v))]
+    _log_batch(client, run_id, [Metric(k, float(v), ts, int(step)) for k, v in values.items()
+                                if v is not None and math.isfinite(float(v))])
+
+
+def _log_batch(client: MlflowClient, run_id: str, metrics: Sequence[Metric]) -> None:
     for i in range(0, len(metrics), 1000):  # MLflow's per-request metric limit
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(run_id, metrics=list(metrics[i:i + 1000]))
 
 
 def _active_run_id(run_id: str | None) -> str:
@@ -325,8 +344,7 @@ def log_eval_history(history: Sequence[Mapping[str, Any]], run_id: str | None = 
                 continue
             name = key if key.startswith("eval_") else f"eval_{key}"
             metrics.append(Metric(name, float(value), ts, step))
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    _log_batch(client, run_id, metrics)
     return len(metrics)
 
 
@@ -362,24 +380,16 @@ def evaluate_holdout(policy: Any, scenario: str | Path | Scenario, seed: int, ep
     from shadowrl.rl.env import RollbackEnv
     from shadowrl.rl.evaluate import evaluate
 
-    env = env or RollbackEnv(_load_scenario(scenario), **dict(env_kwargs or {}))
+    env = env or RollbackEnv(as_scenario(scenario), **dict(env_kwargs or {}))
     return holdout_metrics(evaluate(env, policy, int(episodes), int(seed)), seed)
 
 
 # --------------------------------------------------------------------------- run files
 
 
-def _load_scenario(scenario: str | Path | Scenario) -> Scenario:
-    from shadowrl.core.spec import Scenario, load_scenario
-
-    return scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-
-
 def _referenced_files(scenario_path: Path) -> list[str]:
     """Relative paths the scenario reads (a CSV traffic pattern, the deviation history)."""
-    from shadowrl.core.spec import CsvPattern
-
-    sc = _load_scenario(scenario_path)
+    sc = as_scenario(scenario_path)
     refs = []
     pattern = sc.deployment.traffic.pattern
     if isinstance(pattern, CsvPattern):
@@ -479,24 +489,12 @@ def _procedure_file(path: Path) -> Path:
     return found
 
 
-def _sidecar_meta(policy_zip: Path) -> dict[str, Any]:
-    from shadowrl.rl.agents import _sidecar
-
-    try:
-        return json.loads(_sidecar(policy_zip).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _env_kwargs(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The RollbackEnv keyword arguments the policy was trained with (its sidecar's ``env``)."""
-    import inspect
+    from shadowrl.rl.agents import env_args
 
-    from shadowrl.rl.env import RollbackEnv
-
-    accepted = set(inspect.signature(RollbackEnv.__init__).parameters) - {
-        "self", "scenario", "procedure", "history", "render_mode"}
     env = meta.get("env") or {}
+    accepted = env_args()
     return {k: v for k, v in env.items() if k in accepted} if isinstance(env, dict) else {}
 
 
@@ -508,27 +506,17 @@ def _env_for_policy(scenario: Scenario, policy: SB3Policy, meta: Mapping[str, An
     kwargs = _env_kwargs(meta)
     env = RollbackEnv(scenario, **kwargs)
     try:
-        _check_fit(env, policy)
+        policy.check_fit(env)
         return env
     except ValueError as first:
         if procedure is None:
             raise
         alt = RollbackEnv(scenario, procedure=procedure, **kwargs)
         try:
-            _check_fit(alt, policy)
+            policy.check_fit(alt)
         except ValueError:
             raise first from None
         return alt
-
-
-def _check_fit(env: RollbackEnv, policy: SB3Policy) -> None:
-    model = policy.model
-    if getattr(env.action_space, "n", None) != getattr(model.action_space, "n", None) or (
-            env.observation_space.shape != model.observation_space.shape):
-        raise ValueError(
-            f"policy was trained on {model.action_space} actions and observations of shape "
-            f"{model.observation_space.shape}; scenario '{env.scenario.name}' with procedure "
-            f"'{env.procedure.name}' has {env.action_space} and {env.observation_space.shape}")
 
 
 class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
@@ -586,25 +574,23 @@ class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
               procedure: str | Path | None = None) -> RollbackPolicyModel:
         """Load the scenario and policy and build the breach library (``load_context``
         without MLflow)."""
-        from shadowrl.core.spec import load_procedure
-        from shadowrl.rl.agents import load_policy
+        from shadowrl.core.errors import NoBreachError
+        from shadowrl.rl.agents import load_policy, read_sidecar
 
         scenario_file = _scenario_file(Path(scenario))
         policy_file = _policy_file(Path(policy))
-        self.scenario = _load_scenario(scenario_file)
-        self.meta = _sidecar_meta(policy_file)
+        self.scenario = as_scenario(scenario_file)
+        self.meta = read_sidecar(policy_file)
         self.policy = load_policy(policy_file, name=str(self.meta.get("procedure") or "rl"))
         proc = None
         if procedure:
             proc = load_procedure(_procedure_file(Path(procedure)), self.scenario)
         self.env = _env_for_policy(self.scenario, self.policy, self.meta, proc)
-        healthy = self.env._healthy_metrics()
+        healthy = self.env.healthy_metrics()
         self.components = list(healthy.components)
         self.healthy = {name: (c.error_rate, c.latency_p99_ms)
                         for name, c in healthy.components.items()}
         self.rules = [r.name for r in self.scenario.slo.rules]
-        from shadowrl.core.errors import NoBreachError
-
         seeds, incidents, sigs, failing = [], [], [], []
         problem: NoBreachError | None = None
         for seed in range(self.library_size):
@@ -613,7 +599,7 @@ class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
             except NoBreachError as exc:  # this seed never breaches: nothing to rehearse
                 problem = exc
                 continue
-            m = self.env.shadow.metrics()
+            m = self.env.shadow.sample()
             seeds.append(seed)
             incidents.append(self.env.injection.incident if self.env.injection else "")
             sigs.append(self._vector({n: (c.error_rate, c.latency_p99_ms)
@@ -634,15 +620,15 @@ class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
 
     def _vector(self, observed: Mapping[str, tuple[float | None, float | None]]) -> np.ndarray:
         """Error rate and p99 ratio to healthy per component, clamped like the observation."""
-        from shadowrl.rl.env import OBS_CAP, _ratio
+        from shadowrl.rl.env import OBS_CAP, healthy_ratio
 
         out = []
         for name in self.components:
             h_err, h_p99 = self.healthy[name]
             err, p99 = observed.get(name, (None, None))
             err = h_err if _missing(err) else _number(err, f"{name}.error_rate")
-            ratio = 1.0 if _missing(p99) else _ratio(_number(p99, f"{name}.latency_p99_ms"),
-                                                     h_p99)
+            ratio = 1.0 if _missing(p99) else healthy_ratio(
+                _number(p99, f"{name}.latency_p99_ms"), h_p99)
             out += [err, ratio]
         return np.clip(np.nan_to_num(np.asarray(out, dtype=np.float64), nan=0.0,
                                      posinf=OBS_CAP), 0.0, OBS_CAP)
@@ -725,7 +711,7 @@ class RollbackPolicyModel(mlflow.pyfunc.PythonModel):
 
 def breach_frame(env: RollbackEnv) -> pd.DataFrame:
     """The env's current metrics as a one-row :class:`RollbackPolicyModel` input."""
-    m = env.shadow.metrics()
+    m = env.shadow.sample()
     row: dict[str, Any] = {"failing_rules": ",".join(m.failing_rules)}
     for name, c in m.components.items():
         row[f"{name}.error_rate"] = float(c.error_rate)
@@ -820,7 +806,7 @@ def log_policy_model(policy_zip: str | Path, scenario_path: str | Path, *,
         raise FileNotFoundError(f"no such policy file: {policy_file}")
     if not scenario_file.is_file():
         raise FileNotFoundError(f"no such scenario file: {scenario_file}")
-    from shadowrl.rl.agents import _sidecar
+    from shadowrl.rl.agents import read_sidecar, sidecar_path
 
     local = RollbackPolicyModel(library_size=library_size).setup(
         scenario_file, policy_file, procedure_path)
@@ -839,8 +825,9 @@ def log_policy_model(policy_zip: str | Path, scenario_path: str | Path, *,
         policy_dir = stage / "policy"
         policy_dir.mkdir()
         shutil.copy2(policy_file, policy_dir / policy_file.name)
-        if _sidecar(policy_file).is_file():
-            shutil.copy2(_sidecar(policy_file), policy_dir / _sidecar(policy_file).name)
+        sidecar = sidecar_path(policy_file)
+        if sidecar.is_file():
+            shutil.copy2(sidecar, policy_dir / sidecar.name)
         artifacts = {"policy": str(policy_dir),
                      "scenario": str(_stage_scenario(scenario_file, stage / "scenario"))}
         if procedure_path is not None:
@@ -848,7 +835,7 @@ def log_policy_model(policy_zip: str | Path, scenario_path: str | Path, *,
             artifacts["procedure"] = str(stage / "procedure.yaml")
         code = stage / "rollback_policy_model.py"  # models from code: nothing pickled
         code.write_text(_MODEL_CODE)
-        meta = _sidecar_meta(policy_file)
+        meta = read_sidecar(policy_file)
         info = mlflow.pyfunc.log_model(
             name=name, python_model=str(code), model_config={"library_size": library_size},
             artifacts=artifacts, signature=signature, input_example=example,
@@ -937,14 +924,14 @@ def _model_artifact(model_dir: Path, key: str) -> Path | None:
 
 
 def _load_model_policy(model_dir: Path, name: str) -> tuple[SB3Policy, dict[str, Any]]:
-    from shadowrl.rl.agents import load_policy
+    from shadowrl.rl.agents import load_policy, read_sidecar
 
     art = _model_artifact(model_dir, "policy")
     if art is None:
         raise LookupError(f"{name}: the model has no 'policy' artifact (not logged by "
                           f"shadowrl.integrations.mlflow.log_policy_model?)")
     zip_path = _policy_file(art)
-    return load_policy(zip_path, name=name), _sidecar_meta(zip_path)
+    return load_policy(zip_path, name=name), read_sidecar(zip_path)
 
 
 def load_registered_policy(uri: str, client: MlflowClient | None = None) -> SB3Policy:
@@ -1005,8 +992,6 @@ def _version_score(client: MlflowClient, mv: Any, key: str, scenario: Scenario, 
             proc = None
             proc_art = _model_artifact(model_dir, "procedure")
             if proc_art is not None:
-                from shadowrl.core.spec import load_procedure
-
                 proc = load_procedure(_procedure_file(proc_art), scenario)
             env = _env_for_policy(scenario, policy, meta, proc)
             values = evaluate_holdout(policy, scenario, seed, episodes, env=env)
@@ -1042,7 +1027,7 @@ def promote_if_better(model_name: str, version: int | str, *,
     client = _client(client)
     key = f"{HOLDOUT_PREFIX}{metric}"
     version = str(version)
-    sc = _load_scenario(scenario)
+    sc = as_scenario(scenario)
     new_mv = _resolve_version(client, f"models:/{model_name}/{version}")
     new, new_src = _version_score(client, new_mv, key, sc, eval_seed, episodes)
     champion = _alias_version(client, model_name, alias)
@@ -1108,7 +1093,7 @@ def _run_scenario(client: MlflowClient, run_id: str, dst: Path) -> Scenario | No
     if not any(i.path.endswith((".yaml", ".yml")) for i in items if not i.is_dir):
         return None
     folder = Path(client.download_artifacts(run_id, "scenario", str(dst)))
-    return _load_scenario(_scenario_file(folder))
+    return as_scenario(_scenario_file(folder))
 
 
 def _run_summary(client: MlflowClient, run_id: str, dst: Path) -> dict[str, Any] | None:
@@ -1143,20 +1128,63 @@ def _metrics_summary(m: Mapping[str, float]) -> dict[str, Any] | None:
 
 
 def _procedure_from_file(path: Path, scenario: Scenario | None, origin: str) -> Procedure:
-    from shadowrl.core.spec import SpecError, load_procedure, load_yaml
-    from shadowrl.export.formats import procedure_from_data
-
     try:
-        if scenario is not None:
-            return load_procedure(path, scenario)
-        data, lines = load_yaml(path.read_bytes(), str(path))
-        if not isinstance(data, dict) or "procedure" not in data:
-            raise ValueError(f"{origin}: procedure.yaml has no 'procedure:' block")
-        return procedure_from_data(data, str(path), lines)
+        return load_procedure(path, scenario)
     except SpecError as exc:
         details = "; ".join(f"line {p.line}: {p.path}: {p.message}" if p.path else
                             f"line {p.line}: {p.message}" for p in exc.problems)
         raise ValueError(f"{origin}: invalid procedure.yaml: {details}") from None
+
+
+def _run_and_model(client: MlflowClient, source: str, dst: Path) -> tuple[Any, Path | None]:
+    """The run a source names (None for a model version without one) and, for a model
+    version, its downloaded model folder."""
+    model_dir: Path | None = None
+    if RUN_ID.match(source):
+        run_id = source
+    elif source.startswith("models:/"):
+        mv = _resolve_version(client, source)
+        run_id = mv.run_id or ""
+        model_dir = _download_model(client, mv.name, str(mv.version), dst / "model")
+    else:
+        raise ValueError(f"{source}: not an MLflow run id (32 hex digits) or "
+                         f"models:/NAME@ALIAS")
+    if not run_id:
+        return None, model_dir
+    try:
+        return client.get_run(run_id), model_dir
+    except MlflowException as exc:
+        if model_dir is None and _not_found(exc):
+            raise ValueError(f"{source}: no MLflow run with this id at "
+                             f"{_uris(client)[0]}") from None
+        if model_dir is None:
+            raise
+        return None, model_dir
+
+
+def _logged_procedure(client: MlflowClient, source: str, run: Any, model_dir: Path | None,
+                      dst: Path) -> tuple[Path, Scenario | None]:
+    """The procedure file and scenario logged with the run, else with the model version."""
+    proc_file: Path | None = None
+    scenario: Scenario | None = None
+    if run is not None:
+        path = _find_run_artifact(client, run.info.run_id, "procedure.yaml")
+        if path is not None:
+            proc_file = _download_run_file(client, run.info.run_id, path, dst / "run")
+        scenario = _run_scenario(client, run.info.run_id, dst / "run-scenario")
+    if model_dir is not None:
+        if proc_file is None:
+            art = _model_artifact(model_dir, "procedure")
+            proc_file = _procedure_file(art) if art is not None else None
+        if scenario is None:
+            art = _model_artifact(model_dir, "scenario")
+            scenario = as_scenario(_scenario_file(art)) if art is not None else None
+    if proc_file is None:
+        where = "run" if model_dir is None else "model version (and its run)"
+        raise LookupError(f"{source}: the {where} has no procedure.yaml artifact (log one "
+                          f"with shadowrl.integrations.mlflow.log_run_files or "
+                          f"log_policy_model(procedure_path=...))")
+    return proc_file, scenario
 
 
 def load_export_source(source: str, client: MlflowClient | None = None) -> ExportSource:
@@ -1169,50 +1197,11 @@ def load_export_source(source: str, client: MlflowClient | None = None) -> Expor
     else the run's ``eval_holdout_*`` metrics.
     Raises ValueError (unknown run/model/alias) or LookupError (no procedure logged).
     """
-    from shadowrl.export.formats import ExportSource, read_header
-
     client = _client(client)
     with tempfile.TemporaryDirectory(prefix="shadowrl-export-") as tmp:
         dst = Path(tmp)
-        run = None
-        proc_file: Path | None = None
-        scenario: Scenario | None = None
-        model_dir: Path | None = None
-        if _RUN_ID.match(source):
-            run_id = source
-        elif source.startswith("models:/"):
-            mv = _resolve_version(client, source)
-            run_id = mv.run_id or ""
-            model_dir = _download_model(client, mv.name, str(mv.version), dst / "model")
-        else:
-            raise ValueError(f"{source}: not an MLflow run id (32 hex digits) or "
-                             f"models:/NAME@ALIAS")
-        if run_id:
-            try:
-                run = client.get_run(run_id)
-            except MlflowException as exc:
-                if model_dir is None and _not_found(exc):
-                    raise ValueError(f"{source}: no MLflow run with this id at "
-                                     f"{_uris(client)[0]}") from None
-                if model_dir is None:
-                    raise
-        if run is not None:
-            path = _find_run_artifact(client, run.info.run_id, "procedure.yaml")
-            if path is not None:
-                proc_file = _download_run_file(client, run.info.run_id, path, dst / "run")
-            scenario = _run_scenario(client, run.info.run_id, dst / "run-scenario")
-        if model_dir is not None:
-            if proc_file is None:
-                art = _model_artifact(model_dir, "procedure")
-                proc_file = _procedure_file(art) if art is not None else None
-            if scenario is None:
-                art = _model_artifact(model_dir, "scenario")
-                scenario = _load_scenario(_scenario_file(art)) if art is not None else None
-        if proc_file is None:
-            where = "run" if model_dir is None else "model version (and its run)"
-            raise LookupError(f"{source}: the {where} has no procedure.yaml artifact (log one "
-                              f"with shadowrl.integrations.mlflow.log_run_files or "
-                              f"log_policy_model(procedure_path=...))")
+        run, model_dir = _run_and_model(client, source, dst)
+        proc_file, scenario = _logged_procedure(client, source, run, model_dir, dst)
         procedure = _procedure_from_file(proc_file, scenario, source)
         command, header_eval = read_header(proc_file.read_text(errors="replace"))
         evaluation = None

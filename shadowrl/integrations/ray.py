@@ -12,7 +12,8 @@
   :class:`RayRehearseFn` plugs the same fan-out into ``run_campaign(rehearse_fn=...)``.
 
 Importing this module imports Ray and SB3 (about a second); import it lazily, where Ray is
-actually used. Never ``ray stop``: only what a session started is shut down.
+actually used. It needs the ``ray`` extra (``pip install 'shadowrl[ray]'``), which brings the
+``rl`` one. Never ``ray stop``: only what a session started is shut down.
 """
 
 from __future__ import annotations
@@ -30,21 +31,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-import ray
-from ray.exceptions import GetTimeoutError, RayActorError
-from stable_baselines3.common.env_util import is_wrapped
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env.base_vec_env import (
-    VecEnv,
-    VecEnvIndices,
-    VecEnvObs,
-    VecEnvStepReturn,
-)
-from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
-from shadowrl.core.spec import Scenario, load_scenario
+from shadowrl.core.extras import missing_extra
+
+try:
+    import gymnasium as gym
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+    from stable_baselines3.common.env_util import is_wrapped
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env.base_vec_env import (
+        VecEnv,
+        VecEnvIndices,
+        VecEnvObs,
+        VecEnvStepReturn,
+    )
+    from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
+except ImportError as exc:
+    raise missing_extra("ray", exc) from exc
+
+from shadowrl.core.spec import Scenario, as_scenario
 
 __all__ = [
     "DEFAULT_OBJECT_STORE_MEMORY", "RayRehearseFn", "RaySession", "RayVecEnv",
@@ -642,11 +649,6 @@ class RayVecEnv(VecEnv):
 # --------------------------------------------------------------------------- fan-out
 
 
-def _scenario_of(scenario: str | Path | Scenario) -> Scenario:
-    """Loaded in the driver: workers may run elsewhere, or in another working directory."""
-    return scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-
-
 def _chunks(n: int, parts: int) -> list[range]:
     """``range(n)`` split into at most ``parts`` contiguous, near-equal chunks."""
     parts = max(1, min(parts, n))
@@ -669,18 +671,22 @@ class _SavedModel:
 
 def _policy_spec(policy: Any) -> Any:
     """What the tasks receive: a name, a saved model's bytes, or the (picklable) policy."""
+    from shadowrl.rl.search import BUILTIN_POLICIES
+
     if isinstance(policy, (str, Path)):
         text = str(policy)
-        if text in ("configured", "random", "greedy", "oracle"):
+        if text in BUILTIN_POLICIES:
             return text
         path = Path(text)
         if path.suffix == ".zip":
+            from shadowrl.rl.agents import sidecar_path
+
             if not path.is_file():
                 raise FileNotFoundError(f"no such policy file: {path}")
-            sidecar = path.with_suffix(".json")
+            sidecar = sidecar_path(path)
             return _SavedModel(path.name, path.read_bytes(),
                                sidecar.read_bytes() if sidecar.is_file() else None)
-        raise ValueError(f"unknown policy {text!r}: use configured, random, greedy, oracle, "
+        raise ValueError(f"unknown policy {text!r}: use {', '.join(BUILTIN_POLICIES)}, "
                          "a policy .zip, a policy object or a factory env -> policy")
     return policy
 
@@ -691,17 +697,15 @@ def _build_policy(spec: Any, env: Any) -> Any:
     if isinstance(spec, str) and spec in BUILTIN_POLICIES:
         return builtin_policy(spec, env.procedure)
     if isinstance(spec, _SavedModel):
-        from shadowrl.rl.agents import load_policy  # lazily: torch, SB3
+        from shadowrl.rl.agents import load_policy, sidecar_path  # lazily: torch, SB3
 
         with tempfile.TemporaryDirectory(prefix="shadowrl-policy-") as tmp:
             path = Path(tmp) / (spec.name if spec.name.endswith(".zip") else "policy.zip")
             path.write_bytes(spec.zip_bytes)
             if spec.sidecar_bytes is not None:
-                path.with_suffix(".json").write_bytes(spec.sidecar_bytes)
+                sidecar_path(path).write_bytes(spec.sidecar_bytes)
             return load_policy(path, name=Path(spec.name).stem)
     if hasattr(spec, "act") and hasattr(spec, "reset"):
-        if hasattr(spec, "_env_id"):
-            spec._env_id = None  # StaticPolicy caches per env id; ids mean nothing here
         return spec
     if callable(spec):
         return spec(env)
@@ -770,7 +774,8 @@ def parallel_evaluate(scenario: str | Path | Scenario, policy: Any, episodes: in
     as ``OraclePolicy.results``, stays in the tasks) or a picklable factory ``env -> policy``.
     ``env_kwargs`` go to ``RollbackEnv``. Ray is started for the call if needed.
     """
-    sc = _scenario_of(scenario)
+    # loaded in the driver: workers may run elsewhere, or in another working directory
+    sc = as_scenario(scenario)
     spec = _policy_spec(policy)
     kwargs = dict(env_kwargs or {})
     if episodes <= 0:
@@ -789,7 +794,8 @@ def parallel_rehearse(scenario: str | Path | Scenario, n_runs: int, seed: int = 
     tasks (``replicas`` contiguous chunks), in seed order. ``rehearse_kwargs`` (``procedure``,
     ``plan``, ``incident``, ``deviation``, ``record_profile``, ``backend_factory``) must be
     picklable."""
-    sc = _scenario_of(scenario)
+    # loaded in the driver: workers may run elsewhere, or in another working directory
+    sc = as_scenario(scenario)
     if n_runs <= 0:
         return []
     with ray_session(address):

@@ -66,7 +66,7 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 class Alert:
     """One finding of a rehearsal that an engineer should act on.
 
-    ``to_json`` is the public ``simulate --json`` contract (DESIGN section 5); the other
+    ``to_json`` is the public ``simulate --json`` contract (docs/architecture.md); the other
     fields give sinks enough context to route and reproduce it (``seed``, ``run``).
     """
 

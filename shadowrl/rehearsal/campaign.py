@@ -1,7 +1,8 @@
-"""Many rehearsals in a row: progress, Ctrl-C safety, and the output folder.
+"""Many rehearsals in a row: Ctrl-C safety and the output folder.
 
 Run ``i`` uses seed ``seed + i``, so two procedures rehearsed with the same seed face the same
 incidents. An interrupted campaign keeps every finished run and writes consistent outputs.
+Progress goes to an ``on_run`` callback; drawing it is the caller's business.
 """
 
 from __future__ import annotations
@@ -9,12 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from shadowrl.analysis.summary import summarize
+from shadowrl.analysis.summary import RehearsalSummary, ResultModel
 from shadowrl.core.atomic import atomic_write_json
 from shadowrl.core.plan import Plan
 from shadowrl.core.spec import Procedure, Scenario
@@ -29,30 +26,34 @@ class Campaign:
     interrupted: bool = False
 
 
-def progress_bar(console: Console | None = None, disable: bool = False) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console or Console(stderr=True),
-                    transient=True, disable=disable)
+class OutputFiles(ResultModel):
+    """The files of a rehearsal output folder."""
+
+    summary: str
+    profiles: str
+    report: str
+    alerts: str
 
 
 def run_campaign(scenario: Scenario, n_runs: int, seed: int = 0, *,
                  procedure: Procedure | None = None, plan: Plan | None = None,
                  history: HistoryModel | None = None, at: str = "now",
-                 record_profile: bool = False, show_progress: bool = True,
-                 rehearse_fn: Callable[..., Rehearsal] = rehearse) -> Campaign:
-    """Rehearse ``n_runs`` incidents; Ctrl-C stops after the finished runs."""
+                 record_profile: bool = False,
+                 rehearse_fn: Callable[..., Rehearsal] = rehearse,
+                 on_run: Callable[[int], None] | None = None) -> Campaign:
+    """Rehearse ``n_runs`` incidents; Ctrl-C stops after the finished runs. ``on_run`` gets
+    the number of finished runs after each one."""
     deviation = DeviationSimulator(scenario, history=history, at=at)  # type: ignore[arg-type]
     campaign = Campaign()
-    with progress_bar(disable=not show_progress) as bar:
-        task = bar.add_task(f"rehearsing {scenario.name}", total=n_runs)
-        try:
-            for i in range(n_runs):
-                campaign.runs.append(rehearse_fn(scenario, seed + i, procedure=procedure,
-                                                 plan=plan, deviation=deviation,
-                                                 record_profile=record_profile))
-                bar.advance(task)
-        except KeyboardInterrupt:
-            campaign.interrupted = True
+    try:
+        for i in range(n_runs):
+            campaign.runs.append(rehearse_fn(scenario, seed + i, procedure=procedure,
+                                             plan=plan, deviation=deviation,
+                                             record_profile=record_profile))
+            if on_run is not None:
+                on_run(i + 1)
+    except KeyboardInterrupt:
+        campaign.interrupted = True
     return campaign
 
 
@@ -78,9 +79,10 @@ def send_alerts(alerts: Sequence[Alert], out_dir: Path | None,
     return dispatch(list(alerts), sinks_from_options(webhook, None, False), fallback)
 
 
-def write_outputs(out_dir: Path, scenario: Scenario, summary: dict[str, Any],
-                  runs: Sequence[Rehearsal], command: str) -> dict[str, str]:
-    """summary.json, profiles.parquet and report.html, each written atomically."""
+def write_outputs(out_dir: Path, scenario: Scenario, summary: RehearsalSummary,
+                  runs: Sequence[Rehearsal], command: str) -> OutputFiles:
+    """summary.json, profiles.parquet and report.html, each written atomically (alerts.json
+    is :func:`send_alerts`'s)."""
     from shadowrl.analysis.profile import write_profiles
     from shadowrl.analysis.report import write_report
 
@@ -89,12 +91,6 @@ def write_outputs(out_dir: Path, scenario: Scenario, summary: dict[str, Any],
              "report": out_dir / "report.html", "alerts": out_dir / "alerts.json"}
     write_profiles(paths["profiles"], runs)
     write_report(paths["report"], scenario, summary, runs, command)
-    atomic_write_json(paths["summary"], summary)
-    return {k: str(v) for k, v in paths.items()}
+    atomic_write_json(paths["summary"], summary.model_dump(mode="json"))
+    return OutputFiles(**{k: str(v) for k, v in paths.items()})
 
-
-def summarize_campaign(scenario: Scenario, policy: str, campaign: Campaign) -> dict[str, Any]:
-    summary = summarize(scenario.name, policy, campaign.runs)
-    if campaign.interrupted:
-        summary["interrupted"] = True
-    return summary

@@ -5,7 +5,8 @@ runs the procedure step by step inside the shadow, verifies recovery (``verify.h
 ``verify.timeout``), and judges the result:
 
 - ``recovered``: every step succeeded and the SLO held for ``hold`` before the timeout;
-- ``rollback_failed``: a step failed (the procedure stops there);
+- ``rollback_failed``: a step failed, ran past its ``timeout`` or was cancelled (the
+  procedure stops there);
 - ``rollback_ineffective``: the steps ran but the SLO was not restored by the timeout.
 
 Alerts add ``too_slow`` (downtime over ``budget.downtime``) and ``new_errors`` (error sources
@@ -14,7 +15,7 @@ the rollback itself created, absent before the incident), each naming the step t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +23,11 @@ from shadowrl.core.errors import NoBreachError
 from shadowrl.core.injection import Injection
 from shadowrl.core.plan import Plan, configured_plan, validate_plan
 from shadowrl.core.results import NEW_ERROR_SOURCES, Breach, Span, StepResult
+from shadowrl.core.slo import run_until_breach, verify
 from shadowrl.core.spec import Procedure, Scenario
 from shadowrl.rehearsal.alerts import Alert
 from shadowrl.rehearsal.deviation import DeviationSimulator
-from shadowrl.shadow.base import ShadowBackend
+from shadowrl.shadow.base import ErrorAttribution, ProfileRecording, ShadowBackend
 from shadowrl.shadow.sim.engine import SimShadow
 
 BREACH_SEARCH_S = 1800.0  # how long after onset an incident may take to breach
@@ -100,7 +102,7 @@ def start_incident(shadow: ShadowBackend, deviation: DeviationSimulator, seed: i
         injection = deviation.draw(seed, incident, attempt)
         shadow.launch(seed)
         shadow.inject(injection)
-        breach = shadow.run_until_breach(injection.onset_s + BREACH_SEARCH_S)
+        breach = run_until_breach(shadow, injection.onset_s + BREACH_SEARCH_S)
         if breach is None:
             continue
         if breach.at_s < injection.onset_s:
@@ -123,37 +125,43 @@ def start_incident(shadow: ShadowBackend, deviation: DeviationSimulator, seed: i
 def finish(scenario: Scenario, procedure: Procedure, shadow: ShadowBackend, seed: int,
            injection: Injection, breach: Breach, results: list[StepResult]) -> Rehearsal:
     """Verify after the last step, then judge outcome and alerts."""
-    failed = next((r for r in results if r.status == "failed"), None)
+    failed = next((r for r in results if r.stopped), None)
     deadline = breach.at_s + procedure.verify.timeout
-    verify = shadow.verify(procedure.verify.hold, deadline)
-    total = Span(breach.at_s, verify.end_s)
+    if isinstance(shadow, ProfileRecording):
+        shadow.mark_phase("verify")
+    verified = verify(shadow, procedure.verify.hold, deadline)
+    total = Span(breach.at_s, verified.end_s)
     for r in results:
         total.add(r.span)
-    total.add(verify.span)
+    total.add(verified.span)
     if failed is not None:
         outcome = "rollback_failed"
-    elif verify.healthy:
+    elif verified.healthy:
         outcome = "recovered"
     else:
         outcome = "rollback_ineffective"
     rehearsal = Rehearsal(scenario.name, shadow.name, seed, injection, breach, outcome, results,
-                          verify.end_s, total.downtime_s, total.failed_requests,
+                          verified.end_s, total.downtime_s, total.failed_requests,
                           dict(total.errors_by_source))
-    rehearsal.alerts = judge(scenario, procedure, rehearsal, verify.span)
+    # new_errors can only name sources the backend tells apart
+    sources = ([s for s in NEW_ERROR_SOURCES if s in shadow.error_sources]
+               if isinstance(shadow, ErrorAttribution) else [])
+    rehearsal.alerts = judge(scenario, procedure, rehearsal, verified.span, sources)
     return rehearsal
 
 
-def judge(scenario: Scenario, procedure: Procedure, r: Rehearsal,
-          verify_span: Span) -> list[Alert]:
-    """The alert rules: failed, ineffective, too slow, new errors."""
+def judge(scenario: Scenario, procedure: Procedure, r: Rehearsal, verify_span: Span,
+          sources: Sequence[str]) -> list[Alert]:
+    """The alert rules: failed (or timed out, or cancelled), ineffective, too slow, new errors
+    (from ``sources``)."""
     base = {"scenario": scenario.name, "incident": r.incident, "seed": r.seed}
     alerts: list[Alert] = []
     done = [s for s in r.steps if s.status != "skipped"]
     for s in r.steps:
-        if s.status == "failed":
+        if s.stopped:
             alerts.append(Alert("rollback_failed", "critical", s.name,
-                                f"step '{s.name}' failed: {s.message or 'no reason given'}",
-                                at_s=s.end_s, **base))
+                                f"step '{s.name}' {_STOPPED_TEXT[s.status]}: "
+                                f"{s.message or 'no reason given'}", at_s=s.end_s, **base))
     if r.outcome == "rollback_ineffective":
         last = done[-1].name if done else None
         alerts.append(Alert("rollback_ineffective", "critical", last,
@@ -171,7 +179,7 @@ def judge(scenario: Scenario, procedure: Procedure, r: Rehearsal,
                                if worst else ""), value=r.downtime_s, **base))
     before = r.breach.before
     pre_requests = before.requests if before else 0.0
-    for source in NEW_ERROR_SOURCES:
+    for source in sources:
         if before and pre_requests > 0 and (before.errors_by_source.get(source, 0.0)
                                              / pre_requests) > NEW_ERROR_MIN_SHARE:
             continue  # present before the rollback started: not new
@@ -193,6 +201,8 @@ def judge(scenario: Scenario, procedure: Procedure, r: Rehearsal,
                                 value=blame[step], **base))
     return alerts
 
+
+_STOPPED_TEXT = {"failed": "failed", "timed_out": "timed out", "cancelled": "was cancelled"}
 
 _SOURCE_TEXT = {
     "compatibility": "app/schema version mismatch errors",
@@ -216,15 +226,18 @@ def rehearse(scenario: Scenario, seed: int, *, incident: str | None = None,
     shadow = (backend_factory(scenario) if backend_factory
               else SimShadow(scenario, record_profile=record_profile,
                              pattern=deviation.load_pattern()))
-    injection, breach = start_incident(shadow, deviation, seed, incident)
-    results = run_plan(shadow, procedure, plan)
-    rehearsal = finish(scenario, procedure, shadow, seed, injection, breach, results)
-    if record_profile and isinstance(shadow, SimShadow):
-        rehearsal.profile = shadow.profile
+    with shadow:
+        injection, breach = start_incident(shadow, deviation, seed, incident)
+        results = run_plan(shadow, procedure, plan)
+        rehearsal = finish(scenario, procedure, shadow, seed, injection, breach, results)
+        if record_profile and isinstance(shadow, ProfileRecording):
+            rehearsal.profile = shadow.profile
     return rehearsal
 
 
 def run_plan(shadow: ShadowBackend, procedure: Procedure, plan: Plan) -> list[StepResult]:
+    """Run the plan's steps, each within its ``timeout``; after a step that did not complete
+    the rest are skipped."""
     results: list[StepResult] = []
     failed = False
     for name, settings in plan:
@@ -235,7 +248,7 @@ def run_plan(shadow: ShadowBackend, procedure: Procedure, plan: Plan) -> list[St
                                       Span(t, t), "skipped after a failed step" if failed
                                       else "optional step skipped"))
             continue
-        result = shadow.run_step(step, settings)
+        result = shadow.run_step(step, settings, timeout_s=step.timeout)
         results.append(result)
-        failed = result.status == "failed"
+        failed = result.stopped
     return results

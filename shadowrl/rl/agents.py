@@ -41,22 +41,28 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from sb3_contrib import MaskablePPO
-from stable_baselines3 import A2C, DQN, PPO
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.utils import LinearSchedule, set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from shadowrl.core.extras import missing_extra
+
+try:
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import A2C, DQN, PPO
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.utils import LinearSchedule, set_random_seed
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+except ImportError as exc:
+    raise missing_extra("rl", exc) from exc
 
 from shadowrl.core.atomic import atomic_write_json, atomic_write_with
 from shadowrl.core.spec import (
     LineMap,
-    Problem,
+    PathKey,
+    Problems,
     Scenario,
     SpecError,
-    format_path,
-    load_scenario,
+    as_scenario,
     load_yaml_file,
     validate_model,
 )
@@ -65,9 +71,9 @@ from shadowrl.rl.evaluate import evaluate
 
 __all__ = [
     "ALGORITHMS", "AgentConfig", "AtomicCheckpointCallback", "CheckpointConfig", "CostEvalCallback",
-    "EvalConfig", "SB3Policy", "TrainResult", "agent_config_from_data",
-    "load_agent_config", "load_policy", "make_vec_env_for", "register_algorithm", "train",
-    "uses_masks",
+    "EvalConfig", "SB3Policy", "TrainResult", "agent_config_from_data", "env_args",
+    "load_agent_config", "load_policy", "make_vec_env_for", "read_sidecar", "register_algorithm",
+    "sidecar_path", "train", "uses_masks",
 ]
 
 # --------------------------------------------------------------------------- registry
@@ -167,7 +173,7 @@ def agent_config_from_data(data: Any, file: str = "<agent>",
     config = validate_model(AgentConfig, data, file, lines)
     problems = _check_config(config)
     if problems:
-        raise SpecError([Problem(file, lines.line(p), format_path(p), m) for p, m in problems])
+        raise SpecError.at_paths(file, lines, problems)
     return config
 
 
@@ -177,56 +183,81 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     return agent_config_from_data(data, str(path), lines)
 
 
-def _check_config(config: AgentConfig) -> list[tuple[tuple[str | int, ...], str]]:
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+def _check_config(config: AgentConfig) -> Problems:
     cls = ALGORITHMS.get(config.algorithm)
     if cls is None:
         known = ", ".join(sorted(ALGORITHMS))
         return [(("algorithm",), f"unknown algorithm {config.algorithm!r} (known: {known})")]
+    problems = _check_hyperparameters(cls, config.hyperparameters)
+    problems += _check_policy(cls, config)
+    accepted = env_args()
+    for key in config.env:
+        if key not in accepted:
+            problems.append((("env", key), f"RollbackEnv does not accept '{key}' (accepted: "
+                                           f"{', '.join(sorted(accepted))})"))
+    return problems
+
+
+def _check_hyperparameters(cls: type[BaseAlgorithm], hyperparameters: dict[str, Any]
+                           ) -> Problems:
+    """Each hyperparameter is a constructor argument of ``cls`` with a value of its type."""
+    problems: Problems = []
     accepted = _init_params(cls) - _RESERVED_ARGS
     annotations = {k: p.annotation for k, p in inspect.signature(cls.__init__).parameters.items()}
-    for key, value in config.hyperparameters.items():
-        path = ("hyperparameters", key)
-        if key == "n_envs":
-            problems.append((path, "n_envs is a top-level field, not a hyperparameter"))
-        elif key in _RESERVED_ARGS:
-            problems.append((path, f"'{key}' is set by shadowrl, not by the agent config"))
-        elif key not in accepted:
-            problems.append((path, f"{cls.__name__} does not accept '{key}' (accepted: "
-                                   f"{', '.join(sorted(accepted))})"))
-        elif key in _SCHEDULED and isinstance(value, str) and not _LIN_RE.match(value):
-            problems.append((path, f"expected a number or 'lin_<number>', got {value!r}"))
-        elif key in _SCHEDULED and isinstance(value, (int, float)) and not isinstance(
-                value, bool) and value < 0:
-            problems.append((path, f"must be >= 0, got {value}"))
-        elif not (key in _SCHEDULED and isinstance(value, str)):
+    for key, value in hyperparameters.items():
+        wrong = _hyperparameter_problem(cls, accepted, key, value)
+        if wrong is None and not (key in _SCHEDULED and isinstance(value, str)):
             wrong = _type_problem(annotations.get(key), value)
-            if wrong:
-                problems.append((path, wrong))
-    gamma = config.hyperparameters.get("gamma")
+        if wrong:
+            problems.append((("hyperparameters", key), wrong))
+    gamma = hyperparameters.get("gamma")
     if isinstance(gamma, (int, float)) and not 0 <= gamma <= 1:
         problems.append((("hyperparameters", "gamma"), f"must be in [0, 1], got {gamma}"))
+    return problems
+
+
+def _hyperparameter_problem(cls: type[BaseAlgorithm], accepted: set[str], key: str,
+                            value: Any) -> str | None:
+    """What is wrong with one hyperparameter, its type aside."""
+    if key == "n_envs":
+        return "n_envs is a top-level field, not a hyperparameter"
+    if key in _RESERVED_ARGS:
+        return f"'{key}' is set by shadowrl, not by the agent config"
+    if key not in accepted:
+        return (f"{cls.__name__} does not accept '{key}' (accepted: "
+                f"{', '.join(sorted(accepted))})")
+    if key in _SCHEDULED and isinstance(value, str) and not _LIN_RE.match(value):
+        return f"expected a number or 'lin_<number>', got {value!r}"
+    if key in _SCHEDULED and isinstance(value, (int, float)) and not isinstance(
+            value, bool) and value < 0:
+        return f"must be >= 0, got {value}"
+    return None
+
+
+def _check_policy(cls: type[BaseAlgorithm], config: AgentConfig) -> Problems:
+    """The policy is one of ``cls``'s and accepts the policy kwargs."""
     policy_cls = getattr(cls, "policy_aliases", {}).get(config.policy)
     if policy_cls is None:
         known = ", ".join(sorted(getattr(cls, "policy_aliases", {})))
-        problems.append((("policy",), f"{cls.__name__} has no policy {config.policy!r} "
-                                      f"(known: {known})"))
-    else:
-        policy_params = _init_params(policy_cls)
-        for key, value in config.policy_kwargs.items():
-            path = ("policy_kwargs", key)
-            if key not in policy_params or key in {"self", "observation_space", "action_space",
-                                                   "lr_schedule"}:
-                problems.append((path, f"{policy_cls.__name__} does not accept '{key}'"))
-            elif key == "activation_fn" and value not in _ACTIVATIONS:
-                problems.append((path, f"unknown activation {value!r} (known: "
-                                       f"{', '.join(sorted(_ACTIVATIONS))})"))
-    env_params = _init_params(RollbackEnv) - _RESERVED_ENV_ARGS
-    for key in config.env:
-        if key not in env_params:
-            problems.append((("env", key), f"RollbackEnv does not accept '{key}' (accepted: "
-                                           f"{', '.join(sorted(env_params))})"))
+        return [(("policy",), f"{cls.__name__} has no policy {config.policy!r} "
+                              f"(known: {known})")]
+    problems: Problems = []
+    policy_params = _init_params(policy_cls)
+    for key, value in config.policy_kwargs.items():
+        path: PathKey = ("policy_kwargs", key)
+        if key not in policy_params or key in {"self", "observation_space", "action_space",
+                                               "lr_schedule"}:
+            problems.append((path, f"{policy_cls.__name__} does not accept '{key}'"))
+        elif key == "activation_fn" and value not in _ACTIVATIONS:
+            problems.append((path, f"unknown activation {value!r} (known: "
+                                   f"{', '.join(sorted(_ACTIVATIONS))})"))
     return problems
+
+
+def env_args() -> set[str]:
+    """The :class:`RollbackEnv` keyword arguments an agent config's ``env`` may set (also what
+    a trained policy's sidecar ``env`` passes on to a new environment)."""
+    return _init_params(RollbackEnv) - _RESERVED_ENV_ARGS
 
 
 _SIMPLE = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
@@ -267,10 +298,6 @@ def _init_params(cls: type) -> set[str]:
 # --------------------------------------------------------------------------- environments
 
 
-def _scenario(scenario: str | Path | Scenario) -> Scenario:
-    return scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-
-
 def _sub_seeds(seed: int, n: int, salt: int = 0) -> list[int]:
     """``n`` well-separated, deterministic seeds for the sub-envs of one training run."""
     children = np.random.SeedSequence([int(seed), int(salt)]).spawn(n)
@@ -303,7 +330,7 @@ def make_vec_env_for(scenario: str | Path | Scenario, config: AgentConfig, seed:
     ``SeedSequence([seed, salt])``: different per sub-env, identical across runs.
     ``vec_env_factory(env_fns)`` replaces DummyVecEnv (e.g. a Ray-backed VecEnv).
     """
-    sc = _scenario(scenario)
+    sc = as_scenario(scenario)
     env_fns: list[Callable[[], Any]] = [
         _EnvFactory(sc, dict(config.env), s) for s in _sub_seeds(seed, config.n_envs, salt)]
     factory = vec_env_factory or DummyVecEnv
@@ -328,6 +355,11 @@ class SB3Policy:
         self.fallbacks = 0  # how often the mask overrode an unmasked model's choice
 
     def reset(self, env: RollbackEnv) -> None:
+        self.check_fit(env)
+
+    def check_fit(self, env: RollbackEnv) -> None:
+        """ValueError unless ``env`` has the action and observation spaces the model was
+        trained on (a policy fits only its scenario and procedure)."""
         n = getattr(env.action_space, "n", None)
         if n != getattr(self.model.action_space, "n", None) or (
                 env.observation_space.shape != self.model.observation_space.shape):
@@ -371,8 +403,18 @@ class SB3Policy:
         return scores.reshape(-1).cpu().numpy().astype(np.float64)
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(".json")
+def sidecar_path(policy_zip: Path) -> Path:
+    """The ``.json`` beside a saved policy: its algorithm, scenario, actions and env args."""
+    return policy_zip.with_suffix(".json")
+
+
+def read_sidecar(policy_zip: Path) -> dict[str, Any]:
+    """A saved policy's sidecar, ``{}`` when it is missing or unreadable."""
+    try:
+        meta = json.loads(sidecar_path(policy_zip).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _save_model(model: BaseAlgorithm, path: Path, meta: dict[str, Any]) -> None:
@@ -380,14 +422,7 @@ def _save_model(model: BaseAlgorithm, path: Path, meta: dict[str, Any]) -> None:
     def write(tmp: str) -> None:
         model.save(tmp)
     atomic_write_with(path, write)
-    atomic_write_json(_sidecar(path), meta)
-
-
-def _algorithm_name(cls: type[BaseAlgorithm]) -> str:
-    for name, known in ALGORITHMS.items():
-        if known is cls:
-            return name
-    return cls.__name__.lower()
+    atomic_write_json(sidecar_path(path), meta)
 
 
 def _zip_data(path: Path) -> dict[str, Any]:
@@ -422,13 +457,7 @@ def load_policy(path: str | Path, name: str = "rl", device: str = "cpu") -> SB3P
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such policy file: {path}")
-    meta: dict[str, Any] = {}
-    if _sidecar(path).is_file():
-        try:
-            meta = json.loads(_sidecar(path).read_text())
-        except (OSError, ValueError):
-            meta = {}
-    algorithm = meta.get("algorithm")
+    algorithm = read_sidecar(path).get("algorithm")
     order = [algorithm] if algorithm in ALGORITHMS else _candidates(path)
     errors = []
     for algo in order:
@@ -637,7 +666,7 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
     start = time.perf_counter()
     if not isinstance(config, AgentConfig):
         config = load_agent_config(config)
-    sc = _scenario(scenario)
+    sc = as_scenario(scenario)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -662,7 +691,7 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
     if not resume:
         for _, stale in _checkpoints(ckpt_dir):  # a fresh run must not resume someone's old one
             stale.unlink(missing_ok=True)
-            _sidecar(stale).unlink(missing_ok=True)
+            sidecar_path(stale).unlink(missing_ok=True)
 
     vec_env = make_vec_env_for(sc, config, seed, vec_env_factory, salt=done)
     try:

@@ -7,9 +7,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
+
+from shadowrl.core.extras import missing_extra
+
+try:
+    import gymnasium as gym
+    from gymnasium import spaces
+except ImportError as exc:  # every RL module builds on this env: name the extra once, here
+    raise missing_extra("rl", exc) from exc
 
 from shadowrl.core.injection import Injection
 from shadowrl.core.results import Breach, Metrics, Span, StepResult
@@ -112,7 +118,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self._obs_ref: tuple[Any, ...] | None = None  # healthy yardsticks, flattened
         self._sig_clean: tuple[np.ndarray, list[float]] | None = None
         self._reset_state()
-        self._healthy_metrics()  # the yardstick of observations and of the cost
+        self.healthy_metrics()  # the yardstick of observations and of the cost
 
     # ------------------------------------------------------------------ helpers
 
@@ -126,11 +132,12 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self.failed = False
         self.rehearsal: Rehearsal | None = None
 
-    def _healthy_metrics(self) -> Metrics:
-        """Metrics of the healthy deployment at nominal load: the observation's yardstick."""
+    def healthy_metrics(self) -> Metrics:
+        """Metrics of the healthy deployment at nominal load: the yardstick of observations,
+        of the cost and of incident signatures (the MLflow model matches against it)."""
         if self._healthy is None:
             self.shadow.launch(0)
-            self._healthy = self.shadow.metrics()
+            self._healthy = self.shadow.sample()
             self._healthy_rps = max(self._healthy.edge.rps, 1e-6)
         return self._healthy
 
@@ -167,21 +174,22 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         # Same values as clip(nan_to_num(float32(parts), nan=0, posinf=CAP), 0, CAP), with the
         # clamp done on Python floats (NaN and negatives -> 0, above CAP and +inf -> CAP):
         # clamping before or after the float32 cast gives the same float32.
-        healthy = self._healthy_metrics()
+        healthy = self.healthy_metrics()
         ref = self._obs_ref
         if ref is None or ref[0] is not healthy:
             ref = self._obs_ref = (healthy, {name: (h.latency_p99_ms, h.rps) for name, h in
                                              healthy.components.items()},
                                    [r.name for r in self.scenario.slo.rules])
-        m = self.shadow.metrics()
+        m = self.shadow.sample()
         href = ref[1]
         parts: list[float] = []
         for name, c in m.components.items():
             h_p99, h_rps = href[name]
-            parts += (c.error_rate, _ratio(c.latency_p99_ms, h_p99), c.cpu, _ratio(c.rps, h_rps))
+            parts += (c.error_rate, healthy_ratio(c.latency_p99_ms, h_p99), c.cpu,
+                      healthy_ratio(c.rps, h_rps))
         e = m.edge
-        parts += (e.error_rate, _ratio(e.latency_p99_ms, healthy.edge.latency_p99_ms), e.cpu,
-                  _ratio(e.rps, healthy.edge.rps))
+        parts += (e.error_rate, healthy_ratio(e.latency_p99_ms, healthy.edge.latency_p99_ms),
+                  e.cpu, healthy_ratio(e.rps, healthy.edge.rps))
         failing = m.failing_rules
         parts += [1.0 if name in failing else 0.0 for name in ref[2]]
         sig = self._sig_clean
@@ -200,12 +208,12 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return (self.shadow.now() - self.breach.at_s) / self.procedure.verify.timeout
 
     def _signature(self) -> np.ndarray:
-        healthy = self._healthy_metrics()
-        m = self.shadow.metrics()
+        healthy = self.healthy_metrics()
+        m = self.shadow.sample()
         sig: list[float] = []
         for name, c in m.components.items():
-            sig += [c.error_rate, _ratio(c.latency_p99_ms,
-                                         healthy.components[name].latency_p99_ms)]
+            sig += [c.error_rate, healthy_ratio(c.latency_p99_ms,
+                                                healthy.components[name].latency_p99_ms)]
         return np.asarray(sig, dtype=np.float32)
 
     def _cost(self, span: Span) -> float:
@@ -223,7 +231,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
-        self._healthy_metrics()
+        self.healthy_metrics()
         self._reset_state()
         incident = (options or {}).get("incident", self.incident)
         self.injection, self.breach = start_incident(self.shadow, self.deviation, episode_seed,
@@ -254,11 +262,11 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
                                            "optional step skipped"))
             reward = 0.0
         else:
-            result = self.shadow.run_step(step, settings)
+            result = self.shadow.run_step(step, settings, timeout_s=step.timeout)
             self.results.append(result)
             self.status[i] = 1
             reward = -self._cost(result.span)
-            if result.status == "failed":
+            if result.stopped:
                 self.failed = True
                 reward -= self.failed_step_penalty
         info["step"] = self.results[-1].name
@@ -296,7 +304,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        m = self.shadow.metrics()
+        m = self.shadow.sample()
         done = [r.name + ("" if r.status == "ok" else f" ({r.status})") for r in self.results]
         return (f"t={m.at_s:.0f}s edge err={m.edge.error_rate:.4f} "
                 f"p99={m.edge.latency_p99_ms:.0f}ms failing={list(m.failing_rules)} "
@@ -308,7 +316,9 @@ def _clamp(values: list[float]) -> list[float]:
     return [(v if v < OBS_CAP else OBS_CAP) if v > 0.0 else 0.0 for v in values]
 
 
-def _ratio(value: float, healthy: float) -> float:
+def healthy_ratio(value: float, healthy: float) -> float:
+    """``value`` relative to its healthy level, as observed: 0 without a healthy level,
+    ``OBS_CAP`` when not finite."""
     if healthy <= 0:
         return 0.0
     r = value / healthy

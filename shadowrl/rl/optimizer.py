@@ -11,20 +11,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from shadowrl.analysis.summary import summarize
+from shadowrl.analysis.summary import EvaluationSummary, RehearsalSummary, summarize, with_cost
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
 from shadowrl.core.plan import Plan, configured_plan
 from shadowrl.core.spec import Scenario, procedure_to_data
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
+from shadowrl.rl.results import OptimizeResult, OracleInfo, RlInfo, SearchInfo
 from shadowrl.rl.search import GreedyPolicy, OraclePolicy, best_static, plan_to_procedure
 
 SEARCH_METHODS = ("configured", "random", "greedy", "best_static", "oracle")
@@ -36,9 +37,10 @@ TRAIN_SEED_BASE = 1_000_000  # search/training incidents never overlap the held-
 class MethodResult:
     name: str
     episodes: list[Episode]
-    summary: dict[str, Any]
+    summary: EvaluationSummary
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    train_s: float = 0.0  # search or training time before the evaluation
+    info: SearchInfo | RlInfo | OracleInfo | None = None  # what the method reports
 
     @property
     def costs(self) -> np.ndarray:
@@ -79,8 +81,8 @@ def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
             policy = load_policy(policy, name=name or "rl")
         eps = evaluate(env, policy, episodes, seed, tick)
     label = name or getattr(policy, "name", str(policy))
-    summary = summarize(env.scenario.name, label, [e.rehearsal for e in eps])
-    summary["cost"] = {"mean": round(float(np.mean([e.cost for e in eps])), 4)}
+    summary = with_cost(summarize(env.scenario.name, label, [e.rehearsal for e in eps]),
+                        round(float(np.mean([e.cost for e in eps])), 4))
     return MethodResult(label, eps, summary, time.perf_counter() - start)
 
 
@@ -95,14 +97,14 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 # --------------------------------------------------------------------------- outputs
 
 
-def procedure_yaml(scenario: Scenario, plan: Plan, summary: dict[str, Any],
+def procedure_yaml(scenario: Scenario, plan: Plan, summary: RehearsalSummary,
                    command: str) -> str:
     proc = plan_to_procedure(scenario.procedure, plan)
-    d = summary["downtime_s"]
+    d = summary.downtime_s
     header = (f"# shadowrl optimized procedure '{proc.name}' for scenario '{scenario.name}'\n"
               f"# best static order and settings found by `{command}`\n"
-              f"# held-out evaluation ({summary['runs']} incidents): downtime mean "
-              f"{d['mean']:.0f}s p95 {d['p95']:.0f}s; outcomes {summary['outcomes']}\n"
+              f"# held-out evaluation ({summary.runs} incidents): downtime mean "
+              f"{d.mean:.0f}s p95 {d.p95:.0f}s; outcomes {summary.outcomes.model_dump()}\n"
               f"# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
     body = yaml.safe_dump({"apiVersion": "shadowrl/v1", "kind": "Procedure",
                            "metadata": {"name": proc.name, "scenario": scenario.name},
@@ -161,14 +163,14 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
         fm, fci = mean_ci(fails)
         rows.append(f"| {name} | {dm:.1f} ± {dci:.1f} | {np.percentile(r.downtimes, 95):.1f} | "
                     f"{fm:.0f} ± {fci:.0f} | {np.percentile(fails, 95):.0f} | "
-                    f"{r.summary['outcomes']['recovered']}/{len(r.episodes)} | "
-                    f"{r.costs.mean():.2f} | {r.seconds + r.extra.get('train_s', 0):.1f} |")
+                    f"{r.summary.outcomes.recovered}/{len(r.episodes)} | "
+                    f"{r.costs.mean():.2f} | {r.seconds + r.train_s:.1f} |")
     notes = []
-    if "oracle" in results:
-        o = results["oracle"].extra
-        rest = (f"; the others are the best found within {o['max_nodes']} nodes"
-                if o["exact"] < episodes else "")
-        notes.append(f"The oracle searched each incident by branch and bound: {o['exact']} of "
+    oracle = results["oracle"].info if "oracle" in results else None
+    if isinstance(oracle, OracleInfo):
+        rest = (f"; the others are the best found within {oracle.max_nodes} nodes"
+                if oracle.exact < episodes else "")
+        notes.append(f"The oracle searched each incident by branch and bound: {oracle.exact} of "
                      f"{episodes} searches finished (exact optimum){rest}.")
     if "rl" in results and "best_static" in results:
         rl, bs = results["rl"], results["best_static"]
@@ -208,22 +210,24 @@ class OptimizeOptions:
     vec_env_factory: Callable[..., Any] | None = None  # e.g. Ray replicas for training
 
 
+ProgressFn = Callable[[int, int, str], None]  # (done, total, label)
+
+
 def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: str,
              log: Callable[[str], None] = lambda _m: None,
-             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+             progress: ProgressFn | None = None) -> OptimizeResult:
     from shadowrl.analysis.bottlenecks import analyze
 
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = methods_for(opts.method)
     env = RollbackEnv(scenario)
     results: dict[str, MethodResult] = {}
-    n, s0 = opts.episodes, opts.eval_seed
+    n, s0, rep = opts.episodes, opts.eval_seed, opts.replicas
 
     def tick(name: str) -> Callable[[int], None]:
-        return lambda i: progress(name, i + 1, n) if progress else None
+        return lambda i: progress(i + 1, n, name) if progress else None
 
     log("evaluating the configured procedure")
-    rep = opts.replicas
     results["configured"] = measure(env, configured_policy(env), n, s0, tick("configured"), rep)
     report = analyze(scenario, [e.rehearsal for e in results["configured"].episodes])
     bottlenecks = report.to_json()
@@ -233,65 +237,22 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     if "greedy" in methods:
         results["greedy"] = measure(env, GreedyPolicy(), n, s0, tick("greedy"), rep)
     best_plan: Plan = configured_plan(scenario.procedure)
-    search_extra: dict[str, Any] = {}
     if "best_static" in methods:
         log("searching the best static procedure")
-        train_seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + k
-                       for k in range(opts.search_incidents)]
-        start = time.perf_counter()
-        found = best_static(env, train_seeds, trials=opts.search_trials, seed=opts.seed,
-                            on_trial=(lambda i, total: progress("best_static search", i, total))
-                            if progress else None)
-        search_s = time.perf_counter() - start
-        best_plan = found.plan
-        res = measure(env, StaticPolicy(best_plan, name="best_static"), n, s0,
-                      tick("best_static"), rep)
-        res.extra = {"train_s": search_s, "search": found.method, "plans": found.evaluated,
-                     "train_cost": found.train_cost}
-        results["best_static"] = res
-        search_extra = res.extra
+        results["best_static"], best_plan = _best_static(env, opts, tick("best_static"),
+                                                         progress)
     policy_path = out_dir / "policy.zip"
-    rl_extra: dict[str, Any] = {}
     if "rl" in methods:
-        from shadowrl.rl.agents import load_agent_config, train
-
-        if opts.policy is not None:
-            _copy_policy(opts.policy, out_dir)
-            extra: dict[str, Any] = {"policy": str(opts.policy)}
-        else:
-            config = load_agent_config(opts.agent or default_agent_path())
-            log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} "
-                f"timesteps")
-            trained = train(scenario, config, out_dir / "rl", seed=opts.seed,
-                            timesteps=opts.timesteps, progress=progress is not None,
-                            vec_env_factory=opts.vec_env_factory)
-            _copy_policy(Path(trained.model_path), out_dir)
-            extra = {"train_s": trained.wall_s, "timesteps": trained.timesteps,
-                     "algorithm": config.algorithm}
-        res = measure(env, str(policy_path), n, s0, tick("rl"), rep, name="rl")
-        res.extra = extra
-        results["rl"] = res
-        rl_extra = res.extra
+        results["rl"] = _rl(env, opts, out_dir, tick("rl"), log, progress is not None)
     if "oracle" in methods:
         log("searching each incident's optimum (oracle)")
         incumbents = [configured_plan(scenario.procedure)]
         if "best_static" in methods:
             incumbents.append(best_plan)
-        oracle = OraclePolicy(opts.oracle_nodes, incumbents)
-        res = measure(env, oracle, n, s0, tick("oracle"), rep)
-        res.extra = {"exact": sum(bool(e.extra.get("exact")) for e in res.episodes),
-                     "max_nodes": opts.oracle_nodes,
-                     "mean_nodes": float(np.mean([e.extra.get("nodes", 0)
-                                                  for e in res.episodes]))}
-        results["oracle"] = res
+        results["oracle"] = _oracle(env, opts, incumbents, tick("oracle"))
 
-    per_step: dict[str, tuple[float, float]] = {}
-    if "best_static" in results:
-        before = per_step_downtime(results["configured"].episodes)
-        after = per_step_downtime(results["best_static"].episodes)
-        per_step = {s.name: (before.get(s.name, 0.0), after.get(s.name, 0.0))
-                    for s in scenario.procedure.steps}
-    changes = describe_changes(configured_plan(scenario.procedure), best_plan, per_step,
+    changes = describe_changes(configured_plan(scenario.procedure), best_plan,
+                               _per_step_change(scenario, results),
                                bottlenecks.get("findings", []))
     summaries = {name: r.summary for name, r in results.items()}
     procedure_file = out_dir / "procedure.yaml"
@@ -299,26 +260,89 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         scenario, best_plan, summaries.get("best_static", summaries["configured"]), command))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(
         scenario, results, changes, n, s0, {}))
-    out: dict[str, Any] = {
-        "scenario": scenario.name,
-        "episodes": n,
-        "eval_seed": s0,
-        "methods": summaries,
-        "procedure": str(procedure_file),
-        "policy": str(policy_path) if "rl" in results else None,
-        "bottlenecks": str(out_dir / "bottlenecks.json"),
-        "comparison": str(out_dir / "comparison.md"),
-        "timing_s": {name: round(r.seconds + r.extra.get("train_s", 0.0), 3)
-                     for name, r in results.items()},
-    }
-    if search_extra:
-        out["search"] = search_extra
-    if rl_extra:
-        out["rl"] = rl_extra
-    if "oracle" in results:
-        out["oracle"] = results["oracle"].extra
-    atomic_write_json(out_dir / "summary.json", out)
+    infos = {name: r.info for name, r in results.items() if name in ("best_static", "rl",
+                                                                       "oracle")}
+    out = OptimizeResult(
+        scenario=scenario.name,
+        episodes=n,
+        eval_seed=s0,
+        methods=summaries,
+        procedure=str(procedure_file),
+        policy=str(policy_path) if "rl" in results else None,
+        bottlenecks=str(out_dir / "bottlenecks.json"),
+        comparison=str(out_dir / "comparison.md"),
+        timing_s={name: round(r.seconds + r.train_s, 3) for name, r in results.items()},
+        search=infos.get("best_static"),
+        rl=infos.get("rl"),
+        oracle=infos.get("oracle"),
+    )
+    atomic_write_json(out_dir / "summary.json", out.model_dump(mode="json"))
     return out
+
+
+def _best_static(env: RollbackEnv, opts: OptimizeOptions, tick: Callable[[int], None],
+                 progress: ProgressFn | None) -> tuple[MethodResult, Plan]:
+    """Search the best static plan on training incidents, then measure it held out."""
+    train_seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + k
+                   for k in range(opts.search_incidents)]
+    start = time.perf_counter()
+    found = best_static(env, train_seeds, trials=opts.search_trials, seed=opts.seed,
+                        on_trial=(lambda i, total: progress(i, total, "best_static search"))
+                        if progress else None)
+    search_s = time.perf_counter() - start
+    res = measure(env, StaticPolicy(found.plan, name="best_static"), opts.episodes,
+                  opts.eval_seed, tick, opts.replicas)
+    res.train_s = search_s
+    res.info = SearchInfo(train_s=search_s, search=found.method, plans=found.evaluated,
+                          train_cost=found.train_cost)
+    return res, found.plan
+
+
+def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[int], None],
+        log: Callable[[str], None], show_progress: bool) -> MethodResult:
+    """Train a policy (or take ``opts.policy``), copy it to ``out_dir``, measure it."""
+    from shadowrl.rl.agents import load_agent_config, train
+
+    if opts.policy is not None:
+        _copy_policy(opts.policy, out_dir)
+        info = RlInfo(policy=str(opts.policy))
+    else:
+        config = load_agent_config(opts.agent or default_agent_path())
+        log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} timesteps")
+        trained = train(env.scenario, config, out_dir / "rl", seed=opts.seed,
+                        timesteps=opts.timesteps, progress=show_progress,
+                        vec_env_factory=opts.vec_env_factory)
+        _copy_policy(Path(trained.model_path), out_dir)
+        info = RlInfo(train_s=trained.wall_s, timesteps=trained.timesteps,
+                      algorithm=config.algorithm)
+    res = measure(env, str(out_dir / "policy.zip"), opts.episodes, opts.eval_seed, tick,
+                  opts.replicas, name="rl")
+    res.train_s = info.train_s or 0.0
+    res.info = info
+    return res
+
+
+def _oracle(env: RollbackEnv, opts: OptimizeOptions, incumbents: list[Plan],
+            tick: Callable[[int], None]) -> MethodResult:
+    """Each held-out incident's optimum, by branch and bound from the incumbents."""
+    oracle = OraclePolicy(opts.oracle_nodes, incumbents)
+    res = measure(env, oracle, opts.episodes, opts.eval_seed, tick, opts.replicas)
+    res.info = OracleInfo(exact=sum(bool(e.extra.get("exact")) for e in res.episodes),
+                          max_nodes=opts.oracle_nodes,
+                          mean_nodes=float(np.mean([e.extra.get("nodes", 0)
+                                                    for e in res.episodes])))
+    return res
+
+
+def _per_step_change(scenario: Scenario,
+                     results: dict[str, MethodResult]) -> dict[str, tuple[float, float]]:
+    """Each step's mean downtime under the configured and the best static procedure."""
+    if "best_static" not in results:
+        return {}
+    before = per_step_downtime(results["configured"].episodes)
+    after = per_step_downtime(results["best_static"].episodes)
+    return {s.name: (before.get(s.name, 0.0), after.get(s.name, 0.0))
+            for s in scenario.procedure.steps}
 
 
 def default_agent_path() -> Path:

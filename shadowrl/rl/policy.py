@@ -72,6 +72,11 @@ class StaticPolicy:
         self._env_id: int | None = None
         self._actions: list[int] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the per-env action cache: an env's id means nothing in another
+        process (Ray ships policies to workers)."""
+        return {**self.__dict__, "_env_id": None, "_actions": []}
+
     def reset(self, env: RollbackEnv) -> None:
         if self._env_id != id(env):
             self._actions = plan_actions(env, self.plan)

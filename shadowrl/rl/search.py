@@ -8,6 +8,10 @@
   deterministic simulator (snapshot/restore). Costs only accumulate, so a partial sequence
   costing more than the best complete one is pruned; with its node budget not exhausted the
   result is exact: a lower bound no policy can beat on that incident.
+
+Greedy and the oracle branch from snapshots, so they need a backend with the
+:class:`~shadowrl.shadow.base.Snapshotting` capability and refuse any other with
+:class:`~shadowrl.core.errors.SnapshotUnsupported`; ``best_static`` only replays rehearsals.
 """
 
 from __future__ import annotations
@@ -16,27 +20,42 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from shadowrl.core.errors import SnapshotUnsupported
 from shadowrl.core.plan import Plan, configured_plan
 from shadowrl.core.spec import Procedure, Step
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
 from shadowrl.rl.env import RollbackEnv
+from shadowrl.shadow.base import Snapshotting
 
 # --------------------------------------------------------------------------- env snapshots
 
 
+def require_snapshots(env: RollbackEnv, method: str) -> None:
+    """:class:`SnapshotUnsupported`, naming the backend and ``method``, unless the env's
+    shadow is :class:`Snapshotting`. Search methods check once on entry, not per branch."""
+    shadow = env.shadow
+    if not isinstance(shadow, Snapshotting):
+        raise SnapshotUnsupported(
+            f"{method} branches from snapshots, and the '{shadow.name}' backend cannot take "
+            f"them (it lacks the Snapshotting capability); use a backend that can (sim), or a "
+            f"method that only replays rehearsals (configured, random, best static, RL)")
+
+
 def env_snapshot(env: RollbackEnv) -> tuple[Any, ...]:
-    return (env.shadow.snapshot(), env.status.copy(), list(env.results), env.failed,
-            env.n_actions, env.rehearsal)
+    """The env's whole state; the shadow must be :class:`Snapshotting`
+    (:func:`require_snapshots`)."""
+    return (cast(Snapshotting, env.shadow).snapshot(), env.status.copy(), list(env.results),
+            env.failed, env.n_actions, env.rehearsal)
 
 
 def env_restore(env: RollbackEnv, snap: tuple[Any, ...]) -> None:
     shadow, status, results, failed, n_actions, rehearsal = snap
-    env.shadow.restore(shadow)
+    cast(Snapshotting, env.shadow).restore(shadow)
     env.status = status.copy()
     env.results = list(results)
     env.failed = failed
@@ -47,7 +66,7 @@ def env_restore(env: RollbackEnv, snap: tuple[Any, ...]) -> None:
 def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
     """The env's objective for a finished rehearsal: minus the episode return, in minutes."""
     cost = env.cost_of(r.downtime_s, r.failed_requests)
-    if any(s.status == "failed" for s in r.steps):
+    if any(s.stopped for s in r.steps):
         cost += env.failed_step_penalty
     return cost
 
@@ -64,6 +83,7 @@ class GreedyPolicy:
         pass
 
     def act(self, env: RollbackEnv, obs: np.ndarray) -> int:
+        require_snapshots(env, "greedy")
         snap = env_snapshot(env)
         best, best_cost = -1, math.inf
         for a in np.flatnonzero(env.action_masks()):
@@ -115,6 +135,7 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
     The greedy rollout and any ``incumbents`` (e.g. the configured and best static plans)
     seed the bound, so the result is never worse than them even when the budget runs out.
     """
+    require_snapshots(env, "the oracle")
     root = env_snapshot(env)
     best = OracleResult(math.inf, [], 0, True)
     for candidate in [greedy_actions(env), *incumbents]:
@@ -172,27 +193,9 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
     return best
 
 
-_TRANSIENT = {"t", "version", "step", "phase"}
-
-
 def state_key(env: RollbackEnv) -> tuple[Any, ...]:
-    """Steps done plus the shadow's discrete state, floats rounded (time left out)."""
-    state = env.shadow.state  # type: ignore[attr-defined]
-    fields = getattr(state, "__dataclass_fields__", None) or vars(state)
-    return (env.status.tobytes(), tuple(_freeze(getattr(state, f)) for f in fields
-                                        if f not in _TRANSIENT))
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return tuple(sorted(map(repr, value)))
-    if isinstance(value, dict):
-        return tuple(sorted((repr(k), _freeze(v)) for k, v in value.items()))
-    return value
+    """Steps done plus the shadow's :meth:`~Snapshotting.state_key` (time left out)."""
+    return (env.status.tobytes(), cast(Snapshotting, env.shadow).state_key())
 
 
 class OraclePolicy:

@@ -1,12 +1,23 @@
-"""Shadow Deployment Engine: one backend protocol, several backends."""
+"""Shadow Deployment Engine: one backend protocol, optional capabilities, several backends."""
 
-from shadowrl.shadow.base import ShadowBackend
+from typing import Any
+
+from shadowrl.core.spec import Scenario
+from shadowrl.shadow.base import (
+    CancelToken,
+    ErrorAttribution,
+    FastForward,
+    ProfileRecording,
+    ShadowBackend,
+    Snapshotting,
+)
 from shadowrl.shadow.sim.engine import SimShadow
 
-__all__ = ["ShadowBackend", "SimShadow", "make_backend"]
+__all__ = ["CancelToken", "ErrorAttribution", "FastForward", "ProfileRecording",
+           "ShadowBackend", "SimShadow", "Snapshotting", "make_backend"]
 
 
-def make_backend(kind: str, scenario, **kwargs) -> ShadowBackend:  # type: ignore[no-untyped-def]
+def make_backend(kind: str, scenario: Scenario, **kwargs: Any) -> ShadowBackend:
     """Build a backend by name; ``sim`` is the embedded default."""
     if kind == "sim":
         return SimShadow(scenario, **kwargs)

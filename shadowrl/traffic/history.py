@@ -1,4 +1,5 @@
-"""Historical metric series for the deviation simulator (DESIGN.md section 4).
+"""Historical metric series for the deviation simulator (the scenario's
+``deviations.history``: docs/scenario-format.md, ``history``).
 
 A history file (a Prometheus ``query_range`` response or a ``timestamp,value`` CSV) gives
 the simulator three things: the load *pattern* (a robust seasonal baseline, normalised to
@@ -232,33 +233,41 @@ def _parse_prometheus(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, st
         metric = item.get("metric") or {}
         if isinstance(metric, dict) and "__name__" in metric:
             names.add(str(metric["__name__"]))
-        ts_list: list[float] = []
-        val_list: list[float] = []
-        for j, pair in enumerate(item["values"]):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise HistoryError(f"{path}: {where}.values[{j}]: expected [timestamp, value]")
-            try:
-                ts = float(pair[0])
-            except (TypeError, ValueError):
-                raise HistoryError(
-                    f"{path}: {where}.values[{j}]: timestamp: cannot parse {pair[0]!r}"
-                ) from None
-            try:
-                val = float(pair[1])
-            except (TypeError, ValueError):
-                raise HistoryError(
-                    f"{path}: {where}.values[{j}]: value: cannot parse {pair[1]!r}"
-                ) from None
-            if math.isfinite(ts) and math.isfinite(val):
-                ts_list.append(round(ts, 3))
-                val_list.append(val)
-        if ts_list:
-            parts.append(_average_duplicates(np.asarray(ts_list), np.asarray(val_list)))
+        part = _prometheus_values(item["values"], f"{path}: {where}")
+        if part is not None:
+            parts.append(part)
     if not parts:
         return np.empty(0), np.empty(0), path.stem
     t, v = _sum_on_common_grid(parts)
     name = names.pop() if len(names) == 1 else path.stem
     return t, v, name
+
+
+def _prometheus_values(values: list[object], where: str
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """One series' ``[timestamp, value]`` pairs (finite ones, duplicates averaged), or None
+    when none is finite; a malformed pair is a HistoryError at ``where``."""
+    ts_list: list[float] = []
+    val_list: list[float] = []
+    for j, pair in enumerate(values):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise HistoryError(f"{where}.values[{j}]: expected [timestamp, value]")
+        try:
+            ts = float(pair[0])
+        except (TypeError, ValueError):
+            raise HistoryError(
+                f"{where}.values[{j}]: timestamp: cannot parse {pair[0]!r}"
+            ) from None
+        try:
+            val = float(pair[1])
+        except (TypeError, ValueError):
+            raise HistoryError(f"{where}.values[{j}]: value: cannot parse {pair[1]!r}") from None
+        if math.isfinite(ts) and math.isfinite(val):
+            ts_list.append(round(ts, 3))
+            val_list.append(val)
+    if not ts_list:
+        return None
+    return _average_duplicates(np.asarray(ts_list), np.asarray(val_list))
 
 
 def _sum_on_common_grid(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:

@@ -12,6 +12,7 @@ from shadowrl.analysis.bottlenecks import KINDS, Bottleneck, BottleneckReport, a
 from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import Scenario, load_scenario
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
+from shadowrl.shadow.sim.params import SimParams
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
@@ -205,6 +206,25 @@ def test_batch_of_every_replica_is_capacity_loss(checkout: Scenario) -> None:
     bare = analyze(checkout, runs(checkout, plan))
     assert finding(bare, "capacity_loss", "revert-web").share_of_downtime == pytest.approx(
         f.share_of_downtime, rel=0.05)
+
+
+def test_estimates_use_the_simulators_parameters(checkout: Scenario, tmp_path: Path) -> None:
+    plan = checkout_plan(checkout, scale_web={"replicas": 6}, revert_web={"batch": 6})
+    rehearsals = runs(checkout, plan)
+    default = finding(analyze(checkout, rehearsals), "capacity_loss", "revert-web")
+    slow = finding(analyze(checkout, rehearsals, params=SimParams(stop_s=20.0)),
+                   "capacity_loss", "revert-web")
+    # one batch of 6 (drain 30s + stop + startup 20s) against two of 6 on 12 replicas (drain
+    # 10s + stop + startup 20s, plus the scale-up's startup): 2s stops, then 20s stops
+    assert "about 84s instead of 52s" in default.suggestion
+    assert "about 2m instead of 70s" in slow.suggestion
+    sc = scenario_file(tmp_path, LOCK_YAML, "lock")
+    rehearsals = runs(sc)
+    lock = finding(analyze(sc, rehearsals), "write_lock", "migrate-db-down")
+    heavy = finding(analyze(sc, rehearsals, params=SimParams(online_migration_load=0.5)),
+                    "write_lock", "migrate-db-down")
+    assert "with 35% extra load, db at ~0.15" in lock.suggestion
+    assert "with 50% extra load, db at ~0.20" in heavy.suggestion
 
 
 def test_short_drain_is_dropped_requests_with_a_longer_drain_among_the_choices(

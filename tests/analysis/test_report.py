@@ -67,17 +67,17 @@ def test_report_has_the_sections_and_tables(html: str, runs: list[Rehearsal]) ->
     summary = summarize("checkout", "configured", runs)
     overview = html.split("<h2>Overview</h2>")[1].split("<h2>")[0]
     assert f"<td>{len(runs)}</td>" in overview
-    for outcome, count in summary["outcomes"].items():
+    for outcome, count in summary.outcomes.model_dump().items():
         assert f"<th>{outcome}</th>" in overview
         assert f"<td>{count}</td>" in overview
     steps = html.split("<h2>Steps</h2>")[1].split("<h2>")[0]
-    for step in summary["steps"]:
-        assert f"<td>{step['name']}</td>" in steps
+    for step in summary.steps:
+        assert f"<td>{step.name}</td>" in steps
     alerts = html.split("<h2>Alerts</h2>")[1].split("<h2>")[0]
-    assert summary["alerts"], "checkout's default runbook is too slow on some of these runs"
-    for alert in summary["alerts"]:
-        assert f"<td>{alert['kind']}</td>" in alerts
-        assert f"<td>{alert['count']}</td>" in alerts
+    assert summary.alerts, "checkout's default runbook is too slow on some of these runs"
+    for alert in summary.alerts:
+        assert f"<td>{alert.kind}</td>" in alerts
+        assert f"<td>{alert.count}</td>" in alerts
     assert "shadowrl rehearse envs/checkout.yaml --runs 6" in html
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shadowrl.analysis.summary import OUTCOMES, stats, summarize
+from shadowrl.analysis.summary import OUTCOMES, Stats, stats, summarize
 from shadowrl.cli.main import app
 from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import load_scenario
@@ -22,7 +22,7 @@ from shadowrl.rehearsal.runner import Rehearsal, rehearse
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
 
-# DESIGN.md section 5, `rehearse --json`
+# the public `rehearse --json` contract (docs/architecture.md, The layers)
 TOP_KEYS = {"scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests",
             "alerts", "steps"}
 STATS_KEYS = {"mean", "p50", "p95", "max"}
@@ -49,17 +49,17 @@ def mixed() -> list[Rehearsal]:
 
 
 def test_stats_values() -> None:
-    assert stats([1.0, 2.0, 3.0, 4.0]) == {"mean": 2.5, "p50": 2.5, "p95": 3.85, "max": 4.0}
-    assert stats([5.0]) == {"mean": 5.0, "p50": 5.0, "p95": 5.0, "max": 5.0}
+    assert stats([1.0, 2.0, 3.0, 4.0]) == Stats(mean=2.5, p50=2.5, p95=3.85, max=4.0)
+    assert stats([5.0]).model_dump() == {"mean": 5.0, "p50": 5.0, "p95": 5.0, "max": 5.0}
     values = [0.1234567, 10.0, 20.0]
     s = stats(values)
-    assert s["mean"] == round(float(np.mean(values)), 3)
-    assert s["p95"] == round(float(np.percentile(values, 95)), 3)
-    assert s["max"] == 20.0 and s["p50"] == 10.0
+    assert s.mean == round(float(np.mean(values)), 3)
+    assert s.p95 == round(float(np.percentile(values, 95)), 3)
+    assert s.max == 20.0 and s.p50 == 10.0
 
 
 def test_stats_of_nothing_is_zeros() -> None:
-    s = stats([])
+    s = stats([]).model_dump(mode="json")
     assert s == {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
     assert all(type(v) is float for v in s.values())
 
@@ -67,7 +67,7 @@ def test_stats_of_nothing_is_zeros() -> None:
 def test_stats_order_does_not_matter_and_types_are_json_floats() -> None:
     values = [9.0, 1.0, 5.0, 3.0, 7.0]
     assert stats(values) == stats(sorted(values))
-    s = stats(np.array(values, dtype=np.float32).tolist())
+    s = stats(np.array(values, dtype=np.float32).tolist()).model_dump(mode="json")
     assert all(type(v) is float for v in s.values())
     json.dumps(s)
 
@@ -78,15 +78,16 @@ def test_stats_order_does_not_matter_and_types_are_json_floats() -> None:
 def test_summarize_counts_outcomes(mixed: list[Rehearsal]) -> None:
     s = summarize("mixed", "configured", mixed)
     counts = Counter(r.outcome for r in mixed)
-    assert list(s["outcomes"]) == list(OUTCOMES)  # every outcome, in a fixed order
-    assert s["outcomes"] == {k: counts.get(k, 0) for k in OUTCOMES}
-    assert s["outcomes"]["rollback_failed"] >= 2 and s["outcomes"]["rollback_ineffective"] >= 2
-    assert s["runs"] == len(mixed) == sum(s["outcomes"].values())
-    assert s["downtime_s"] == stats([r.downtime_s for r in mixed])
-    assert s["failed_requests"] == stats([r.failed_requests for r in mixed])
+    outcomes = s.outcomes.model_dump()
+    assert list(outcomes) == list(OUTCOMES)  # every outcome, in a fixed order
+    assert outcomes == {k: counts.get(k, 0) for k in OUTCOMES}
+    assert s.outcomes.rollback_failed >= 2 and s.outcomes.rollback_ineffective >= 2
+    assert s.runs == len(mixed) == sum(outcomes.values())
+    assert s.downtime_s == stats([r.downtime_s for r in mixed])
+    assert s.failed_requests == stats([r.failed_requests for r in mixed])
     empty = summarize("x", "configured", [])
-    assert empty["runs"] == 0 and empty["outcomes"] == dict.fromkeys(OUTCOMES, 0)
-    assert empty["alerts"] == [] and empty["steps"] == []
+    assert empty.runs == 0 and empty.outcomes.model_dump() == dict.fromkeys(OUTCOMES, 0)
+    assert empty.alerts == [] and empty.steps == []
 
 
 def test_alert_groups_count_alerts_and_name_distinct_runs() -> None:
@@ -108,41 +109,44 @@ def test_alert_groups_count_alerts_and_name_distinct_runs() -> None:
         dataclasses.replace(base[3], alerts=[
             alert("new_errors", "revert-orders", "dropped during 'revert-orders': 3 failed")]),
     ]
-    groups = summarize("checkout", "configured", runs)["alerts"]
-    assert [(g["kind"], g["step"], g["count"]) for g in groups][0] == (
+    summary = summarize("checkout", "configured", runs)
+    groups = summary.alerts
+    assert [(g.kind, g.step, g.count) for g in groups][0] == (
         "new_errors", "revert-web", 3)  # the biggest group first
-    by_key = {(g["kind"], g["step"]): g for g in groups}
+    by_key = {(g.kind, g.step): g for g in groups}
     assert set(by_key) == {("new_errors", "revert-web"), ("too_slow", None),
                            ("new_errors", "revert-orders")}
     web = by_key[("new_errors", "revert-web")]
-    assert web["count"] == 3
-    assert "at step 'revert-web' in 2 of 4 runs" in web["message"]  # 3 alerts, 2 runs
-    assert web["message"].endswith("e.g. dropped during 'revert-web': 10 failed")
+    assert web.count == 3
+    assert "at step 'revert-web' in 2 of 4 runs" in web.message  # 3 alerts, 2 runs
+    assert web.message.endswith("e.g. dropped during 'revert-web': 10 failed")
     slow = by_key[("too_slow", None)]
-    assert slow["count"] == 1 and "in 1 of 4 runs" in slow["message"]
-    assert "at step" not in slow["message"]
-    counts = [g["count"] for g in groups]
+    assert slow.count == 1 and "in 1 of 4 runs" in slow.message
+    assert "at step" not in slow.message
+    dumped = summary.model_dump(mode="json")["alerts"]
+    assert {"kind": "too_slow", "step": None, "count": 1, "message": slow.message} in dumped
+    counts = [g.count for g in groups]
     assert counts == sorted(counts, reverse=True)
 
 
 def test_alert_groups_of_real_runs(mixed: list[Rehearsal]) -> None:
-    groups = summarize("mixed", "configured", mixed)["alerts"]
+    groups = summarize("mixed", "configured", mixed).alerts
     assert groups
-    assert sum(g["count"] for g in groups) == sum(len(r.alerts) for r in mixed)
+    assert sum(g.count for g in groups) == sum(len(r.alerts) for r in mixed)
     for g in groups:
         members = [k for k, r in enumerate(mixed) for a in r.alerts
-                   if (a.kind, a.step) == (g["kind"], g["step"])]
-        m = re.search(r" in (\d+) of (\d+) runs", g["message"])
-        assert m, g["message"]
+                   if (a.kind, a.step) == (g.kind, g.step)]
+        m = re.search(r" in (\d+) of (\d+) runs", g.message)
+        assert m, g.message
         assert int(m.group(1)) == len(set(members)) and int(m.group(2)) == len(mixed)
-        assert g["count"] == len(members)
+        assert g.count == len(members)
 
 
 def test_step_statistics(mixed: list[Rehearsal]) -> None:
     s = summarize("mixed", "configured", mixed)
     total_down = sum(r.downtime_s for r in mixed)
-    by_name = {st["name"]: st for st in s["steps"]}
-    assert len(by_name) == len(s["steps"])
+    by_name = {st.name: st for st in s.steps}
+    assert len(by_name) == len(s.steps)
     executed: dict[str, list] = {}
     for r in mixed:
         for step in r.steps:
@@ -152,13 +156,13 @@ def test_step_statistics(mixed: list[Rehearsal]) -> None:
     for name, steps in executed.items():
         durations = [x.end_s - x.start_s for x in steps]
         entry = by_name[name]
-        assert entry["mean_s"] == pytest.approx(np.mean(durations), abs=1e-3)
-        assert entry["p95_s"] == pytest.approx(np.percentile(durations, 95), abs=1e-3)
-        assert entry["runs"] == len(steps)
-        assert entry["downtime_share"] == pytest.approx(
+        assert entry.mean_s == pytest.approx(np.mean(durations), abs=1e-3)
+        assert entry.p95_s == pytest.approx(np.percentile(durations, 95), abs=1e-3)
+        assert entry.runs == len(steps)
+        assert entry.downtime_share == pytest.approx(
             sum(x.span.downtime_s for x in steps) / total_down, abs=1e-4)
-        assert 0.0 <= entry["downtime_share"] <= 1.0
-    shares = sum(st["downtime_share"] for st in s["steps"])
+        assert 0.0 <= entry.downtime_share <= 1.0
+    shares = sum(st.downtime_share for st in s.steps)
     assert shares <= 1.0 + 1e-3  # the rest is verification
     assert shares > 0.3
 
@@ -174,14 +178,14 @@ def test_skipped_steps_are_not_counted(tmp_path: Path) -> None:
     assert all(r.outcome == "rollback_failed" for r in runs)
     assert all(r.steps[-1].name == "scale-app" and r.steps[-1].status == "skipped"
                for r in runs)
-    listed = {st["name"] for st in summarize(sc.name, "configured", runs)["steps"]}
+    listed = {st.name for st in summarize(sc.name, "configured", runs).steps}
     assert listed == {"revert-app", "migrate-db-down"}
     # an optional step the plan skips is not listed either
     checkout = load_scenario(CHECKOUT)
     plan = [(name, None if name == "warm-cache" else settings)
             for name, settings in configured_plan(checkout.procedure)]
     runs = [rehearse(checkout, s, plan=plan) for s in range(2)]
-    listed = {st["name"] for st in summarize("checkout", "configured", runs)["steps"]}
+    listed = {st.name for st in summarize("checkout", "configured", runs).steps}
     assert "warm-cache" not in listed and "flush-cache" in listed
 
 
@@ -207,10 +211,12 @@ def check_contract(s: dict) -> None:
 
 
 def test_summary_has_exactly_the_documented_keys(mixed: list[Rehearsal]) -> None:
-    s = summarize("mixed", "configured", mixed)
+    s = summarize("mixed", "configured", mixed).model_dump(mode="json")
     check_contract(s)
     assert s["alerts"] and s["steps"]
     assert json.loads(json.dumps(s)) == s
+    assert list(s) == ["scenario", "policy", "runs", "outcomes", "downtime_s",
+                       "failed_requests", "alerts", "steps"]  # the documented order
 
 
 def test_cli_rehearse_json_has_exactly_the_documented_keys() -> None:
@@ -221,4 +227,4 @@ def test_cli_rehearse_json_has_exactly_the_documented_keys() -> None:
     assert s["scenario"] == "checkout" and s["policy"] == "configured" and s["runs"] == 4
     expected = summarize("checkout", "configured",
                          [rehearse(load_scenario(CHECKOUT), seed) for seed in range(4)])
-    assert s == json.loads(json.dumps(expected))
+    assert s == expected.model_dump(mode="json")

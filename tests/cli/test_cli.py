@@ -1,4 +1,4 @@
-"""The ``shadowrl`` command line (DESIGN.md section 5, a public contract)."""
+"""The ``shadowrl`` command line (docs/architecture.md, The layers: a public contract)."""
 
 from __future__ import annotations
 
@@ -257,3 +257,43 @@ def test_validate_rejects_a_huge_many_node_file_quickly(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"{path}:")
+
+
+# --------------------------------------------------------------------------- the app layer
+
+def test_json_is_the_use_case_result_exactly() -> None:
+    """The commands only render: `--json` is the use case's typed result, byte for byte."""
+    from shadowrl.app.evaluate import EvaluateRequest, evaluate
+    from shadowrl.app.rehearse import RehearseRequest, rehearse
+    from shadowrl.app.simulate import SimulateRequest, simulate
+
+    path = ROOT / "envs" / "payments.yaml"
+    cases = [
+        (["simulate", path, "--seed", "4", "--json"], simulate(SimulateRequest(file=path,
+                                                                               seed=4))),
+        (["rehearse", path, "--runs", "3", "--json"], rehearse(RehearseRequest(file=path,
+                                                                               runs=3))),
+        (["evaluate", path, "--policy", "greedy", "--episodes", "2", "--json"],
+         evaluate(EvaluateRequest(file=path, policy="greedy", episodes=2))),
+    ]
+    for args, result in cases:
+        printed = run(*args)
+        assert printed.exit_code == 0, printed.stderr
+        assert printed.stdout == json.dumps(result.model_dump(mode="json"), indent=2) + "\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", ROOT / "envs" / "checkout.yaml", "--format", "pdf"],
+     "error: unknown format 'pdf' (use yaml, argo, chaostoolkit, shell)"),
+    (["evaluate", ROOT / "envs" / "checkout.yaml", "--policy", "nope.zip", "--json"],
+     "error: nope.zip: no such policy (use configured, random, greedy, oracle, a procedure "
+     ".yaml, a policy .zip or models:/NAME@ALIAS)"),
+    (["optimize", ROOT / "envs" / "checkout.yaml", "--method", "bogus", "--json"],
+     "error: unknown method 'bogus' (search, rl or all)"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[Any], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    no_traceback(result)
+    assert result.stdout == ""
+    assert result.stderr == message + "\n"  # nothing else: no progress, no blank line

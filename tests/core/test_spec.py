@@ -17,11 +17,14 @@ from hypothesis import strategies as st
 from shadowrl.core.spec import (
     Scenario,
     SpecError,
+    as_scenario,
+    check_procedure,
     format_duration,
     load_procedure,
     load_scenario,
     load_yaml,
     parse_duration,
+    procedure_file_data,
     procedure_to_data,
     scenario_from_data,
 )
@@ -493,6 +496,59 @@ def test_load_procedure_problems_name_lines() -> None:
     Path("p.yaml").write_text("steps: []\n")
     with pytest.raises(SpecError, match=r"^p\.yaml:1: expected a mapping with a 'procedure:' key"):
         load_procedure("p.yaml", sc)
+
+
+def test_procedure_without_scenario_checks_its_own_rules() -> None:
+    """Without a scenario a procedure file is checked on its own, with the same messages as a
+    scenario's procedure; its targets are left unchecked."""
+    Path("p.yaml").write_text(
+        "kind: Procedure\n"
+        "procedure:\n"
+        "  name: short\n"
+        "  steps:\n"
+        "    - {name: a, action: rollback_version, target: nowhere, after: [b]}\n"
+        "    - {name: b, action: wait, settings: {duration: 5s}, after: [a]}\n")
+    with pytest.raises(SpecError) as info:
+        load_procedure("p.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        "p.yaml:5: procedure.steps[0].after: 'after' cycle: a -> b -> a"]
+    Path("p.yaml").write_text(
+        "procedure:\n"
+        "  name: short\n"
+        "  steps:\n"
+        "    - {name: a, action: rollback_version, target: nowhere}\n"
+        "    - {name: a, action: wait, settings: {duration: soon}}\n")
+    with pytest.raises(SpecError) as info:
+        load_procedure("p.yaml")
+    assert [str(p) for p in info.value.problems] == [
+        "p.yaml:5: procedure.steps[1].name: duplicate step 'a'",
+        "p.yaml:5: procedure.steps[1].settings.duration: cannot parse duration 'soon' "
+        "(use e.g. 500ms, 30s, 5m, 1h)"]
+    Path("p.yaml").write_text("kind: Scenario\nprocedure: {name: p, steps: []}\n")
+    with pytest.raises(SpecError, match=r"^p\.yaml:1: kind: expected 'Procedure'"):
+        load_procedure("p.yaml")
+
+
+def test_check_procedure_with_and_without_scenario() -> None:
+    Path("x.yaml").write_text(BASE)
+    sc = load_scenario("x.yaml")
+    assert as_scenario(sc) is sc and as_scenario("x.yaml") == sc
+    proc = sc.procedure.model_copy(deep=True)
+    proc.steps[0].target = "nowhere"
+    assert check_procedure(proc) == []
+    assert check_procedure(proc, sc) == [
+        (("procedure", "steps", 0, "target"), "unknown component 'nowhere'")]
+
+
+def test_procedure_file_data_loads_back(tmp_path: Path) -> None:
+    Path("x.yaml").write_text(BASE)
+    sc = load_scenario("x.yaml")
+    data = procedure_file_data(sc.procedure, sc.name)
+    assert list(data) == ["apiVersion", "kind", "metadata", "procedure"]
+    assert data["metadata"] == {"name": sc.procedure.name, "scenario": "shop"}
+    path = tmp_path / "proc.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_procedure(path, sc) == sc.procedure == load_procedure(path)
 
 
 # --------------------------------------------------------------------------- robustness

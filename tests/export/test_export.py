@@ -1,4 +1,4 @@
-"""Export of rollback procedures (DESIGN.md section 5, "Export")."""
+"""Export of rollback procedures: sources, command templates and renderers."""
 
 from __future__ import annotations
 
@@ -19,19 +19,16 @@ from shadowrl.analysis.summary import summarize
 from shadowrl.cli.main import app
 from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import SpecError, load_procedure, procedure_to_data
-from shadowrl.export.formats import (
-    FORMATS,
+from shadowrl.export.commands import placeholders
+from shadowrl.export.renderers import FORMATS, render, to_argo, to_chaostoolkit, to_shell, to_yaml
+from shadowrl.export.sources import (
     ExportSource,
     SourceError,
+    SourceResolver,
     load_source,
-    placeholders,
     read_header,
-    render,
-    to_argo,
-    to_chaostoolkit,
-    to_shell,
-    to_yaml,
 )
+from shadowrl.integrations.sources import RESOLVERS
 from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.optimizer import procedure_yaml
 
@@ -99,8 +96,8 @@ def test_sources_load(optimized_file, summary) -> None:
     assert opt.command == OPTIMIZE_CMD
     assert opt.evaluation["runs"] == 2
     assert opt.evaluation["downtime_s"]["mean"] == pytest.approx(
-        round(summary["downtime_s"]["mean"]))
-    assert opt.evaluation["outcomes"] == summary["outcomes"]
+        round(summary.downtime_s.mean))
+    assert opt.evaluation["outcomes"] == summary.outcomes.model_dump()
     # the folder `optimize --out` wrote works too
     assert load_source(str(optimized_file.parent), CHECKOUT).procedure == opt.procedure
 
@@ -323,8 +320,10 @@ def test_revert_config_uses_previous_config(tmp_path) -> None:
 def test_mlflow_sources(monkeypatch, checkout) -> None:
     run_id = "0123456789abcdef0123456789abcdef"
     monkeypatch.setitem(sys.modules, "shadowrl.integrations.mlflow", None)
+    with pytest.raises(SourceError, match="no such file"):
+        load_source(run_id)  # without resolvers, export knows files only
     with pytest.raises(SourceError, match="shadowrl.integrations.mlflow"):
-        load_source(run_id)
+        load_source(run_id, resolvers=RESOLVERS)
 
     def resolve(uri: str) -> ExportSource:
         if uri.endswith("@missing"):
@@ -338,12 +337,36 @@ def test_mlflow_sources(monkeypatch, checkout) -> None:
     fake = types.ModuleType("shadowrl.integrations.mlflow")
     fake.load_export_source = resolve  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "shadowrl.integrations.mlflow", fake)
-    src = load_source("models:/checkout-rollback@champion", CHECKOUT)
+    src = load_source("models:/checkout-rollback@champion", CHECKOUT, RESOLVERS)
     assert src.scenario is not None and src.origin == "models:/checkout-rollback@champion"
     sh = to_shell(src)
     assert "downtime mean 61s p95 90s" in sh and "shadowrl train experiments/x.yaml" in sh
     with pytest.raises(SourceError, match="alias 'missing'"):
-        load_source("models:/checkout-rollback@missing")
+        load_source("models:/checkout-rollback@missing", resolvers=RESOLVERS)
+
+
+def test_resolvers_are_the_callers_choice(tmp_path, checkout) -> None:
+    """Export reads files; anything else comes through the resolvers its caller passes, the
+    first whose form matches, and is checked like a procedure file."""
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(SourceError, match=r"no such file \(give a procedure\.yaml or a "
+                                          r"scenario YAML\)"):
+        load_source(missing)
+    with pytest.raises(SourceError, match="an MLflow run id or models:/NAME@ALIAS"):
+        load_source(missing, resolvers=RESOLVERS)
+    seen: list[str] = []
+
+    def load(source: str) -> ExportSource:
+        seen.append(source)
+        proc = checkout.procedure.model_copy(deep=True)
+        proc.steps[-1].after = [proc.steps[-1].name]
+        return ExportSource(procedure=proc, scenario=None, name=proc.name, origin=source)
+
+    toy = SourceResolver(forms="toy:NAME", matches=lambda s: s.startswith("toy:"), load=load)
+    with pytest.raises(SpecError, match=r"toy:x:1: procedure\.steps\[\d+\]\.after\[0\]: "
+                                        r"a step cannot come after itself"):
+        load_source("toy:x", resolvers=(*RESOLVERS, toy))
+    assert seen == ["toy:x"]
 
 
 # --------------------------------------------------------------------------- CLI

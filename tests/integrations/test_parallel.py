@@ -252,9 +252,8 @@ def test_parallel_rehearse_matches_serial(ray_local: Any, scenario: Any) -> None
     got = parallel_rehearse(scenario, 9, seed=200, replicas=2, record_profile=True)
     assert got == serial
     # run_campaign with the prefetching hook (windows of 5 seeds: two submissions)
-    campaign = run_campaign(scenario, 9, 200, show_progress=False,
-                            rehearse_fn=RayRehearseFn(replicas=2, window=5))
-    assert campaign.runs == run_campaign(scenario, 9, 200, show_progress=False).runs
+    campaign = run_campaign(scenario, 9, 200, rehearse_fn=RayRehearseFn(replicas=2, window=5))
+    assert campaign.runs == run_campaign(scenario, 9, 200).runs
 
 
 def test_results_are_picklable(scenario: Any) -> None:

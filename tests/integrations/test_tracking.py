@@ -16,8 +16,10 @@ import torch
 import yaml
 
 from shadowrl.core.spec import load_scenario, procedure_to_data
-from shadowrl.export.formats import load_source, to_shell
+from shadowrl.export.renderers import to_shell
+from shadowrl.export.sources import load_source
 from shadowrl.integrations import mlflow as tracking
+from shadowrl.integrations.sources import RESOLVERS
 from shadowrl.rl.agents import load_policy, train
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import evaluate, run_episode
@@ -345,7 +347,7 @@ def test_load_export_source(mlflow_store, policy_zip, tmp_path) -> None:
     assert tracking.load_export_source(run_id).evaluation == summary
 
     client.set_registered_model_alias("checkout-rollback", "champion", "1")
-    by_alias = load_source("models:/checkout-rollback@champion")  # through shadowrl.export.formats
+    by_alias = load_source("models:/checkout-rollback@champion", resolvers=RESOLVERS)
     assert by_alias.procedure.name == "checkout-rollback"
     assert "downtime mean 123s p95 200s" in to_shell(by_alias)
 

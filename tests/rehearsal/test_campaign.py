@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 import shadowrl.rehearsal.alerts as alerts_mod
 import shadowrl.rehearsal.campaign as campaign_mod
 from shadowrl.analysis.summary import summarize
+from shadowrl.app.models import CampaignSummary
 from shadowrl.cli.main import app
 from shadowrl.core.spec import Scenario
 from shadowrl.rehearsal.alerts import Alert, WebhookSink
@@ -27,7 +28,6 @@ from shadowrl.rehearsal.campaign import (
     all_alerts,
     run_campaign,
     send_alerts,
-    summarize_campaign,
     write_outputs,
 )
 from shadowrl.rehearsal.deviation import load_history
@@ -65,6 +65,12 @@ def interrupting(after: int, *, real_signal: bool = False) -> tuple[Callable[...
         return rehearse(scenario, seed, **kwargs)
 
     return fn, calls
+
+
+def campaign_summary(campaign: Campaign) -> CampaignSummary:
+    """What ``shadowrl rehearse`` reports for a campaign of the configured procedure."""
+    return CampaignSummary(**dict(summarize("checkout", "configured", campaign.runs)),
+                           interrupted=campaign.interrupted)
 
 
 class FastWebhook(WebhookSink):
@@ -113,7 +119,7 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
 
 
 def test_run_i_uses_seed_plus_i(checkout: Scenario) -> None:
-    campaign = run_campaign(checkout, 4, seed=100, show_progress=False, record_profile=True)
+    campaign = run_campaign(checkout, 4, seed=100, record_profile=True)
     assert not campaign.interrupted
     assert [r.seed for r in campaign.runs] == [100, 101, 102, 103]
     for i, r in enumerate(campaign.runs):
@@ -122,10 +128,18 @@ def test_run_i_uses_seed_plus_i(checkout: Scenario) -> None:
         assert r.profile == alone.profile
 
 
+def test_progress_goes_to_on_run_and_nothing_is_drawn(
+        checkout: Scenario, capfd: pytest.CaptureFixture[str]) -> None:
+    done: list[int] = []
+    campaign = run_campaign(checkout, 3, seed=1, on_run=done.append)
+    assert done == [1, 2, 3] and len(campaign.runs) == 3
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""  # drawing progress is the caller's job
+
+
 def test_history_and_peak_reach_every_run(checkout: Scenario) -> None:
     history = load_history(HISTORY)
-    campaign = run_campaign(checkout, 3, seed=5, history=history, at="peak",
-                            show_progress=False)
+    campaign = run_campaign(checkout, 3, seed=5, history=history, at="peak")
     for r in campaign.runs:
         inj = r.injection
         assert inj.start_offset_s + inj.onset_s == pytest.approx(history.peak_offset_s)
@@ -141,50 +155,51 @@ def test_ctrl_c_keeps_finished_runs_and_writes_consistent_outputs(
     if real_signal and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler in this process")
     fn, calls = interrupting(3, real_signal=real_signal)
-    campaign = run_campaign(checkout, 10, seed=7, record_profile=True, show_progress=False,
-                            rehearse_fn=fn)
+    campaign = run_campaign(checkout, 10, seed=7, record_profile=True, rehearse_fn=fn)
     assert campaign.interrupted is True
     assert calls == [7, 8, 9, 10]  # stopped at the 4th call, nothing after it
     assert [r.seed for r in campaign.runs] == [7, 8, 9]
 
-    summary = summarize_campaign(checkout, "configured", campaign)
+    summary = campaign_summary(campaign)
     paths = write_outputs(tmp_path / "out", checkout, summary, campaign.runs, "cmd")
-    data = json.loads(Path(paths["summary"]).read_text())
+    data = json.loads(Path(paths.summary).read_text())
     assert data["runs"] == 3 and data["interrupted"] is True
     assert sum(data["outcomes"].values()) == 3
-    assert data == json.loads(json.dumps(summarize("checkout", "configured", campaign.runs)
-                                         | {"interrupted": True}))
-    table = pq.read_table(paths["profiles"])
+    assert data == summarize("checkout", "configured", campaign.runs).model_dump(
+        mode="json") | {"interrupted": True}
+    table = pq.read_table(paths.profiles)
     assert sorted(set(table.column("run").to_pylist())) == [0, 1, 2]
     assert sorted(set(table.column("seed").to_pylist())) == [7, 8, 9]
-    assert Path(paths["report"]).is_file()
-    assert "<h2>Overview</h2>" in Path(paths["report"]).read_text()
+    assert Path(paths.report).is_file()
+    assert "<h2>Overview</h2>" in Path(paths.report).read_text()
     leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
 
 def test_ctrl_c_before_the_first_run_finishes(tmp_path: Path, checkout: Scenario) -> None:
     fn, _ = interrupting(0)
-    campaign = run_campaign(checkout, 5, record_profile=True, show_progress=False,
-                            rehearse_fn=fn)
+    campaign = run_campaign(checkout, 5, record_profile=True, rehearse_fn=fn)
     assert campaign.interrupted and campaign.runs == []
-    summary = summarize_campaign(checkout, "configured", campaign)
-    paths = write_outputs(tmp_path, checkout, summary, campaign.runs, "cmd")
-    assert json.loads(Path(paths["summary"]).read_text())["runs"] == 0
-    assert pq.read_table(paths["profiles"]).num_rows == 0
-    assert Path(paths["report"]).is_file()
+    paths = write_outputs(tmp_path, checkout, campaign_summary(campaign), campaign.runs, "cmd")
+    assert json.loads(Path(paths.summary).read_text())["runs"] == 0
+    assert pq.read_table(paths.profiles).num_rows == 0
+    assert Path(paths.report).is_file()
 
 
 def test_uninterrupted_summary_has_no_interrupted_key(checkout: Scenario) -> None:
-    summary = summarize_campaign(checkout, "configured", Campaign(runs=[rehearse(checkout, 0)]))
-    assert "interrupted" not in summary
+    summary = campaign_summary(Campaign(runs=[rehearse(checkout, 0)]))
+    assert summary.interrupted is False
+    assert "interrupted" not in summary.model_dump(mode="json")
+    assert list(summary.model_dump(mode="json")) == [
+        "scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests", "alerts",
+        "steps"]
 
 
 def test_cli_rehearse_exits_130_on_ctrl_c_with_outputs(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # run_campaign's default rehearse_fn is bound when the module is imported, so patching
     # shadowrl.rehearsal.campaign.rehearse would not reach it: wrap run_campaign instead (the
-    # command imports it from shadowrl.rehearsal.campaign when it runs).
+    # rehearse use case looks it up on shadowrl.rehearsal.campaign when it runs).
     fn, calls = interrupting(3)
     real = campaign_mod.run_campaign
     monkeypatch.setattr(campaign_mod, "run_campaign",
@@ -211,13 +226,13 @@ def test_cli_rehearse_exits_130_on_ctrl_c_with_outputs(tmp_path: Path,
 
 @pytest.fixture(scope="module")
 def some_alerts(checkout: Scenario) -> list[Alert]:
-    alerts = all_alerts(run_campaign(checkout, 4, show_progress=False).runs)
+    alerts = all_alerts(run_campaign(checkout, 4).runs)
     assert alerts, "checkout's runbook exceeds its downtime budget on some of seeds 0..3"
     return alerts
 
 
 def test_all_alerts_carry_the_run_index(checkout: Scenario) -> None:
-    campaign = run_campaign(checkout, 4, seed=20, show_progress=False)
+    campaign = run_campaign(checkout, 4, seed=20)
     alerts = all_alerts(campaign.runs)
     expected = [(k, a.kind, a.seed) for k, r in enumerate(campaign.runs) for a in r.alerts]
     assert [(a.run, a.kind, a.seed) for a in alerts] == expected
@@ -317,13 +332,11 @@ def test_cli_history_at_peak(tmp_path: Path, checkout: Scenario) -> None:
     summary = json.loads(result.stdout)
     assert summary["runs"] == 3
     assert summary["history"] == str(HISTORY)
-    direct = run_campaign(checkout, 3, seed=4, history=load_history(HISTORY), at="peak",
-                          show_progress=False)
+    direct = run_campaign(checkout, 3, seed=4, history=load_history(HISTORY), at="peak")
     expected = summarize("checkout", "configured", direct.runs)
-    assert summary["outcomes"] == expected["outcomes"]
-    assert summary["downtime_s"] == expected["downtime_s"]
-    now = run_campaign(checkout, 3, seed=4, history=load_history(HISTORY), at="now",
-                       show_progress=False)
+    assert summary["outcomes"] == expected.outcomes.model_dump()
+    assert summary["downtime_s"] == expected.downtime_s.model_dump()
+    now = run_campaign(checkout, 3, seed=4, history=load_history(HISTORY), at="now")
     assert all(a.injection.start_offset_s != b.injection.start_offset_s
                for a, b in zip(now.runs, direct.runs))
 

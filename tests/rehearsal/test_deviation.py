@@ -1,4 +1,5 @@
-"""Metric Deviation Simulator (DESIGN.md section 4): random, historical and forecast modes."""
+"""Metric Deviation Simulator: random, historical and forecast modes (the scenario's
+``deviations``: docs/scenario-format.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The Rollback Optimization Engine through its commands: ``shadowrl optimize`` and
-``shadowrl evaluate`` (DESIGN.md section 5)."""
+``shadowrl evaluate`` (docs/architecture.md, How data flows)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 from shadowrl.cli.main import app
 from shadowrl.core.spec import load_procedure, load_scenario
 from shadowrl.rl.optimizer import RL_METHODS, SEARCH_METHODS, methods_for
+from shadowrl.rl.results import OptimizeResult
 
 torch.set_num_threads(1)
 
@@ -75,6 +76,9 @@ def test_optimize_search_json(search_run) -> None:
     assert data["policy"] is None  # no RL in --method search
     assert data["oracle"]["max_nodes"] == 500
     assert json.loads((out / "summary.json").read_text()) == data
+    typed = OptimizeResult.model_validate(data)  # the typed result, keys and all
+    assert typed.model_dump(mode="json") == data and typed.rl is None
+    assert typed.search is not None and typed.search.plans >= 1
     # every method faced the same incidents, and the oracle started from the configured and
     # best static plans (and greedy), so on average it is no worse than they are
     cost = {name: s["cost"]["mean"] for name, s in data["methods"].items()}
@@ -135,6 +139,8 @@ def test_optimize_rl_writes_a_policy(rl_run) -> None:
     assert data["policy"] == str(out / "policy.zip")
     assert (out / "policy.zip").is_file()
     assert data["rl"]["timesteps"] >= 512
+    assert OptimizeResult.model_validate(data).model_dump(mode="json") == data
+    assert "policy" not in data["rl"]  # trained here: the training facts, no given policy
     for summary in data["methods"].values():
         check_summary(summary, 3)
     evaluated = ok_json(run("evaluate", CHECKOUT, "--policy", out / "policy.zip",

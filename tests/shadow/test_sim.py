@@ -1,4 +1,4 @@
-"""Qualitative physics of the simulated shadow (DESIGN.md section 3).
+"""Qualitative physics of the simulated shadow (docs/architecture.md, The layers).
 
 The numbers are calibrated later; what must hold now is the direction of every trade-off a
 rollback procedure makes: batch size against capacity, drain against dropped requests,
@@ -20,6 +20,7 @@ import pytest
 
 from shadowrl.core.injection import ActiveEffect, Injection
 from shadowrl.core.results import StepResult
+from shadowrl.core.slo import run_until_breach
 from shadowrl.core.spec import Scenario, Step, load_scenario
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse, start_incident
@@ -333,10 +334,10 @@ def test_flush_cache_sends_misses_to_the_datastore() -> None:
     sc = scenario("phys_cache")
     sh = SimShadow(sc)
     start_incident(sh, DeviationSimulator(sc), 0)
-    warm = sh.metrics().components["db"].rps
+    warm = sh.sample().components["db"].rps
     sh.run_step(sc.procedure.step("flush-cache"), {})
-    cold = sh.metrics().components["db"].rps
-    edge = sh.metrics().edge.rps
+    cold = sh.sample().components["db"].rps
+    edge = sh.sample().edge.rps
     assert cold == pytest.approx(edge, rel=1e-6)  # every read misses
     assert warm < 0.4 * cold
 
@@ -425,14 +426,14 @@ def test_restore_after_observing_gives_the_snapshot_state() -> None:
     sh.launch(0)
     sh.inject(Injection("bad-release", "version", "app", None,
                         (ActiveEffect("error_rate", "app", add=0.1),), onset_s=60.0))
-    assert sh.run_until_breach(600) is not None
+    assert run_until_breach(sh, 600) is not None
     snap = sh.snapshot()
-    before = sh.metrics().components["app"].cpu
+    before = sh.sample().components["app"].cpu
     scale = Step(name="scale-app", action="scale", target="app")
     sh.run_step(scale, {"replicas": 4})
-    assert sh.metrics().components["app"].cpu < 0.75 * before  # twice the replicas
+    assert sh.sample().components["app"].cpu < 0.75 * before  # twice the replicas
     sh.restore(snap)
-    assert sh.metrics().components["app"].cpu == before
+    assert sh.sample().components["app"].cpu == before
 
 
 def test_restore_after_observing_replays_the_step() -> None:
@@ -441,7 +442,7 @@ def test_restore_after_observing_replays_the_step() -> None:
     step = sc.procedure.step("disable-new-checkout")
     snap = sh.snapshot()
     first = sh.run_step(step, step.default_settings())
-    sh.metrics()
+    sh.sample()
     sh.restore(snap)
     assert sh.run_step(step, step.default_settings()).span == first.span
 
@@ -539,7 +540,7 @@ def breach_shadow(tmp_path: Path, for_: str, onset: float,
 def test_breach_at_an_interval_tick_after_for(tmp_path: Path, for_: str, for_s: float,
                                               onset: float) -> None:
     sh = breach_shadow(tmp_path, for_, onset)
-    breach = sh.run_until_breach(1000.0)
+    breach = run_until_breach(sh, 1000.0)
     assert breach is not None
     assert breach.rules == ("errors",)
     interval = 10.0
@@ -556,14 +557,14 @@ def test_breach_at_an_interval_tick_after_for(tmp_path: Path, for_: str, for_s: 
 def test_short_violation_never_fires(tmp_path: Path, violated_s: float) -> None:
     shape = (1.0,) * int(violated_s / 5.0) + (0.0,)
     sh = breach_shadow(tmp_path, "30s", 63.0, shape)
-    assert sh.run_until_breach(1000.0) is None
+    assert run_until_breach(sh, 1000.0) is None
     assert sh.now() == pytest.approx(1000.0)
 
 
 def test_long_enough_violation_fires(tmp_path: Path) -> None:
     shape = (1.0,) * 12 + (0.0,)  # violated from 63s to 123s: ticks 70..120
     sh = breach_shadow(tmp_path, "30s", 63.0, shape)
-    breach = sh.run_until_breach(1000.0)
+    breach = run_until_breach(sh, 1000.0)
     assert breach is not None and breach.at_s == pytest.approx(100.0)
 
 
@@ -571,7 +572,7 @@ def test_interrupted_violation_restarts_the_for_clock(tmp_path: Path) -> None:
     # violated 63-83s, clean 83-93s (tick 90 clean), violated again from 93s: ticks 100..
     shape = (1.0,) * 4 + (0.0,) * 2 + (1.0,)
     sh = breach_shadow(tmp_path, "30s", 63.0, shape)
-    breach = sh.run_until_breach(1000.0)
+    breach = run_until_breach(sh, 1000.0)
     assert breach is not None and breach.at_s == pytest.approx(130.0)
 
 
@@ -579,6 +580,47 @@ def test_no_incident_no_breach(tmp_path: Path) -> None:
     sc = from_text(tmp_path, BREACH_YAML.replace("FOR", "30s"))
     sh = SimShadow(sc)
     sh.launch(0)
-    assert sh.run_until_breach(3600.0) is None
-    m = sh.metrics()
+    assert run_until_breach(sh, 3600.0) is None
+    m = sh.sample()
     assert m.edge.error_rate == 0.0 and m.failing_rules == ()
+
+
+# --------------------------------------------------------------------------- stopped steps
+
+
+def test_a_step_ending_at_its_deadline_completes_unchanged() -> None:
+    sc = load_scenario(ROOT / "envs" / "checkout.yaml")
+    sh = _at_breach(sc, 2)
+    for step in sc.procedure.steps:
+        snap = sh.snapshot()
+        free = sh.run_step(step, step.default_settings())
+        sh.restore(snap)
+        bound = sh.run_step(step, step.default_settings(), timeout_s=free.end_s - free.start_s)
+        assert (bound.status, bound.span) == (free.status, free.span), step.name
+
+
+def test_a_timed_out_migration_releases_its_lock_and_keeps_the_schema() -> None:
+    sc = load_scenario(ROOT / "envs" / "checkout.yaml")
+    sh = _at_breach(sc, 2)
+    db = sh.topo.index["db"]
+    step = sc.procedure.step("migrate-db-down")
+    r = sh.run_step(step, {"online": False}, timeout_s=30.0)
+    assert r.status == "timed_out" and r.end_s - r.start_s == pytest.approx(30.0)
+    assert errors(r, "write_lock") > 0  # writes failed while it ran
+    # the migration process is gone: no lock, and the schema never reached the previous one
+    assert not any(sh.state.locked) and not sh.state.schema_prev[db]
+    after = sh.advance(60.0)
+    assert after.errors_by_source.get("write_lock", 0.0) == 0.0
+
+
+def test_a_timed_out_rollout_leaves_the_replicas_it_took_out() -> None:
+    sc = load_scenario(ROOT / "envs" / "checkout.yaml")
+    sh = _at_breach(sc, 2)
+    web = sh.topo.index["web"]
+    ready = sum(sh.state.buckets[web])
+    step = sc.procedure.step("revert-web")
+    r = sh.run_step(step, {"batch": 3, "drain": 30.0}, timeout_s=10.0)  # inside the drain
+    assert r.status == "timed_out"
+    assert sum(sh.state.buckets[web]) == ready - 3
+    sh.advance(600.0)  # nothing brings them back
+    assert sum(sh.state.buckets[web]) == ready - 3

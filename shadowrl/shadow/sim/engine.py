@@ -7,7 +7,7 @@ loop. When a profile is requested, segments are cut at every second and each sec
 recorded: the same physics, sampled. Ramps, warm-up and load are quantised in time so both
 paths give identical totals.
 
-Physics (DESIGN.md section 3): load flows down the call tree; capacity is ready replicas times
+Physics (docs/architecture.md): load flows down the call tree; capacity is ready replicas times
 ``capacity_rps``; latency rises steeply as utilisation nears 1; shedding above 1; errors come
 from the incident (on the share of traffic still served by the faulty version, config, schema
 or flag), from version/schema mismatches, write locks, dropped in-flight requests and
@@ -21,22 +21,30 @@ import itertools
 import math
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from shadowrl.core.errors import BackendUnavailable, StepTimeout
 from shadowrl.core.injection import ActiveEffect, Injection
-from shadowrl.core.results import Breach, ComponentMetrics, Metrics, Span, StepResult, VerifyResult
-from shadowrl.core.spec import Cache, Datastore, Scenario, Service, Step
-
-BLOCK_S = 60.0  # load (pattern x noise) is constant over one block
-QUANTUM_S = 5.0  # ramps, replayed shapes and cache warm-up move in steps of this size
-NOISE_SIGMA = 0.03  # per-block multiplicative traffic noise
-JITTER_SIGMA = 0.12  # log-normal jitter of startup and migration durations
-ONLINE_MIGRATION_LOAD = 0.35  # share of datastore capacity an online migration consumes
-STOP_S = 2.0  # time to stop a replica after its drain
-EPS = 1e-9
+from shadowrl.core.results import ComponentMetrics, Metrics, Span, StepResult, StepStatus
+from shadowrl.core.slo import Clock, Observer
+from shadowrl.core.spec import Scenario, Step
+from shadowrl.shadow.base import CancelToken, Phase
+from shadowrl.shadow.sim.params import SimParams
+from shadowrl.shadow.sim.topology import (
+    EPS,
+    cache_miss,
+    compile_topology,
+    diurnal_factor,
+    edge_factors,
+    latency_curves,
+    load_flow,
+    online_capacity,
+    usage,
+    warming_s,
+)
 
 # bucket index = version (0 live, 1 previous) * 2 + config (0 live, 1 previous)
 LL, LP, PL, PP = 0, 1, 2, 3
@@ -47,93 +55,11 @@ LL, LP, PL, PP = 0, 1, 2, 3
 _VERSIONS = itertools.count(1)
 
 
-def queue_factor(rho: float) -> float:
-    """Latency multiplier from utilisation: ~1 at low load, steep as rho -> 1, capped."""
-    r = min(rho, 0.97)
-    return 1.0 + r**4 / (1.0 - r)
-
-
-def p99_multiple(rho: float) -> float:
-    """p99/p50: heavier tails under load."""
-    return 2.0 + 3.0 * min(rho, 1.5)
-
-
-_JITTER_MEMO: dict[tuple[int, str, int], float] = {}  # (seed, key, k) -> jitter
+_JITTER_MEMO: dict[tuple[int, str, int, float], float] = {}  # (seed, key, k, sigma) -> jitter
 
 
 def _stable_seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode())
-
-
-@dataclass
-class _Topology:
-    """The deployment compiled to flat lists, so the hot loop touches no pydantic objects."""
-
-    names: list[str]
-    kinds: list[str]  # service | datastore | cache
-    index: dict[str, int]
-    order: list[int]  # services, callers before callees
-    calls: list[list[int]]
-    fronted_by: dict[tuple[int, int], int]  # (caller, datastore) -> cache index
-    edge: int
-    reachable: list[int]
-    db_callers: dict[int, list[int]]  # datastore -> services calling it directly
-    capacity: list[float]
-    base_latency_ms: list[float]
-
-
-def _compile(sc: Scenario) -> _Topology:
-    comps: list[Service | Datastore | Cache] = [
-        *sc.deployment.services, *sc.deployment.datastores, *sc.deployment.caches]
-    names = [c.name for c in comps]
-    index = {n: i for i, n in enumerate(names)}
-    kinds = (["service"] * len(sc.deployment.services) + ["datastore"] * len(
-        sc.deployment.datastores) + ["cache"] * len(sc.deployment.caches))
-    calls = [[index[c] for c in comp.calls] if isinstance(comp, Service) else [] for comp in comps]
-    edge = index[sc.edge.name]
-    order: list[int] = []
-    seen: set[int] = set()
-
-    def visit(i: int) -> None:
-        if i in seen:
-            return
-        seen.add(i)
-        for j in calls[i]:
-            visit(j)
-        order.append(i)
-
-    for i, kind in enumerate(kinds):
-        if kind == "service":
-            visit(i)
-    order = [i for i in reversed(order) if kinds[i] == "service"]
-    fronted_by: dict[tuple[int, int], int] = {}
-    for comp in sc.deployment.caches:
-        ci = index[comp.name]
-        for caller, callees in enumerate(calls):
-            if ci not in callees:
-                continue
-            targets = comp.fronts if comp.fronts is not None else [
-                names[j] for j in callees if kinds[j] == "datastore"]
-            for target in targets:
-                if index[target] in callees:
-                    fronted_by[(caller, index[target])] = ci
-    reachable: list[int] = []
-    stack = [edge]
-    while stack:
-        i = stack.pop()
-        if i not in reachable:
-            reachable.append(i)
-            stack.extend(calls[i])
-    db_callers: dict[int, list[int]] = {}
-    for caller, callees in enumerate(calls):
-        for j in callees:
-            if kinds[j] == "datastore":
-                db_callers.setdefault(j, []).append(caller)
-    capacity = [c.capacity_rps if isinstance(c, Service) else c.capacity_qps
-                if isinstance(c, Datastore) else math.inf for c in comps]
-    latency = [c.latency * 1000.0 for c in comps]
-    return _Topology(names, kinds, index, order, calls, fronted_by, edge, reachable, db_callers,
-                     capacity, latency)
 
 
 @dataclass
@@ -178,6 +104,31 @@ def _copy_state(st: _State) -> _State:
                   st.cause_fixed, st.step, st.phase, st.version)
 
 
+# _State fields that do not shape the future: the time, the cache key, the labels
+_TRANSIENT = {"t", "version", "step", "phase"}
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable, order-independent copy of a state field, floats rounded."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(map(repr, value)))
+    if isinstance(value, dict):
+        return tuple(sorted((repr(k), _freeze(v)) for k, v in value.items()))
+    return value
+
+
+class _Cancelled(Exception):
+    """Unwinds a cancelled step out of its sub-actions; ``span`` is what it cost so far."""
+
+    def __init__(self, span: Span) -> None:
+        super().__init__("cancelled")
+        self.span = span
+
+
 class SimShadow:
     """Simulated shadow backend. See the module docstring for the physics.
 
@@ -185,21 +136,26 @@ class SimShadow:
     What depends only on the discrete state (capacities, cache misses, fault share,
     compatibility and lock errors) is derived once per state change; the load flow once per
     state and load block; the incident's effects once per distinct set of effect strengths.
-    Each layer repeats the arithmetic of the plain formulas in the same order, so the numbers
-    are exactly those of a direct evaluation.
+    Each layer calls the formulas of :mod:`shadowrl.shadow.sim.topology` (the ones the
+    bottleneck analysis uses) with ``params``, so the numbers are exactly those of a direct
+    evaluation.
     """
 
     name = "sim"
-    supports_snapshot = True
+    clock: Clock = "simulated"
+    # Capabilities: Snapshotting, FastForward, ErrorAttribution (these sources), ProfileRecording.
+    error_sources = ("incident", "compatibility", "dropped", "overload", "write_lock")
 
-    def __init__(self, scenario: Scenario, *, record_profile: bool = False,
+    def __init__(self, scenario: Scenario, *, params: SimParams | None = None,
+                 record_profile: bool = False,
                  pattern: Callable[[float], float] | None = None) -> None:
         self.scenario = scenario
-        self.topo = _compile(scenario)
+        self.params = params if params is not None else SimParams()
+        self.topo = compile_topology(scenario)
         self.record_profile = record_profile
         self.rules = scenario.slo.rules
         self._rule_scope = [self.topo.index.get(r.scope, -1) for r in self.rules]
-        self._pattern = pattern or self._builtin_pattern(scenario)
+        self._pattern = pattern or self._builtin_pattern(scenario, self.params)
         self.state = _State()
         self.injection: Injection | None = None
         self.seed = 0
@@ -210,27 +166,32 @@ class SimShadow:
         self.profile: dict[str, list[Any]] = {}
         self._effects_by_target: dict[int, list[ActiveEffect]] = {}
         self._effect_end = 0.0
+        self._deadline: float | None = None  # the running step's, in shadow time
+        self._cancel: CancelToken | None = None  # the running step's
+        self._live = self._closed = False
         self._prepare()
 
     def _prepare(self) -> None:
-        """Flatten everything static about the topology and the rules for the hot loop."""
-        topo, dep = self.topo, self.scenario.deployment
+        """Flatten everything static about the topology, the parameters and the rules for
+        the hot loop."""
+        topo, dep, p = self.topo, self.scenario.deployment, self.params
         n = len(topo.names)
-        n_svc, n_ds = len(dep.services), len(dep.datastores)
+        n_svc = len(dep.services)
         self._n = n
-        self._wf = dep.traffic.write_fraction
-        self._is_cache = [k == "cache" for k in topo.kinds]
-        self._hit = [dep.caches[i - n_svc - n_ds].hit_ratio if k == "cache" else 0.0
-                     for i, k in enumerate(topo.kinds)]
+        self._wf = topo.write_fraction
+        self._block_s, self._quantum_s = p.block_s, p.quantum_s
+        self._jitter_sigma = p.jitter_sigma
+        self._stop_s, self._drop_impulse_s = p.stop_s, p.drop_impulse_s
+        self._action_s, self._flag_toggle_s = p.action_s, p.flag_toggle_s
+        self._failed_migration_s, self._warm_speedup = p.failed_migration_s, p.warm_speedup
+        self._zeros = [0.0] * n
+        self._hit = topo.hit_ratio
         self._warmup = [max(self._cache_warmup(i), EPS) for i in range(n)]
-        # callers before callees: (component, capacity per replica, ((callee, cache), ...))
-        self._flow = [(i, topo.capacity[i],
-                       tuple((j, topo.fronted_by.get((i, j), -1)) for j in topo.calls[i]))
-                      for i in topo.order]
+        # callers before callees: (component, capacity per replica)
+        self._flow = [(i, topo.capacity[i]) for i, _calls in topo.flow]
         self._lat_edges = [(i, j, topo.fronted_by.get((i, j), -1))
                            for i in reversed(topo.order) for j in topo.calls[i]]
-        self._stores = [(i, topo.capacity[i]) for i, k in enumerate(topo.kinds)
-                        if k == "datastore"]
+        self._stores = [(i, topo.capacity[i]) for i in topo.stores]
         compat: list[tuple[int, bool, tuple[int, ...]]] = []
         for d, callers in topo.db_callers.items():
             mig = dep.datastores[d - n_svc].migration
@@ -243,15 +204,6 @@ class SimShadow:
         reachable = set(topo.reachable)
         self._reach = [i in reachable for i in range(n)]
         self._reach_list = sorted(reachable)
-        # flow edges numbered in loop order; the ones through a cache get a warmth factor
-        edges, flow_static = 0, []
-        for i, _cap, calls in self._flow:
-            flow_static.append((i, tuple((j, edges + k) for k, (j, _c) in enumerate(calls))))
-            edges += len(calls)
-        self._flow_static = flow_static
-        self._flow_caches = [(e, c) for e, c in enumerate(
-            c for _i, _cap, calls in self._flow for _j, c in calls) if c >= 0]
-        self._n_edges = edges
         self._lat_caches = [(k, c) for k, (_i, _j, c) in enumerate(self._lat_edges) if c >= 0]
         self._lat_plain = [(i, j, 1.0) for i, j, _c in self._lat_edges]
         metric_index = {"rps": 0, "error_rate": 1, "latency_p50_ms": 2, "latency_p99_ms": 3,
@@ -280,11 +232,10 @@ class SimShadow:
     # ------------------------------------------------------------------ setup
 
     @staticmethod
-    def _builtin_pattern(sc: Scenario) -> Callable[[float], float]:
+    def _builtin_pattern(sc: Scenario, params: SimParams) -> Callable[[float], float]:
         pattern = sc.deployment.traffic.pattern
         if pattern == "diurnal":
-            # Peak at 20:00, trough at 08:00 of the shadow's local day: +-35 %.
-            return lambda t: 1.0 + 0.35 * math.cos(2 * math.pi * (t - 72000.0) / 86400.0)
+            return lambda t: diurnal_factor(t, params)
         if pattern == "constant":
             return lambda t: 1.0
         from shadowrl.traffic.history import load_pattern, load_series  # csv pattern, lazily
@@ -295,6 +246,8 @@ class SimShadow:
         return load_pattern(load_series(path, "csv", column=pattern.column))
 
     def launch(self, seed: int) -> None:
+        if self._closed:
+            raise BackendUnavailable("this sim shadow is closed: make a new one")
         topo = self.topo
         services = self.scenario.deployment.services
         self.seed = seed
@@ -302,7 +255,8 @@ class SimShadow:
         if noise is None:
             # relaunching with the same seed (redraws of a deviation) reuses the draw
             rng = np.random.default_rng(_stable_seed("noise", seed))
-            noise = np.exp(rng.normal(0.0, NOISE_SIGMA, 720) - NOISE_SIGMA**2 / 2).tolist()
+            sigma, blocks = self.params.noise_sigma, self.params.noise_blocks
+            noise = np.exp(rng.normal(0.0, sigma, blocks) - sigma**2 / 2).tolist()
             if len(self._noise_cache) >= 4:
                 self._noise_cache.clear()
             self._noise_cache[seed] = noise
@@ -327,9 +281,12 @@ class SimShadow:
         self._reset_caches()
         self.profile = {k: [] for k in ("t", "component", "rps", "error_rate", "latency_p50_ms",
                                         "latency_p99_ms", "cpu", "memory", "step", "phase")}
+        self._live = True
 
     def inject(self, injection: Injection) -> None:
+        self._check()
         self.injection = injection
+        self.state.phase = "incident"  # profile rows before its onset still say "normal"
         by_target: dict[int, list[ActiveEffect]] = {}
         end = injection.onset_s
         for eff in injection.effects:
@@ -352,19 +309,60 @@ class SimShadow:
         onset = self.injection.onset_s if self.injection else math.inf
         if end < onset:
             return False
-        q = math.floor((end - onset) / QUANTUM_S) + 1
-        idx = int((q - 1) * QUANTUM_S // eff.shape_step_s)
+        quantum = self._quantum_s
+        q = math.floor((end - onset) / quantum) + 1
+        idx = int((q - 1) * quantum // eff.shape_step_s)
         return all(v == eff.shape[-1] for v in eff.shape[idx:])
 
     def now(self) -> float:
+        self._check()
         return self.state.t
 
+    def sample(self) -> Metrics:
+        self._check()
+        r = self.rates()
+        comps = {name: ComponentMetrics(*c) for name, c in zip(self.topo.names, r.comps)}
+        e = r.comps[self.topo.edge]
+        edge = ComponentMetrics(r.edge_rps, r.edge_error, r.edge_p50, r.edge_p99, e[4], e[5])
+        failing = tuple(rule.name for rule, v in zip(self.rules, r.violated) if v)
+        return Metrics(self.state.t, edge, comps, failing)
+
+    def mark_phase(self, phase: Phase) -> None:
+        self.state.phase = phase
+
+    def close(self) -> None:
+        """Drop the state and caches for good (a profile already handed out stays valid)."""
+        self._live, self._closed = False, True
+        self.state = _State()
+        self.profile = {}
+        self._rates = self._rates_key = None
+        self._noise_cache.clear()
+
+    def __enter__(self) -> SimShadow:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check(self) -> None:
+        if not self._live:
+            raise BackendUnavailable("this sim shadow is closed: make a new one" if self._closed
+                                     else "launch() the sim shadow first")
+
     def snapshot(self) -> Any:
+        self._check()
         return _copy_state(self.state)
 
     def restore(self, snapshot: Any) -> None:
+        self._check()
         self.state = _copy_state(snapshot)
         self._touch()
+
+    def state_key(self) -> tuple[Any, ...]:
+        """Every state field except the transient ones, frozen and floats rounded."""
+        st = self.state
+        return tuple(_freeze(getattr(st, f.name)) for f in fields(st)
+                     if f.name not in _TRANSIENT)
 
     def _touch(self) -> None:
         self.state.version = next(_VERSIONS)
@@ -385,12 +383,13 @@ class SimShadow:
         cache_key = (key, k)
         value = self._jitter_cache.get(cache_key)
         if value is None:
-            # a pure function of (seed, key, k): kept across launches of the same seed
-            memo_key = (self.seed, key, k)
+            # a pure function of (seed, key, k, sigma): kept across launches of the same seed
+            sigma = self._jitter_sigma
+            memo_key = (self.seed, key, k, sigma)
             value = _JITTER_MEMO.get(memo_key)
             if value is None:
                 rng = np.random.default_rng(_stable_seed("jitter", self.seed, key, k))
-                value = float(math.exp(rng.normal(0.0, JITTER_SIGMA) - JITTER_SIGMA**2 / 2))
+                value = float(math.exp(rng.normal(0.0, sigma) - sigma**2 / 2))
                 if len(_JITTER_MEMO) >= 65536:
                     _JITTER_MEMO.clear()
                 _JITTER_MEMO[memo_key] = value
@@ -403,23 +402,25 @@ class SimShadow:
         inj = self.injection
         mult = inj.load_multiplier if inj else 1.0
         offset = inj.start_offset_s if inj else 0.0
-        block = int(t // BLOCK_S)
+        size = self._block_s
+        block = int(t // size)
         noise = self._noise[block % len(self._noise)]
         return (self.scenario.deployment.traffic.rps * mult * noise
-                * self._pattern(offset + block * BLOCK_S + BLOCK_S / 2))
+                * self._pattern(offset + block * size + size / 2))
 
     def _progress(self, eff: ActiveEffect, t: float) -> float:
         """How far an effect has developed at ``t`` (0..1 or a replayed shape value)."""
         onset = self.injection.onset_s if self.injection else math.inf
         if t < onset:
             return 0.0
-        q = math.floor((t - onset) / QUANTUM_S) + 1
+        quantum = self._quantum_s
+        q = math.floor((t - onset) / quantum) + 1
         if eff.shape:
-            idx = int((q - 1) * QUANTUM_S // eff.shape_step_s)
+            idx = int((q - 1) * quantum // eff.shape_step_s)
             return eff.shape[idx] if idx < len(eff.shape) else eff.shape[-1]
         if eff.ramp_s <= 0:
             return 1.0
-        return min(1.0, q * QUANTUM_S / eff.ramp_s)
+        return min(1.0, q * quantum / eff.ramp_s)
 
     def _fault_share(self) -> float:
         inj, st = self.injection, self.state
@@ -447,8 +448,8 @@ class SimShadow:
         elif t >= self._effect_end:
             q = -2  # fully developed: constant from here on
         else:
-            q = math.floor((t - onset) / QUANTUM_S)
-        return (self.state.version, int(t // BLOCK_S), q)
+            q = math.floor((t - onset) / self._quantum_s)
+        return (self.state.version, int(t // self._block_s), q)
 
     def rates(self, t: float | None = None) -> _Rates:
         t = self.state.t if t is None else t
@@ -458,22 +459,22 @@ class SimShadow:
             self._rates_key = key
         return self._rates
 
-    # The layers of _compute. Each repeats the plain formulas' arithmetic in the same order;
-    # where a term is left out it is an exact no-op (a product with 1.0).
+    # The layers of _compute. Each applies the shared formulas (topology.py) or repeats the
+    # plain arithmetic in the same order; where a term is left out it is an exact no-op (a
+    # product with 1.0, a sum with 0.0).
 
     def _struct_layer(self) -> None:
         """Derived from the discrete state except warmth and impulses: once per change."""
         st, n, wf = self.state, self._n, self._wf
         buckets = st.buckets
         caps = []
-        for i, capacity, _calls in self._flow:
+        for i, capacity in self._flow:
             b = buckets[i]
             ready = b[0] + b[1] + b[2] + b[3]
             caps.append(ready * capacity)
         self._v_caps = caps
-        online = st.online
-        self._v_stores = [(i, cap * (1.0 - ONLINE_MIGRATION_LOAD if online[i] else 1.0))
-                          for i, cap in self._stores]
+        online, p = st.online, self.params
+        self._v_stores = [(i, online_capacity(cap, online[i], p)) for i, cap in self._stores]
         compat = [0.0] * n
         lock = [0.0] * n
         schema_prev, locked = st.schema_prev, st.locked
@@ -500,15 +501,12 @@ class SimShadow:
 
     def _warmth_layer(self) -> None:
         """Cache misses: the share of a caller's traffic passed on, and latency weights."""
-        warmth, hit, wf = self.state.warmth, self._hit, self._wf
-        factor = [1.0] * self._n_edges  # 1.0 (exact) where no cache is in between
-        for e, c in self._flow_caches:
-            factor[e] = wf + (1.0 - wf) * (1.0 - hit[c] * warmth[c])
-        self._v_factor = factor
+        warmth, hit = self.state.warmth, self._hit
+        self._v_factor = edge_factors(self.topo, warmth)
         lat = self._lat_plain[:]  # weight 1.0 (exact) where no cache is in between
         for k, c in self._lat_caches:
             i, j, _ = lat[k]
-            lat[k] = (i, j, 1.0 - hit[c] * warmth[c])
+            lat[k] = (i, j, cache_miss(hit[c], warmth[c]))
         self._v_lat = lat
         self._w_key = (self._epoch, self._w_epoch)
 
@@ -521,54 +519,18 @@ class SimShadow:
         self._i_key = (self._epoch, self._i_epoch)
 
     def _load_layer(self, key: tuple[int, int, int], load: float) -> None:
-        """Load flow, utilisation and shedding: once per state and load block."""
-        n = self._n
-        rps = [0.0] * n
-        rps[self.topo.edge] = load
-        rho = [0.0] * n
-        shed = [0.0] * n
-        factor = self._v_factor
-        for (i, calls), cap in zip(self._flow_static, self._v_caps):
-            r = rps[i]
-            x = r / cap if cap > EPS else (math.inf if r > 0 else 0.0)
-            rho[i] = x
-            s = 1.0 - 1.0 / x if x > 1.0 else 0.0
-            shed[i] = s
-            served = r * (1.0 - s)
-            for j, e in calls:
-                rps[j] += served * factor[e]
-        for i, cap in self._v_stores:
-            x = rps[i] / cap
-            rho[i] = x
-            shed[i] = 1.0 - 1.0 / x if x > 1.0 else 0.0
-        qf = [1.0] * n
-        pm = [2.0] * n  # p99_multiple(0.0) for caches
-        rr = [0.0] * n
-        m4 = [0.0] * n
-        err = [0.0] * n
-        cpu = [0.0] * n
-        mem = [0.0] * n
-        is_cache, m2, m5 = self._is_cache, self._v_m2, self._v_m5
-        for i in range(n):
-            x = rho[i]
-            r = 1.0 if x > 1.0 else x  # min(rho, 1.0)
-            rr[i] = r
-            if not is_cache[i]:
-                q = 0.97 if x > 0.97 else x  # queue_factor
-                qf[i] = 1.0 + q**4 / (1.0 - q)
-                pm[i] = 2.0 + 3.0 * (1.5 if x > 1.5 else x)  # p99_multiple
-            e = shed[i]
-            e = m4[i] = e if e < 1.0 else 1.0
-            # the error without incident or dropped-request errors (m1 = m3 = 0)
-            err[i] = 1.0 - (1.0 - m2[i]) * (1.0 - e) * (1.0 - m5[i])
-            # cpu and memory without effects (x + 0.0 == x here: x >= 0)
-            c = r + 0.0
-            cpu[i] = c if c < 1.0 else 1.0
-            c = 0.35 + 0.3 * r + 0.0
-            mem[i] = c if c < 1.0 else 1.0
-        self._l_err, self._l_cpu, self._l_mem = err, cpu, mem
-        self._l_rps, self._l_m4 = rps, m4
-        self._l_qf, self._l_pm, self._l_rr = qf, pm, rr
+        """Load flow, utilisation, shedding and the load curves: once per state and load
+        block. (A cache's utilisation is 0: its queue factor is 1, its p99 multiple the idle
+        one.)"""
+        p = self.params
+        rps, rho, shed = load_flow(self.topo, load, self._v_factor, self._v_caps, self._v_stores)
+        # the error without incident or dropped-request errors (m1 = m3 = 0); the overload
+        # error m4 is the shed share (at most 1, so min(1, shed) is itself)
+        self._l_err = [1.0 - (1.0 - m2) * (1.0 - e) * (1.0 - m5)
+                       for m2, e, m5 in zip(self._v_m2, shed, self._v_m5)]
+        self._l_cpu, self._l_mem = usage(rho, self._zeros, self._zeros, p)  # without effects
+        self._l_rps, self._l_m4, self._l_rho = rps, shed, rho
+        self._l_qf, self._l_pm = latency_curves(rho, p)
         self._l_key = key
 
     def _effect_layer(self, t: float, share: float) -> None:
@@ -580,7 +542,8 @@ class SimShadow:
         elif self._saturated and t >= self._effect_end:
             quantum = -2  # fully developed, the same from here on
         else:
-            quantum = math.floor((t - onset) / QUANTUM_S)  # _progress depends on this only
+            # _progress depends on this only
+            quantum = math.floor((t - onset) / self._quantum_s)
         cmd = self.state.command_effects
         key = (quantum, share, cmd)
         if key == self._e_key:
@@ -604,8 +567,8 @@ class SimShadow:
         self._e_lat = [base[i] * lat_factor[i] + lat_add[i] for i in range(n)]
         self._e_m1 = m1 = [e if e < 1.0 else 1.0 for e in err_add]
         self._e_m1_any = any(m1)
-        self._e_cpu = [(i, x) for i, x in enumerate(cpu_add) if x != 0.0]
-        self._e_mem = [(i, x) for i, x in enumerate(mem_add) if x != 0.0]
+        # per component, or None when no effect changes cpu or memory
+        self._e_usage = (cpu_add, mem_add) if any(cpu_add) or any(mem_add) else None
         self._e_key = key
 
     def _compute(self, t: float) -> _Rates:
@@ -616,7 +579,7 @@ class SimShadow:
             self._warmth_layer()
         if self._i_key != (epoch, self._i_epoch):
             self._impulse_layer()
-        block = int(t // BLOCK_S)
+        block = int(t // self._block_s)
         load = self._load_cache.get(block)
         if load is None:
             load = self._load_cache[block] = self._load(t)
@@ -628,7 +591,7 @@ class SimShadow:
 
     def _assemble(self, load: float) -> _Rates:
         """Latency totals, errors and rules from the layers."""
-        rps, rr = self._l_rps, self._l_rr
+        rps = self._l_rps
         # latency, bottom-up over the tree
         p50 = [a * b for a, b in zip(self._e_lat, self._l_qf)]
         p99 = [a * b for a, b in zip(p50, self._l_pm)]
@@ -660,17 +623,9 @@ class SimShadow:
                     s_drop += m3s[i] * reach
                     s_over += m4s[i] * reach
                     s_lock += m5s[i] * reach
-        cpus, mems = self._l_cpu, self._l_mem
-        if self._e_cpu:
-            cpus = cpus[:]
-            for i, a in self._e_cpu:
-                x = rr[i] + a
-                cpus[i] = x if x < 1.0 else 1.0
-        if self._e_mem:
-            mems = mems[:]
-            for i, a in self._e_mem:
-                x = 0.35 + 0.3 * rr[i] + a
-                mems[i] = x if x < 1.0 else 1.0
+        extra = self._e_usage
+        cpus, mems = (self._l_cpu, self._l_mem) if extra is None else usage(
+            self._l_rho, extra[0], extra[1], self.params)
         comps = list(zip(rps, errs, p50, p99, cpus, mems))
         edge_err = 1.0 - survive
         total_src = s_inc + s_compat + s_drop + s_over + s_lock
@@ -694,9 +649,6 @@ class SimShadow:
             violated.append(value > above if above is not None else value < below)
         return _Rates(load, edge_err, by_source, tuple(violated), comps, p50[edge], p99[edge])
 
-    def _hit_ratio(self, cache_index: int) -> float:
-        return self._hit[cache_index]
-
     @staticmethod
     def _apply_effect(eff: ActiveEffect, p: float, i: int, err_add: list[float],
                       lat_factor: list[float], lat_add: list[float], cpu_add: list[float],
@@ -719,14 +671,29 @@ class SimShadow:
             return EPS
         return sc.caches[i - len(sc.services) - len(sc.datastores)].warmup
 
-    def advance(self, seconds: float,  # noqa: C901 - the hot loop, inlined
-                stop: Callable[[float, float, _Rates], float | None] | None = None) -> Span:
+    def advance(self, seconds: float) -> Span:
+        self._check()
+        return self._integrate(seconds, None)
+
+    def advance_until(self, seconds: float, observe: Observer) -> Span:
+        self._check()
+        return self._integrate(seconds, observe)
+
+    def _integrate(self, seconds: float,  # noqa: C901 - the hot loop, inlined
+                   stop: Observer | None) -> Span:
         """Integrate ``seconds`` of shadow time; ``stop`` may end it early at a returned time.
 
         Segments end at load blocks, effect and warm-up quanta, and the caller's target, the
-        same with and without a profile; a profile samples each whole second of a segment."""
+        same with and without a profile; a profile samples each whole second of a segment.
+        Inside a step, its deadline ends the integration there and raises
+        :class:`StepTimeout`, and its cancel token, checked before each segment, raises
+        :class:`_Cancelled`; both carry the span so far, for :meth:`run_step` to catch."""
         st = self.state
         t_end = st.t + seconds
+        deadline, timed_out = self._deadline, False
+        if deadline is not None and t_end > deadline + EPS:
+            t_end, timed_out = deadline, True
+        cancel, cancelled = self._cancel, False
         span = Span(st.t, st.t)
         inj = self.injection
         onset = inj.onset_s if inj is not None else math.inf
@@ -734,14 +701,18 @@ class SimShadow:
         record = self.record_profile
         warmth, warm_rate, warmup = st.warmth, st.warm_rate, self._warmup
         floor = math.floor
+        block_s, quantum = self._block_s, self._quantum_s
         t_stop = t_end - EPS
         downtime = failed = requests = 0.0
         by_src = span.errors_by_source
         cut = None
         while st.t < t_stop:
+            if cancel is not None and cancel.cancelled:
+                cancelled = True
+                break
             t0 = st.t
             # next boundary: load block, effect quantum, warm-up quantum, profile second
-            nxt = (floor(t0 / BLOCK_S) + 1) * BLOCK_S
+            nxt = (floor(t0 / block_s) + 1) * block_s
             if t_end <= nxt:
                 nxt = t_end
             if inj is not None:
@@ -749,7 +720,7 @@ class SimShadow:
                     if onset < nxt:
                         nxt = onset
                 elif t0 < effect_end:
-                    x = onset + (floor((t0 - onset) / QUANTUM_S) + 1) * QUANTUM_S
+                    x = onset + (floor((t0 - onset) / quantum) + 1) * quantum
                     if x < nxt:
                         nxt = x
             warming = False
@@ -758,13 +729,13 @@ class SimShadow:
                     warming = True
                     break
             if warming:
-                x = (floor(t0 / QUANTUM_S) + 1) * QUANTUM_S
+                x = (floor(t0 / quantum) + 1) * quantum
                 if x < nxt:
                     nxt = x
             if nxt > t0 + EPS:
                 t1 = nxt
             else:
-                t1 = t0 + QUANTUM_S
+                t1 = t0 + quantum
                 if t_end <= t1:
                     t1 = t_end
             # rates, through the one-entry cache keyed like _key()
@@ -773,14 +744,14 @@ class SimShadow:
             elif t0 >= effect_end:
                 q = -2
             else:
-                q = floor((t0 - onset) / QUANTUM_S)
-            key = (st.version, int(t0 // BLOCK_S), q)
+                q = floor((t0 - onset) / quantum)
+            key = (st.version, int(t0 // block_s), q)
             r = self._rates
             if key != self._rates_key or r is None:
                 r = self._rates = self._compute(t0)
                 self._rates_key = key
             if stop is not None:
-                cut = stop(t0, t1, r)
+                cut = stop(t0, t1, r.violated)
                 if cut is not None:
                     t1 = max(t0, min(t1, cut))
             dt = t1 - t0
@@ -812,6 +783,10 @@ class SimShadow:
         span.failed_requests = failed
         span.requests = requests
         span.end_s = st.t
+        if cancelled:
+            raise _Cancelled(span)
+        if timed_out and st.t >= t_stop:
+            raise StepTimeout(f"the step's deadline at {t_end:.3f}s fell inside it", span)
         return span
 
     def _record(self, t: float, r: _Rates) -> None:
@@ -834,87 +809,60 @@ class SimShadow:
             p["step"].append(self.state.step)
             p["phase"].append(phase)
 
-    # ------------------------------------------------------------------ SLO
-
-    def run_until_breach(self, max_s: float) -> Breach | None:
-        """Prometheus semantics: a rule fires at an evaluation tick once its condition has
-        been true at every tick for ``for``; ticks fall every ``slo.interval``."""
-        interval = self.scenario.slo.interval
-        active: list[float | None] = [None] * len(self.rules)
-        fired: list[tuple[float, tuple[str, ...]]] = []
-
-        def stop(t0: float, t1: float, r: _Rates) -> float | None:
-            first_tick = math.ceil((t0 - EPS) / interval) * interval
-            if first_tick >= t1 - EPS:
-                return None
-            best: float | None = None
-            names: list[str] = []
-            for k, rule in enumerate(self.rules):
-                if not r.violated[k]:
-                    active[k] = None
-                    continue
-                if active[k] is None:
-                    active[k] = first_tick
-                due = max(first_tick, math.ceil((active[k] + rule.for_ - EPS) / interval)
-                          * interval)
-                if due < t1 - EPS:
-                    if best is None or due < best - EPS:
-                        best, names = due, [rule.name]
-                    elif abs(due - best) <= EPS:
-                        names.append(rule.name)
-            if best is not None:
-                fired.append((best, tuple(names)))
-                return best
-            return None
-
-        self.state.phase = "incident" if self.injection else "normal"
-        span = self.advance(max(0.0, max_s - self.state.t), stop)
-        if fired:
-            return Breach(fired[0][0], fired[0][1], span)
-        return None
-
-    def verify(self, hold_s: float, deadline_s: float) -> VerifyResult:
-        """Healthy once no rule condition is violated for ``hold_s`` in a row."""
-        st = self.state
-        st.phase, st.step = "verify", None
-        clean_since: list[float | None] = [None]
-        done: list[bool] = [False]
-
-        def stop(t0: float, t1: float, r: _Rates) -> float | None:
-            if any(r.violated):
-                clean_since[0] = None
-                return None
-            if clean_since[0] is None:
-                clean_since[0] = t0
-            due = clean_since[0] + hold_s
-            if due <= t1 + EPS:
-                done[0] = True
-                return due
-            return None
-
-        if st.t >= deadline_s:
-            # steps overran the deadline: judge the instant they ended
-            return VerifyResult(not any(self.rates().violated) and hold_s <= 0, st.t,
-                                Span(st.t, st.t))
-        span = self.advance(deadline_s - st.t, stop)
-        return VerifyResult(done[0], st.t, span)
-
-    def metrics(self) -> Metrics:
-        r = self.rates()
-        comps = {name: ComponentMetrics(*c) for name, c in zip(self.topo.names, r.comps)}
-        e = r.comps[self.topo.edge]
-        edge = ComponentMetrics(r.edge_rps, r.edge_error, r.edge_p50, r.edge_p99, e[4], e[5])
-        failing = tuple(rule.name for rule, v in zip(self.rules, r.violated) if v)
-        return Metrics(self.state.t, edge, comps, failing)
-
     # ------------------------------------------------------------------ steps
 
-    def run_step(self, step: Step, settings: dict[str, Any]) -> StepResult:
+    def run_step(self, step: Step, settings: dict[str, Any], *, timeout_s: float | None = None,
+                 cancel: CancelToken | None = None) -> StepResult:
+        """Run ``step``; a timeout or a cancellation stops it part-way (see :meth:`_stopped`).
+
+        ``timeout_s`` is in shadow seconds from the step's start; ``cancel`` is checked
+        before the step and between its integration segments."""
+        self._check()
         st = self.state
-        st.phase, st.step = "rollback", step.name
         start = st.t
         span = Span(start, start)
-        status, message = "ok", ""
+        if cancel is not None and cancel.cancelled:
+            return StepResult(step.name, step.action, "cancelled", dict(settings), span,
+                              "cancelled before it started")
+        st.phase, st.step = "rollback", step.name
+        status: StepStatus
+        self._deadline = None if timeout_s is None else start + timeout_s
+        self._cancel = cancel
+        try:
+            status, message = self._act(step, settings, span)
+        except StepTimeout as stop:
+            span.add(stop.span)
+            status, message = "timed_out", f"stopped part-way at its {timeout_s:g}s timeout"
+            self._stopped()
+        except _Cancelled as stop:
+            span.add(stop.span)
+            status, message = "cancelled", "stopped part-way on request"
+            self._stopped()
+        finally:
+            self._deadline = None
+            self._cancel = None
+        st.step = None
+        span.start_s, span.end_s = start, st.t
+        return StepResult(step.name, step.action, status, dict(settings), span, message)
+
+    def _stopped(self) -> None:
+        """A step stopped part-way leaves what it changed (replicas it took out of service
+        stay out, versions and schema stay where they got), but what lives only while its
+        process runs ends with it: table locks, an online migration's load, a command's
+        effects, dropped-request errors, a cache warmer."""
+        st, n = self.state, self._n
+        st.locked = [False] * n
+        st.online = [False] * n
+        st.command_effects = ()
+        st.impulse = {}
+        st.warm_rate = [1.0] * n
+        self._touch()
+
+    def _act(self, step: Step, settings: dict[str, Any], span: Span) -> tuple[StepStatus, str]:
+        """The step's action, its costs added to ``span``: ``(status, message)``."""
+        st = self.state
+        status: StepStatus = "ok"
+        message = ""
         target = self.topo.index.get(step.target or "", -1)
         action = step.action
         if action == "scale":
@@ -927,17 +875,18 @@ class SimShadow:
             status, message = self._migrate_down(step, target, bool(settings.get("online")),
                                                  span)
         elif action == "disable_flag":
-            span.add(self.advance(5.0 * self.jitter(step.name)))
+            span.add(self.advance(self._flag_toggle_s * self.jitter(step.name)))
             st.flags_off.add((step.target or "", str(settings["flag"])))
             self._touch()
         elif action == "flush_cache":
-            span.add(self.advance(1.0))
+            span.add(self.advance(self._action_s))
             st.warmth[target] = 0.0
             self._touch_warmth()
         elif action == "warm_cache":
-            st.warm_rate[target] = 4.0
-            remaining = (1.0 - st.warmth[target]) * self._cache_warmup(target) / 4.0
-            span.add(self.advance(max(1.0, math.ceil(remaining / QUANTUM_S) * QUANTUM_S)))
+            st.warm_rate[target] = self._warm_speedup
+            remaining = warming_s(1.0 - st.warmth[target], self._cache_warmup(target), self.params)
+            quantum = self._quantum_s
+            span.add(self.advance(max(self._action_s, math.ceil(remaining / quantum) * quantum)))
             st.warmth[target] = 1.0
             st.warm_rate[target] = 1.0
             self._touch_warmth()
@@ -945,9 +894,7 @@ class SimShadow:
             span.add(self.advance(float(settings["duration"])))
         elif action == "command":
             self._command(step, span)
-        st.step = None
-        span.start_s, span.end_s = start, st.t
-        return StepResult(step.name, action, status, dict(settings), span, message)
+        return status, message
 
     def _scale(self, step: Step, i: int, replicas: int, span: Span) -> None:
         st = self.state
@@ -959,10 +906,10 @@ class SimShadow:
             ver, cfg = st.template[i]
             b[ver * 2 + cfg] += replicas - current
         elif replicas < current:
-            span.add(self.advance(1.0))
+            span.add(self.advance(self._action_s))
             self._take(b, current - replicas, dim=None)
         else:
-            span.add(self.advance(1.0))
+            span.add(self.advance(self._action_s))
         self._touch()
 
     @staticmethod
@@ -1005,12 +952,12 @@ class SimShadow:
             if dropped > 0:
                 st.impulse[i] = min(1.0, dropped / load_i)
                 self._touch_impulse()
-                span.add(self.advance(1.0))
+                span.add(self.advance(self._drop_impulse_s))
                 st.impulse.pop(i, None)
                 self._touch_impulse()
-                span.add(self.advance(STOP_S - 1.0))
+                span.add(self.advance(self._stop_s - self._drop_impulse_s))
             else:
-                span.add(self.advance(STOP_S))
+                span.add(self.advance(self._stop_s))
             span.add(self.advance(svc.startup * self.jitter(step.name, k)))
             for pool, count in enumerate(taken):
                 if count > 0:
@@ -1030,10 +977,10 @@ class SimShadow:
         mig = ds.migration
         assert mig is not None  # checked by the scenario loader
         if not mig.reversible:
-            span.add(self.advance(5.0))
+            span.add(self.advance(self._failed_migration_s))
             return "failed", f"migration on '{ds.name}' is irreversible: migrate_down failed"
         if st.schema_prev[i]:
-            span.add(self.advance(1.0))
+            span.add(self.advance(self._action_s))
             return "ok", "schema already at the previous version"
         duration = mig.duration * self.jitter(step.name)
         if online:
@@ -1054,7 +1001,7 @@ class SimShadow:
         st = self.state
         sim = step.sim
         if sim is None:
-            span.add(self.advance(1.0))
+            span.add(self.advance(self._action_s))
             return
         st.command_effects = tuple(ActiveEffect(e.metric, e.target, e.add or 0.0,
                                                 e.factor or 1.0) for e in sim.effects)

@@ -1,0 +1,78 @@
+"""What several use cases share: resolving input files, the history to replay, the callback
+types, and a Ray session opened only when the work fans out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from shadowrl.app.errors import UsageError
+from shadowrl.core.spec import Procedure, Scenario, load_procedure
+from shadowrl.rehearsal.deviation import HistoryModel
+
+ProgressFn = Callable[[int, int, str], None]
+"""``on_progress(done, total, label)``: ``done`` of ``total`` units of the task ``label``."""
+
+LogFn = Callable[[str], None]
+"""``on_log(message)``: one line about what the use case is doing."""
+
+
+def procedure_for(path: Path | None, scenario: Scenario) -> Procedure:
+    """The procedure in ``path`` (checked against ``scenario``), else the scenario's own."""
+    return scenario.procedure if path is None else load_procedure(path, scenario)
+
+
+def history_for(path: Path | None, scenario: Scenario) -> HistoryModel | None:
+    """``path`` (its format from the extension) overrides the scenario's
+    ``deviations.history``; None when neither names one."""
+    from shadowrl.rehearsal.deviation import load_history
+    from shadowrl.traffic.history import HistoryError
+
+    spec = scenario.deviations.history
+    if path is None and spec is None:
+        return None
+    if path is not None:
+        fmt = {".json": "prometheus", ".csv": "csv"}.get(path.suffix.lower())
+        if fmt is None:
+            raise UsageError(f"{path}: --history needs a .json (Prometheus) or .csv file")
+        source, column = path, "value"
+    else:
+        assert spec is not None
+        base = getattr(scenario, "_source", Path(".")).parent
+        source, fmt, column = base / spec.file, spec.format, spec.column
+    try:
+        return load_history(source, fmt, column=column)
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such history file") from None
+    except HistoryError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def ray_context(replicas: int, address: str | None = None) -> AbstractContextManager[Any]:
+    """A Ray session (``address``, else RAY_ADDRESS, else a private local Ray) when the work
+    fans out over several replicas or a cluster is named; otherwise nothing, and Ray is not
+    even imported."""
+    if replicas <= 1 and address is None:
+        return contextlib.nullcontext()
+    from shadowrl.integrations.ray import ray_session
+
+    return ray_session(address)
+
+
+def counting(on_progress: ProgressFn | None, total: int,
+             label: str) -> Callable[[int], None] | None:
+    """A per-item callback (its argument, an item index, is ignored: parallel items finish
+    in any order) that reports how many items are done so far."""
+    if on_progress is None:
+        return None
+    done = 0
+
+    def tick(_index: int) -> None:
+        nonlocal done
+        done += 1
+        on_progress(done, total, label)
+
+    return tick

@@ -1,0 +1,57 @@
+"""Use case ``optimize``: find better rollback procedures and compare every method on the same
+held-out incidents (the engine is ``shadowrl.rl.optimizer``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from shadowrl.app.common import LogFn, ProgressFn, ray_context
+from shadowrl.app.errors import UsageError
+from shadowrl.core.spec import load_scenario
+from shadowrl.rl.results import OptimizeResult
+
+
+class OptimizeRequest(BaseModel):
+    file: Path
+    method: str = "all"  # search | rl | all
+    agent: Path | None = None  # agent config YAML; default agents/maskable_ppo.yaml
+    timesteps: int | None = Field(default=None, ge=1)  # RL training timesteps
+    replicas: int = Field(default=1, ge=1)  # parallel shadow replicas (Ray)
+    ray_address: str | None = None  # a Ray cluster to join (default: RAY_ADDRESS or local)
+    seed: int = 0  # for search and training
+    out: Path = Path("out/optimize")
+    episodes: int = Field(default=100, ge=1)  # held-out incidents per method
+    eval_seed: int = 10000  # first held-out seed
+    trials: int = Field(default=150, ge=1)  # best-static search trials
+    oracle_nodes: int = Field(default=5000, ge=1)  # oracle node budget per incident
+    command: str | None = None  # recorded in procedure.yaml; default: the equivalent command
+
+
+def optimize(request: OptimizeRequest, *, on_progress: ProgressFn | None = None,
+             on_log: LogFn | None = None) -> OptimizeResult:
+    """Writes procedure.yaml, policy.zip (with RL), bottlenecks.json, comparison.md and
+    summary.json to ``request.out``. Raises SpecError for a bad scenario or agent file,
+    UsageError for an unknown method."""
+    from shadowrl.rl.optimizer import OptimizeOptions, methods_for
+    from shadowrl.rl.optimizer import optimize as run_optimizer
+
+    sc = load_scenario(request.file)
+    try:
+        methods_for(request.method)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if request.agent is not None:
+        from shadowrl.rl.agents import load_agent_config
+
+        load_agent_config(request.agent)
+    opts = OptimizeOptions(method=request.method, agent=request.agent,
+                           timesteps=request.timesteps, replicas=request.replicas,
+                           seed=request.seed, episodes=request.episodes,
+                           eval_seed=request.eval_seed, search_trials=request.trials,
+                           oracle_nodes=request.oracle_nodes, ray_address=request.ray_address)
+    command = request.command or f"shadowrl optimize {request.file}"
+    with ray_context(request.replicas, request.ray_address):
+        return run_optimizer(sc, request.out, opts, command, log=on_log or (lambda _m: None),
+                             progress=on_progress)

@@ -1,0 +1,38 @@
+"""Use case ``simulate``: one incident, one rollback, step by step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from shadowrl.app.common import procedure_for
+from shadowrl.app.errors import UsageError
+from shadowrl.app.models import RehearsalResult
+from shadowrl.core.errors import NoBreachError
+from shadowrl.core.spec import load_scenario
+
+
+class SimulateRequest(BaseModel):
+    file: Path
+    incident: str | None = None  # default: drawn by weight
+    seed: int = 0  # same seed, same incident and same timings
+    procedure: Path | None = None  # a file with a `procedure:` block; default: the scenario's
+
+
+def simulate(request: SimulateRequest) -> RehearsalResult:
+    """Raises SpecError for a bad scenario or procedure file, UsageError for an unknown
+    incident or a scenario whose incidents never breach."""
+    from shadowrl.rehearsal.runner import rehearse
+
+    sc = load_scenario(request.file)
+    proc = procedure_for(request.procedure, sc)
+    known = [i.name for i in sc.incidents]
+    if request.incident is not None and request.incident not in known:
+        raise UsageError(f"{request.file}: unknown incident '{request.incident}' (known: "
+                         f"{', '.join(known)})")
+    try:
+        result = rehearse(sc, request.seed, incident=request.incident, procedure=proc)
+    except NoBreachError as exc:
+        raise UsageError(f"{request.file}: {exc}") from None
+    return RehearsalResult.model_validate(result.to_json())

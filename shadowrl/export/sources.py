@@ -1,0 +1,186 @@
+"""What an export starts from: a procedure file, a scenario file, or a source that a caller's
+:class:`SourceResolver` loads (the CLI passes :data:`shadowrl.integrations.sources.RESOLVERS`
+for MLflow runs and registered models), and what a file's header says about its procedure.
+
+A procedure file is checked like a ``--procedure`` file: against ``--scenario`` when given,
+else on its own (types, settings, step names, ``after``). Export never imports an
+integration: sources it cannot read as files come only through the resolvers it is handed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shadowrl.core.spec import (
+    Problem,
+    Procedure,
+    Scenario,
+    SpecError,
+    check_procedure,
+    format_path,
+    load_scenario,
+    load_yaml,
+    procedure_from_data,
+    scenario_from_data,
+)
+
+
+class SourceError(ValueError):
+    """A source that cannot be exported (not a file problem with a line number)."""
+
+
+@dataclass
+class ExportSource:
+    """A procedure to export and what is known about where it came from."""
+
+    procedure: Procedure
+    scenario: Scenario | None
+    name: str
+    origin: str  # the file path or model URI it was read from
+    evaluation: dict[str, Any] | None = None  # a `summarize`-shaped dict and/or {"text": ...}
+    command: str | None = None  # the command that produced the procedure, if known
+    scenario_name: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.scenario_name is None and self.scenario is not None:
+            self.scenario_name = self.scenario.name
+
+
+@dataclass(frozen=True)
+class SourceResolver:
+    """A kind of source that is not a file, recognised by its form alone (no import of the
+    integration that loads it), and how to load one.
+
+    ``load`` raises :class:`SourceError` for a source it cannot load.
+    """
+
+    forms: str  # what the sources look like, for messages: "an MLflow run id or models:/..."
+    matches: Callable[[str], bool]
+    load: Callable[[str], ExportSource]
+
+
+def load_source(source: str, scenario_path: Path | None = None,
+                resolvers: Sequence[SourceResolver] = ()) -> ExportSource:
+    """Resolve SOURCE to a procedure; raises :class:`SpecError` or :class:`SourceError`.
+
+    A path that does not exist goes to the first of ``resolvers`` that matches its form.
+    ``scenario_path`` checks a procedure file (or a resolved procedure) against that scenario
+    with the same rules as ``--procedure`` files; without it a procedure file is validated on
+    its own and its targets are not checked.
+    """
+    scenario = load_scenario(scenario_path) if scenario_path is not None else None
+    path = Path(source)
+    if not path.exists():
+        for resolver in resolvers:
+            if resolver.matches(source):
+                return _resolved(resolver, source, scenario)
+        forms = ["a procedure.yaml", "a scenario YAML", *(r.forms for r in resolvers)]
+        raise SourceError(f"{source}: no such file (give "
+                          f"{', '.join(forms) if resolvers else ' or '.join(forms)})")
+    if path.is_dir():
+        if not (path / "procedure.yaml").is_file():
+            raise SourceError(f"{source}: is a directory without a procedure.yaml")
+        path = path / "procedure.yaml"
+    file = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    data, lines = load_yaml(raw, file)
+    if isinstance(data, dict) and (data.get("kind") == "Scenario" or "deployment" in data):
+        if scenario is not None:
+            raise SourceError(f"{file}: is a scenario; --scenario applies to procedure files")
+        sc = scenario_from_data(data, file, lines)
+        sc.__dict__["_source"] = path
+        return ExportSource(procedure=sc.procedure, scenario=sc, name=sc.procedure.name,
+                            origin=file)
+    if not isinstance(data, dict) or "procedure" not in data:
+        raise SpecError([Problem(file, 1, "", "expected a scenario (kind: Scenario) or a "
+                                             "procedure file (a mapping with 'procedure:')")])
+    meta = data.get("metadata")
+    named = meta.get("scenario") if isinstance(meta, dict) else None
+    named = named if isinstance(named, str) else None
+    proc = procedure_from_data(data, file, lines, scenario)
+    if scenario is None:
+        warnings = [f"{file}: not checked against a scenario (targets, flags and previous "
+                    f"configs unknown); give --scenario FILE to check it"]
+    elif named and named != scenario.name:
+        warnings = [f"{file} was written for scenario '{named}' but is checked against "
+                    f"'{scenario.name}'"]
+    else:
+        warnings = []
+    command, evaluation = read_header(raw.decode("utf-8", errors="replace"))
+    return ExportSource(procedure=proc, scenario=scenario, name=proc.name, origin=file,
+                        evaluation=evaluation, command=command,
+                        scenario_name=scenario.name if scenario else named, warnings=warnings)
+
+
+def _resolved(resolver: SourceResolver, source: str, scenario: Scenario | None) -> ExportSource:
+    """A resolver's source, its procedure checked like a procedure file's."""
+    src = resolver.load(source)
+    proc = src.procedure.model_copy(deep=True)
+    problems = check_procedure(proc, scenario)
+    if problems:
+        raise SpecError([Problem(source, 1, format_path(p), m) for p, m in problems])
+    src.procedure = proc
+    if scenario is not None:
+        src.scenario, src.scenario_name = scenario, scenario.name
+    return src
+
+
+# --------------------------------------------------------------------------- header
+
+_FOUND_BY = re.compile(r"(?:found|produced) by:? `(?P<cmd>.+)`")
+_EVAL = re.compile(r"^(?:evaluation: )?(?P<text>(?:held-out )?evaluation \(.*)$")
+_EVAL_LINE = re.compile(r"^evaluation: (?P<text>.+)$")
+
+
+def read_header(text: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The producing command and evaluation summary from a file's leading ``#`` lines.
+
+    Understands the header ``optimize`` writes (``found by `CMD```, ``held-out evaluation (N
+    incidents): downtime mean Xs p95 Ys; outcomes {...}``) and the one export writes.
+    """
+    command: str | None = None
+    evaluation: dict[str, Any] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if not line.startswith("#"):
+            break
+        body = line.lstrip("#").strip()
+        match = _FOUND_BY.search(body)
+        if match and command is None:
+            command = match.group("cmd")
+            continue
+        match = _EVAL.match(body) or _EVAL_LINE.match(body)
+        if match and evaluation is None and not body.startswith("evaluation: none"):
+            evaluation = parse_evaluation(match.group("text"))
+    return command, evaluation
+
+
+def parse_evaluation(text: str) -> dict[str, Any]:
+    """``{"text": ...}`` plus whatever of runs / downtime / outcomes the line states."""
+    out: dict[str, Any] = {"text": text}
+    runs = re.search(r"(\d+) incidents?\b", text)
+    if runs:
+        out["runs"] = int(runs.group(1))
+    down = re.search(r"downtime mean (\d+(?:\.\d+)?)s p95 (\d+(?:\.\d+)?)s", text)
+    if down:
+        out["downtime_s"] = {"mean": float(down.group(1)), "p95": float(down.group(2))}
+    outcomes = re.search(r"outcomes (\{[^}]*\})", text)
+    if outcomes:
+        try:
+            value = ast.literal_eval(outcomes.group(1))
+        except (ValueError, SyntaxError):
+            value = None
+        if isinstance(value, dict):
+            out["outcomes"] = value
+    return out

@@ -1,0 +1,51 @@
+"""What the Rollback Optimization Engine reports (``optimize --json`` and its
+``summary.json``), as typed models; importable without the RL dependencies."""
+
+from __future__ import annotations
+
+from shadowrl.analysis.summary import EvaluationSummary, ResultModel
+
+
+class SearchInfo(ResultModel):
+    """How the best static procedure was found."""
+
+    train_s: float
+    search: str  # exhaustive | optuna, maybe +local
+    plans: int
+    train_cost: float
+
+
+class RlInfo(ResultModel):
+    """The RL policy: a given ``policy`` file, or the training that produced one."""
+
+    omit_when_empty = frozenset({"policy", "train_s", "timesteps", "algorithm"})
+    policy: str | None = None
+    train_s: float | None = None
+    timesteps: int | None = None
+    algorithm: str | None = None
+
+
+class OracleInfo(ResultModel):
+    """The per-incident branch-and-bound searches."""
+
+    exact: int
+    max_nodes: int
+    mean_nodes: float
+
+
+class OptimizeResult(ResultModel):
+    """What ``optimize`` returns and writes to ``summary.json`` (``optimize --json``)."""
+
+    omit_when_empty = frozenset({"search", "rl", "oracle"})
+    scenario: str
+    episodes: int
+    eval_seed: int
+    methods: dict[str, EvaluationSummary]
+    procedure: str
+    policy: str | None
+    bottlenecks: str
+    comparison: str
+    timing_s: dict[str, float]
+    search: SearchInfo | None = None
+    rl: RlInfo | None = None
+    oracle: OracleInfo | None = None

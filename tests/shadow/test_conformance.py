@@ -1,0 +1,277 @@
+"""The backend contract: every shadow backend passes this suite.
+
+It is parametrised over backend factories. Today: the simulator, and the simulator behind
+the mandatory interface plus fast-forward only (a genuine backend without snapshots, which
+is what a container backend will look like to the callers). A new backend adds its factory
+to ``BACKENDS`` and the capabilities it declares to ``CAPABILITIES``; a wall-clock backend
+also gets a time tolerance in ``TOLERANCE_S``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shadowrl.core.errors import BackendUnavailable, SnapshotUnsupported
+from shadowrl.core.injection import Injection
+from shadowrl.core.plan import configured_plan
+from shadowrl.core.results import ERROR_SOURCES, Breach, Metrics, Span, StepResult
+from shadowrl.core.slo import Observer, run_until_breach, verify
+from shadowrl.core.spec import Scenario, Step, load_scenario
+from shadowrl.rehearsal.deviation import DeviationSimulator
+from shadowrl.rehearsal.runner import rehearse, run_plan, start_incident
+from shadowrl.shadow.base import (
+    CancelToken,
+    ErrorAttribution,
+    FastForward,
+    ProfileRecording,
+    ShadowBackend,
+    Snapshotting,
+)
+from shadowrl.shadow.sim.engine import SimShadow
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = 1  # checkout: a bad web release the configured procedure recovers from
+
+
+class NoSnapshotSim:
+    """The simulator behind the mandatory interface and :class:`FastForward`, nothing else:
+    like a container shadow, it cannot snapshot."""
+
+    name = "sim-no-snapshots"
+    clock = "simulated"
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self._sim = SimShadow(scenario)
+
+    def launch(self, seed: int) -> None:
+        self._sim.launch(seed)
+
+    def close(self) -> None:
+        self._sim.close()
+
+    def __enter__(self) -> NoSnapshotSim:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def inject(self, injection: Injection) -> None:
+        self._sim.inject(injection)
+
+    def run_step(self, step: Step, settings: dict[str, Any], *, timeout_s: float | None = None,
+                 cancel: CancelToken | None = None) -> StepResult:
+        return self._sim.run_step(step, settings, timeout_s=timeout_s, cancel=cancel)
+
+    def sample(self) -> Metrics:
+        return self._sim.sample()
+
+    def now(self) -> float:
+        return self._sim.now()
+
+    def advance(self, seconds: float) -> Span:
+        return self._sim.advance(seconds)
+
+    def advance_until(self, seconds: float, observe: Observer) -> Span:
+        return self._sim.advance_until(seconds, observe)
+
+
+Factory = Callable[[Scenario], ShadowBackend]
+BACKENDS = [pytest.param(SimShadow, id="sim"),
+            pytest.param(NoSnapshotSim, id="sim-no-snapshots")]
+CAPABILITIES = {
+    "sim": {Snapshotting, FastForward, ErrorAttribution, ProfileRecording},
+    "sim-no-snapshots": {FastForward},
+}
+TOLERANCE_S = {"simulated": 1e-9}  # how exactly a step stops at its timeout
+
+
+class CancelAfter(CancelToken):
+    """Cancels itself at its ``polls``-th poll: a cancellation arriving mid-step."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.polls = polls
+
+    @property
+    def cancelled(self) -> bool:
+        self.polls -= 1
+        if self.polls < 0:
+            self.cancel()
+        return super().cancelled
+
+
+@pytest.fixture(scope="module")
+def sc() -> Scenario:
+    return load_scenario(ROOT / "envs" / "checkout.yaml")
+
+
+@pytest.fixture(params=BACKENDS)
+def factory(request: pytest.FixtureRequest) -> Factory:
+    return request.param
+
+
+def at_breach(factory: Factory, sc: Scenario) -> tuple[ShadowBackend, Injection, Breach]:
+    backend = factory(sc)
+    injection, breach = start_incident(backend, DeviationSimulator(sc), SEED)
+    return backend, injection, breach
+
+
+def test_capabilities_are_declared(factory: Factory, sc: Scenario) -> None:
+    with factory(sc) as backend:
+        assert isinstance(backend, ShadowBackend)
+        has = {cap for cap in (Snapshotting, FastForward, ErrorAttribution, ProfileRecording)
+               if isinstance(backend, cap)}
+        assert has == CAPABILITIES[backend.name]
+        assert backend.clock in ("simulated", "wall")
+        if backend.clock == "simulated":
+            assert FastForward in has  # otherwise its time could never pass
+        if isinstance(backend, ErrorAttribution):
+            assert set(backend.error_sources) <= set(ERROR_SOURCES)
+
+
+def test_launch_inject_and_sample(factory: Factory, sc: Scenario) -> None:
+    with factory(sc) as backend:
+        backend.launch(SEED)
+        assert backend.now() == 0.0
+        m = backend.sample()
+        assert m.at_s == backend.now()
+        assert set(m.components) == set(sc.components())
+        assert m.edge.rps > 0 and m.failing_rules == ()  # a healthy shadow
+        injection = DeviationSimulator(sc).draw(SEED, "bad-web-release", 0)
+        backend.inject(injection)
+        breach = run_until_breach(backend, injection.onset_s + 1800.0)
+        assert breach is not None and breach.at_s >= injection.onset_s
+        assert backend.now() == pytest.approx(breach.at_s)
+        m = backend.sample()
+        rules = {r.name for r in sc.slo.rules}
+        assert set(breach.rules) <= set(m.failing_rules) <= rules
+        assert m.edge.error_rate > 0.01
+
+
+def test_calls_before_launch_and_after_close_are_refused(factory: Factory,
+                                                         sc: Scenario) -> None:
+    backend = factory(sc)
+    with pytest.raises(BackendUnavailable, match="launch"):
+        backend.sample()
+    backend.launch(SEED)
+    backend.sample()
+    backend.close()
+    backend.close()  # idempotent
+    step = sc.procedure.steps[0]
+    for call in (backend.sample, backend.now, lambda: backend.launch(SEED),
+                 lambda: backend.run_step(step, step.default_settings())):
+        with pytest.raises(BackendUnavailable, match="closed"):
+            call()
+
+
+def test_the_context_manager_closes_even_on_errors(factory: Factory, sc: Scenario) -> None:
+    backend = factory(sc)
+    with backend as entered:
+        assert entered is backend
+        backend.launch(SEED)
+        backend.sample()
+    with pytest.raises(BackendUnavailable):
+        backend.sample()
+    other = factory(sc)
+    with pytest.raises(RuntimeError, match="boom"), other:
+        other.launch(SEED)
+        raise RuntimeError("boom")
+    with pytest.raises(BackendUnavailable):
+        other.now()
+
+
+def test_a_step_past_its_timeout_stops_at_the_deadline(factory: Factory,
+                                                        sc: Scenario) -> None:
+    step = sc.procedure.step("revert-web")  # 9 batches of drain, stop and startup
+    settings = step.default_settings()
+    backend, _, _ = at_breach(factory, sc)
+    with backend:
+        start = backend.now()
+        result = backend.run_step(step, settings, timeout_s=45.0)
+        assert result.status == "timed_out" and result.stopped
+        assert "45s timeout" in result.message
+        tolerance = TOLERANCE_S[backend.clock]
+        assert result.start_s == start
+        assert result.end_s == pytest.approx(start + 45.0, abs=tolerance)
+        assert backend.now() == pytest.approx(result.end_s, abs=tolerance)
+        assert result.span.requests > 0
+    full, _, _ = at_breach(factory, sc)
+    with full:
+        done = full.run_step(step, settings, timeout_s=1e6)  # a generous timeout changes nothing
+        assert done.status == "ok" and done.end_s - done.start_s > 45.0
+
+
+def test_a_cancelled_step_stops(factory: Factory, sc: Scenario) -> None:
+    step = sc.procedure.step("revert-web")
+    settings = step.default_settings()
+    backend, _, _ = at_breach(factory, sc)
+    with backend:
+        before = backend.now()
+        token = CancelToken()
+        token.cancel()
+        result = backend.run_step(step, settings, cancel=token)
+        assert result.status == "cancelled" and result.stopped
+        assert result.end_s == result.start_s == before == backend.now()
+
+        mid = backend.run_step(step, settings, cancel=CancelAfter(20))
+        assert mid.status == "cancelled"
+        assert before < mid.end_s == backend.now()
+    full, _, _ = at_breach(factory, sc)
+    with full:
+        done = full.run_step(step, settings)
+        assert done.status == "ok" and mid.end_s < done.end_s
+
+
+def test_breach_and_verification_through_the_core(factory: Factory, sc: Scenario) -> None:
+    backend, _, breach = at_breach(factory, sc)
+    with backend:
+        assert breach.before is not None and breach.before.end_s == breach.at_s
+        results = run_plan(backend, sc.procedure, configured_plan(sc.procedure))
+        assert all(r.status == "ok" for r in results)
+        hold = sc.procedure.verify.hold
+        result = verify(backend, hold, breach.at_s + sc.procedure.verify.timeout)
+        assert result.healthy
+        assert result.end_s == pytest.approx(results[-1].end_s + hold)  # clean at once
+        assert result.span.downtime_s == 0.0
+
+    r = rehearse(sc, SEED, backend_factory=factory)
+    assert (r.backend, r.outcome) == (factory(sc).name, "recovered")
+
+
+def test_a_step_timeout_fails_the_rehearsal(factory: Factory, sc: Scenario) -> None:
+    procedure = sc.procedure.model_copy(deep=True)
+    procedure.step("revert-web").timeout = 45.0
+    r = rehearse(sc, SEED, procedure=procedure, backend_factory=factory)
+    assert r.outcome == "rollback_failed"
+    status = {s.name: s.status for s in r.steps}
+    assert status["revert-web"] == "timed_out"
+    assert status["revert-orders"] == status["migrate-db-down"] == "skipped"
+    alert = next(a for a in r.alerts if a.kind == "rollback_failed")
+    assert alert.step == "revert-web" and "timed out" in alert.message
+
+
+def test_search_methods_refuse_a_backend_without_snapshots(factory: Factory,
+                                                           sc: Scenario) -> None:
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.search import GreedyPolicy, OraclePolicy
+
+    env = RollbackEnv(sc)
+    env.shadow = factory(sc)
+    obs, _ = env.reset(seed=SEED)
+    if isinstance(env.shadow, Snapshotting):
+        action = GreedyPolicy().act(env, obs)
+        assert env.action_masks()[action]
+        return
+    name = env.shadow.name
+    with pytest.raises(SnapshotUnsupported, match=f"greedy .*'{name}' backend"):
+        GreedyPolicy().act(env, obs)
+    with pytest.raises(SnapshotUnsupported, match=f"oracle .*'{name}' backend"):
+        OraclePolicy().reset(env)
+    # what only replays the shadow still works
+    _, _, terminated, _, info = env.step(int(env.action_masks().argmax()))
+    assert not terminated and info["step"]
