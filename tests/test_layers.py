@@ -267,3 +267,23 @@ def test_a_missing_extra_is_named(module: str, extra: str) -> None:
     """)
     assert done.returncode == 0, done.stderr
     assert f"the {extra} extra is needed: pip install 'shadowrl[{extra}]'" in done.stdout
+
+
+def test_the_command_line_without_extras_rehearses_and_names_what_is_missing() -> None:
+    done = run_without_extras("""
+        from typer.testing import CliRunner
+
+        from shadowrl.cli import app
+
+        runner = CliRunner()
+        ok = runner.invoke(app, ["rehearse", "envs/checkout.yaml", "--runs", "2", "--json"])
+        assert ok.exit_code == 0, ok.output
+        missing = runner.invoke(app, ["optimize", "envs/checkout.yaml", "--method", "search"])
+        print(missing.exit_code)
+        print(missing.stderr)
+    """)
+    assert done.returncode == 0, done.stderr
+    code, _, message = done.stdout.partition("\n")
+    assert code == "2", done.stdout
+    assert "the rl extra is needed: pip install 'shadowrl[rl]'" in message
+    assert "Traceback" not in message

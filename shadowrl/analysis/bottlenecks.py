@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowrl.analysis.profile import attribution
-from shadowrl.core.plan import ordered_steps
+from shadowrl.core.plan import after_closure, ordered_steps
+from shadowrl.core.results import STOPPED_STATUSES
 from shadowrl.core.spec import Procedure, Scenario, Service, Step, format_duration
 from shadowrl.rehearsal.runner import Rehearsal
 from shadowrl.shadow.sim.params import SimParams
@@ -209,7 +210,7 @@ class _Model:
         self.datastores = {d.name: d for d in dep.datastores}
         self.caches = {c.name: c for c in dep.caches}
         self.steps = {s.name: s for s in proc.steps}
-        self.deps = {s.name: _deps(proc, s.name) for s in proc.steps}
+        self.deps = {s.name: after_closure(proc, s.name) for s in proc.steps}
 
     def _loads(self, edge_rps: float, warmth: dict[str, float] | None) -> list[float]:
         """Requests/s per component with every cache warm except as ``warmth`` says, and no
@@ -254,21 +255,6 @@ class _Model:
             return []
         t = s.tunables().get(key)
         return list(t.choices) if t is not None else []
-
-
-def _deps(proc: Procedure, name: str) -> set[str]:
-    out: set[str] = set()
-    stack = [name]
-    while stack:
-        try:
-            step = proc.step(stack.pop())
-        except KeyError:
-            continue
-        for d in step.after:
-            if d not in out:
-                out.add(d)
-                stack.append(d)
-    return out
 
 
 @dataclass
@@ -523,7 +509,7 @@ def _error_threshold(sc: Scenario) -> float | None:
 
 def _classify_run(run: _Run, threshold: float | None) -> _Ledger:
     ledger = _Ledger()
-    failed_unit = next((u for u in run.units if u.status == "failed"), None)
+    failed_unit = next((u for u in run.units if u.status in STOPPED_STATUSES), None)
     for u in run.units:
         if failed_unit is not None and (u is failed_unit or not u.is_step):
             # the procedure stopped here: what follows is the failed step's cost

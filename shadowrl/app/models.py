@@ -20,6 +20,7 @@ from shadowrl.analysis.summary import (
     Stats,
     StepStats,
 )
+from shadowrl.core.results import StepStatus
 from shadowrl.core.spec import Problem
 from shadowrl.rehearsal.campaign import OutputFiles
 from shadowrl.rl.results import OptimizeResult, OracleInfo, RlInfo, SearchInfo
@@ -62,7 +63,7 @@ class ValidateResult(ResultModel):
 
 class RehearsalStep(ResultModel):
     name: str
-    status: Literal["ok", "failed", "skipped"]
+    status: StepStatus
     settings: dict[str, Any]
     start_s: float
     end_s: float

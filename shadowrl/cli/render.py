@@ -23,6 +23,8 @@ from shadowrl.app.models import (
     TrainResult,
     ValidateResult,
 )
+from shadowrl.core.extras import MissingExtraError
+from shadowrl.core.plan import describe_settings
 from shadowrl.core.spec import Problem, SpecError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -48,6 +50,8 @@ def bad_input_exits_2() -> Iterator[None]:
     except SpecError as exc:
         fail(exc.problems)
     except UsageError as exc:
+        fail(str(exc))
+    except MissingExtraError as exc:  # an optional dependency the command needs is absent
         fail(str(exc))
 
 
@@ -119,9 +123,8 @@ def print_rehearsal(data: RehearsalResult) -> None:
               f"{data.failed_requests:.0f}")
     table = Table("step", "status", "settings", "start s", "end s", "downtime s", "failed req")
     for s in data.steps:
-        settings = ", ".join(f"{k}={v}" for k, v in s.settings.items())
-        table.add_row(s.name, s.status, settings, f"{s.start_s:.0f}", f"{s.end_s:.0f}",
-                      f"{s.downtime_s:.0f}", f"{s.failed_requests:.0f}")
+        table.add_row(s.name, s.status, describe_settings(s.settings), f"{s.start_s:.0f}",
+                      f"{s.end_s:.0f}", f"{s.downtime_s:.0f}", f"{s.failed_requests:.0f}")
     out.print(table)
     for a in data.alerts:
         style = "red" if a.severity == "critical" else "yellow"

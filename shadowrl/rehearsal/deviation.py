@@ -14,7 +14,6 @@ incident.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from shadowrl.core.injection import ActiveEffect, Injection
 from shadowrl.core.spec import Incident, Scenario
+from shadowrl.shadow.sim.params import SimParams
 
 DAY_S = 86400.0
 PEAK_LEAD_S = 600.0  # with at="peak", the incident starts at most this long after launch
@@ -85,8 +85,10 @@ class DeviationSimulator:
     """Draws injections for a scenario."""
 
     def __init__(self, scenario: Scenario, *, history: HistoryModel | None = None,
-                 at: At = "now") -> None:
+                 at: At = "now", params: SimParams | None = None) -> None:
         self.scenario = scenario
+        # where the diurnal pattern peaks: the same parameter the shadow's load follows
+        self.diurnal_peak_s = (params or SimParams()).diurnal_peak_s
         self.history = history
         self.at = at
         self.mode: Mode = "historical" if history is not None else "random"
@@ -117,7 +119,7 @@ class DeviationSimulator:
                 start = self.history.peak_offset_s - onset
         elif self.at == "peak" and self.scenario.deployment.traffic.pattern == "diurnal":
             onset = min(onset, PEAK_LEAD_S)
-            start = (72000.0 - onset) % DAY_S
+            start = (self.diurnal_peak_s - onset) % DAY_S
         effects = self._effects(chosen, magnitude, shape_pick)
         cause = chosen.cause
         return Injection(chosen.name, cause.kind, cause.target, cause.flag, effects, onset,
@@ -143,7 +145,3 @@ class DeviationSimulator:
     def load_pattern(self) -> Callable[[float], float] | None:
         """The history's load shape for the shadow, or None for the scenario's own pattern."""
         return self.history.pattern if self.history is not None else None
-
-
-def shape_duration(shape: tuple[float, ...] | None, step_s: float) -> float:
-    return 0.0 if not shape else math.ceil(len(shape) * step_s)

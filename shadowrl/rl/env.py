@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ except ImportError as exc:  # every RL module builds on this env: name the extra
     raise missing_extra("rl", exc) from exc
 
 from shadowrl.core.injection import Injection
+from shadowrl.core.plan import describe_settings, setting_combinations
 from shadowrl.core.results import Breach, Metrics, Span, StepResult
-from shadowrl.core.spec import Procedure, Scenario, Step, load_scenario
+from shadowrl.core.spec import Procedure, Scenario, Step, as_scenario
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, finish, start_incident
 from shadowrl.shadow import make_backend
@@ -81,9 +81,8 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
                  failed_request_weight: float = 0.5, failed_step_penalty: float = 10.0,
                  invalid_penalty: float = 1.0, history: Any = None, at: str = "now",
                  render_mode: str | None = None, record_profile: bool = False) -> None:
-        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.scenario = as_scenario(scenario)
         self.procedure = procedure or self.scenario.procedure
-        self.backend_kind = backend
         self.deviation = DeviationSimulator(self.scenario, history=history, at=at)  # type: ignore[arg-type]
         self.record_profile = record_profile
         self.shadow = make_backend(backend, self.scenario, pattern=self.deviation.load_pattern(),
@@ -97,15 +96,11 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self.step_index = {s.name: i for i, s in enumerate(self.steps)}
         self.actions: list[tuple[int, dict[str, Any] | None]] = []
         for i, step in enumerate(self.steps):
-            tunables = step.tunables()
-            keys = list(tunables)
-            for combo in itertools.product(*(tunables[k].choices for k in keys)):
-                self.actions.append((i, dict(zip(keys, combo))))
+            self.actions += [(i, settings) for settings in setting_combinations(step)]
             if step.optional:
                 self.actions.append((i, None))
         self._after = [[self.step_index[d] for d in s.after] for s in self.steps]
         self._action_step = np.array([i for i, _ in self.actions])
-        self._required = np.array([not s.optional for s in self.steps])
         self.action_space = spaces.Discrete(len(self.actions))
         n_comp = len(self.shadow.topo.names)  # type: ignore[attr-defined]
         n_obs = 4 * n_comp + 4 + len(self.scenario.slo.rules) + 2 * n_comp + 2 * len(
@@ -167,8 +162,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         i, settings = self.actions[action]
         if settings is None:
             return f"skip {self.steps[i].name}"
-        text = ", ".join(f"{k}={v}" for k, v in settings.items())
-        return f"{self.steps[i].name}({text})"
+        return f"{self.steps[i].name}({describe_settings(settings)})"
 
     def _observe(self) -> np.ndarray:
         # Same values as clip(nan_to_num(float32(parts), nan=0, posinf=CAP), 0, CAP), with the
@@ -309,6 +303,11 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return (f"t={m.at_s:.0f}s edge err={m.edge.error_rate:.4f} "
                 f"p99={m.edge.latency_p99_ms:.0f}ms failing={list(m.failing_rules)} "
                 f"steps={done}")
+
+    def close(self) -> None:
+        """Close the shadow backend (idempotent, like the backend's ``close``)."""
+        self.shadow.close()
+        super().close()
 
 
 def _clamp(values: list[float]) -> list[float]:

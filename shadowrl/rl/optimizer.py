@@ -21,7 +21,7 @@ import yaml
 from shadowrl.analysis.summary import EvaluationSummary, RehearsalSummary, summarize, with_cost
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
 from shadowrl.core.plan import Plan, configured_plan
-from shadowrl.core.spec import Scenario, procedure_to_data
+from shadowrl.core.spec import Scenario, procedure_file_data
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
@@ -106,9 +106,7 @@ def procedure_yaml(scenario: Scenario, plan: Plan, summary: RehearsalSummary,
               f"# held-out evaluation ({summary.runs} incidents): downtime mean "
               f"{d.mean:.0f}s p95 {d.p95:.0f}s; outcomes {summary.outcomes.model_dump()}\n"
               f"# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
-    body = yaml.safe_dump({"apiVersion": "shadowrl/v1", "kind": "Procedure",
-                           "metadata": {"name": proc.name, "scenario": scenario.name},
-                           "procedure": procedure_to_data(proc)}, sort_keys=False,
+    body = yaml.safe_dump(procedure_file_data(proc, scenario.name), sort_keys=False,
                           default_flow_style=None)
     return header + body
 
@@ -352,8 +350,10 @@ def default_agent_path() -> Path:
 
 def _copy_policy(model_path: Path, out_dir: Path) -> None:
     from shadowrl.core.atomic import atomic_write_bytes
+    from shadowrl.rl.agents import sidecar_path
 
-    atomic_write_bytes(out_dir / "policy.zip", model_path.read_bytes())
-    sidecar = model_path.with_suffix(".json")
+    target = out_dir / "policy.zip"
+    atomic_write_bytes(target, model_path.read_bytes())
+    sidecar = sidecar_path(model_path)
     if sidecar.exists():
-        atomic_write_bytes(out_dir / "policy.json", sidecar.read_bytes())
+        atomic_write_bytes(sidecar_path(target), sidecar.read_bytes())

@@ -25,7 +25,14 @@ from typing import Any, cast
 import numpy as np
 
 from shadowrl.core.errors import SnapshotUnsupported
-from shadowrl.core.plan import Plan, configured_plan
+from shadowrl.core.plan import (
+    Plan,
+    configured_plan,
+    linear_extensions,
+    order_steps,
+    setting_combinations,
+    validate_plan,
+)
 from shadowrl.core.spec import Procedure, Step
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
@@ -226,33 +233,10 @@ class OraclePolicy:
 # --------------------------------------------------------------------------- static plans
 
 
-def linear_extensions(steps: Sequence[Step]) -> Iterator[list[str]]:
-    """Every order of ``steps`` that respects their ``after`` constraints."""
-    names = [s.name for s in steps]
-    after = {s.name: [d for d in s.after if d in names] for s in steps}
-
-    def rec(done: list[str], left: list[str]) -> Iterator[list[str]]:
-        if not left:
-            yield list(done)
-            return
-        for k, name in enumerate(left):
-            if all(d in done for d in after[name]):
-                yield from rec([*done, name], left[:k] + left[k + 1:])
-
-    yield from rec([], names)
-
-
-def _settings_space(step: Step) -> list[dict[str, Any]]:
-    tun = step.tunables()
-    keys = list(tun)
-    return [dict(zip(keys, combo)) for combo in itertools.product(
-        *(tun[k].choices for k in keys))]
-
-
 def plan_space_size(procedure: Procedure, limit: int = 10**9) -> int:
     """Number of static plans (orders x settings of the kept steps, per choice of optional
     steps), capped at ``limit``."""
-    spaces = {s.name: len(_settings_space(s)) for s in procedure.steps}
+    spaces = {s.name: len(setting_combinations(s)) for s in procedure.steps}
     total = 0
     for subset in _optional_subsets(procedure):
         kept = [s for s in procedure.steps if s.name in subset]
@@ -272,7 +256,7 @@ def _optional_subsets(procedure: Procedure) -> Iterator[set[str]]:
 
 
 def all_plans(procedure: Procedure) -> Iterator[list[tuple[str, dict[str, Any] | None]]]:
-    spaces = {s.name: _settings_space(s) for s in procedure.steps}
+    spaces = {s.name: setting_combinations(s) for s in procedure.steps}
     for subset in _optional_subsets(procedure):
         kept = [s for s in procedure.steps if s.name in subset]
         skipped = [(s.name, None) for s in procedure.steps if s.name not in subset]
@@ -323,9 +307,7 @@ def _neighbours(procedure: Procedure,
                 plan: list[tuple[str, dict[str, Any] | None]]) -> Iterator[list[Any]]:
     """Plans one change away: another setting for one step, one step moved, one optional
     step kept or skipped. Only orders that respect ``after`` are produced."""
-    from shadowrl.core.plan import validate_plan
-
-    spaces = {s.name: _settings_space(s) for s in procedure.steps}
+    spaces = {s.name: setting_combinations(s) for s in procedure.steps}
     for k, (name, settings) in enumerate(plan):
         if settings is None:
             continue
@@ -385,7 +367,7 @@ def _optuna_search(env: RollbackEnv, train_seeds: Sequence[int], trials: int, se
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     proc = env.procedure
-    spaces = {s.name: _settings_space(s) for s in proc.steps}
+    spaces = {s.name: setting_combinations(s) for s in proc.steps}
     cache: dict[str, float] = {}
 
     def decode(params: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
@@ -433,17 +415,8 @@ def _optuna_search(env: RollbackEnv, train_seeds: Sequence[int], trials: int, se
 
 def _priority_order(steps: Sequence[Step], priority: dict[str, float]) -> list[str]:
     """Steps by ascending priority, a step waiting until its ``after`` steps are placed."""
-    names = {s.name for s in steps}
-    after = {s.name: [d for d in s.after if d in names] for s in steps}
-    left = sorted(names, key=lambda n: (priority[n], n))
-    done: list[str] = []
-    while left:
-        for k, n in enumerate(left):
-            if all(d in done for d in after[n]):
-                done.append(n)
-                left.pop(k)
-                break
-    return done
+    by_priority = sorted(steps, key=lambda s: (priority[s.name], s.name))
+    return [s.name for s in order_steps(by_priority)]
 
 
 def plan_to_procedure(procedure: Procedure, plan: Plan) -> Procedure:

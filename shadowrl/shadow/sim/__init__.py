@@ -1,5 +1,6 @@
 """The simulated shadow: the embedded default backend, fast and deterministic."""
 
 from shadowrl.shadow.sim.engine import SimShadow
+from shadowrl.shadow.sim.params import SimParams
 
-__all__ = ["SimShadow"]
+__all__ = ["SimParams", "SimShadow"]

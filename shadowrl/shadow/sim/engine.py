@@ -164,7 +164,6 @@ class SimShadow:
         self._rates_key: tuple[Any, ...] | None = None
         self._jitter_cache: dict[tuple[str, int], float] = {}
         self.profile: dict[str, list[Any]] = {}
-        self._effects_by_target: dict[int, list[ActiveEffect]] = {}
         self._effect_end = 0.0
         self._deadline: float | None = None  # the running step's, in shadow time
         self._cancel: CancelToken | None = None  # the running step's
@@ -202,7 +201,6 @@ class SimShadow:
                 if topo.kinds[c] == "service" and dep.services[c].version is not None)))
         self._compat = compat
         reachable = set(topo.reachable)
-        self._reach = [i in reachable for i in range(n)]
         self._reach_list = sorted(reachable)
         self._lat_caches = [(k, c) for k, (_i, _j, c) in enumerate(self._lat_edges) if c >= 0]
         self._lat_plain = [(i, j, 1.0) for i, j, _c in self._lat_edges]
@@ -274,7 +272,6 @@ class SimShadow:
         st.warm_rate = [1.0] * n
         self.state = st
         self.injection = None
-        self._effects_by_target = {}
         self._effect_end = 0.0
         self._rates = None
         self._rates_key = None
@@ -293,7 +290,6 @@ class SimShadow:
             by_target.setdefault(self.topo.index[eff.target], []).append(eff)
             span = max(eff.ramp_s, len(eff.shape) * eff.shape_step_s if eff.shape else 0.0)
             end = max(end, injection.onset_s + span)
-        self._effects_by_target = by_target
         self._effect_end = end
         self._reset_caches()
         self._effect_list = [(i, eff) for i, effs in by_target.items() for eff in effs]
