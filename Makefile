@@ -7,8 +7,16 @@ EXPERIMENT ?= experiments/checkout-maskable-ppo.yaml
 
 .PHONY: install demo test lint bench clean
 
+# torch first, and its CPU build: PyTorch's CPU wheel index (a plain `pip install torch`
+# pulls a multi-GB CUDA build). Where that index is unreachable, pip still finds a local CPU
+# wheel from its configured find-links; failing both, PyPI's torch. Skipped when installed.
+TORCH ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 install:
-	$(PIP) install -q torch==2.13.0
+	@$(PYTHON) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH)')" \
+		2>/dev/null || $(PIP) install -q --retries 1 "torch==$(TORCH)" --index-url $(TORCH_INDEX) \
+		|| $(PIP) install -q "torch==$(TORCH)"
 	$(PIP) install -q -e ".[all,dev]"
 
 demo: install
