@@ -1,7 +1,7 @@
 # shadowrl: `make demo` runs the main job, `make test` runs the tests. Both install first.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-OUT ?= out/demo
+OUT ?= out/demo/$(notdir $(basename $(SCENARIO)))
 SCENARIO ?= envs/checkout.yaml
 EXPERIMENT ?= experiments/checkout-maskable-ppo.yaml
 

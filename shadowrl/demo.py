@@ -43,20 +43,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default="envs/checkout.yaml")
     parser.add_argument("--experiment", default="experiments/checkout-maskable-ppo.yaml",
                         help="the experiment `train` runs (2 Ray replicas, ./mlflow.db)")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: out/demo/SCENARIO-NAME)")
     parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
     args = parser.parse_args(argv)
+    out = args.out or default_out(args.scenario)
+    if out.exists() and any(out.iterdir()):
+        print(f"replacing the previous demo's outputs in {out}", flush=True)
     exe = [sys.executable, "-m", "shadowrl"]
-    for stage in stages(args.scenario, args.experiment, args.out, args.quick):
+    for stage in stages(args.scenario, args.experiment, out, args.quick):
         print(f"\n$ shadowrl {shlex.join(stage)}", flush=True)
         code = subprocess.call([*exe, *stage])
         if code != 0:
             print(f"stage failed with exit code {code}", file=sys.stderr)
             return code
-    print(f"\nDone. Open {args.out / 'rehearsal' / 'report.html'}, read "
-          f"{args.out / 'train' / 'comparison.md'}, and browse the run with "
+    print(f"\nDone. Open {out / 'rehearsal' / 'report.html'}; read "
+          f"{out / 'optimize' / 'comparison.md'} (the search methods against the configured "
+          f"procedure) and {out / 'train' / 'comparison.md'} (the trained policy against the "
+          f"configured and best static procedures); browse the run with "
           f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`.")
     return 0
+
+
+def default_out(scenario: str) -> Path:
+    """One folder per scenario, so a demo of another scenario keeps the previous one."""
+    return Path("out/demo") / Path(scenario).stem
 
 
 if __name__ == "__main__":
