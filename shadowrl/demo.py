@@ -9,6 +9,7 @@ budgets (training follows the experiment file).
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -16,26 +17,36 @@ from pathlib import Path
 
 
 def stages(scenario: str, experiment: str, out: Path, quick: bool) -> list[list[str]]:
+    """The commands before and including training."""
     runs = "10" if quick else "50"
     episodes = "10" if quick else "50"
-    model = _model_name(experiment)
     return [
         ["validate", scenario],
         ["simulate", scenario, "--seed", "1"],
         ["rehearse", scenario, "--runs", runs, "--out", str(out / "rehearsal")],
         ["optimize", scenario, "--method", "search", "--episodes", episodes, "--out",
          str(out / "optimize")],
-        ["train", experiment, "--out", str(out / "train")],
-        ["evaluate", scenario, "--policy", f"models:/{model}@champion", "--episodes", episodes],
-        ["export", f"models:/{model}@champion", "--format", "argo", "--out",
-         str(out / "rollback-workflow.yaml")],
+        ["train", experiment, "--out", str(out / "train"), "--json"],
     ]
 
 
-def _model_name(experiment: str) -> str:
-    from shadowrl.app.experiment import load_experiment
+def after_training(scenario: str, model_uri: str, out: Path, quick: bool) -> list[list[str]]:
+    """The commands that use the trained policy: evaluate it and export its procedure."""
+    episodes = "10" if quick else "50"
+    return [
+        ["evaluate", scenario, "--policy", model_uri, "--episodes", episodes],
+        ["export", model_uri, "--format", "argo", "--out", str(out / "rollback-workflow.yaml")],
+    ]
 
-    return load_experiment(experiment).tracking.model
+
+def trained_model_uri(train_json: str) -> str:
+    """The champion when there is one, else the version this run registered: promotion
+    needs evidence, so a short training may register a version that is not promoted."""
+    result = json.loads(train_json)
+    model = result["model"]
+    if result["champion"]["champion_version"]:
+        return f"models:/{model}@champion"
+    return f"models:/{model}/{result['version']}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"replacing the previous demo's outputs in {out}", flush=True)
     exe = [sys.executable, "-m", "shadowrl"]
+    train_json = ""
     for stage in stages(args.scenario, args.experiment, out, args.quick):
+        print(f"\n$ shadowrl {shlex.join(stage)}", flush=True)
+        done = subprocess.run([*exe, *stage], stdout=subprocess.PIPE if "--json" in stage
+                              else None, text=True, check=False)
+        if done.returncode != 0:
+            print(f"stage failed with exit code {done.returncode}", file=sys.stderr)
+            return done.returncode
+        if "--json" in stage:
+            train_json = done.stdout
+            print(train_json, end="", flush=True)
+    model_uri = trained_model_uri(train_json)
+    for stage in after_training(args.scenario, model_uri, out, args.quick):
         print(f"\n$ shadowrl {shlex.join(stage)}", flush=True)
         code = subprocess.call([*exe, *stage])
         if code != 0:

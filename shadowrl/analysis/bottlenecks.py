@@ -11,7 +11,8 @@
    ============================  =====================================================
    ``capacity_loss``             a ``rollback_version``/``revert_config`` batch takes out
                                  so much capacity that its target overloads (shedding, or
-                                 utilisation >= 0.8 and latency) during the step
+                                 queueing that raises its p99 by half, by the simulator's
+                                 M/M/c model) during the step
    ``slow_step``                 a step that dominates rollback time while the SLO is
                                  violated (batch 1 on many replicas, long startup, an
                                  online migration, a long wait)
@@ -31,15 +32,16 @@
 
    Downtime of a span is split in proportion to the failed requests of each source; when
    the span's error rate is below the SLO's error threshold, the unexplained part of the
-   downtime is latency and goes to the span's latency cause (``capacity_loss`` at high
-   utilisation, ``cold_cache`` in a cold window), else to the incident itself (counted as
-   ``slow_step`` for a dominating step, ``ineffective`` in a run that never recovered, and
-   otherwise left unattributed: the incident lasting until the step that reverts it).
+   downtime is latency and goes to the span's latency cause (``capacity_loss`` when a
+   batch's queueing inflates its target's p99, ``cold_cache`` in a cold window), else to
+   the incident itself (counted as ``slow_step`` for a dominating step, ``ineffective`` in
+   a run that never recovered, and otherwise left unattributed: the incident lasting until
+   the step that reverts it).
    When a rehearsal carries a per-second profile, it adds utilisation and latency evidence
    (max cpu of the target during the step, max edge p99).
 3. **What to change**? Every finding carries a plain-language ``suggestion`` that names
-   values among the step's ``settings`` choices when some exist (a batch and scale that
-   keep utilisation under 0.8, a drain >= ``inflight_time``, ``online: false``, running a
+   values among the step's ``settings`` choices when some exist (a batch, surge and scale
+   that keep utilisation under 0.8, a drain >= ``inflight_time``, ``online: false``, running a
    step earlier or skipping an optional one).
 
 Findings are ranked by share of downtime, then of failed requests.
@@ -60,18 +62,24 @@ from shadowrl.core.spec import Procedure, Scenario, Service, Step, format_durati
 from shadowrl.rehearsal.runner import Rehearsal
 from shadowrl.shadow.sim.params import SimParams
 from shadowrl.shadow.sim.topology import (
+    LN100,
     compile_topology,
     edge_factors,
     load_flow,
     online_capacity,
     rollout_s,
+    sojourn,
+    unavailable,
     warming_s,
 )
 
 KINDS = ("capacity_loss", "slow_step", "compatibility_window", "cold_cache", "write_lock",
          "dropped_requests", "overload", "failed_step", "ineffective")
 
-TARGET_UTIL = 0.8  # utilisation a rollback batch should stay under (latency rises steeply)
+TARGET_UTIL = 0.8  # utilisation a rollback batch should stay under (headroom for load peaks)
+# a batch whose queueing raises its target's p99 by this factor (the simulator's M/M/c model,
+# topology.sojourn) explains latency downtime as capacity loss
+LATENCY_INFLATION = 1.5
 MIN_SOURCE_SHARE = 1e-4  # failed share of a span's requests that counts as an error source
 SLOW_SHARE = 0.3  # share of rollback time from which a step "dominates"
 SLOW_VIOLATED = 0.5  # share of the step's time the SLO must be violated to call it slow
@@ -264,38 +272,44 @@ class _Rollout:
     drain: float
     utilisation: float  # during a batch; inf when a batch takes every replica out
     time_s: float  # rollout estimate, including the scale-up's startup when it adds replicas
+    surge: int = 0  # replacements started beside the old replicas (maxSurge)
 
 
 def _rollouts(model: _Model, step: str, service: Service, load: float,
-              current: tuple[int, int, float]) -> list[_Rollout]:
-    """Every (replicas, batch, drain) the procedure's choices (and the current settings)
-    allow, fastest first. ``current`` is (replicas before the step, batch, drain)."""
-    replicas, batch, drain = current
+              current: tuple[int, int, float, int]) -> list[_Rollout]:
+    """Every (replicas, batch, drain, surge) the procedure's choices (and the current
+    settings) allow, fastest first, then fewest replicas and least surge (what they cost).
+    ``current`` is (replicas before the step, batch, drain, surge)."""
+    replicas, batch, drain, surge = current
     scale = model.scale_step_for(service.name)
     options = {replicas}
     if scale is not None and model.can_precede(scale.name, step):
         options |= {int(c) for c in scale.tunables()["replicas"].choices}
     batches = {int(b) for b in model.choices(step, "batch")} | {batch}
     drains = {float(d) for d in model.choices(step, "drain")} | {drain}
+    surges = {int(x) for x in model.choices(step, "surge")} | {surge}
     good_drain = _best_drain(sorted(drains), service.inflight_time)
     out = []
     for r in sorted(options):
         for b in sorted(batches):
-            d = good_drain if (r, b) != (replicas, batch) else drain
-            for dd in sorted({d, good_drain}):
-                out.append(_rollout(model.params, service, load, r, b, dd, replicas))
-    out.sort(key=lambda o: (o.time_s, o.replicas, o.utilisation))
+            for x in sorted(surges):
+                d = good_drain if (r, b, x) != (replicas, batch, surge) else drain
+                for dd in sorted({d, good_drain}):
+                    out.append(_rollout(model.params, service, load, r, b, dd, replicas, x))
+    out.sort(key=lambda o: (o.time_s, o.replicas, o.surge, o.utilisation))
     return out
 
 
 def _rollout(params: SimParams, service: Service, load: float, replicas: int, batch: int,
-             drain: float, current_replicas: int) -> _Rollout:
-    ready = replicas - min(batch, replicas)
+             drain: float, current_replicas: int, surge: int = 0) -> _Rollout:
+    """A rollout's estimate; a round leaves ``unavailable(batch, surge)`` replicas out of
+    service (the rest of the round is covered by surge replicas)."""
+    ready = replicas - min(unavailable(batch, surge), replicas)
     util = load / (ready * service.capacity_rps) if ready > 0 else math.inf
-    t = rollout_s(replicas, batch, drain, service.startup, params)
+    t = rollout_s(replicas, batch, drain, service.startup, params, surge)
     if replicas > current_replicas:
         t += service.startup  # the scale-up before it
-    return _Rollout(replicas, batch, drain, util, t)
+    return _Rollout(replicas, batch, drain, util, t, surge)
 
 
 def _best_drain(choices: Sequence[Any], inflight: float) -> float:
@@ -406,11 +420,25 @@ class _Run:
         if svc is None or u.action not in ("rollback_version", "revert_config"):
             return 0.0, 0
         r = u.replicas.get(svc.name, svc.replicas)
-        ready = r - min(int(u.settings.get("batch", 1)), r)
+        ready = r - min(unavailable(int(u.settings.get("batch", 1)),
+                                    int(u.settings.get("surge", 0))), r)
         load = self.model.service_load(svc.name, u.edge_rps)
         if ready <= 0:
             return (math.inf if load > 0 else 0.0), 0
         return load / (ready * svc.capacity_rps), ready
+
+    def batch_inflation(self, u: _Unit) -> float:
+        """How many times the queueing raises the rollback target's p99 while a batch is
+        out (1: no waiting; inf: overloaded), by the simulator's M/M/c model."""
+        util, ready = self.batch_utilisation(u)
+        if util >= 1.0:
+            return math.inf
+        svc = self.model.services.get(self.target(u) or "")
+        if svc is None or util <= 0.0:
+            return 1.0
+        topo = self.model.topo
+        servers = round(ready * topo.concurrency[topo.index[svc.name]])
+        return sojourn(servers, util)[2] / LN100
 
     def _cold_windows(self) -> list[_ColdWindow]:
         out = []
@@ -551,8 +579,7 @@ def _incident_key(run: _Run, u: _Unit) -> Key | None:
 
 
 def _latency_key(run: _Run, u: _Unit) -> Key | None:
-    util, _ = run.batch_utilisation(u)
-    if util >= TARGET_UTIL:
+    if run.batch_inflation(u) >= LATENCY_INFLATION:
         return ("capacity_loss", u.name)
     window = run.cold_window(u)
     if window is not None and _cold_utilisation(run, window, u.edge_rps) >= TARGET_UTIL:
@@ -766,7 +793,8 @@ def _overload_obs(run: _Run, u: _Unit) -> dict[str, Any]:
     for name, svc in m.services.items():
         ready = u.replicas.get(name, svc.replicas)
         if name == rolled:
-            ready -= min(int(u.settings.get("batch", 1)), ready)
+            ready -= min(unavailable(int(u.settings.get("batch", 1)),
+                                     int(u.settings.get("surge", 0))), ready)
         load = m.service_load(name, u.edge_rps)
         if load > 0:
             utils[name] = load / (ready * svc.capacity_rps) if ready > 0 else 1e9
@@ -839,7 +867,8 @@ class _Plan:
     @property
     def better(self) -> bool:
         b, c = self.best, self.current
-        return b is not None and ((b.replicas, b.batch, b.drain) != (c.replicas, c.batch, c.drain))
+        return b is not None and ((b.replicas, b.batch, b.drain, b.surge)
+                                  != (c.replicas, c.batch, c.drain, c.surge))
 
 
 def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
@@ -856,8 +885,9 @@ def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
     replicas = int(round(float(ev.get("replicas_before") or svc.replicas)))
     batch = int(settings.get("batch", 1))
     drain = float(settings.get("drain", 30.0))
-    options = _rollouts(model, step, svc, load, (replicas, batch, drain))
-    current = _rollout(model.params, svc, load, replicas, batch, drain, replicas)
+    surge = int(settings.get("surge", 0))
+    options = _rollouts(model, step, svc, load, (replicas, batch, drain, surge))
+    current = _rollout(model.params, svc, load, replicas, batch, drain, replicas, surge)
     best = _safe(options)
     least = min(options, key=lambda o: (o.utilisation, o.time_s))
     if best is None:
@@ -872,6 +902,8 @@ def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
     if best.replicas != replicas and scale is not None:
         parts.append(f"scale {svc.name} to {best.replicas} ({scale.name}) before {step}")
     how = [f"batch {best.batch}"]
+    if best.surge != surge or best.surge > 0:
+        how.append(f"surge {best.surge}")
     if best.drain != drain or best.drain >= svc.inflight_time - EPS:
         note = (f" (>= inflight_time {_dur(svc.inflight_time)})"
                 if best.drain >= svc.inflight_time - EPS else "")
@@ -997,7 +1029,7 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
         bigger = [o for o in _rollouts(model, rb, model.services[svc or ""],
                                        _load_of(model, rb, ev),
                                        (plan.current.replicas, plan.current.batch,
-                                        plan.current.drain))
+                                        plan.current.drain, plan.current.surge))
                   if o.batch > plan.current.batch and o.replicas == plan.current.replicas]
         if bigger:
             b = min(bigger, key=lambda o: o.batch)

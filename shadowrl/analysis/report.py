@@ -140,12 +140,16 @@ def render_report(scenario: Scenario, summary: RehearsalSummary, runs: Sequence[
                        _png(timeline_figure(scenario, r))))
     d = summary.downtime_s
     f = summary.failed_requests
+    b = summary.budget_burn
     outcomes = summary.outcomes.model_dump()
     overview = _table(["runs", *outcomes, "downtime mean/p50/p95/max (s)",
-                       "failed requests mean/p95"],
+                       "failed requests mean/p95",
+                       "error budget burn mean/p50/p95/max", "full outage mean/max (s)"],
                       [[summary.runs, *outcomes.values(),
                         f"{d.mean:.0f} / {d.p50:.0f} / {d.p95:.0f} / {d.max:.0f}",
-                        f"{f.mean:.0f} / {f.p95:.0f}"]])
+                        f"{f.mean:.0f} / {f.p95:.0f}",
+                        f"{b.mean:.2%} / {b.p50:.2%} / {b.p95:.2%} / {b.max:.2%}",
+                        f"{summary.outage_s.mean:.0f} / {summary.outage_s.max:.0f}"]])
     alerts = _table(["kind", "step", "runs", "example"],
                     [[a.kind, a.step or "-", a.count, a.message]
                      for a in summary.alerts]) if summary.alerts else "<p>No alerts.</p>"
@@ -175,14 +179,19 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} code {{ background: #f3
 <ul>
 <li><b>Downtime</b> is the time from the breach to the end of verification during which any
 SLO rule's condition was violated; <b>failed requests</b> integrate rps x edge error rate over
-the same span.</li>
+the same span. <b>Error budget burn</b> is the share of the SLO objective's error budget (the
+bad requests the target allows in its window, e.g. 0.1 % of 30 days of traffic) that the
+incident and the rollback used over that span; a request is bad when it fails or is slower
+than the objective's latency threshold. <b>Full outage</b> counts the seconds in which the edge
+error rate was 99 % or more.</li>
 <li><b>Timelines</b>: shaded bands are the procedure's steps; the red line is the breach that
 triggered the rollback, the dashed brown line the incident onset, the dashed green line the end
 of verification. Dotted red lines are SLO thresholds.</li>
 <li><b>Per-step bars</b> show how long each step takes and how much downtime happens while
 it runs; <code>verify</code> is the time after the last step until the SLO held.</li>
 <li>Alerts: <code>rollback_failed</code> (a step failed), <code>rollback_ineffective</code>
-(SLO not restored by the timeout), <code>too_slow</code> (downtime over budget),
+(SLO not restored by the timeout), <code>too_slow</code> (downtime over budget, or steps
+still running after the SLO was restored made the run overrun its timeout),
 <code>new_errors</code> (errors the rollback itself caused).</li>
 </ul>
 {figures}

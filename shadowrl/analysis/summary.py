@@ -37,7 +37,8 @@ def _empty(value: Any) -> bool:
 
 
 class Stats(ResultModel):
-    """mean/p50/p95/max of one quantity over the runs, rounded to 3 decimals."""
+    """mean/p50/p95/max of one quantity over the runs, rounded (3 decimals; shares of the
+    error budget 8, error rates 6)."""
 
     mean: float
     p50: float
@@ -81,12 +82,16 @@ class RehearsalSummary(ResultModel):
     outcomes: Outcomes
     downtime_s: Stats
     failed_requests: Stats
+    bad_requests: Stats  # failed or slower than the objective's latency threshold
+    budget_burn: Stats  # share of the objective's window error budget (1.0: all of it)
+    outage_s: Stats  # seconds with the edge error rate at a full outage's level
+    peak_error_rate: Stats  # each run's highest edge error rate after the breach
     alerts: list[AlertGroup]
     steps: list[StepStats]
 
 
 class Cost(ResultModel):
-    mean: float  # the RL objective (minutes), rounded to 4 decimals
+    mean: float  # the optimisation objective (RollbackEnv), rounded to 4 decimals
 
 
 class EvaluationSummary(RehearsalSummary):
@@ -95,13 +100,15 @@ class EvaluationSummary(RehearsalSummary):
     cost: Cost
 
 
-def stats(values: Sequence[float]) -> Stats:
-    """mean/p50/p95/max, rounded for JSON; zeros for an empty list."""
+def stats(values: Sequence[float], digits: int = 3) -> Stats:
+    """mean/p50/p95/max, rounded to ``digits`` for JSON; zeros for an empty list."""
     if not values:
         return Stats(mean=0.0, p50=0.0, p95=0.0, max=0.0)
     arr = np.asarray(values, dtype=float)
-    return Stats(mean=round(float(arr.mean()), 3), p50=round(float(np.percentile(arr, 50)), 3),
-                 p95=round(float(np.percentile(arr, 95)), 3), max=round(float(arr.max()), 3))
+    return Stats(mean=round(float(arr.mean()), digits),
+                 p50=round(float(np.percentile(arr, 50)), digits),
+                 p95=round(float(np.percentile(arr, 95)), digits),
+                 max=round(float(arr.max()), digits))
 
 
 def with_cost(summary: RehearsalSummary, mean_cost: float) -> EvaluationSummary:
@@ -150,6 +157,10 @@ def summarize(scenario: str, policy: str, runs: Sequence[Rehearsal]) -> Rehearsa
         outcomes=Outcomes(**{k: outcomes.get(k, 0) for k in OUTCOMES}),
         downtime_s=stats([r.downtime_s for r in runs]),
         failed_requests=stats([r.failed_requests for r in runs]),
+        bad_requests=stats([r.bad_requests for r in runs]),
+        budget_burn=stats([r.budget_burn for r in runs], 8),
+        outage_s=stats([r.outage_s for r in runs]),
+        peak_error_rate=stats([r.peak_error_rate for r in runs], 6),
         alerts=_alert_groups(runs),
         steps=_step_stats(runs),
     )

@@ -20,6 +20,15 @@ LogFn = Callable[[str], None]
 """``on_log(message)``: one line about what the use case is doing."""
 
 
+OBJECTIVES = ("budget", "downtime")  # RollbackEnv's; here so the base install can check them
+
+
+def check_objective(objective: str) -> None:
+    """UsageError unless ``objective`` is one the optimizers know (budget or downtime)."""
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be 'budget' or 'downtime', not {objective!r}")
+
+
 def procedure_for(path: Path | None, scenario: Scenario) -> Procedure:
     """The procedure in ``path`` (checked against ``scenario``), else the scenario's own."""
     return scenario.procedure if path is None else load_procedure(path, scenario)

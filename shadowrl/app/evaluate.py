@@ -10,7 +10,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shadowrl.analysis.summary import EvaluationSummary, summarize, with_cost
-from shadowrl.app.common import ProgressFn, counting, procedure_for, ray_context
+from shadowrl.app.common import (
+    ProgressFn,
+    check_objective,
+    counting,
+    procedure_for,
+    ray_context,
+)
 from shadowrl.app.errors import UsageError
 from shadowrl.core.spec import Procedure, Scenario, load_scenario
 
@@ -25,6 +31,8 @@ class EvaluateRequest(BaseModel):
     seed: int = 10000
     replicas: int = Field(default=1, ge=1)  # parallel shadow replicas (Ray)
     ray_address: str | None = None  # a Ray cluster to join (default: RAY_ADDRESS or local)
+    objective: str = "budget"  # budget | downtime: what the reported cost measures
+    full_outage_penalty: float = Field(default=0.0, ge=0)  # cost per second of full outage
 
 
 def resolve_policy(spec: str, scenario: Scenario) -> tuple[Any, Procedure | None]:
@@ -63,14 +71,17 @@ def evaluate(request: EvaluateRequest, *,
     cannot be found, loaded or run on this scenario."""
     from shadowrl.rl.env import RollbackEnv
 
+    check_objective(request.objective)
     sc = load_scenario(request.file)
     policy, proc = resolve_policy(request.policy, sc)
-    env = RollbackEnv(sc, procedure=proc)
+    objective = {"objective": request.objective,
+                 "full_outage_penalty": request.full_outage_penalty}
+    env = RollbackEnv(sc, procedure=proc, **objective)
     on_episode = counting(on_progress, request.episodes, f"evaluating {policy.name}")
     try:
         with ray_context(request.replicas, request.ray_address):
             if request.replicas > 1:
-                episodes = _fanned_out(request, sc, policy, proc, on_episode)
+                episodes = _fanned_out(request, sc, policy, proc, on_episode, objective)
             else:
                 from shadowrl.rl.evaluate import evaluate as run_episodes
 
@@ -83,7 +94,8 @@ def evaluate(request: EvaluateRequest, *,
 
 
 def _fanned_out(request: EvaluateRequest, sc: Scenario, policy: Any, proc: Procedure | None,
-                on_episode: Callable[[int], None] | None) -> list[Any]:
+                on_episode: Callable[[int], None] | None,
+                objective: dict[str, Any]) -> list[Any]:
     """The episodes as Ray tasks; built-in names and ``.zip`` files travel as the spec, so
     each task builds or loads its own policy."""
     from shadowrl.integrations.ray import parallel_evaluate
@@ -92,5 +104,6 @@ def _fanned_out(request: EvaluateRequest, sc: Scenario, policy: Any, proc: Proce
     spec = request.policy
     shipped = spec if (spec in BUILTIN_POLICIES or spec.endswith(".zip")) else policy
     return parallel_evaluate(sc, shipped, request.episodes, request.seed, request.replicas,
-                             env_kwargs={"procedure": proc} if proc else None,
+                             env_kwargs={**({"procedure": proc} if proc else {}),
+                                         **objective},
                              on_episode=on_episode)

@@ -73,10 +73,23 @@ class Experiment(_Strict):
     tracking: Tracking
     sweep: Sweep | None = None
     search_trials: int = Field(default=100, ge=1)  # best_static search budget for comparison
+    # what the policy, the search and the comparison minimise; default: the agent config's
+    # env block, else budget
+    objective: Literal["budget", "downtime"] | None = None
+    full_outage_penalty: float | None = Field(default=None, ge=0)
 
     def path_of(self, value: str) -> Path:
         base: Path = self.__dict__.get("_base", Path("."))
         return (base / value).resolve()
+
+    def objective_env(self, agent_env: dict[str, Any]) -> dict[str, Any]:
+        """The RollbackEnv objective arguments of this experiment: its own ``objective`` and
+        ``full_outage_penalty``, else the agent config's ``env`` block's, else the defaults
+        (budget, no penalty)."""
+        objective = self.objective or agent_env.get("objective") or "budget"
+        penalty = (self.full_outage_penalty if self.full_outage_penalty is not None
+                   else agent_env.get("full_outage_penalty", 0.0))
+        return {"objective": objective, "full_outage_penalty": float(penalty)}
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -138,6 +151,7 @@ def run_sweep(exp: Experiment, out_dir: Path, log: Callable[[str], None]) -> Swe
         torch.set_num_threads(1)
         config = base.model_copy(deep=True)
         config.hyperparameters = {**config.hyperparameters, **params}
+        config.env = {**config.env, **exp.objective_env(config.env)}
         trial_dir = out_dir / "sweep" / tune.get_context().get_trial_id()
         result = train(scenario_path, config, trial_dir, seed=exp.seed, timesteps=timesteps,
                        progress=False)

@@ -69,6 +69,7 @@ class RehearsalStep(ResultModel):
     end_s: float
     downtime_s: float
     failed_requests: float
+    bad_requests: float
 
 
 class RehearsalAlert(ResultModel):
@@ -90,6 +91,11 @@ class RehearsalResult(ResultModel):
     rollback_s: float
     downtime_s: float
     failed_requests: float
+    bad_requests: float  # failed or slower than the objective's latency threshold
+    budget_burn: float  # share of the objective's window error budget
+    outage_s: float  # seconds with the edge error rate at a full outage's level
+    peak_error_rate: float  # the highest edge error rate after the breach
+    restored_s: float | None  # seconds after the breach the SLO was restored for good
     steps: list[RehearsalStep]
     alerts: list[RehearsalAlert]
 
@@ -133,19 +139,28 @@ class SweepResult(ResultModel):
 
 
 class Promotion(ResultModel):
-    """The champion decision (see ``integrations.mlflow.promote_if_better``)."""
+    """The champion decision (see ``integrations.mlflow.promote_if_better``): the candidate
+    (``new``) against the champion (``old``) and the baselines (the configured procedure,
+    ...) on the same held-out seeds: recovered shares, mean budget burns, the paired test on
+    the burns and its p-value, and the reason for the decision."""
 
     metric: str
     new: float
     old: float | None
     sources: dict[str, str]
     promoted: bool
-    champion_version: str
+    champion_version: str  # "" while no version is champion
+    reason: str = ""
+    recovered: dict[str, float] = {}  # recovered share per contender (new, old, configured)
+    budget_burn: dict[str, float] = {}  # mean budget burn per contender
+    test: str | None = None  # the paired test on per-seed burns (new vs old or configured)
+    p_value: float | None = None
+    seeds: str = ""  # "SEED+EPISODES": the held-out incidents compared
 
 
 class TrainResult(ResultModel):
-    """An experiment run (``train --json``): where it was tracked and registered, and the
-    held-out downtime of every method it compared."""
+    """An experiment run (``train --json``): where it was tracked and registered, the champion
+    decision, and the held-out downtime and error-budget burn of every method it compared."""
 
     omit_when_empty = frozenset({"sweep"})
     experiment: str
@@ -157,7 +172,9 @@ class TrainResult(ResultModel):
     model: str
     version: str
     champion: Promotion
-    methods: dict[str, Stats]
+    methods: dict[str, Stats]  # held-out downtime (s) per method
+    budget_burn: dict[str, Stats] = {}  # held-out error-budget burn per method
+    objective: str = "budget"  # what the policy and the search minimised
     comparison: str
 
 

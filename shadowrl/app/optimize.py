@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from shadowrl.app.common import LogFn, ProgressFn, ray_context
+from shadowrl.app.common import LogFn, ProgressFn, check_objective, ray_context
 from shadowrl.app.errors import UsageError
 from shadowrl.core.spec import load_scenario
 from shadowrl.rl.results import OptimizeResult
@@ -26,6 +26,8 @@ class OptimizeRequest(BaseModel):
     eval_seed: int = 10000  # first held-out seed
     trials: int = Field(default=150, ge=1)  # best-static search trials
     oracle_nodes: int = Field(default=5000, ge=1)  # oracle node budget per incident
+    objective: str = "budget"  # budget | downtime: what every method minimises
+    full_outage_penalty: float = Field(default=0.0, ge=0)  # cost per second of full outage
     command: str | None = None  # recorded in procedure.yaml; default: the equivalent command
 
 
@@ -37,6 +39,7 @@ def optimize(request: OptimizeRequest, *, on_progress: ProgressFn | None = None,
     from shadowrl.rl.optimizer import OptimizeOptions, methods_for
     from shadowrl.rl.optimizer import optimize as run_optimizer
 
+    check_objective(request.objective)
     sc = load_scenario(request.file)
     try:
         methods_for(request.method)
@@ -50,7 +53,9 @@ def optimize(request: OptimizeRequest, *, on_progress: ProgressFn | None = None,
                            timesteps=request.timesteps, replicas=request.replicas,
                            seed=request.seed, episodes=request.episodes,
                            eval_seed=request.eval_seed, search_trials=request.trials,
-                           oracle_nodes=request.oracle_nodes, ray_address=request.ray_address)
+                           oracle_nodes=request.oracle_nodes, ray_address=request.ray_address,
+                           objective=request.objective,
+                           full_outage_penalty=request.full_outage_penalty)
     command = request.command or f"shadowrl optimize {request.file}"
     with ray_context(request.replicas, request.ray_address):
         return run_optimizer(sc, request.out, opts, command, log=on_log or (lambda _m: None),

@@ -3,11 +3,14 @@
 A run trains the agent on Ray shadow replicas, logs params/metrics/artifacts to MLflow,
 measures the policy against the configured and best static procedures on held-out seeds,
 logs the policy as a pyfunc model, registers it, and moves the ``champion`` alias only when
-it beats the current champion on the same seeds. Ray and MLflow are imported when it runs.
+it recovers at least as many held-out incidents as the champion and the configured and best
+static procedures and burns less error budget than the champion by a paired test (p < 0.05).
+Ray and MLflow are imported when it runs.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +60,8 @@ def _run(exp: Experiment, request: TrainRequest, progress: ProgressFn | None,
     if exp.timesteps:
         config.timesteps = exp.timesteps
     config.n_envs = exp.replicas
+    objective = exp.objective_env(config.env)
+    config.env = {**config.env, **objective}
     uri = tracking.tracking_uri(request.tracking_uri)
     tracking.configure(uri)
     mlflow.set_experiment(exp.tracking.experiment)
@@ -77,22 +82,26 @@ def _run(exp: Experiment, request: TrainRequest, progress: ProgressFn | None,
                 "experiment_file": str(request.experiment)}))
             policy_zip = _train_policy(exp, config, scenario_path, out_dir, sweep, log, progress)
             log("measuring configured, best_static and rl on the held-out seeds")
-            compared = _compare(exp, scenario, out_dir, policy_zip, request.experiment, log,
-                                progress)
+            compared, per_seed = _compare(exp, scenario, out_dir, policy_zip, request.experiment,
+                                          objective, log, progress)
             _rehearse_policy(exp, scenario, config.env, out_dir, request.experiment)
             _log_artifacts(scenario_path, out_dir)
             info = tracking.log_policy_model(out_dir / "policy.zip", scenario_path,
                                              procedure_path=out_dir / "procedure.yaml",
                                              registered_model_name=exp.tracking.model)
             version = str(info.registered_model_version)
+        log("deciding the champion on the held-out seeds")
         promoted = tracking.promote_if_better(
             exp.tracking.model, version, scenario=scenario, eval_seed=exp.evaluation.seed,
-            episodes=exp.evaluation.episodes)
+            episodes=exp.evaluation.episodes,
+            baselines={k: v for k, v in per_seed.items() if k != "rl"})
+        log(f"champion: {promoted['reason']}")
     return TrainResult(experiment=exp.metadata.name, tracking_uri=uri, out=str(out_dir), ray=ray,
                        sweep=sweep, run_id=run.info.run_id, model=exp.tracking.model,
                        version=version, champion=Promotion.model_validate(promoted),
                        methods={k: v.downtime_s for k, v in compared.methods.items()},
-                       comparison=compared.comparison)
+                       budget_burn={k: v.budget_burn for k, v in compared.methods.items()},
+                       objective=objective["objective"], comparison=compared.comparison)
 
 
 def _train_policy(exp: Experiment, config: AgentConfig, scenario_path: Path, out_dir: Path,
@@ -122,26 +131,43 @@ def _train_policy(exp: Experiment, config: AgentConfig, scenario_path: Path, out
 
 
 def _compare(exp: Experiment, scenario: Scenario, out_dir: Path, policy_zip: Path,
-             experiment_file: Path, log: LogFn, progress: ProgressFn | None) -> OptimizeResult:
-    """configured, best_static and the policy on the held-out seeds, logged as metrics."""
+             experiment_file: Path, objective: dict[str, Any], log: LogFn,
+             progress: ProgressFn | None) -> tuple[OptimizeResult, dict[str, Any]]:
+    """configured, best_static and the policy on the held-out seeds, logged as metrics; the
+    policy's per-seed results are logged as ``eval_holdout.json`` (what promotion pairs).
+    Returns the comparison and every method's per-seed record."""
     import mlflow
 
+    from shadowrl.integrations import mlflow as tracking
     from shadowrl.rl.optimizer import OptimizeOptions, optimize
 
     compared = optimize(scenario, out_dir, OptimizeOptions(
         method="search_rl", episodes=exp.evaluation.episodes, eval_seed=exp.evaluation.seed,
-        seed=exp.seed, policy=policy_zip, search_trials=exp.search_trials),
+        seed=exp.seed, policy=policy_zip, search_trials=exp.search_trials, **objective),
         f"shadowrl train {experiment_file}", log=log, progress=progress)
     rl = compared.methods["rl"]
+    metrics: dict[str, float] = {}
     for name, summary in compared.methods.items():
-        mlflow.log_metric(f"holdout_{name}_downtime_mean", summary.downtime_s.mean)
-    mlflow.log_metrics({
-        "eval_holdout_downtime_mean": rl.downtime_s.mean,
-        "eval_holdout_downtime_p95": rl.downtime_s.p95,
-        "eval_holdout_failed_requests_mean": rl.failed_requests.mean,
-        "eval_holdout_seed": exp.evaluation.seed,
-        "eval_holdout_episodes": exp.evaluation.episodes})
-    return compared
+        metrics[f"holdout_{name}_downtime_mean"] = summary.downtime_s.mean
+        metrics[f"holdout_{name}_budget_burn_mean"] = summary.budget_burn.mean
+        metrics[f"holdout_{name}_recovered_rate"] = summary.outcomes.recovered / summary.runs
+    p = tracking.HOLDOUT_PREFIX
+    metrics.update({
+        f"{p}downtime_mean": rl.downtime_s.mean,
+        f"{p}downtime_p95": rl.downtime_s.p95,
+        f"{p}failed_requests_mean": rl.failed_requests.mean,
+        f"{p}cost_mean": rl.cost.mean,
+        f"{p}recovered_rate": rl.outcomes.recovered / rl.runs,
+        f"{p}seed": exp.evaluation.seed,
+        f"{p}episodes": exp.evaluation.episodes})
+    for key in ("bad_requests", "budget_burn"):
+        stats = getattr(rl, key)
+        metrics.update({f"{p}{key}_{q}": getattr(stats, q) for q in ("mean", "p50", "p95",
+                                                                      "max")})
+    mlflow.log_metrics(metrics)
+    per_seed = json.loads(Path(compared.episodes_file).read_text())["methods"]
+    tracking.log_per_seed(per_seed["rl"])
+    return compared, per_seed
 
 
 def _rehearse_policy(exp: Experiment, scenario: Scenario, env_kwargs: dict[str, Any],
@@ -166,6 +192,7 @@ def _log_artifacts(scenario_path: Path, out_dir: Path) -> None:
 
     for artifact in (scenario_path, out_dir / "bottlenecks.json", out_dir / "comparison.md",
                      out_dir / "procedure.yaml", out_dir / "summary.json",
+                     out_dir / "episodes.json",
                      out_dir / "rehearsal" / "report.html",
                      out_dir / "rehearsal" / "profiles.parquet"):
         mlflow.log_artifact(str(artifact))

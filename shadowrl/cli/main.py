@@ -29,6 +29,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Rehearse rollbacks in a shadow deployment before they are needed.")
 
 
+OBJECTIVE_HELP = ("budget | downtime: minimise the SLO objective's error budget burned, or "
+                  "downtime plus weighted failed requests.")
+PENALTY_HELP = "Extra cost per second with the edge error rate >= 99 % (a full outage)."
+
+
 def _command_line() -> str:
     """This invocation, recorded in the outputs it writes."""
     return " ".join(["shadowrl", *sys.argv[1:]])
@@ -120,6 +125,8 @@ def optimize_cmd(
     eval_seed: int = typer.Option(10000, help="First held-out seed."),
     trials: int = typer.Option(150, min=1, help="Best-static search trials."),
     oracle_nodes: int = typer.Option(5000, min=1, help="Oracle node budget per incident."),
+    objective: str = typer.Option("budget", help=OBJECTIVE_HELP),
+    full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Find better rollback procedures and compare every method on held-out incidents."""
@@ -129,6 +136,7 @@ def optimize_cmd(
     request = OptimizeRequest(file=file, method=method, agent=agent, timesteps=timesteps,
                               replicas=replicas, seed=seed, out=out_dir, episodes=episodes,
                               eval_seed=eval_seed, trials=trials, oracle_nodes=oracle_nodes,
+                              objective=objective, full_outage_penalty=full_outage_penalty,
                               command=_command_line())
     with bad_input_exits_2(), progress_bars() as on_progress:
         result = run(request, on_progress=on_progress, on_log=_log)
@@ -150,6 +158,9 @@ def evaluate_cmd(
     episodes: int = typer.Option(100, min=1, help="Incidents (episode i uses seed+i)."),
     seed: int = typer.Option(10000, help="First seed."),
     replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
+    objective: str = typer.Option("budget", help="budget | downtime: what the reported cost "
+                                                 "measures."),
+    full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Measure a policy on fixed incidents: the same seeds give every policy the same ones."""
@@ -157,7 +168,8 @@ def evaluate_cmd(
     from shadowrl.app.evaluate import evaluate as run
 
     request = EvaluateRequest(file=file, policy=policy, episodes=episodes, seed=seed,
-                              replicas=replicas)
+                              replicas=replicas, objective=objective,
+                              full_outage_penalty=full_outage_penalty)
     with bad_input_exits_2(), progress_bars() as on_progress:
         summary = run(request, on_progress=on_progress)
     if json_out:

@@ -101,6 +101,10 @@ def print_summary(summary: RehearsalSummary, outputs: dict[str, str] | None = No
     out.print(f"downtime mean {d.mean:.0f}s  p50 {d.p50:.0f}s  p95 {d.p95:.0f}s  "
               f"max {d.max:.0f}s; failed requests mean "
               f"{summary.failed_requests.mean:.0f}")
+    b = summary.budget_burn
+    out.print(f"error budget burn mean {b.mean:.3%}  p50 {b.p50:.3%}  p95 {b.p95:.3%}  "
+              f"max {b.max:.3%}; bad requests mean {summary.bad_requests.mean:.0f}; "
+              f"full outage mean {summary.outage_s.mean:.0f}s")
     table = Table("step", "mean s", "p95 s", "downtime share")
     for s in summary.steps:
         table.add_row(s.name, f"{s.mean_s:.0f}", f"{s.p95_s:.0f}", f"{s.downtime_share:.0%}")
@@ -121,6 +125,11 @@ def print_rehearsal(data: RehearsalResult) -> None:
     out.print(f"breach at {data.breach_at_s:.0f}s, rollback took {data.rollback_s:.0f}s, "
               f"downtime {data.downtime_s:.0f}s, failed requests "
               f"{data.failed_requests:.0f}")
+    restored = ("not restored" if data.restored_s is None
+                else f"SLO restored {data.restored_s:.0f}s after the breach")
+    out.print(f"error budget burn {data.budget_burn:.3%} ({data.bad_requests:.0f} bad "
+              f"requests), full outage {data.outage_s:.0f}s, peak edge error rate "
+              f"{data.peak_error_rate:.1%}; {restored}")
     table = Table("step", "status", "settings", "start s", "end s", "downtime s", "failed req")
     for s in data.steps:
         table.add_row(s.name, s.status, describe_settings(s.settings), f"{s.start_s:.0f}",
@@ -134,9 +143,25 @@ def print_rehearsal(data: RehearsalResult) -> None:
 def print_train(result: TrainResult) -> None:
     champion = result.champion
     out.print(f"run {result.run_id} in {result.tracking_uri}")
-    out.print(f"registered {result.model} version {result.version}; champion: "
-              f"version {champion.champion_version} "
+    holder = (f"version {champion.champion_version}" if champion.champion_version
+              else "none yet")
+    out.print(f"registered {result.model} version {result.version}; champion: {holder} "
               f"({'promoted' if champion.promoted else 'kept'})")
+    if champion.reason:
+        out.print(f"  decision: {champion.reason}", markup=False)
+    for who, share in champion.recovered.items():
+        burn = champion.budget_burn.get(who)
+        out.print(f"  {who:12s} recovered {share:.0%}"
+                  + (f"  mean budget burn {burn:.3%}" if burn is not None else ""),
+                  markup=False)
+    if champion.test:
+        p = "n/a" if champion.p_value is None else f"{champion.p_value:.4f}"
+        out.print(f"  paired test on budget burn: {champion.test}, p = {p} "
+                  f"(seeds {champion.seeds})", markup=False)
+    out.print(f"held-out results (objective: {result.objective}):")
     for name, d in result.methods.items():
-        out.print(f"  {name:12s} downtime mean {d.mean:.0f}s p95 {d.p95:.0f}s")
+        burn = result.budget_burn.get(name)
+        out.print(f"  {name:12s} downtime mean {d.mean:.0f}s p95 {d.p95:.0f}s"
+                  + (f"  budget burn mean {burn.mean:.3%} p95 {burn.p95:.3%}"
+                     if burn is not None else ""), markup=False)
     out.print(f"comparison: {result.comparison}")

@@ -26,10 +26,11 @@ from pydantic import (
 )
 
 API_VERSION = "shadowrl/v1"
+RESERVED_SCOPE = "edge"  # ``scope: edge`` is the edge view, so no component may be called so
 ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_FILE_BYTES = 8 * 2**20
 MAX_NODES = 200_000
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")  # used with fullmatch: no trailing "\n"
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -71,7 +72,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def _check_name(value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ValueError(f"invalid name {value!r}: use lowercase letters, digits and '-'")
     return value
 
@@ -111,10 +112,20 @@ class Service(Strict):
     replicas: int = Field(ge=1, le=10_000)
     capacity_rps: float = Field(gt=0)
     latency: Duration = 0.02
+    concurrency: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="Requests one replica serves at once; default ceil(capacity_rps x "
+                    "latency), at least 1.",
+    )
     startup: Duration = 20.0
     inflight_time: Duration = Field(
         default=10.0,
         description="How long in-flight requests need to finish; a shorter drain drops some.",
+    )
+    max_surge: int = Field(
+        default=0, ge=0, le=10_000,
+        description="Extra replicas a rollout may start beside the current ones (room for "
+                    "maxSurge); 0: none.",
     )
     calls: list[Name] = Field(default_factory=list)
     version: Versioned | None = None
@@ -133,6 +144,11 @@ class Datastore(Strict):
     name: Name
     capacity_qps: float = Field(gt=0)
     latency: Duration = 0.005
+    concurrency: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="Queries the store serves at once; default ceil(capacity_qps x latency), "
+                    "at least 1.",
+    )
     schema_: Versioned | None = Field(default=None, alias="schema")
     migration: Migration | None = None
 
@@ -178,9 +194,29 @@ class Rule(Strict):
         return value < self.below  # type: ignore[operator]
 
 
+class Objective(Strict):
+    """The error-budget objective: a request is bad when it fails or is slower than
+    ``latency_threshold``; ``1 - target`` of the window's requests may be bad."""
+
+    target: float = Field(default=0.999, gt=0, lt=1)
+    window: Duration = Field(default=30 * 86400.0, gt=0)
+    latency_threshold: Duration | None = Field(default=None, gt=0)
+
+
 class Slo(Strict):
     interval: Duration = Field(default=10.0, gt=0)
     rules: list[Rule] = Field(min_length=1)
+    objective: Objective = Field(default_factory=Objective)
+
+    def latency_threshold_ms(self) -> float | None:
+        """The objective's latency threshold in milliseconds: ``objective.latency_threshold``,
+        else the smallest ``above`` of the edge ``latency_p99_ms`` rules, else None (then
+        only failed requests are bad)."""
+        if self.objective.latency_threshold is not None:
+            return self.objective.latency_threshold * 1000.0
+        bounds = [r.above for r in self.rules
+                  if r.scope == "edge" and r.metric == "latency_p99_ms" and r.above is not None]
+        return min(bounds) if bounds else None
 
 
 # --------------------------------------------------------------------------- incidents
@@ -501,8 +537,8 @@ def load_yaml(text: str | bytes, file: str) -> tuple[Any, LineMap]:
 
 _SETTING_KINDS: dict[str, dict[str, str]] = {
     "scale": {"replicas": "count"},
-    "rollback_version": {"batch": "positive", "drain": "duration"},
-    "revert_config": {"batch": "positive", "drain": "duration"},
+    "rollback_version": {"batch": "positive", "drain": "duration", "surge": "count"},
+    "revert_config": {"batch": "positive", "drain": "duration", "surge": "count"},
     "migrate_down": {"online": "bool"},
     "disable_flag": {"flag": "name"},
     "flush_cache": {},
@@ -626,6 +662,10 @@ def _check_components(dep: Deployment) -> tuple[Problems, set[str]]:
                          ("caches", dep.caches)):
         for i, comp in enumerate(items):
             path: PathKey = ("deployment", group, i, "name")
+            if comp.name == RESERVED_SCOPE:
+                problems.append((path, f"the name '{RESERVED_SCOPE}' is reserved: a rule's "
+                                       f"'scope: {RESERVED_SCOPE}' means the edge view; "
+                                       f"rename the component"))
             if comp.name in seen:
                 problems.append((path, f"duplicate component name '{comp.name}' "
                                        f"(first at {format_path(seen[comp.name])})"))
@@ -801,6 +841,15 @@ def _check_step_refs(sc: Scenario, step: Step, path: PathKey) -> Problems:
                 problems.append(((*path, "settings", "flag"),
                                  f"'{flag}' is not a flag of '{step.target}' "
                                  f"(flags: {svc.flags})"))
+    if step.action in ("rollback_version", "revert_config") and isinstance(svc, Service) \
+            and "surge" in step.settings:
+        for surge in step.tunables()["surge"].choices:
+            if isinstance(surge, int) and surge > svc.max_surge:
+                problems.append(((*path, "settings", "surge"),
+                                 f"surge {surge} exceeds max_surge {svc.max_surge} of "
+                                 f"'{step.target}' (room for at most {svc.max_surge} extra "
+                                 f"replicas)"))
+                break
     if step.sim is not None:
         incidents = {inc.name for inc in sc.incidents}
         for j, fix in enumerate(step.sim.fixes):

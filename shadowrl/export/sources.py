@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from shadowrl.core.spec import (
+    LineMap,
+    PathKey,
     Problem,
     Procedure,
     Scenario,
@@ -46,6 +48,7 @@ class ExportSource:
     command: str | None = None  # the command that produced the procedure, if known
     scenario_name: str | None = None
     warnings: list[str] = field(default_factory=list)
+    lines: LineMap | None = None  # field path -> line of ``origin``, when read from a file
 
     def __post_init__(self) -> None:
         if self.scenario_name is None and self.scenario is not None:
@@ -99,7 +102,7 @@ def load_source(source: str, scenario_path: Path | None = None,
         sc = scenario_from_data(data, file, lines)
         sc.__dict__["_source"] = path
         return ExportSource(procedure=sc.procedure, scenario=sc, name=sc.procedure.name,
-                            origin=file)
+                            origin=file, lines=lines)
     if not isinstance(data, dict) or "procedure" not in data:
         raise SpecError([Problem(file, 1, "", "expected a scenario (kind: Scenario) or a "
                                              "procedure file (a mapping with 'procedure:')")])
@@ -118,7 +121,15 @@ def load_source(source: str, scenario_path: Path | None = None,
     command, evaluation = read_header(raw.decode("utf-8", errors="replace"))
     return ExportSource(procedure=proc, scenario=scenario, name=proc.name, origin=file,
                         evaluation=evaluation, command=command,
-                        scenario_name=scenario.name if scenario else named, warnings=warnings)
+                        scenario_name=scenario.name if scenario else named, warnings=warnings,
+                        lines=lines)
+
+
+def export_error(src: ExportSource, path: PathKey, message: str) -> SpecError:
+    """A value of ``src`` that an export cannot represent, as ``file:line: field: message``
+    (line 1 when the source was not read from a file)."""
+    line = src.lines.line(path) if src.lines is not None else 1
+    return SpecError([Problem(src.origin, line, format_path(path), message)])
 
 
 def _resolved(resolver: SourceResolver, source: str, scenario: Scenario | None) -> ExportSource:

@@ -10,8 +10,10 @@
   :func:`holdout_metrics` / :func:`log_holdout` (the held-out evaluation that promotion reads).
 - :class:`RollbackPolicyModel` and :func:`log_policy_model`: a trained policy as an MLflow
   pyfunc model that turns an observed incident into a rehearsal-backed rollback plan.
-- :func:`promote_if_better`: move the ``champion`` alias only to a version that is strictly
-  better on the *same* held-out incidents.
+- :func:`promote_if_better`: move the ``champion`` alias only to a version that, on the
+  *same* held-out incidents, recovers at least as many as the champion and the configured
+  procedure and burns less error budget by a paired test (p < 0.05); each version's
+  per-incident results are kept (``eval_holdout.json`` on its run, a version tag) for that.
 - :func:`load_registered_policy` (``shadowrl evaluate --policy models:/NAME@ALIAS``) and
   :func:`load_export_source` (``shadowrl export RUN_ID|models:/NAME@ALIAS``, through
   :data:`shadowrl.integrations.sources.MLFLOW`).
@@ -81,14 +83,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAMPION", "HOLDOUT_PREFIX", "MlflowMetricsCallback", "RollbackPolicyModel", "configure",
-    "evaluate_holdout", "flatten", "git_commit", "holdout_metrics", "load_export_source",
-    "load_registered_policy", "log_eval_history", "log_holdout", "log_policy_model",
-    "log_run_files", "parse_model_uri", "promote_if_better", "scenario_hash", "tracking_uri",
+    "evaluate_holdout", "evaluate_holdout_evidence", "flatten", "git_commit", "holdout_metrics",
+    "load_export_source", "load_registered_policy", "log_eval_history", "log_holdout",
+    "log_per_seed", "log_policy_model", "log_run_files", "paired_test", "parse_model_uri",
+    "per_seed_record", "promote_if_better", "scenario_hash", "tracking_uri",
 ]
 
 CHAMPION = "champion"
 HOLDOUT_PREFIX = "eval_holdout_"
-LOWER_IS_BETTER = ("downtime_mean", "downtime_p95", "cost_mean", "failed_requests_mean")
+# what promotion reports as new/old; the paired test runs on the per-seed values
+PROMOTION_METRICS = {"budget_burn_mean": "budget_burn", "downtime_mean": "downtime_s"}
+LOWER_IS_BETTER = tuple(PROMOTION_METRICS)
+PER_SEED_ARTIFACT = "eval_holdout.json"  # a run's per-seed held-out results
+PER_SEED_TAG = "eval_holdout_per_seed"  # the same, compact, on a model version
+ALPHA = 0.05  # promotion needs p < ALPHA
+BOOTSTRAP_SAMPLES = 10_000
 DB_NAME = "mlflow.db"
 
 try:  # MLflow's own limits, with the documented values as a fallback
@@ -261,11 +270,12 @@ class MlflowMetricsCallback(BaseCallback):
     """Log training progress to an MLflow run at each rollout end, at ``step=num_timesteps``.
 
     From the episodes that finished since the last log (SB3's ``Monitor`` puts
-    ``info["episode"] = {"r", "l"}`` and :class:`~shadowrl.rl.env.RollbackEnv` ``downtime_s`` and
-    ``outcome`` into the terminal step's ``info``): ``<prefix>reward_mean``,
-    ``<prefix>downtime_mean``, ``<prefix>length_mean``, ``<prefix>recovered_rate`` and
-    ``<prefix>episodes``, in one ``log_batch`` request. Rollouts in which no episode ended
-    log nothing. ``run_id`` defaults to the run active when training starts.
+    ``info["episode"] = {"r", "l"}`` and :class:`~shadowrl.rl.env.RollbackEnv` ``downtime_s``,
+    ``budget_burn`` and ``outcome`` into the terminal step's ``info``): ``<prefix>reward_mean``,
+    ``<prefix>downtime_mean``, ``<prefix>budget_burn_mean``, ``<prefix>length_mean``,
+    ``<prefix>recovered_rate`` and ``<prefix>episodes``, in one ``log_batch`` request.
+    Rollouts in which no episode ended log nothing. ``run_id`` defaults to the run active
+    when training starts.
     """
 
     def __init__(self, run_id: str | None = None, client: MlflowClient | None = None,
@@ -281,6 +291,7 @@ class MlflowMetricsCallback(BaseCallback):
         self._rewards: list[float] = []
         self._lengths: list[float] = []
         self._downtimes: list[float] = []
+        self._burns: list[float] = []
         self._outcomes: list[str] = []
 
     def _on_training_start(self) -> None:
@@ -297,6 +308,8 @@ class MlflowMetricsCallback(BaseCallback):
             if "downtime_s" in info:
                 self._downtimes.append(float(info["downtime_s"]))
                 self._outcomes.append(str(info.get("outcome", "")))
+                if "budget_burn" in info:
+                    self._burns.append(float(info["budget_burn"]))
         return True
 
     def _on_rollout_end(self) -> None:
@@ -319,6 +332,8 @@ class MlflowMetricsCallback(BaseCallback):
             values[f"{p}downtime_mean"] = float(np.mean(self._downtimes))
             values[f"{p}recovered_rate"] = float(np.mean(
                 [o == "recovered" for o in self._outcomes]))
+        if self._burns:
+            values[f"{p}budget_burn_mean"] = float(np.mean(self._burns))
         assert self.client is not None and self.run_id is not None
         _log_metrics(self.client, self.run_id, values, self.num_timesteps)
         self.logged_steps.append(int(self.num_timesteps))
@@ -348,9 +363,16 @@ def log_eval_history(history: Sequence[Mapping[str, Any]], run_id: str | None = 
     return len(metrics)
 
 
+def _quantiles(prefix: str, values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {f"{prefix}_mean": float(arr.mean()), f"{prefix}_p50": float(np.percentile(arr, 50)),
+            f"{prefix}_p95": float(np.percentile(arr, 95)), f"{prefix}_max": float(arr.max())}
+
+
 def holdout_metrics(episodes: Sequence[Episode], seed: int) -> dict[str, float]:
-    """The held-out evaluation numbers promotion compares (``eval_holdout_*``): downtime
-    mean/p95, cost and failed requests means, recovered rate, and the seeds they used."""
+    """The held-out evaluation numbers (``eval_holdout_*``): downtime mean/p95, cost and
+    failed requests means, bad requests and budget burn mean/p50/p95/max, recovered rate,
+    and the seeds they used."""
     if not episodes:
         raise ValueError("no episodes to summarise")
     downtime = np.array([e.rehearsal.downtime_s for e in episodes], dtype=float)
@@ -360,28 +382,59 @@ def holdout_metrics(episodes: Sequence[Episode], seed: int) -> dict[str, float]:
             f"{p}downtime_p95": float(np.percentile(downtime, 95)),
             f"{p}cost_mean": float(np.mean([e.cost for e in episodes])),
             f"{p}failed_requests_mean": float(failed.mean()),
+            **_quantiles(f"{p}bad_requests", [e.rehearsal.bad_requests for e in episodes]),
+            **_quantiles(f"{p}budget_burn", [e.rehearsal.budget_burn for e in episodes]),
             f"{p}recovered_rate": float(np.mean([e.rehearsal.outcome == "recovered"
                                                  for e in episodes])),
             f"{p}seed": float(seed), f"{p}episodes": float(len(episodes))}
 
 
+def per_seed_record(episodes: Sequence[Episode], seed: int) -> dict[str, Any]:
+    """Per-incident outcomes, budget burns and downtimes on seeds ``seed + i``: what
+    :func:`promote_if_better` compares pairwise (the ``eval_holdout.json`` artifact)."""
+    from shadowrl.rl.optimizer import per_seed_record as record
+
+    return record([e.rehearsal for e in episodes], seed, [e.cost for e in episodes])
+
+
+def log_per_seed(record: Mapping[str, Any], run_id: str | None = None,
+                 client: MlflowClient | None = None) -> None:
+    """Log a per-seed record as the run's ``eval_holdout.json`` artifact."""
+    (client or MlflowClient()).log_dict(_active_run_id(run_id), dict(record), PER_SEED_ARTIFACT)
+
+
 def log_holdout(episodes: Sequence[Episode], seed: int, run_id: str | None = None,
                 client: MlflowClient | None = None) -> dict[str, float]:
-    """Log :func:`holdout_metrics` to the run (what :func:`promote_if_better` reads)."""
+    """Log :func:`holdout_metrics` and the per-seed record (``eval_holdout.json``) to the run:
+    what :func:`promote_if_better` reads."""
+    client = client or MlflowClient()
+    run_id = _active_run_id(run_id)
     values = holdout_metrics(episodes, seed)
-    _log_metrics(client or MlflowClient(), _active_run_id(run_id), values, 0)
+    _log_metrics(client, run_id, values, 0)
+    log_per_seed(per_seed_record(episodes, seed), run_id, client)
     return values
+
+
+def evaluate_holdout_evidence(policy: Any, scenario: str | Path | Scenario, seed: int,
+                              episodes: int, *, env: RollbackEnv | None = None,
+                              env_kwargs: Mapping[str, Any] | None = None
+                              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run ``policy`` on seeds ``seed .. seed+episodes-1``: :func:`holdout_metrics` and the
+    :func:`per_seed_record`."""
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.evaluate import evaluate
+
+    env = env or RollbackEnv(as_scenario(scenario), **dict(env_kwargs or {}))
+    eps = evaluate(env, policy, int(episodes), int(seed))
+    return holdout_metrics(eps, seed), per_seed_record(eps, seed)
 
 
 def evaluate_holdout(policy: Any, scenario: str | Path | Scenario, seed: int, episodes: int,
                      *, env: RollbackEnv | None = None,
                      env_kwargs: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Run ``policy`` on seeds ``seed .. seed+episodes-1`` and return :func:`holdout_metrics`."""
-    from shadowrl.rl.env import RollbackEnv
-    from shadowrl.rl.evaluate import evaluate
-
-    env = env or RollbackEnv(as_scenario(scenario), **dict(env_kwargs or {}))
-    return holdout_metrics(evaluate(env, policy, int(episodes), int(seed)), seed)
+    return evaluate_holdout_evidence(policy, scenario, seed, episodes, env=env,
+                                     env_kwargs=env_kwargs)[0]
 
 
 # --------------------------------------------------------------------------- run files
@@ -953,53 +1006,93 @@ def _float(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _recorded_score(values: Mapping[str, Any], key: str, seed: int,
-                    episodes: int) -> float | None:
-    """``values[key]`` if the recorded evaluation used these seeds, else None."""
-    score = _float(values.get(key))
-    rec_seed = _float(values.get(f"{HOLDOUT_PREFIX}seed"))
-    rec_eps = _float(values.get(f"{HOLDOUT_PREFIX}episodes"))
-    if score is None or rec_seed is None or rec_eps is None:
-        return None
-    if int(rec_seed) != int(seed) or int(rec_eps) != int(episodes):
-        return None
-    return score
+def _record_matches(record: Any, seed: int, episodes: int) -> bool:
+    """A per-seed record for exactly seeds ``seed .. seed+episodes-1``, with an outcome, a
+    budget burn and a downtime per seed."""
+    if not isinstance(record, Mapping):
+        return False
+    try:
+        same = int(record["seed"]) == int(seed) and int(record["episodes"]) == int(episodes)
+        return same and all(len(record[k]) == int(episodes)
+                            for k in ("outcomes", "budget_burn", "downtime_s"))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
-def _version_score(client: MlflowClient, mv: Any, key: str, scenario: Scenario, seed: int,
-                   episodes: int) -> tuple[float, str]:
-    """A version's score on these seeds: its tags, its run's metrics, else a fresh
-    evaluation of its policy; the version is tagged with the numbers."""
-    score = _recorded_score(mv.tags or {}, key, seed, episodes)
-    if score is not None:
-        return score, "version tags"
+def _compact(record: Mapping[str, Any]) -> str:
+    """A per-seed record as a version tag: outcomes as one letter each (R recovered, F failed,
+    I ineffective), numbers to 6 significant digits."""
+    letters = {"recovered": "R", "rollback_failed": "F", "rollback_ineffective": "I"}
+    data = {"seed": int(record["seed"]), "episodes": int(record["episodes"]),
+            "outcomes": "".join(letters.get(o, "?") for o in record["outcomes"]),
+            "budget_burn": [float(f"{float(v):.6g}") for v in record["budget_burn"]]}
+    data["downtime_s"] = [float(f"{float(v):.6g}") for v in record["downtime_s"]]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _expand(text: str) -> dict[str, Any] | None:
+    """Inverse of :func:`_compact` (None for anything else)."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("outcomes"), str):
+        return None
+    names = {"R": "recovered", "F": "rollback_failed", "I": "rollback_ineffective"}
+    data["outcomes"] = [names.get(c, "unknown") for c in data["outcomes"]]
+    return data
+
+
+def _run_record(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The run's ``eval_holdout.json``, if it has one."""
+    with tempfile.TemporaryDirectory(prefix="shadowrl-holdout-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, PER_SEED_ARTIFACT, tmp)
+            data = json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
+    return data if isinstance(data, dict) else None
+
+
+def _evaluate_version(client: MlflowClient, mv: Any, scenario: Scenario, seed: int,
+                      episodes: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Download the version's policy and evaluate it on the seeds."""
+    with tempfile.TemporaryDirectory(prefix="shadowrl-eval-") as tmp:
+        model_dir = _download_model(client, mv.name, str(mv.version), Path(tmp))
+        uri = f"models:/{mv.name}/{mv.version}"
+        policy, meta = _load_model_policy(model_dir, uri)
+        proc = None
+        proc_art = _model_artifact(model_dir, "procedure")
+        if proc_art is not None:
+            proc = load_procedure(_procedure_file(proc_art), scenario)
+        env = _env_for_policy(scenario, policy, meta, proc)
+        return evaluate_holdout_evidence(policy, scenario, seed, episodes, env=env)
+
+
+def _version_evidence(client: MlflowClient, mv: Any, scenario: Scenario, seed: int,
+                      episodes: int) -> tuple[dict[str, Any], str]:
+    """A version's per-seed results on these seeds: its version tag, else its run's
+    ``eval_holdout.json``, else a fresh evaluation of its policy. The version is tagged with
+    the record (when it fits in a tag) and the held-out means."""
+    record = _expand((mv.tags or {}).get(PER_SEED_TAG, ""))
+    if _record_matches(record, seed, episodes):
+        return record, "version tags"  # type: ignore[return-value]
     values: dict[str, float] = {}
     source = ""
     if mv.run_id:
-        try:
-            run_metrics = client.get_run(mv.run_id).data.metrics
-        except MlflowException:
-            run_metrics = {}
-        score = _recorded_score(run_metrics, key, seed, episodes)
-        if score is not None:
-            values = {k: v for k, v in run_metrics.items() if k.startswith(HOLDOUT_PREFIX)}
+        record = _run_record(client, mv.run_id)
+        if _record_matches(record, seed, episodes):
             source = f"run {mv.run_id}"
     if not source:
-        with tempfile.TemporaryDirectory(prefix="shadowrl-eval-") as tmp:
-            model_dir = _download_model(client, mv.name, str(mv.version), Path(tmp))
-            uri = f"models:/{mv.name}/{mv.version}"
-            policy, meta = _load_model_policy(model_dir, uri)
-            proc = None
-            proc_art = _model_artifact(model_dir, "procedure")
-            if proc_art is not None:
-                proc = load_procedure(_procedure_file(proc_art), scenario)
-            env = _env_for_policy(scenario, policy, meta, proc)
-            values = evaluate_holdout(policy, scenario, seed, episodes, env=env)
-        score = values[key]
+        values, record = _evaluate_version(client, mv, scenario, seed, episodes)
         source = "evaluated"
+    assert record is not None
     for k, v in values.items():
         client.set_model_version_tag(mv.name, str(mv.version), k, _tag_number(v))
-    return float(score), source
+    compact = _compact(record)
+    if len(compact) <= _MAX_TAG:  # else it is re-read from the run or re-evaluated next time
+        client.set_model_version_tag(mv.name, str(mv.version), PER_SEED_TAG, compact)
+    return record, source
 
 
 def _tag_number(value: float) -> str:
@@ -1007,53 +1100,177 @@ def _tag_number(value: float) -> str:
     return str(int(f)) if f.is_integer() else repr(f)
 
 
+def paired_test(new: Sequence[float], old: Sequence[float], test: str = "auto",
+                seed: int = 0) -> tuple[float, str]:
+    """One-sided paired test that ``new`` is lower than ``old`` (same seeds): ``(p, name)``.
+
+    ``auto``: the Wilcoxon signed-rank test (scipy) when scipy is installed, else a paired
+    bootstrap of the mean difference (``BOOTSTRAP_SAMPLES`` resamples, fixed ``seed``; p is
+    the share of resampled means >= 0). Identical values give p = 1.
+    """
+    a, b = np.asarray(new, dtype=float), np.asarray(old, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("a paired test needs two equally long sequences")
+    if test not in ("auto", "wilcoxon", "bootstrap"):
+        raise ValueError(f"unknown test {test!r} (auto, wilcoxon or bootstrap)")
+    diff = a - b
+    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)), 1e-300)
+    nonzero = diff[np.abs(diff) > 1e-12 * scale]
+    if test in ("auto", "wilcoxon"):
+        try:
+            from scipy.stats import wilcoxon
+        except ImportError:
+            if test == "wilcoxon":
+                raise
+        else:
+            name = "wilcoxon signed-rank, one-sided"
+            if nonzero.size == 0:
+                return 1.0, name
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p = float(wilcoxon(nonzero, alternative="less").pvalue)
+            return (p if math.isfinite(p) else 1.0), name
+    name = f"paired bootstrap of the mean difference, one-sided, {BOOTSTRAP_SAMPLES} resamples"
+    if nonzero.size == 0:
+        return 1.0, name
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, diff.size, size=(BOOTSTRAP_SAMPLES, diff.size))
+    means = diff[idx].mean(axis=1)
+    return float((np.sum(means >= 0) + 1) / (BOOTSTRAP_SAMPLES + 1)), name
+
+
+def _configured_record(scenario: Scenario, seed: int, episodes: int) -> dict[str, Any]:
+    """The configured procedure's per-seed results on the seeds."""
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.evaluate import evaluate
+    from shadowrl.rl.policy import configured_policy
+
+    env = RollbackEnv(scenario)
+    return per_seed_record(evaluate(env, configured_policy(env), int(episodes), int(seed)),
+                           seed)
+
+
+def _recovered(record: Mapping[str, Any]) -> int:
+    return sum(o == "recovered" for o in record["outcomes"])
+
+
 def promote_if_better(model_name: str, version: int | str, *,
                       scenario: str | Path | Scenario, eval_seed: int, episodes: int,
-                      metric: str = "downtime_mean", client: MlflowClient | None = None,
-                      alias: str = CHAMPION) -> dict[str, Any]:
-    """Make ``version`` the ``champion`` if it beats the current one on the same incidents.
+                      metric: str = "budget_burn_mean", client: MlflowClient | None = None,
+                      alias: str = CHAMPION,
+                      baselines: Mapping[str, Mapping[str, Any]] | None = None,
+                      alpha: float = ALPHA, test: str = "auto") -> dict[str, Any]:
+    """Make ``version`` the ``champion`` only with evidence, on the same incidents.
 
-    Without a champion, ``version`` becomes it. Otherwise both are scored on seeds
-    ``eval_seed .. eval_seed+episodes-1``: from the version's tags or its run's
-    ``eval_holdout_<metric>`` metric when ``eval_holdout_seed``/``eval_holdout_episodes``
-    match, else by downloading the version's policy and evaluating it on ``scenario``. The
-    alias moves only when the new score is strictly lower (a tie keeps the champion). Both
-    versions are tagged with their scores; the new one also with the decision.
+    Everything is compared on seeds ``eval_seed .. eval_seed+episodes-1``, per seed: each
+    version's outcomes and budget burns come from its version tag, its run's
+    ``eval_holdout.json`` (:func:`log_holdout`), else a fresh evaluation of its policy;
+    ``baselines`` (name -> a :func:`per_seed_record`, e.g. the ``configured`` and
+    ``best_static`` procedures of the same comparison) are given by the caller, and the
+    configured procedure is evaluated when they do not include it. The version becomes
+    champion only if
 
-    Returns ``{"promoted", "champion_version", "new", "old", "metric", "sources"}``.
+    - it recovers at least as many incidents as the champion and every baseline, and
+    - its budget burn is lower than the champion's (the configured procedure's when there is
+      no champion yet): lower mean, and a one-sided paired test (:func:`paired_test`) with
+      p < ``alpha``.
+
+    The decision, the recovered shares, the mean burns, the test and its p-value are tagged
+    on the version and on its run. ``metric`` (``budget_burn_mean`` or ``downtime_mean``) is
+    what ``new``/``old`` report. Returns ``{"promoted", "champion_version", "new", "old",
+    "metric", "sources", "reason", "recovered", "budget_burn", "test", "p_value", "seeds"}``.
     """
-    if metric not in LOWER_IS_BETTER:
+    if metric not in PROMOTION_METRICS:
         raise ValueError(f"metric must be one of {', '.join(LOWER_IS_BETTER)}, got {metric!r}")
     client = _client(client)
     key = f"{HOLDOUT_PREFIX}{metric}"
+    field = PROMOTION_METRICS[metric]
     version = str(version)
     sc = as_scenario(scenario)
+    seeds = f"{eval_seed}+{episodes}"
     new_mv = _resolve_version(client, f"models:/{model_name}/{version}")
-    new, new_src = _version_score(client, new_mv, key, sc, eval_seed, episodes)
+    new, new_src = _version_evidence(client, new_mv, sc, eval_seed, episodes)
     champion = _alias_version(client, model_name, alias)
-    result: dict[str, Any] = {"metric": key, "new": new, "old": None,
-                              "sources": {"new": new_src}}
-    if champion is None:
-        client.set_registered_model_alias(model_name, alias, version)
-        decision = f"{alias}: first version evaluated"
-        result.update(promoted=True, champion_version=version)
-    elif str(champion.version) == version:
-        decision = f"{alias}: already"
-        result.update(promoted=False, champion_version=version, old=new)
+    result: dict[str, Any] = {"metric": key, "new": float(np.mean(new[field])), "old": None,
+                              "sources": {"new": new_src}, "seeds": seeds}
+    contenders: dict[str, Mapping[str, Any]] = {"new": new}
+    if champion is not None and str(champion.version) == version:
+        result.update(promoted=False, champion_version=version, old=result["new"],
+                      reason=f"version {version} is already the {alias}",
+                      recovered={"new": _recovered(new) / episodes},
+                      budget_burn={"new": float(np.mean(new["budget_burn"]))},
+                      test=None, p_value=None)
+        _record_decision(client, new_mv, result)
+        return result
+    if champion is not None:
+        old, result["sources"]["old"] = _version_evidence(client, champion, sc, eval_seed,
+                                                          episodes)
+        result["old"] = float(np.mean(old[field]))
+        contenders["old"] = old
+    refs = {name: rec for name, rec in (baselines or {}).items()
+            if _record_matches(rec, eval_seed, episodes)}
+    if "configured" not in refs:
+        refs["configured"] = _configured_record(sc, eval_seed, episodes)
+        result["sources"]["configured"] = "evaluated"
+    contenders.update(refs)
+    result["recovered"] = {k: _recovered(r) / episodes for k, r in contenders.items()}
+    result["budget_burn"] = {k: float(np.mean(r["budget_burn"])) for k, r in contenders.items()}
+    against = "old" if "old" in contenders else "configured"
+    ref = contenders[against]
+    p, test_name = paired_test(new["budget_burn"], ref["budget_burn"], test)
+    result.update(test=test_name, p_value=p)
+    fewer = [k for k in contenders if k != "new" and _recovered(new) < _recovered(contenders[k])]
+    label = (f"version {champion.version}" if against == "old" else "the configured procedure")
+    lower = result["budget_burn"]["new"] < result["budget_burn"][against]
+    if fewer:
+        reason = (f"not promoted: recovers {_recovered(new)}/{episodes}, fewer than "
+                  + ", ".join(f"{'version ' + str(champion.version) if k == 'old' else k} "
+                              f"({_recovered(contenders[k])}/{episodes})" for k in fewer))
+    elif not lower or p >= alpha:
+        reason = (f"not promoted: budget burn {result['budget_burn']['new']:.4%} vs "
+                  f"{result['budget_burn'][against]:.4%} for {label} is not lower with "
+                  f"evidence (p = {p:.4f} >= {alpha:g}, {test_name})" if lower else
+                  f"not promoted: budget burn {result['budget_burn']['new']:.4%} is not lower "
+                  f"than {result['budget_burn'][against]:.4%} for {label}")
     else:
-        old, old_src = _version_score(client, champion, key, sc, eval_seed, episodes)
-        result["old"] = old
-        result["sources"]["old"] = old_src
-        if new < old:
-            client.set_registered_model_alias(model_name, alias, version)
-            decision = f"promoted over version {champion.version} ({new:.3f} < {old:.3f})"
-            result.update(promoted=True, champion_version=version)
-        else:
-            decision = (f"kept version {champion.version} ({new:.3f} >= {old:.3f})")
-            result.update(promoted=False, champion_version=str(champion.version))
-    client.set_model_version_tag(model_name, version, "shadowrl.promotion",
-                                 f"{decision}; {key} on seeds {eval_seed}+{episodes}"[:_MAX_TAG])
+        reason = (f"promoted: recovers {_recovered(new)}/{episodes} (no fewer than "
+                  f"{'the champion and ' if against == 'old' else ''}"
+                  f"{', '.join(k for k in refs)}), budget burn "
+                  f"{result['budget_burn']['new']:.4%} < {result['budget_burn'][against]:.4%} "
+                  f"for {label} (p = {p:.4f} < {alpha:g}, {test_name})")
+    promoted = reason.startswith("promoted")
+    if promoted:
+        client.set_registered_model_alias(model_name, alias, version)
+    result.update(promoted=promoted, reason=reason,
+                  champion_version=version if promoted or champion is None
+                  else str(champion.version))
+    if champion is None and not promoted:
+        result["champion_version"] = ""
+    _record_decision(client, new_mv, result)
     return result
+
+
+def _record_decision(client: MlflowClient, mv: Any, result: Mapping[str, Any]) -> None:
+    """Tag the decision and its numbers on the model version and on its run."""
+    tags = {"shadowrl.promotion": f"{result['reason']}; seeds {result['seeds']}",
+            "shadowrl.promotion.promoted": str(bool(result["promoted"])).lower(),
+            "shadowrl.promotion.seeds": result["seeds"]}
+    if result.get("test"):
+        tags["shadowrl.promotion.test"] = str(result["test"])
+    if result.get("p_value") is not None:
+        tags["shadowrl.promotion.p_value"] = _tag_number(result["p_value"])
+    for who, share in (result.get("recovered") or {}).items():
+        tags[f"shadowrl.promotion.recovered.{who}"] = _tag_number(share)
+    for who, burn in (result.get("budget_burn") or {}).items():
+        tags[f"shadowrl.promotion.budget_burn.{who}"] = _tag_number(burn)
+    for k, v in tags.items():
+        client.set_model_version_tag(mv.name, str(mv.version), k, v[:_MAX_TAG])
+    if mv.run_id:
+        try:
+            for k, v in tags.items():
+                client.set_tag(mv.run_id, k, v[:_MAX_TAG])
+        except MlflowException:
+            pass  # the run is gone: the version keeps the record
 
 
 # --------------------------------------------------------------------------- export sources

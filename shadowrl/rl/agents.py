@@ -11,7 +11,7 @@ budget, the ``RollbackEnv`` keyword arguments and how often to evaluate and chec
     timesteps: 60000
     hyperparameters: {learning_rate: 3.0e-4, n_steps: 256, gamma: 1.0}
     policy_kwargs: {net_arch: [128, 128]}
-    env: {failed_request_weight: 0.5}
+    env: {objective: budget, full_outage_penalty: 0.0}
     eval: {freq: 5000, episodes: 50, seed: 100000}
     checkpoint: {freq: 10000}
 
@@ -195,6 +195,23 @@ def _check_config(config: AgentConfig) -> Problems:
         if key not in accepted:
             problems.append((("env", key), f"RollbackEnv does not accept '{key}' (accepted: "
                                            f"{', '.join(sorted(accepted))})"))
+    problems += _check_env_values(config.env)
+    return problems
+
+
+def _check_env_values(env: dict[str, Any]) -> Problems:
+    """The objective settings of the ``env`` block: a known objective, a penalty >= 0."""
+    from shadowrl.rl.env import OBJECTIVES
+
+    problems: Problems = []
+    if "objective" in env and env["objective"] not in OBJECTIVES:
+        problems.append((("env", "objective"), f"expected one of {', '.join(OBJECTIVES)}, got "
+                                               f"{env['objective']!r}"))
+    penalty = env.get("full_outage_penalty")
+    if penalty is not None and (isinstance(penalty, bool) or not isinstance(
+            penalty, (int, float)) or penalty < 0):
+        problems.append((("env", "full_outage_penalty"),
+                         f"expected a number >= 0, got {penalty!r}"))
     return problems
 
 
@@ -532,15 +549,18 @@ class CostEvalCallback(BaseCallback):
         episodes = evaluate(self.env, SB3Policy(self.model), self.episodes, self.seed)
         costs = np.array([e.cost for e in episodes])
         downtime = np.array([e.rehearsal.downtime_s for e in episodes])
+        burn = np.array([e.rehearsal.budget_burn for e in episodes])
         recovered = sum(e.rehearsal.outcome == "recovered" for e in episodes)
         row = {"timesteps": int(self.num_timesteps), "mean_cost": float(costs.mean()),
                "std_cost": float(costs.std()), "mean_downtime_s": float(downtime.mean()),
+               "mean_budget_burn": float(burn.mean()),
                "recovered": int(recovered), "episodes": len(episodes),
                "eval_s": round(time.perf_counter() - start, 3)}
         self.history.append(row)
         self._last = self.num_timesteps
         self.logger.record("eval/mean_cost", row["mean_cost"])
         self.logger.record("eval/mean_downtime_s", row["mean_downtime_s"])
+        self.logger.record("eval/mean_budget_burn", row["mean_budget_burn"])
         improved = self.best_cost is None or row["mean_cost"] < self.best_cost
         if improved:
             self.best_cost = row["mean_cost"]
@@ -549,8 +569,9 @@ class CostEvalCallback(BaseCallback):
                     **self.meta, "timesteps": int(self.num_timesteps),
                     "mean_cost": row["mean_cost"]})
         if self.log:
-            print(f"[train] {row['timesteps']:>8} steps  eval cost {row['mean_cost']:7.3f} "
-                  f"min  downtime {row['mean_downtime_s']:6.1f} s  recovered "
+            print(f"[train] {row['timesteps']:>8} steps  eval cost {row['mean_cost']:7.3f}  "
+                  f"downtime {row['mean_downtime_s']:6.1f} s  budget burn "
+                  f"{row['mean_budget_burn']:.3%}  recovered "
                   f"{recovered}/{len(episodes)}{'  (best)' if improved else ''}",
                   file=sys.stderr, flush=True)
         return row

@@ -21,10 +21,11 @@ from shadowrl.core.plan import describe_settings, setting_combinations
 from shadowrl.core.results import Breach, Metrics, Span, StepResult
 from shadowrl.core.spec import Procedure, Scenario, Step, as_scenario
 from shadowrl.rehearsal.deviation import DeviationSimulator
-from shadowrl.rehearsal.runner import Rehearsal, finish, start_incident
+from shadowrl.rehearsal.runner import Rehearsal, error_budget, finish, start_incident
 from shadowrl.shadow import make_backend
 
 OBS_CAP = 10.0
+OBJECTIVES = ("budget", "downtime")
 
 
 class RollbackEnv(gym.Env[np.ndarray, int]):
@@ -54,9 +55,21 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
 
     ## Rewards
 
-    Minus the cost each step caused, in minutes: downtime plus ``failed_request_weight`` x
-    failed requests / healthy edge rps; the last step also pays for the verification period.
-    A failed step costs ``failed_step_penalty`` more.
+    Minus the cost each step caused; the last step also pays for the verification period. The
+    ``objective`` says what a cost is:
+
+    - ``budget`` (default): the error budget the step burned, in percent of the SLO
+      objective's budget for its window (``slo.objective``: bad requests, i.e. failed or
+      slower than the latency threshold, over ``(1 - target)`` x the window's requests). A
+      second of full outage costs as much as the share of users it fails, so a partial
+      degradation is cheaper than taking everything down at once.
+    - ``downtime``: minutes of downtime (any SLO rule violated) plus
+      ``failed_request_weight`` x failed requests / healthy edge rps (as minutes of full
+      outage).
+
+    ``full_outage_penalty`` adds that much cost (in the objective's unit) per second in which
+    the edge error rate is at a full outage's level (>= 99 %): a team's extra dislike of total
+    outages. A failed step costs ``failed_step_penalty`` more. Costs only accumulate.
 
     ## Episode End
 
@@ -67,7 +80,8 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
 
     ``scenario`` (path or :class:`Scenario`), ``procedure`` (default: the scenario's),
     ``backend`` (``"sim"``), ``incident`` (fix the incident; default drawn by weight),
-    ``failed_request_weight`` (0.5), ``failed_step_penalty`` (10.0 minutes),
+    ``objective`` (``"budget"`` or ``"downtime"``), ``full_outage_penalty`` (0.0 per second),
+    ``failed_request_weight`` (0.5, downtime objective), ``failed_step_penalty`` (10.0),
     ``invalid_penalty`` (1.0), ``history`` (a deviation history model), ``at`` (``now``/``peak``),
     ``record_profile`` (attach per-second profiles to the terminal ``info["rehearsal"]``).
     ``reset(seed=s)`` makes episode seed ``s``: the same incident as ``shadowrl simulate
@@ -80,8 +94,18 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
                  backend: str = "sim", incident: str | None = None,
                  failed_request_weight: float = 0.5, failed_step_penalty: float = 10.0,
                  invalid_penalty: float = 1.0, history: Any = None, at: str = "now",
-                 render_mode: str | None = None, record_profile: bool = False) -> None:
+                 render_mode: str | None = None, record_profile: bool = False,
+                 objective: str = "budget", full_outage_penalty: float = 0.0) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got "
+                             f"{objective!r}")
+        if not (math.isfinite(full_outage_penalty) and full_outage_penalty >= 0):
+            raise ValueError(f"full_outage_penalty must be a number >= 0, got "
+                             f"{full_outage_penalty!r}")
+        self.objective = objective
+        self.full_outage_penalty = float(full_outage_penalty)
         self.scenario = as_scenario(scenario)
+        self.error_budget = error_budget(self.scenario)
         self.procedure = procedure or self.scenario.procedure
         self.deviation = DeviationSimulator(self.scenario, history=history, at=at)  # type: ignore[arg-type]
         self.record_profile = record_profile
@@ -211,13 +235,31 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return np.asarray(sig, dtype=np.float32)
 
     def _cost(self, span: Span) -> float:
-        return self.cost_of(span.downtime_s, span.failed_requests)
+        return self.cost(span.downtime_s, span.failed_requests, span.bad, span.outage_s)
+
+    def cost(self, downtime_s: float, failed_requests: float, bad_requests: float,
+             outage_s: float = 0.0) -> float:
+        """The objective (see Rewards): percent of the error budget ``bad_requests`` burn, or
+        :meth:`cost_of` in minutes; plus ``full_outage_penalty`` x ``outage_s``."""
+        if self.objective == "budget":
+            base = 100.0 * bad_requests / self.error_budget if self.error_budget > 0 else 0.0
+        else:
+            base = self.cost_of(downtime_s, failed_requests)
+        return base + self.full_outage_penalty * outage_s
 
     def cost_of(self, downtime_s: float, failed_requests: float) -> float:
-        """The objective in minutes: downtime plus weighted failed requests, the latter as
-        seconds of full outage at the healthy edge rate."""
+        """The ``downtime`` objective in minutes: downtime plus weighted failed requests, the
+        latter as seconds of full outage at the healthy edge rate."""
         return (downtime_s + self.failed_request_weight * failed_requests
                 / self._healthy_rps) / 60.0
+
+    def rehearsal_cost(self, r: Rehearsal) -> float:
+        """The objective of a finished rehearsal: minus the return of the episode that
+        produced it (a failed step adds ``failed_step_penalty``)."""
+        cost = self.cost(r.downtime_s, r.failed_requests, r.bad_requests, r.outage_s)
+        if any(s.stopped for s in r.steps):
+            cost += self.failed_step_penalty
+        return cost
 
     # ------------------------------------------------------------------ gym API
 
@@ -274,6 +316,7 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
             info["rehearsal"] = self.rehearsal
             info["outcome"] = self.rehearsal.outcome
             info["downtime_s"] = self.rehearsal.downtime_s
+            info["budget_burn"] = self.rehearsal.budget_burn
             return self._observe(), float(reward), True, False, info
         return self._observe(), float(reward), False, False, info
 
@@ -286,14 +329,22 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
                 self.results.append(StepResult(step.name, step.action, "skipped", {},
                                                Span(t, t), "skipped after a failed step"))
         assert self.injection is not None and self.breach is not None
-        steps_cost = sum(r.span.downtime_s for r in self.results)
-        steps_failed = sum(r.span.failed_requests for r in self.results)
-        self.rehearsal = finish(self.scenario, self.procedure, self.shadow, self.episode_seed,
-                                self.injection, self.breach, self.results)
+        steps = Span(0.0, 0.0)
+        for r in self.results:
+            steps.downtime_s += r.span.downtime_s
+            steps.failed_requests += r.span.failed_requests
+            steps.bad_requests += r.span.bad
+            steps.outage_s += r.span.outage_s
+        self.rehearsal = rh = finish(self.scenario, self.procedure, self.shadow,
+                                     self.episode_seed, self.injection, self.breach,
+                                     self.results)
         if self.record_profile:
-            self.rehearsal.profile = getattr(self.shadow, "profile", None)
-        return Span(0.0, 0.0, self.rehearsal.downtime_s - steps_cost,
-                    self.rehearsal.failed_requests - steps_failed)
+            rh.profile = getattr(self.shadow, "profile", None)
+        # what verification added: the rehearsal's totals less the steps'
+        return Span(0.0, 0.0, rh.downtime_s - steps.downtime_s,
+                    rh.failed_requests - steps.failed_requests,
+                    bad_requests=rh.bad_requests - steps.bad_requests,
+                    outage_s=rh.outage_s - steps.outage_s)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

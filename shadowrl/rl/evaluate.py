@@ -14,7 +14,7 @@ from shadowrl.rl.policy import Policy
 @dataclass
 class Episode:
     rehearsal: Rehearsal
-    cost: float  # minus the episode return: the optimisation objective, in minutes
+    cost: float  # minus the episode return: the env's objective (budget % or minutes)
     actions: list[int]
     extra: dict[str, Any] = field(default_factory=dict)  # a policy's ``last_info``
 

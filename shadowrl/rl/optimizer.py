@@ -3,7 +3,12 @@
 ``optimize`` analyses the configured procedure's bottlenecks, runs the baselines (configured,
 random, greedy), searches the best static procedure, trains an RL policy, bounds them all with
 the per-incident oracle, and writes ``procedure.yaml``, ``policy.zip``, ``bottlenecks.json``,
-``comparison.md`` and ``summary.json``.
+``comparison.md``, ``episodes.json`` (every method's per-incident outcomes, downtimes and
+budget burns, for paired comparisons) and ``summary.json``.
+
+Every method minimises the same objective, the :class:`RollbackEnv`'s: the error budget burned
+(``objective="budget"``, the default) or downtime (``"downtime"``), plus an optional
+``full_outage_penalty`` per second of full outage.
 """
 
 from __future__ import annotations
@@ -50,6 +55,30 @@ class MethodResult:
     def downtimes(self) -> np.ndarray:
         return np.array([e.rehearsal.downtime_s for e in self.episodes])
 
+    @property
+    def burns(self) -> np.ndarray:
+        return np.array([e.rehearsal.budget_burn for e in self.episodes])
+
+    def per_seed(self, seed: int) -> dict[str, Any]:
+        """The per-incident results on seeds ``seed, seed+1, ...`` (``episodes.json``)."""
+        return per_seed_record([e.rehearsal for e in self.episodes], seed,
+                               [e.cost for e in self.episodes])
+
+
+def per_seed_record(runs: Sequence[Any], seed: int,
+                    costs: Sequence[float] | None = None) -> dict[str, Any]:
+    """Per-incident outcomes, budget burns, downtimes (and costs) of runs on seeds ``seed +
+    i``: what a paired comparison of two policies needs (MLflow promotion reads it)."""
+    out: dict[str, Any] = {
+        "seed": int(seed), "episodes": len(runs),
+        "outcomes": [r.outcome for r in runs],
+        "budget_burn": [float(r.budget_burn) for r in runs],
+        "downtime_s": [round(float(r.downtime_s), 3) for r in runs],
+        "peak_error_rate": [round(float(r.peak_error_rate), 6) for r in runs]}
+    if costs is not None:
+        out["cost"] = [float(c) for c in costs]
+    return out
+
 
 def methods_for(method: str) -> tuple[str, ...]:
     if method == "search":
@@ -63,6 +92,11 @@ def methods_for(method: str) -> tuple[str, ...]:
     raise ValueError(f"unknown method {method!r} (search, rl or all)")
 
 
+def objective_kwargs(env: RollbackEnv) -> dict[str, Any]:
+    """The env's objective as :class:`RollbackEnv` keyword arguments."""
+    return {"objective": env.objective, "full_outage_penalty": env.full_outage_penalty}
+
+
 def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
             tick: Callable[[int], None] | None = None, replicas: int = 1,
             name: str | None = None) -> MethodResult:
@@ -73,7 +107,8 @@ def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
         from shadowrl.integrations.ray import parallel_evaluate
 
         eps = parallel_evaluate(env.scenario, policy, episodes, seed, replicas,
-                                env_kwargs={"procedure": env.procedure}, on_episode=tick)
+                                env_kwargs={"procedure": env.procedure, **objective_kwargs(env)},
+                                on_episode=tick)
     else:
         if isinstance(policy, str):
             from shadowrl.rl.agents import load_policy
@@ -104,7 +139,8 @@ def procedure_yaml(scenario: Scenario, plan: Plan, summary: RehearsalSummary,
     header = (f"# shadowrl optimized procedure '{proc.name}' for scenario '{scenario.name}'\n"
               f"# best static order and settings found by `{command}`\n"
               f"# held-out evaluation ({summary.runs} incidents): downtime mean "
-              f"{d.mean:.0f}s p95 {d.p95:.0f}s; outcomes {summary.outcomes.model_dump()}\n"
+              f"{d.mean:.0f}s p95 {d.p95:.0f}s; outcomes {summary.outcomes.model_dump()}; "
+              f"error budget burn mean {summary.budget_burn.mean:.3%}\n"
               f"# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
     body = yaml.safe_dump(procedure_file_data(proc, scenario.name), sort_keys=False,
                           default_flow_style=None)
@@ -140,6 +176,23 @@ def describe_changes(configured: Plan, best: Plan, per_step: dict[str, tuple[flo
     return lines
 
 
+def cost_unit(objective: str) -> str:
+    return "% of error budget" if objective == "budget" else "min"
+
+
+def objective_text(objective: str, full_outage_penalty: float) -> str:
+    """What the cost column measures, in words."""
+    if objective == "budget":
+        text = ("the error budget burned, in percent of the SLO objective's budget for its "
+                "window (bad requests: failed or slower than its latency threshold)")
+    else:
+        text = "downtime plus weighted failed requests, in minutes"
+    if full_outage_penalty > 0:
+        text += (f", plus {full_outage_penalty:g} per second of full outage (edge error rate "
+                 f">= 99 %)")
+    return text
+
+
 def per_step_downtime(episodes: Sequence[Episode]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for e in episodes:
@@ -151,9 +204,11 @@ def per_step_downtime(episodes: Sequence[Episode]) -> dict[str, float]:
 
 def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
                         changes: list[str], episodes: int, seed: int,
-                        extra: dict[str, Any]) -> str:
+                        extra: dict[str, Any], objective: str = "budget",
+                        full_outage_penalty: float = 0.0) -> str:
+    unit = cost_unit(objective)
     rows = ["| method | mean downtime (s) ± 95% CI | p95 downtime (s) | mean failed requests "
-            "± 95% CI | p95 failed requests | recovered | cost (min) | time (s) |",
+            f"± 95% CI | p95 failed requests | recovered | cost ({unit}) | time (s) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         dm, dci = mean_ci(r.downtimes)
@@ -162,7 +217,16 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
         rows.append(f"| {name} | {dm:.1f} ± {dci:.1f} | {np.percentile(r.downtimes, 95):.1f} | "
                     f"{fm:.0f} ± {fci:.0f} | {np.percentile(fails, 95):.0f} | "
                     f"{r.summary.outcomes.recovered}/{len(r.episodes)} | "
-                    f"{r.costs.mean():.2f} | {r.seconds + r.train_s:.1f} |")
+                    f"{r.costs.mean():.3f} | {r.seconds + r.train_s:.1f} |")
+    budget = ["| method | budget burn mean ± 95% CI | p50 | p95 | max | bad requests mean | "
+              "p50 | p95 | max | full outage mean (s) | worst edge error rate |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        bm, bci = mean_ci(r.burns)
+        b, bad, peak = r.summary.budget_burn, r.summary.bad_requests, r.summary.peak_error_rate
+        budget.append(f"| {name} | {bm:.3%} ± {bci:.3%} | {b.p50:.3%} | {b.p95:.3%} | "
+                      f"{b.max:.3%} | {bad.mean:.0f} | {bad.p50:.0f} | {bad.p95:.0f} | "
+                      f"{bad.max:.0f} | {r.summary.outage_s.mean:.1f} | {peak.max:.1%} |")
     notes = []
     oracle = results["oracle"].info if "oracle" in results else None
     if isinstance(oracle, OracleInfo):
@@ -178,11 +242,19 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
                      f"equal on {episodes - wins - losses}.")
     for key, value in extra.items():
         notes.append(f"{key}: {value}")
+    obj = scenario.slo.objective
     return (f"# Rollback optimization: {scenario.name}\n\n"
             f"Every method faced the same {episodes} held-out incidents (seeds {seed}.."
-            f"{seed + episodes - 1}). Downtime: seconds from the breach to the end of "
-            f"verification with any SLO rule violated. Cost: the RL objective (downtime plus "
-            f"weighted failed requests, minutes).\n\n" + "\n".join(rows) + "\n\n"
+            f"{seed + episodes - 1}) and minimised the same objective. Downtime: seconds from "
+            f"the breach to the end of verification with any SLO rule violated. Cost: the "
+            f"objective ({objective_text(objective, full_outage_penalty)}).\n\n"
+            + "\n".join(rows) + "\n\n"
+            + f"## Error budget\n\nBudget burn: the share of the error budget of the SLO "
+              f"objective ({obj.target:.2%} over {obj.window / 86400:g} days at "
+              f"{scenario.deployment.traffic.rps:g} rps) each incident and its rollback used, "
+              f"from the breach to the end of verification. Full outage: seconds with the edge "
+              f"error rate >= 99 %. Worst edge error rate: the highest over all incidents."
+              f"\n\n" + "\n".join(budget) + "\n\n"
             + ("## What changed from the configured procedure\n\n"
                + "\n".join(f"- {c}" for c in changes) + "\n\n" if changes else "")
             + ("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
@@ -206,6 +278,8 @@ class OptimizeOptions:
     ray_address: str | None = None
     policy: Path | None = None  # a trained policy.zip: measured instead of training one
     vec_env_factory: Callable[..., Any] | None = None  # e.g. Ray replicas for training
+    objective: str = "budget"  # budget | downtime: what every method minimises
+    full_outage_penalty: float = 0.0  # extra cost per second of full outage
 
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, label)
@@ -218,7 +292,8 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = methods_for(opts.method)
-    env = RollbackEnv(scenario)
+    env = RollbackEnv(scenario, objective=opts.objective,
+                      full_outage_penalty=opts.full_outage_penalty)
     results: dict[str, MethodResult] = {}
     n, s0, rep = opts.episodes, opts.eval_seed, opts.replicas
 
@@ -257,7 +332,12 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     atomic_write_text(procedure_file, procedure_yaml(
         scenario, best_plan, summaries.get("best_static", summaries["configured"]), command))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(
-        scenario, results, changes, n, s0, {}))
+        scenario, results, changes, n, s0, {}, opts.objective, opts.full_outage_penalty))
+    episodes_file = out_dir / "episodes.json"
+    atomic_write_json(episodes_file, {
+        "scenario": scenario.name, "eval_seed": s0, "episodes": n, "objective": opts.objective,
+        "full_outage_penalty": opts.full_outage_penalty,
+        "methods": {name: r.per_seed(s0) for name, r in results.items()}})
     infos = {name: r.info for name, r in results.items() if name in ("best_static", "rl",
                                                                        "oracle")}
     out = OptimizeResult(
@@ -269,6 +349,8 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         policy=str(policy_path) if "rl" in results else None,
         bottlenecks=str(out_dir / "bottlenecks.json"),
         comparison=str(out_dir / "comparison.md"),
+        episodes_file=str(episodes_file),
+        objective=opts.objective,
         timing_s={name: round(r.seconds + r.train_s, 3) for name, r in results.items()},
         search=infos.get("best_static"),
         rl=infos.get("rl"),
@@ -306,7 +388,10 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
         info = RlInfo(policy=str(opts.policy))
     else:
         config = load_agent_config(opts.agent or default_agent_path())
-        log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} timesteps")
+        # the policy learns the objective every other method is measured on
+        config.env = {**config.env, **objective_kwargs(env)}
+        log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} timesteps "
+            f"(objective: {env.objective})")
         trained = train(env.scenario, config, out_dir / "rl", seed=opts.seed,
                         timesteps=opts.timesteps, progress=show_progress,
                         vec_env_factory=opts.vec_env_factory)

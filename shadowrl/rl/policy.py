@@ -28,15 +28,17 @@ class Policy(Protocol):
 
 
 def action_for(env: RollbackEnv, step: str, settings: dict[str, Any] | None) -> int:
-    """The action index running ``step`` with ``settings`` (None: skip the optional step)."""
+    """The action index running ``step`` with ``settings`` (None: skip the optional step).
+    A setting the plan leaves out takes the step's default, as in the procedure file."""
     i = env.step_index[step]
+    wanted = None if settings is None else {**env.steps[i].default_settings(), **settings}
     for a, (j, s) in enumerate(env.actions):
         if j != i:
             continue
-        if settings is None and s is None:
+        if wanted is None and s is None:
             return a
-        if settings is not None and s is not None and all(
-                _same(s[k], settings.get(k)) for k in s):
+        if wanted is not None and s is not None and all(
+                _same(s[k], wanted.get(k)) for k in s):
             return a
     raise KeyError(f"no action runs step '{step}' with settings {settings}")
 

@@ -45,6 +45,8 @@ class OptimizeResult(ResultModel):
     policy: str | None
     bottlenecks: str
     comparison: str
+    episodes_file: str  # episodes.json: every method's per-incident results
+    objective: str  # budget | downtime: what every method minimised
     timing_s: dict[str, float]
     search: SearchInfo | None = None
     rl: RlInfo | None = None

@@ -1,9 +1,13 @@
 """Search baselines and bounds: greedy lookahead, the best static procedure, and the oracle.
 
 - ``greedy``: at each decision, try every valid action from a snapshot and take the one whose
-  own cost (downtime and failed requests it causes) is lowest; myopic by design.
+  own cost (under the env's objective: the error budget it burns, or its downtime and failed
+  requests) is lowest; myopic by design.
 - ``best_static``: the single order and settings minimising the mean cost over sampled
   training incidents: exhaustive where the plan space is small, Optuna's TPE otherwise.
+
+Every method minimises the :class:`RollbackEnv`'s objective (``objective``,
+``full_outage_penalty``), so switching it switches them all.
 - ``oracle``: per incident, the best sequence by depth-first branch and bound over the
   deterministic simulator (snapshot/restore). Costs only accumulate, so a partial sequence
   costing more than the best complete one is pruned; with its node budget not exhausted the
@@ -71,11 +75,8 @@ def env_restore(env: RollbackEnv, snap: tuple[Any, ...]) -> None:
 
 
 def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
-    """The env's objective for a finished rehearsal: minus the episode return, in minutes."""
-    cost = env.cost_of(r.downtime_s, r.failed_requests)
-    if any(s.stopped for s in r.steps):
-        cost += env.failed_step_penalty
-    return cost
+    """The env's objective for a finished rehearsal: minus the episode return."""
+    return env.rehearsal_cost(r)
 
 
 # --------------------------------------------------------------------------- greedy

@@ -195,17 +195,37 @@ def test_batch_of_every_replica_is_capacity_loss(checkout: Scenario) -> None:
     assert f.share_of_downtime > 0.05 and f.share_of_failed_requests > 0.1
     assert f.evidence["outage_during_batch"] is True
     assert f.evidence["ready_replicas_during_batch"] == 0
-    assert f.evidence["settings"] == {"batch": 6, "drain": 30.0}
+    assert f.evidence["settings"] == {"batch": 6, "drain": 30.0, "surge": 0}
     assert f.evidence["mean_overload_failed_requests"] > 1000
     assert f.evidence["max_target_cpu"] == pytest.approx(1.0)  # from the per-second profile
     assert "max_edge_p99_ms" in f.evidence
-    # a remedy within the choices: more replicas from scale-web, a batch that leaves headroom
-    assert "scale web to 12 (scale-web) before revert-web" in f.suggestion
+    # a remedy within the choices: surge 3 replaces 3 at a time without losing capacity
+    # (two rounds, faster than scaling to 12 first); without surge choices, more replicas
+    # from scale-web and a batch that leaves headroom
+    assert "run revert-web with batch 1 and surge 3" in f.suggestion
     assert "under utilisation 0.8" in f.suggestion
+    no_surge = checkout.model_copy(deep=True)
+    for step in no_surge.procedure.steps:
+        step.settings.pop("surge", None)
+    g = finding(analyze(no_surge, runs(checkout, plan)), "capacity_loss", "revert-web")
+    assert "scale web to 12 (scale-web) before revert-web" in g.suggestion
     # the same cause without a profile is still found, from errors_by_source alone
     bare = analyze(checkout, runs(checkout, plan))
     assert finding(bare, "capacity_loss", "revert-web").share_of_downtime == pytest.approx(
         f.share_of_downtime, rel=0.05)
+
+
+def test_surge_covering_the_batch_is_no_capacity_loss(checkout: Scenario) -> None:
+    """Batch 3 of 6 web replicas sheds (400 rps on 300); with surge 3 the previous version
+    starts beside the live one first and no capacity is lost."""
+    bare = checkout_plan(checkout, scale_web={"replicas": 6}, revert_web={"batch": 3})
+    surged = checkout_plan(checkout, scale_web={"replicas": 6},
+                           revert_web={"batch": 3, "surge": 3})
+    f = finding(analyze(checkout, runs(checkout, bare)), "capacity_loss", "revert-web")
+    assert f.evidence["ready_replicas_during_batch"] == 3
+    report = analyze(checkout, runs(checkout, surged))
+    check_shares(report)
+    assert not [g for g in report.by_kind("capacity_loss") if g.step == "revert-web"]
 
 
 def test_estimates_use_the_simulators_parameters(checkout: Scenario, tmp_path: Path) -> None:
@@ -214,10 +234,10 @@ def test_estimates_use_the_simulators_parameters(checkout: Scenario, tmp_path: P
     default = finding(analyze(checkout, rehearsals), "capacity_loss", "revert-web")
     slow = finding(analyze(checkout, rehearsals, params=SimParams(stop_s=20.0)),
                    "capacity_loss", "revert-web")
-    # one batch of 6 (drain 30s + stop + startup 20s) against two of 6 on 12 replicas (drain
-    # 10s + stop + startup 20s, plus the scale-up's startup): 2s stops, then 20s stops
-    assert "about 84s instead of 52s" in default.suggestion
-    assert "about 2m instead of 70s" in slow.suggestion
+    # one batch of 6 (drain 30s + stop + startup 20s) against two rounds of 3 surge
+    # replicas (startup 20s + drain 10s + stop): 2s stops, then 20s stops
+    assert "about 64s instead of 52s" in default.suggestion
+    assert "about 100s instead of 70s" in slow.suggestion
     sc = scenario_file(tmp_path, LOCK_YAML, "lock")
     rehearsals = runs(sc)
     lock = finding(analyze(sc, rehearsals), "write_lock", "migrate-db-down")

@@ -24,7 +24,7 @@ CHECKOUT = ROOT / "envs" / "checkout.yaml"
 
 # the public `rehearse --json` contract (docs/architecture.md, The layers)
 TOP_KEYS = {"scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests",
-            "alerts", "steps"}
+            "bad_requests", "budget_burn", "outage_s", "peak_error_rate", "alerts", "steps"}
 STATS_KEYS = {"mean", "p50", "p95", "max"}
 ALERT_KEYS = {"kind", "count", "message"}
 STEP_KEYS = {"name", "mean_s", "p95_s", "downtime_share"}
@@ -198,7 +198,8 @@ def check_contract(s: dict) -> None:
     assert type(s["runs"]) is int
     assert set(s["outcomes"]) == set(OUTCOMES)
     assert all(type(v) is int for v in s["outcomes"].values())
-    for key in ("downtime_s", "failed_requests"):
+    for key in ("downtime_s", "failed_requests", "bad_requests", "budget_burn", "outage_s",
+                "peak_error_rate"):
         assert set(s[key]) == STATS_KEYS
         assert all(isinstance(v, (int, float)) for v in s[key].values())
     for a in s["alerts"]:
@@ -216,7 +217,8 @@ def test_summary_has_exactly_the_documented_keys(mixed: list[Rehearsal]) -> None
     assert s["alerts"] and s["steps"]
     assert json.loads(json.dumps(s)) == s
     assert list(s) == ["scenario", "policy", "runs", "outcomes", "downtime_s",
-                       "failed_requests", "alerts", "steps"]  # the documented order
+                       "failed_requests", "bad_requests", "budget_burn", "outage_s",
+                       "peak_error_rate", "alerts", "steps"]  # the documented order
 
 
 def test_cli_rehearse_json_has_exactly_the_documented_keys() -> None:

@@ -1,8 +1,10 @@
 """Experiment files and ``shadowrl train``: load and validate, then one tiny experiment end to
-end (Ray replicas, MLflow run, registry alias) and ``shadowrl export`` of the champion."""
+end (Ray replicas, MLflow run, registry and the champion decision) and ``shadowrl export`` of
+the registered policy."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -77,6 +79,24 @@ def test_paths_are_relative_to_the_experiment_file(tmp_path: Path,
     assert exp.path_of(exp.scenario) == (tmp_path / "scenario.yaml").resolve()
 
 
+def test_experiment_objective_overrides_the_agent_env(tmp_path: Path) -> None:
+    path = tmp_path / "e.yaml"
+    path.write_text(EXPERIMENT)
+    exp = load_experiment(path)
+    assert exp.objective is None and exp.full_outage_penalty is None
+    assert exp.objective_env({}) == {"objective": "budget", "full_outage_penalty": 0.0}
+    assert exp.objective_env({"objective": "downtime", "full_outage_penalty": 0.2}) == {
+        "objective": "downtime", "full_outage_penalty": 0.2}
+    path.write_text(EXPERIMENT + "objective: downtime\nfull_outage_penalty: 0.05\n")
+    exp = load_experiment(path)
+    assert exp.objective_env({"objective": "budget"}) == {"objective": "downtime",
+                                                          "full_outage_penalty": 0.05}
+    path.write_text(EXPERIMENT + "objective: uptime\n")
+    with pytest.raises(SpecError) as info:
+        load_experiment(path)
+    assert info.value.problems[0].path == "objective"
+
+
 def _line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
@@ -148,7 +168,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path,
                 torch.manual_seed(0)
                 out["runs"].append(ok_json(run("train", exp, "--tracking-uri", uri, "--json")))
             mp.setenv("MLFLOW_TRACKING_URI", uri)
-            out["export"] = run("export", f"models:/{MODEL}@champion", "--format", "argo")
+            out["export"] = run("export", f"models:/{MODEL}/1", "--format", "argo")
             out["bad_ray"] = run("train", exp, "--tracking-uri", uri, "--ray-address",
                                  "127.0.0.1:1", "--json")
         finally:
@@ -166,14 +186,26 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> li
     return files
 
 
-def test_train_registers_the_first_version_as_champion(trained) -> None:
+def test_train_registers_the_first_version_and_decides_with_evidence(trained) -> None:
     first = trained["runs"][0]
     assert first["experiment"] == "tiny-checkout"
     assert first["tracking_uri"] == trained["uri"]
     assert first["model"] == MODEL and first["version"] == "1"
-    assert first["champion"]["promoted"] is True
-    assert first["champion"]["champion_version"] == "1"
-    assert set(first["methods"]) == {"configured", "best_static", "rl"}
+    assert set(first["methods"]) == set(first["budget_burn"]) == {"configured", "best_static",
+                                                                  "rl"}
+    assert first["objective"] == "budget"
+    decision = first["champion"]
+    # 3 held-out incidents cannot show a significant reduction: a 512-step policy is not
+    # made champion on that evidence, even without a champion to beat
+    assert decision["promoted"] is False and decision["champion_version"] == ""
+    assert decision["seeds"] == "10000+3"
+    assert set(decision["recovered"]) == set(decision["budget_burn"]) == {
+        "new", "configured", "best_static"}
+    assert decision["budget_burn"]["new"] == pytest.approx(first["budget_burn"]["rl"]["mean"],
+                                                           abs=1e-7)
+    assert decision["reason"].startswith("not promoted")
+    assert decision["p_value"] is not None and "wilcoxon" in decision["test"]
+    assert decision["sources"] == {"new": f"run {first['run_id']}"}  # nothing re-evaluated
     # outputs under the working directory (a tmp folder), none in the repo
     out = Path(first["out"])
     assert out.is_absolute() and out.is_relative_to(trained["folder"].resolve())
@@ -189,27 +221,57 @@ def test_train_logs_metrics_params_and_artifacts(trained) -> None:
     assert metrics["eval_holdout_downtime_mean"] == pytest.approx(
         first["methods"]["rl"]["mean"])
     assert metrics["eval_holdout_seed"] == 10_000 and metrics["eval_holdout_episodes"] == 3
+    for q in ("mean", "p50", "p95", "max"):
+        assert metrics[f"eval_holdout_budget_burn_{q}"] == pytest.approx(
+            first["budget_burn"]["rl"][q])
+        assert f"eval_holdout_bad_requests_{q}" in metrics
+    assert metrics["holdout_configured_budget_burn_mean"] == pytest.approx(
+        first["budget_burn"]["configured"]["mean"])
     assert params["scenario_hash"] and params["git_commit"]
     assert params["replicas"] == "2"
     names = {Path(p).name for p in _artifacts(client, first["run_id"])}
-    assert {"report.html", "comparison.md", "procedure.yaml"} <= names
+    assert {"report.html", "comparison.md", "procedure.yaml", "eval_holdout.json",
+            "episodes.json"} <= names
+    tags = run_.data.tags  # the champion decision, on the run and on the version
+    assert tags["shadowrl.promotion"].startswith("not promoted")
+    assert tags["shadowrl.promotion.test"] == first["champion"]["test"]
+    version_tags = client.get_model_version(MODEL, "1").tags
+    assert version_tags["shadowrl.promotion"] == tags["shadowrl.promotion"]
+    assert float(version_tags["shadowrl.promotion.p_value"]) == pytest.approx(
+        first["champion"]["p_value"])
     table = (trained["folder"] / first["comparison"]).read_text()
     for method in ("configured", "best_static", "rl"):
         assert f"| {method} |" in table
 
 
-def test_second_identical_run_keeps_the_champion(trained) -> None:
+def test_second_identical_run_is_not_promoted_either(trained) -> None:
     client: MlflowClient = trained["client"]
     first, second = trained["runs"]
     assert second["version"] == "2"
     assert second["methods"] == first["methods"]  # identical runs, identical held-out numbers
     decision = second["champion"]
-    assert decision["new"] == decision["old"]
-    assert decision["promoted"] is False
-    assert decision["champion_version"] == "1"
-    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert decision["new"] == first["champion"]["new"]
+    assert decision["p_value"] == first["champion"]["p_value"]
+    assert decision["promoted"] is False and decision["champion_version"] == ""
+    assert "champion" not in client.get_registered_model(MODEL).aliases
     versions = client.search_model_versions(f"name='{MODEL}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
+
+
+def test_train_prints_the_decision(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from shadowrl.app.models import TrainResult
+    from shadowrl.cli import render
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(render, "out", Console(file=buffer, width=200, highlight=False))
+    render.print_train(TrainResult.model_validate(trained["runs"][0]))
+    text = buffer.getvalue()
+    assert "champion: none yet (kept)" in text
+    assert "decision: not promoted" in text
+    assert "paired test on budget burn: wilcoxon" in text and "p = " in text
+    assert "recovered" in text and "mean budget burn" in text
 
 
 def test_export_the_champion_as_argo(trained) -> None:

@@ -155,8 +155,12 @@ def test_sweep_is_tracked_and_registered(swept: dict[str, Any]) -> None:
     versions = client.search_model_versions(f"name='{MODEL}'")
     assert [str(v.version) for v in versions] == ["1"] == [res["version"]]
     assert versions[0].run_id == res["run_id"]
-    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
-    assert res["champion"]["promoted"] is True
+    # a few held-out incidents are no evidence of a lower budget burn than the configured
+    # procedure's: registered, not made champion (tests/integrations covers promotion)
+    assert res["champion"]["promoted"] is False and res["champion"]["p_value"] >= 0.05
+    assert "champion" not in client.get_registered_model(MODEL).aliases
+    assert client.get_model_version(MODEL, "1").tags["shadowrl.promotion"].startswith(
+        "not promoted")
     for name in ("report.html", "profiles.parquet", "procedure.yaml", "summary.json"):
         assert name in files, (name, files)
     assert set(res["methods"]) >= {"configured", "best_static", "rl"}

@@ -23,9 +23,11 @@ ENVS = ["checkout", "payments", "search"]
 OUTCOMES = {"recovered", "rollback_failed", "rollback_ineffective"}
 TOP_KEYS = {"scenario": str, "backend": str, "incident": str, "seed": int, "outcome": str,
             "breach_at_s": float, "rollback_s": float, "downtime_s": float,
-            "failed_requests": float, "steps": list, "alerts": list}
+            "failed_requests": float, "bad_requests": float, "budget_burn": float,
+            "outage_s": float, "peak_error_rate": float, "restored_s": (float, type(None)),
+            "steps": list, "alerts": list}
 STEP_KEYS = {"name": str, "status": str, "settings": dict, "start_s": float, "end_s": float,
-             "downtime_s": float, "failed_requests": float}
+             "downtime_s": float, "failed_requests": float, "bad_requests": float}
 ALERT_KEYS = {"kind", "severity", "step", "message"}
 
 
@@ -290,6 +292,10 @@ def test_json_is_the_use_case_result_exactly() -> None:
      ".yaml, a policy .zip or models:/NAME@ALIAS)"),
     (["optimize", ROOT / "envs" / "checkout.yaml", "--method", "bogus", "--json"],
      "error: unknown method 'bogus' (search, rl or all)"),
+    (["optimize", ROOT / "envs" / "checkout.yaml", "--objective", "latency", "--json"],
+     "error: --objective must be 'budget' or 'downtime', not 'latency'"),
+    (["evaluate", ROOT / "envs" / "checkout.yaml", "--policy", "configured", "--objective",
+      "uptime"], "error: --objective must be 'budget' or 'downtime', not 'uptime'"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[Any], message: str) -> None:
     result = run(*args)
@@ -297,3 +303,19 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[Any], message: str) -> 
     no_traceback(result)
     assert result.stdout == ""
     assert result.stderr == message + "\n"  # nothing else: no progress, no blank line
+
+
+def test_evaluate_objective_chooses_what_the_cost_measures() -> None:
+    path = ROOT / "envs" / "checkout.yaml"
+    args = ["evaluate", path, "--policy", "configured", "--episodes", "2", "--json"]
+    budget = json.loads(run(*args).stdout)
+    downtime = json.loads(run(*args, "--objective", "downtime").stdout)
+    penalised = json.loads(run(*args, "--full-outage-penalty", "1").stdout)
+    for key in ("outcomes", "downtime_s", "budget_burn", "bad_requests", "outage_s"):
+        assert budget[key] == downtime[key] == penalised[key], key  # the same rehearsals
+    # budget: percent of the error budget; downtime: minutes of downtime and failures
+    assert budget["cost"]["mean"] == pytest.approx(100 * budget["budget_burn"]["mean"],
+                                                   abs=1e-3)
+    assert downtime["cost"]["mean"] > budget["downtime_s"]["mean"] / 60 - 1e-3
+    assert penalised["cost"]["mean"] == pytest.approx(
+        budget["cost"]["mean"] + budget["outage_s"]["mean"], abs=1e-3)

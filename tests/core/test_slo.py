@@ -293,29 +293,28 @@ def test_the_sampled_driver_agrees_with_the_fast_path(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ENVS)
-def test_sampling_the_simulator_itself_agrees_within_its_resolution(name: str) -> None:
+def test_sampling_the_simulator_itself_agrees_exactly(name: str) -> None:
     """The simulator moved one second at a time and sampled, against its fast path.
 
-    The physics is not quite the same: the fast path holds each segment's rates from its
-    start, and float rounding can start a segment just before an effect quantum or load
-    block boundary, so its rates lag a sample at the same instant by up to a quantum; a
-    warming cache, integrated segment by segment, warms in its rates up to a quantum later
-    than one-second segments show. Violations therefore begin or end up to a quantum
-    (5 s, at most one shipped interval) apart: the same rules fire at most one interval
-    apart, and a verification ends within a quantum before to a period after the exact end.
+    The physics is the same whatever the segments: rates are a function of time and state
+    only (effect quanta, load blocks and cache warm-up steps are indexed with a tolerance,
+    so a segment that starts at a boundary is in the step it starts, and a cache's warmth is
+    a closed-form function of the time since its warming last changed). So the sampled
+    driver sees at every rule tick (a whole second) exactly the flags the fast path holds
+    there: the same rules fire at the same tick, and a verification reaches the same
+    verdict, ending no earlier than the exact end and at most one period later (a sample
+    stands for the time until the next one, so a clean stretch is seen to begin only at the
+    first sample inside it).
     """
     sc = load_scenario(ROOT / "envs" / f"{name}.yaml")
     hold, timeout = sc.procedure.verify.hold, sc.procedure.verify.timeout
-    interval = sc.slo.interval
     for seed, injection, breach in breaching_seeds(sc):
         sh = SimShadow(sc)
         sh.launch(seed)
         sh.inject(injection)
-        quantum = sh.params.quantum_s
-        assert quantum <= interval
         sampled = run_until_breach(sh, injection.onset_s + BREACH_SEARCH_S, period_s=PERIOD_S)
-        assert sampled is not None and sampled.rules == breach.rules, seed
-        assert abs(sampled.at_s - breach.at_s) <= interval + 1e-9, seed
+        assert sampled is not None, seed
+        assert (sampled.at_s, sampled.rules) == (breach.at_s, breach.rules), seed
         deadline = breach.at_s + timeout
         for point in verification_points(sc, seed, injection):
             snap = point.snapshot()
@@ -324,7 +323,7 @@ def test_sampling_the_simulator_itself_agrees_within_its_resolution(name: str) -
             approx = verify(point, hold, deadline, period_s=PERIOD_S)
             point.restore(snap)
             assert approx.healthy == exact.healthy, seed
-            assert exact.end_s - quantum <= approx.end_s <= exact.end_s + PERIOD_S + 1e-6, (
+            assert exact.end_s - 1e-6 <= approx.end_s <= exact.end_s + PERIOD_S + 1e-6, (
                 seed, exact.end_s, approx.end_s)
 
 

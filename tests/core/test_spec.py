@@ -191,6 +191,10 @@ def test_base_loads_with_defaults() -> None:
     assert steps["pause"].default_settings() == {"duration": 30.0}
     assert steps["revert-api-config"].default_settings() == {"batch": 1, "drain": 30.0}
     assert steps["revert-api-config"].optional
+    # queueing and surge defaults: derived concurrency (None here), no room to surge
+    assert sc.deployment.services[0].concurrency is None
+    assert sc.deployment.services[0].max_surge == 0
+    assert sc.deployment.datastores[0].concurrency is None
     assert steps["page-team"].sim.fixes == ["ui-flag"]
     assert sc.procedure.verify.hold == 60.0 and sc.procedure.budget.downtime == 180.0
 
@@ -243,7 +247,25 @@ CASES = [
      "      retries: 3\n", "x.yaml:52: procedure.steps[2].retries: unknown field"),
     ("unknown-setting", "{batch: 2,", "{parallel: 2, batch: 2,",
      "x.yaml:47: procedure.steps[1].settings.parallel: unknown setting for action "
-     "'rollback_version' (allowed: batch, drain)"),
+     "'rollback_version' (allowed: batch, drain, surge)"),
+    # web has no max_surge (default 0): no room for a replica beside the current ones
+    ("surge-above-max", "{batch: 2,", "{surge: {choices: [0, 1]}, batch: 2,",
+     "x.yaml:47: procedure.steps[1].settings.surge: surge 1 exceeds max_surge 0 of 'web' "
+     "(room for at most 0 extra replicas)"),
+    ("range-surge", "{batch: 2,", "{surge: -1, batch: 2,",
+     "x.yaml:47: procedure.steps[1].settings.surge: must be >= 0, got -1"),
+    ("range-max-surge", "      startup: 20s\n", "      startup: 20s\n      max_surge: -1\n",
+     "x.yaml:12: deployment.services[0].max_surge: Input should be greater than or equal to 0"),
+    ("range-concurrency", "      capacity_qps: 500\n", "      capacity_qps: 500\n"
+     "      concurrency: 0\n",
+     "x.yaml:24: deployment.datastores[0].concurrency: Input should be greater than or equal "
+     "to 1"),
+    ("reserved-edge-service", "    - name: api\n", "    - name: edge\n",
+     "x.yaml:15: deployment.services[1].name: the name 'edge' is reserved: a rule's "
+     "'scope: edge' means the edge view; rename the component"),
+    ("reserved-edge-cache", "{name: cache,", "{name: edge,",
+     "x.yaml:26: deployment.caches[0].name: the name 'edge' is reserved: a rule's "
+     "'scope: edge' means the edge view; rename the component"),
     ("wrong-kind-migrate", "      target: db\n", "      target: web\n",
      "x.yaml:50: procedure.steps[2].target: action 'migrate_down' needs a datastore, "
      "'web' is a service"),
@@ -353,6 +375,23 @@ def test_problem_names_the_path_given() -> None:
     Path("envs").mkdir()
     found = problems(edit("after: [revert-web]", "after: [revert-api]"), name="envs/x.yaml")
     assert found == ["envs/x.yaml:51: procedure.steps[2].after[0]: unknown step 'revert-api'"]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("    - name: web\n", '    - name: "web\\n"\n',
+     "x.yaml:7: deployment.services[0].name: invalid name 'web\\n'"),
+    ("    - name: pause\n", "    - name: \"pause\\n\"\n",
+     "x.yaml:57: procedure.steps[4].name: invalid name 'pause\\n'"),
+    ("{flag: new-ui}", '{flag: "new-ui\\n"}',
+     "x.yaml:56: procedure.steps[3].settings.flag: invalid name 'new-ui\\n'"),
+    ("      flags: [new-ui]\n", '      flags: ["new-ui\\n"]\n',
+     "x.yaml:14: deployment.services[0].flags[0]: invalid name 'new-ui\\n'"),
+], ids=["service", "step", "flag-setting", "flag"])
+def test_name_with_trailing_newline_rejected(old: str, new: str, expected: str) -> None:
+    """A name is the whole string: ``web\\n`` is not ``web`` (``$`` matches before a final
+    newline; names use fullmatch), so it cannot split an exported command line."""
+    found = problems(edit(old, new))
+    assert any(p.startswith(expected) for p in found), found
 
 
 # --------------------------------------------------------------------------- bad files

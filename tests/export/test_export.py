@@ -201,7 +201,8 @@ def test_argo_workflow(source) -> None:
     revert = next(g[0] for g in groups if g[0]["name"] == "revert-web")
     values = {p["name"]: p["value"] for p in revert["arguments"]["parameters"]}
     expected = source.procedure.step("revert-web").default_settings()
-    assert values == {"batch": str(expected["batch"]), "drain": str(int(expected["drain"]))}
+    assert values == {"batch": str(expected["batch"]), "drain": str(int(expected["drain"])),
+                      **({"surge": str(expected["surge"])} if "surge" in expected else {})}
 
 
 def test_chaostoolkit_experiment(source, checkout) -> None:
@@ -295,7 +296,9 @@ def test_run_replaces_template(tmp_path) -> None:
     assert subprocess.run(["bash", "-n", str(tmp_path / "s.sh")]).returncode == 0
     wf = yaml.safe_load(to_argo(src))
     templates = {t["name"]: t for t in wf["spec"]["templates"]}
-    assert templates["revert-app"]["container"]["args"] == [shlex.join(argv)]
+    # a run: is the container's argv itself (no shell in between)
+    assert templates["revert-app"]["container"]["command"] == argv
+    assert "args" not in templates["revert-app"]["container"]
     params = wf["spec"]["templates"][0]["steps"][0][0]["arguments"]["parameters"]
     assert {p["name"]: p["value"] for p in params} == {"batch": "2", "drain": "2"}
     exp = json.loads(to_chaostoolkit(src))

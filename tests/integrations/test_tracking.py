@@ -150,6 +150,8 @@ def test_training_logs_metrics_at_timesteps(mlflow_store, tmp_path) -> None:
     assert all(s % 64 == 0 and 0 < s <= 256 for s in steps) and steps[-1] == 256
     downtime = client.get_metric_history(run_id, "train_downtime_mean")
     assert [m.step for m in downtime] == steps and all(m.value > 0 for m in downtime)
+    burn = client.get_metric_history(run_id, "train_budget_burn_mean")
+    assert [m.step for m in burn] == steps and all(0 < m.value < 1 for m in burn)
     assert all(m.value < 0 for m in history)  # rewards are minus costs
     episodes = client.get_metric_history(run_id, "train_episodes")
     assert all(m.value >= 1 for m in episodes)
@@ -167,69 +169,186 @@ def test_callback_needs_a_run(tmp_path) -> None:
 # --------------------------------------------------------------------------- registry
 
 
-def test_register_and_promote_on_same_seeds(mlflow_store, policy_zip) -> None:
+N = 20  # held-out seeds of the synthetic promotion evidence
+
+
+def _record(burns: list[float], recovered: int | None = None, seed: int = SEED
+            ) -> dict[str, Any]:
+    """A per-seed held-out record: the first ``recovered`` incidents recovered (default all),
+    the rest ineffective."""
+    recovered = len(burns) if recovered is None else recovered
+    return {"seed": seed, "episodes": len(burns),
+            "outcomes": ["recovered"] * recovered + ["rollback_ineffective"] * (len(burns)
+                                                                                 - recovered),
+            "budget_burn": list(burns), "downtime_s": [100.0 * b for b in burns]}
+
+
+def _burns(level: float, jitter: float = 0.0, n: int = N) -> list[float]:
+    """``level`` plus a fixed, zero-mean wiggle (the same per seed for every caller)."""
+    wiggle = np.sin(np.arange(n) * 1.7)
+    wiggle -= wiggle.mean()
+    return [float(level + jitter * w) for w in wiggle]
+
+
+def _noise(n: int = N) -> np.ndarray:
+    """Per-seed differences that average slightly below zero by chance: no evidence."""
+    wiggle = np.cos(np.arange(n) * 2.3)
+    return 0.004 * (wiggle - wiggle.mean()) - 0.0001
+
+
+def _evidence_version(policy: Path, name: str, experiment_id: str,
+                      record: dict[str, Any]) -> Any:
+    """A registered version whose run holds ``record`` as its ``eval_holdout.json``."""
+    with mlflow.start_run(experiment_id=experiment_id):
+        tracking.log_per_seed(record)
+        return tracking.log_policy_model(policy, CHECKOUT, registered_model_name=name)
+
+
+def test_paired_test() -> None:
+    base = np.array(_burns(0.05, 0.01))
+    for test in ("wilcoxon", "bootstrap"):
+        p, name = tracking.paired_test(base - 0.01, base, test)
+        assert p < 0.05 and test in name, (test, p, name)
+        p, _ = tracking.paired_test(base, base, test)
+        assert p == 1.0  # identical: no evidence at all
+        p, _ = tracking.paired_test(base + 0.01, base, test)
+        assert p > 0.5  # higher is not lower
+        p, _ = tracking.paired_test(base + _noise(), base, test)  # lower mean, by noise
+        assert p >= 0.05, (test, p)
+    assert tracking.paired_test(base - 0.01, base, "bootstrap") == tracking.paired_test(
+        base - 0.01, base, "bootstrap")  # a fixed seed: the same p every time
+    p, name = tracking.paired_test(base - 0.01, base)  # auto: scipy is installed here
+    assert "wilcoxon" in name and p < 0.05
+    with pytest.raises(ValueError):
+        tracking.paired_test([1.0], [1.0, 2.0])
+
+
+def test_promotion_needs_recoveries_and_a_significant_burn_reduction(mlflow_store,
+                                                                     policy_zip) -> None:
     client = mlflow_store.client
     exp = mlflow_store.experiment_id
     name = "checkout-rollback"
-    promote = dict(scenario=CHECKOUT, eval_seed=SEED, episodes=3)
+    configured = _record(_burns(0.08, 0.02), recovered=18)
+    promote = dict(scenario=CHECKOUT, eval_seed=SEED, episodes=N,
+                   baselines={"configured": configured})
 
-    v1 = _log_version(policy_zip, name, exp, holdout=_holdout(300.0))
-    assert int(v1.registered_model_version) == 1
-    assert client.get_model_version(name, "1").run_id == v1.run_id
+    # the first version: compared with the configured procedure
+    v1 = _evidence_version(policy_zip, name, exp, _record(_burns(0.04, 0.01), recovered=19))
     first = tracking.promote_if_better(name, 1, **promote)
     assert first["promoted"] and first["champion_version"] == "1" and first["old"] is None
-    assert first["new"] == 300.0 and first["sources"]["new"] == f"run {v1.run_id}"
+    assert first["sources"]["new"] == f"run {v1.run_id}"
+    assert first["new"] == pytest.approx(0.04)
+    assert first["metric"] == "eval_holdout_budget_burn_mean"
+    assert first["recovered"] == {"new": 0.95, "configured": 0.9}
+    assert first["p_value"] < 0.05 and "wilcoxon" in first["test"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     tags = client.get_model_version(name, "1").tags
-    assert tags["eval_holdout_downtime_mean"] == "300" and tags["eval_holdout_seed"] == str(SEED)
+    assert tags["shadowrl.promotion"].startswith("promoted")
+    assert float(tags["shadowrl.promotion.p_value"]) == pytest.approx(first["p_value"])
+    assert tags["shadowrl.promotion.recovered.new"] == "0.95"
+    assert json.loads(tags["eval_holdout_per_seed"])["outcomes"] == "R" * 19 + "I"
+    run_tags = client.get_run(v1.run_id).data.tags  # the run says the same
+    assert run_tags["shadowrl.promotion"] == tags["shadowrl.promotion"]
+    assert run_tags["shadowrl.promotion.test"] == first["test"]
 
-    _log_version(policy_zip, name, exp, holdout=_holdout(400.0))  # worse
-    worse = tracking.promote_if_better(name, 2, **promote)
-    assert not worse["promoted"] and worse["champion_version"] == "1"
-    assert (worse["new"], worse["old"]) == (400.0, 300.0)
+    # lower mean burn (and cost) but fewer recoveries than the champion: not promoted
+    _evidence_version(policy_zip, name, exp, _record(_burns(0.01, 0.002), recovered=17))
+    fewer = tracking.promote_if_better(name, 2, **promote)
+    assert not fewer["promoted"] and fewer["champion_version"] == "1"
+    assert fewer["new"] < fewer["old"] and fewer["p_value"] < 0.05
+    assert fewer["recovered"] == {"new": 0.85, "old": 0.95, "configured": 0.9}
+    assert "fewer than version 1 (19/20), configured (18/20)" in fewer["reason"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    assert "kept version 1" in client.get_model_version(name, "2").tags["shadowrl.promotion"]
+    assert "not promoted" in client.get_model_version(name, "2").tags["shadowrl.promotion"]
 
-    _log_version(policy_zip, name, exp, holdout=_holdout(250.0))  # better
-    better = tracking.promote_if_better(name, "3", **promote)
-    assert better["promoted"] and better["champion_version"] == "3"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    # a lower mean burn within the noise: not significant, not promoted
+    champion = np.array(_burns(0.04, 0.01))
+    _evidence_version(policy_zip, name, exp, _record(list(champion + _noise()), recovered=19))
+    weak = tracking.promote_if_better(name, 3, **promote)
+    assert weak["new"] < weak["old"] and weak["p_value"] >= 0.05
+    assert not weak["promoted"] and weak["champion_version"] == "1"
+    assert "not lower with evidence" in weak["reason"]
 
-    _log_version(policy_zip, name, exp, holdout=_holdout(250.0))  # a tie keeps the champion
-    tie = tracking.promote_if_better(name, 4, **promote)
-    assert not tie["promoted"] and tie["champion_version"] == "3"
+    # as many recoveries and clearly lower on the same incidents: promoted
+    _evidence_version(policy_zip, name, exp, _record(list(champion * 0.6), recovered=19))
+    better = tracking.promote_if_better(name, "4", **promote)
+    assert better["promoted"] and better["champion_version"] == "4"
+    assert better["p_value"] < 0.05 and better["old"] == pytest.approx(0.04)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "4"
+    again = tracking.promote_if_better(name, 4, **promote)  # already the champion
+    assert not again["promoted"] and again["champion_version"] == "4"
 
-    # The champion was measured on other seeds: it is evaluated on the new ones.
-    other = SEED + 500
-    _log_version(policy_zip, name, exp, holdout=_holdout(1e9, seed=other))  # hopeless
-    fair = tracking.promote_if_better(name, 5, scenario=CHECKOUT, eval_seed=other, episodes=3)
-    assert fair["sources"]["old"] == "evaluated" and not fair["promoted"]
-    env = RollbackEnv(CHECKOUT)
-    expected = np.mean([e.rehearsal.downtime_s for e in
-                        evaluate(env, load_policy(policy_zip), 3, other)])
-    assert fair["old"] == pytest.approx(expected)
-    tags = client.get_model_version(name, "3").tags
-    assert tags["eval_holdout_seed"] == str(other) and tags["eval_holdout_episodes"] == "3"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    # more recoveries than the configured procedure is needed too, even without a champion
+    _evidence_version(policy_zip, "other", exp, _record(_burns(0.01, 0.002), recovered=17))
+    lone = tracking.promote_if_better("other", 1, **promote)
+    assert not lone["promoted"] and lone["champion_version"] == ""
+    assert "configured (18/20)" in lone["reason"]
 
     with pytest.raises(ValueError, match="metric must be one of"):
-        tracking.promote_if_better(name, 5, metric="recovered_rate", **promote)
+        tracking.promote_if_better(name, 4, metric="recovered_rate", **promote)
 
 
-def test_promote_evaluates_versions_without_metrics(mlflow_store, policy_zip) -> None:
+def test_promote_evaluates_what_is_missing(mlflow_store, policy_zip) -> None:
+    """Versions without per-seed results on the seeds are evaluated (and tagged with them),
+    the configured procedure too when the caller gives no baseline."""
+    client = mlflow_store.client
     name = "fresh"
-    _log_version(policy_zip, name, mlflow_store.experiment_id)
+    _log_version(policy_zip, name, mlflow_store.experiment_id)  # no per-seed record at all
     result = tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED, episodes=3)
-    assert result["promoted"] and result["sources"]["new"] == "evaluated"
-    tags = mlflow_store.client.get_model_version(name, "1").tags
-    assert float(tags["eval_holdout_downtime_mean"]) == pytest.approx(result["new"])
+    assert result["sources"] == {"new": "evaluated", "configured": "evaluated"}
+    env = RollbackEnv(CHECKOUT)
+    episodes = evaluate(env, load_policy(policy_zip), 3, SEED)
+    assert result["new"] == pytest.approx(np.mean([e.rehearsal.budget_burn for e in episodes]))
+    # three incidents can never show a significant difference: no champion on that evidence
+    assert not result["promoted"] and result["p_value"] >= 0.05
+    tags = client.get_model_version(name, "1").tags
+    assert float(tags["eval_holdout_budget_burn_mean"]) == pytest.approx(result["new"])
     assert float(tags["eval_holdout_recovered_rate"]) <= 1.0
+    assert json.loads(tags["eval_holdout_per_seed"])["seed"] == SEED
+    # the next decision reads the version's tag instead of evaluating again
+    second = tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED, episodes=3)
+    assert second["sources"]["new"] == "version tags"
+
+    # a champion measured on other seeds is evaluated on the new ones
+    other = SEED + 500
+    client.set_registered_model_alias(name, "champion", "1")
+    _evidence_version(policy_zip, name, mlflow_store.experiment_id,
+                      _record([1.0, 1.0, 1.0], seed=other))  # hopeless
+    fair = tracking.promote_if_better(name, 2, scenario=CHECKOUT, eval_seed=other, episodes=3)
+    assert fair["sources"]["old"] == "evaluated" and not fair["promoted"]
+    expected = np.mean([e.rehearsal.budget_burn for e in
+                        evaluate(env, load_policy(policy_zip), 3, other)])
+    assert fair["old"] == pytest.approx(expected)
+    tags = client.get_model_version(name, "1").tags
+    assert json.loads(tags["eval_holdout_per_seed"])["seed"] == other
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+def test_log_holdout_writes_metrics_and_per_seed_results(mlflow_store, policy_zip,
+                                                        tmp_path) -> None:
+    env = RollbackEnv(CHECKOUT)
+    episodes = evaluate(env, load_policy(policy_zip), 3, SEED)
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as run:
+        values = tracking.log_holdout(episodes, SEED)
+    metrics = mlflow_store.client.get_run(run.info.run_id).data.metrics
+    for key in ("bad_requests", "budget_burn"):
+        for q in ("mean", "p50", "p95", "max"):
+            assert metrics[f"eval_holdout_{key}_{q}"] == pytest.approx(
+                values[f"eval_holdout_{key}_{q}"])
+    assert metrics["eval_holdout_budget_burn_mean"] == pytest.approx(
+        np.mean([e.rehearsal.budget_burn for e in episodes]))
+    path = mlflow_store.client.download_artifacts(run.info.run_id, "eval_holdout.json",
+                                                  str(tmp_path))
+    record = json.loads(Path(path).read_text())
+    assert record["seed"] == SEED and record["episodes"] == 3
+    assert record["outcomes"] == [e.rehearsal.outcome for e in episodes]
+    assert record["budget_burn"] == [e.rehearsal.budget_burn for e in episodes]
 
 
 def test_load_registered_policy(mlflow_store, policy_zip) -> None:
     name = "checkout-rollback"
     _log_version(policy_zip, name, mlflow_store.experiment_id, holdout=_holdout(1.0))
-    tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED, episodes=3)
+    mlflow_store.client.set_registered_model_alias(name, "champion", "1")
     policy = tracking.load_registered_policy(f"models:/{name}@champion")
     env = RollbackEnv(CHECKOUT)
     episodes = evaluate(env, policy, 3, SEED)
@@ -390,13 +509,13 @@ def test_registry_flow_against_mlflow_server(mlflow_server, policy_zip, monkeypa
         assert client._tracking_client.tracking_uri == mlflow_server
         exp = client.create_experiment("server-flow")
         name = "served-rollback"
-        v1 = _log_version(policy_zip, name, exp, holdout=_holdout(300.0))
+        promote = dict(scenario=CHECKOUT, eval_seed=SEED, episodes=N,
+                       baselines={"configured": _record(_burns(0.08, 0.02))})
+        v1 = _evidence_version(policy_zip, name, exp, _record(_burns(0.04, 0.01)))
         assert int(v1.registered_model_version) == 1
-        assert tracking.promote_if_better(name, 1, scenario=CHECKOUT, eval_seed=SEED,
-                                          episodes=3)["promoted"]
-        _log_version(policy_zip, name, exp, holdout=_holdout(301.0))
-        worse = tracking.promote_if_better(name, 2, scenario=CHECKOUT, eval_seed=SEED,
-                                           episodes=3)
+        assert tracking.promote_if_better(name, 1, **promote)["promoted"]
+        _evidence_version(policy_zip, name, exp, _record(_burns(0.041, 0.01)))
+        worse = tracking.promote_if_better(name, 2, **promote)
         assert not worse["promoted"] and worse["champion_version"] == "1"
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
         policy = tracking.load_registered_policy(f"models:/{name}@champion")

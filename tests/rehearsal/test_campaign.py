@@ -191,8 +191,8 @@ def test_uninterrupted_summary_has_no_interrupted_key(checkout: Scenario) -> Non
     assert summary.interrupted is False
     assert "interrupted" not in summary.model_dump(mode="json")
     assert list(summary.model_dump(mode="json")) == [
-        "scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests", "alerts",
-        "steps"]
+        "scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests",
+        "bad_requests", "budget_burn", "outage_s", "peak_error_rate", "alerts", "steps"]
 
 
 def test_cli_rehearse_exits_130_on_ctrl_c_with_outputs(tmp_path: Path,

@@ -18,8 +18,10 @@ ENVS = ["checkout", "payments", "search"]
 
 OUTCOMES = {"recovered", "rollback_failed", "rollback_ineffective"}
 TOP_KEYS = {"scenario", "backend", "incident", "seed", "outcome", "breach_at_s", "rollback_s",
-            "downtime_s", "failed_requests", "steps", "alerts"}
-STEP_KEYS = {"name", "status", "settings", "start_s", "end_s", "downtime_s", "failed_requests"}
+            "downtime_s", "failed_requests", "bad_requests", "budget_burn", "outage_s",
+            "peak_error_rate", "restored_s", "steps", "alerts"}
+STEP_KEYS = {"name", "status", "settings", "start_s", "end_s", "downtime_s", "failed_requests",
+             "bad_requests"}
 ALERT_KEYS = {"kind", "severity", "step", "message"}
 
 
@@ -280,13 +282,18 @@ def check_contract(data: dict[str, Any]) -> None:
     assert data["backend"] == "sim"
     assert isinstance(data["seed"], int)
     assert data["outcome"] in OUTCOMES
-    for key in ("breach_at_s", "rollback_s", "downtime_s", "failed_requests"):
+    for key in ("breach_at_s", "rollback_s", "downtime_s", "failed_requests", "bad_requests",
+                "budget_burn", "outage_s", "peak_error_rate"):
         assert isinstance(data[key], float) and data[key] >= 0.0, key
+    assert data["bad_requests"] >= data["failed_requests"]  # failed ones are bad
+    assert data["peak_error_rate"] <= 1.0
+    assert data["restored_s"] is None or (data["outcome"] == "recovered"
+                                          and isinstance(data["restored_s"], float))
     for step in data["steps"]:
         assert set(step) == STEP_KEYS
         assert step["status"] in {"ok", "failed", "skipped"}
         assert isinstance(step["settings"], dict)
-        for key in ("start_s", "end_s", "downtime_s", "failed_requests"):
+        for key in ("start_s", "end_s", "downtime_s", "failed_requests", "bad_requests"):
             assert isinstance(step[key], float), key
         assert step["start_s"] <= step["end_s"]
         for key in ("drain", "duration"):

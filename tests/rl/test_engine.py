@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner, Result
@@ -22,7 +23,8 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
 SUMMARY_KEYS = {"scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests",
-                "alerts", "steps"}  # the `rehearse --json` summary
+                "bad_requests", "budget_burn", "outage_s", "peak_error_rate", "alerts",
+                "steps"}  # the `rehearse --json` summary
 STATS = {"mean", "p50", "p95", "max"}
 OUTCOMES = {"recovered", "rollback_failed", "rollback_ineffective"}
 
@@ -43,6 +45,7 @@ def check_summary(summary: dict[str, Any], runs: int) -> None:
     assert set(summary["outcomes"]) == OUTCOMES
     assert sum(summary["outcomes"].values()) == runs
     assert set(summary["downtime_s"]) == STATS and set(summary["failed_requests"]) == STATS
+    assert set(summary["budget_burn"]) == STATS and set(summary["bad_requests"]) == STATS
     assert summary["downtime_s"]["mean"] <= summary["downtime_s"]["max"]
 
 
@@ -98,15 +101,29 @@ def test_optimize_search_files(search_run) -> None:
     header = (out / "procedure.yaml").read_text().split("apiVersion")[0]
     best = data["methods"]["best_static"]["downtime_s"]["mean"]
     assert f"downtime mean {best:.0f}s" in header
-    table = (out / "comparison.md").read_text()
-    rows = re.findall(r"^\| (\w+) \|", table, flags=re.M)
-    assert rows[0] == "method"
-    assert sorted(rows[1:]) == sorted(SEARCH_METHODS)  # one row per method
+    table, budget = (out / "comparison.md").read_text().split("## Error budget")
+    for section in (table, budget):
+        rows = re.findall(r"^\| (\w+) \|", section, flags=re.M)
+        assert rows[0] == "method"
+        assert sorted(rows[1:]) == sorted(SEARCH_METHODS)  # one row per method
     for name in SEARCH_METHODS:
         mean = data["methods"][name]["downtime_s"]["mean"]
         row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
         assert row.split("|")[2].strip().startswith(f"{mean:.1f}")
         assert f"| {data['methods'][name]['outcomes']['recovered']}/4 |" in row
+        burn = data["methods"][name]["budget_burn"]
+        row = next(line for line in budget.splitlines() if line.startswith(f"| {name} |"))
+        assert row.split("|")[2].strip().startswith(f"{burn['mean']:.3%}")
+        assert row.split("|")[5].strip() == f"{burn['max']:.3%}"
+    # per-incident results of every method, on the held-out seeds, for paired comparisons
+    per_seed = json.loads(Path(data["episodes_file"]).read_text())
+    assert per_seed["objective"] == data["objective"] == "budget"
+    for name in SEARCH_METHODS:
+        record = per_seed["methods"][name]
+        assert record["seed"] == data["eval_seed"] and record["episodes"] == 4
+        assert len(record["outcomes"]) == len(record["budget_burn"]) == 4
+        assert np.mean(record["budget_burn"]) == pytest.approx(
+            data["methods"][name]["budget_burn"]["mean"], abs=1e-8)
 
 
 def test_optimized_procedure_rehearses(search_run) -> None:

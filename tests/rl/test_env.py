@@ -17,6 +17,7 @@ from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import Scenario, load_scenario
 from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.policy import action_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "tests" / "scenarios"
@@ -34,14 +35,6 @@ def in_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def make(scenario: str | Path | Scenario, **kwargs: Any) -> RollbackEnv:
     return RollbackEnv(scenario if not isinstance(scenario, str) else ROOT / scenario, **kwargs)
-
-
-def action_for(env: RollbackEnv, step: str, settings: dict[str, Any] | None) -> int:
-    i = env.step_index[step]
-    for a, (j, s) in enumerate(env.actions):
-        if j == i and s == settings:
-            return a
-    raise KeyError((step, settings))
 
 
 def play(env: RollbackEnv, plan: list[tuple[str, dict[str, Any] | None]]
@@ -265,7 +258,7 @@ def test_random_actions_never_crash(path: str) -> None:
 def test_episode_reward_is_minus_the_rehearsal_downtime(name: str, seed: int) -> None:
     sc = load_scenario(ROOT / "envs" / f"{name}.yaml")
     plan = configured_plan(sc.procedure)
-    env = make(sc, failed_request_weight=0.0)
+    env = make(sc, failed_request_weight=0.0, objective="downtime")
     env.reset(seed=seed)
     rewards, info = play(env, plan)
     expected = rehearse(sc, seed)  # the same incident, procedure and settings
@@ -275,7 +268,7 @@ def test_episode_reward_is_minus_the_rehearsal_downtime(name: str, seed: int) ->
     assert r.to_json() == expected.to_json()
     assert sum(rewards) == pytest.approx(-r.downtime_s / 60.0, rel=1e-9, abs=1e-9)
     # failed requests cost extra when weighted
-    weighted = make(sc)
+    weighted = make(sc, objective="downtime")
     weighted.reset(seed=seed)
     weighted_rewards, _ = play(weighted, plan)
     assert r.failed_requests > 0
@@ -284,7 +277,7 @@ def test_episode_reward_is_minus_the_rehearsal_downtime(name: str, seed: int) ->
 
 def test_reward_of_each_step_is_its_downtime() -> None:
     sc = load_scenario(ROOT / "envs" / "checkout.yaml")
-    env = make(sc, failed_request_weight=0.0)
+    env = make(sc, failed_request_weight=0.0, objective="downtime")
     env.reset(seed=0)
     rewards, info = play(env, configured_plan(sc.procedure))
     steps = info["rehearsal"].steps
@@ -294,12 +287,17 @@ def test_reward_of_each_step_is_its_downtime() -> None:
 
 def test_failed_step_is_penalised_and_ends_the_episode() -> None:
     sc = load_scenario(SCENARIOS / "irreversible.yaml")
-    env = make(sc, failed_request_weight=0.0, failed_step_penalty=10.0)
+    env = make(sc, failed_request_weight=0.0, failed_step_penalty=10.0, objective="downtime")
     env.reset(seed=0)
     rewards, info = play(env, configured_plan(sc.procedure))
     r = info["rehearsal"]
     assert info["outcome"] == "rollback_failed"
     assert sum(rewards) == pytest.approx(-r.downtime_s / 60.0 - 10.0, rel=1e-9)
+    budget = make(sc, failed_step_penalty=10.0)  # the default objective: budget burn
+    budget.reset(seed=0)
+    rewards, info = play(budget, configured_plan(sc.procedure))
+    assert sum(rewards) == pytest.approx(-100.0 * info["rehearsal"].budget_burn - 10.0,
+                                         rel=1e-9)
 
 
 def test_skip_costs_nothing_and_is_recorded() -> None:

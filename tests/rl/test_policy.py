@@ -27,8 +27,8 @@ CHECKOUT = ROOT / "envs" / "checkout.yaml"
 PHYS_COMPAT = ROOT / "tests" / "scenarios" / "phys_compat.yaml"
 
 # a valid checkout plan far from the runbook: reordered, non-default settings, a skip
-REORDERED = [("revert-orders", {"batch": 2, "drain": 10.0}),
-             ("revert-web", {"batch": 3, "drain": 0.0}),
+REORDERED = [("revert-orders", {"batch": 2, "drain": 10.0, "surge": 0}),
+             ("revert-web", {"batch": 3, "drain": 0.0, "surge": 3}),
              ("migrate-db-down", {"online": True}),
              ("scale-web", {"replicas": 12}),
              ("disable-new-checkout", {"flag": "new-checkout"}),
@@ -50,9 +50,11 @@ def test_action_for_and_actions_to_plan_round_trip(env: RollbackEnv) -> None:
         assert env.steps[env.actions[a][0]].name == name
     skip = action_for(env, "warm-cache", None)
     assert env.actions[skip] == (env.step_index["warm-cache"], None)
-    # settings compare by value: 10 and 10.0 s of drain are the same choice
+    # settings compare by value: 10 and 10.0 s of drain are the same choice; a setting left
+    # out takes the step's default (surge 0)
     a = action_for(env, "revert-web", {"batch": 2, "drain": 10})
-    assert actions_to_plan(env, [a]) == [("revert-web", {"batch": 2, "drain": 10.0})]
+    assert actions_to_plan(env, [a]) == [("revert-web", {"batch": 2, "drain": 10.0,
+                                                         "surge": 0})]
 
 
 def test_plans_round_trip_through_actions(checkout) -> None:

@@ -17,14 +17,15 @@ from shadowrl.shadow.sim.params import SimParams
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The values the simulator had as module constants and literals before SimParams.
-PREVIOUS = {
+# The defaults: the values the simulator had as module constants and literals before
+# SimParams, except the old latency curve (queue_cap, queue_power, p99_base, p99_slope,
+# p99_rho_cap), which M/M/c queueing replaced; its one parameter is the queue timeout.
+DEFAULTS = {
     "block_s": 60.0, "quantum_s": 5.0, "noise_sigma": 0.03, "noise_blocks": 720,
     "jitter_sigma": 0.12, "diurnal_amplitude": 0.35, "diurnal_peak_s": 72000.0,
-    "diurnal_period_s": 86400.0, "queue_cap": 0.97, "queue_power": 4.0, "p99_base": 2.0,
-    "p99_slope": 3.0, "p99_rho_cap": 1.5, "memory_base": 0.35, "memory_slope": 0.3,
-    "stop_s": 2.0, "drop_impulse_s": 1.0, "online_migration_load": 0.35, "warm_speedup": 4.0,
-    "action_s": 1.0, "flag_toggle_s": 5.0, "failed_migration_s": 5.0,
+    "diurnal_period_s": 86400.0, "queue_timeout_s": 2.0, "memory_base": 0.35,
+    "memory_slope": 0.3, "stop_s": 2.0, "drop_impulse_s": 1.0, "online_migration_load": 0.35,
+    "warm_speedup": 4.0, "action_s": 1.0, "flag_toggle_s": 5.0, "failed_migration_s": 5.0,
 }
 
 
@@ -39,8 +40,8 @@ def write(tmp_path: Path, text: str, name: str = "params.yaml") -> Path:
     return path
 
 
-def test_defaults_are_the_previous_constants() -> None:
-    assert SimParams().model_dump() == PREVIOUS
+def test_defaults() -> None:
+    assert SimParams().model_dump() == DEFAULTS
 
 
 def test_every_field_is_described() -> None:
@@ -55,11 +56,11 @@ def test_params_are_frozen() -> None:
 
 def test_load_yaml_overrides_only_what_it_names(tmp_path: Path) -> None:
     path = write(tmp_path, "# calibrated on staging\nstop_s: 3s\nnoise_sigma: 0.05\n"
-                           "queue_cap: 0.9\n")
+                           "queue_timeout_s: 500ms\n")
     params = SimParams.load(path)
-    assert (params.stop_s, params.noise_sigma, params.queue_cap) == (3.0, 0.05, 0.9)
-    assert params.model_dump() == {**PREVIOUS, "stop_s": 3.0, "noise_sigma": 0.05,
-                                   "queue_cap": 0.9}
+    assert (params.stop_s, params.noise_sigma, params.queue_timeout_s) == (3.0, 0.05, 0.5)
+    assert params.model_dump() == {**DEFAULTS, "stop_s": 3.0, "noise_sigma": 0.05,
+                                   "queue_timeout_s": 0.5}
 
 
 def test_load_json(tmp_path: Path) -> None:
@@ -79,7 +80,8 @@ def test_unknown_key_names_file_and_line(tmp_path: Path) -> None:
     ("block_s: 60s\nstop_s: -1\n", 2, "stop_s", ">= 0"),
     ("noise_sigma: -0.01\n", 1, "noise_sigma", "greater than or equal to 0"),
     ("stop_s: 2s\n\ndrop_impulse_s: 3s\n", 3, "drop_impulse_s", "must not exceed stop_s"),
-    ("queue_cap: 1.0\n", 1, "queue_cap", "less than 1"),
+    ("queue_timeout_s: 0s\n", 1, "queue_timeout_s", "greater than 0"),
+    ("queue_cap: 0.9\n", 1, "queue_cap", "unknown field"),  # the old curve is gone
     ("quantum_s: 0s\n", 1, "quantum_s", "greater than 0"),
 ])
 def test_bad_value_names_file_line_and_field(tmp_path: Path, text: str, line: int, field: str,

@@ -2,21 +2,28 @@
 
 Time is integrated segment by segment: between two events (a batch leaving service, a replica
 becoming ready, a migration ending, a load block changing, a ramp quantum) every input is
-constant, so downtime and failed requests are exact sums over segments, with no per-second
-loop. When a profile is requested, segments are cut at every second and each second is
-recorded: the same physics, sampled. Ramps, warm-up and load are quantised in time so both
-paths give identical totals.
+constant, so downtime, failed and bad requests are exact sums over segments, with no
+per-second loop. When a profile is requested, segments are cut at every second and each second
+is recorded: the same physics, sampled. Ramps, warm-up and load are quantised in time, their
+steps indexed with a tolerance (``topology.step_index``) and cache warmth a closed form of the
+time since its warming last changed, so the rates are a function of time and state alone and
+every way of cutting time gives the same physics.
 
-Physics (docs/architecture.md): load flows down the call tree; capacity is ready replicas times
-``capacity_rps``; latency rises steeply as utilisation nears 1; shedding above 1; errors come
-from the incident (on the share of traffic still served by the faulty version, config, schema
-or flag), from version/schema mismatches, write locks, dropped in-flight requests and
-overload. The edge error is ``1 - prod(1 - e_i)`` over the tree, each ``e_i`` weighted by the
-share of edge traffic that reaches component ``i``.
+Physics (docs/scenario-format.md, ``deployment``): load flows down the call tree; capacity is
+ready replicas times ``capacity_rps``; latency is M/M/c queueing with ready replicas x
+``concurrency`` servers (``topology.sojourn``), capped by a queue timeout; shedding above
+utilisation 1; errors come from the incident (on the share of traffic still served by the
+faulty version, config, schema or flag), from version/schema mismatches, write locks, dropped
+in-flight requests and overload. The edge error is ``1 - prod(1 - e_i)`` over the tree, each
+``e_i`` weighted by the share of edge traffic that reaches component ``i``; bad requests add
+the served edge requests slower than the SLO's latency threshold (``topology.slow_share``).
+Rollbacks replace replicas in rounds, Kubernetes style (``batch`` = maxUnavailable, ``surge``
+= maxSurge).
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import zlib
@@ -28,22 +35,38 @@ import numpy as np
 
 from shadowrl.core.errors import BackendUnavailable, StepTimeout
 from shadowrl.core.injection import ActiveEffect, Injection
-from shadowrl.core.results import ComponentMetrics, Metrics, Span, StepResult, StepStatus
+from shadowrl.core.results import (
+    FULL_OUTAGE_ERROR,
+    ComponentMetrics,
+    Metrics,
+    Span,
+    StepResult,
+    StepStatus,
+)
 from shadowrl.core.slo import Clock, Observer
 from shadowrl.core.spec import Scenario, Step
 from shadowrl.shadow.base import CancelToken, Phase
 from shadowrl.shadow.sim.params import SimParams
 from shadowrl.shadow.sim.topology import (
     EPS,
+    LN2,
+    LN100,
     cache_miss,
     compile_topology,
     diurnal_factor,
     edge_factors,
     latency_curves,
+    latency_threshold_ms,
     load_flow,
     online_capacity,
+    queue_latency_ms,
+    rollout_width,
+    slow_share,
+    step_end,
+    step_index,
     usage,
     warming_s,
+    warmth_at,
 )
 
 # bucket index = version (0 live, 1 previous) * 2 + config (0 live, 1 previous)
@@ -73,6 +96,7 @@ class _State:
     schema_prev: list[bool] = field(default_factory=list)
     locked: list[bool] = field(default_factory=list)
     online: list[bool] = field(default_factory=list)
+    # per cache: the warmth the rates use, a step function of time (see _sync_warmth)
     warmth: list[float] = field(default_factory=list)
     warm_rate: list[float] = field(default_factory=list)
     impulse: dict[int, float] = field(default_factory=dict)  # service -> extra error share
@@ -81,6 +105,11 @@ class _State:
     step: str | None = None
     phase: str = "normal"
     version: int = 0  # bumped on every state change, keys the rates cache
+    # per cache: warmth at warm_since, when its warming (at warm_rate) last changed
+    warm_base: list[float] = field(default_factory=list)
+    warm_since: list[float] = field(default_factory=list)
+    # per service: replicas running but not ready (starting, draining, stopping)
+    pending: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +123,8 @@ class _Rates:
     comps: list[tuple[float, float, float, float, float, float]]  # rps err p50 p99 cpu mem
     edge_p50: float
     edge_p99: float
+    edge_bad: float  # share of edge requests that fail or are slower than the threshold
+    replicas: list[float]  # per component: running replicas (services), 1 (the others)
 
 
 def _copy_state(st: _State) -> _State:
@@ -101,11 +132,13 @@ def _copy_state(st: _State) -> _State:
     return _State(st.t, [b[:] for b in st.buckets], [x[:] for x in st.template],
                   set(st.flags_off), st.schema_prev[:], st.locked[:], st.online[:],
                   st.warmth[:], st.warm_rate[:], dict(st.impulse), st.command_effects,
-                  st.cause_fixed, st.step, st.phase, st.version)
+                  st.cause_fixed, st.step, st.phase, st.version, st.warm_base[:],
+                  st.warm_since[:], st.pending[:])
 
 
-# _State fields that do not shape the future: the time, the cache key, the labels
-_TRANSIENT = {"t", "version", "step", "phase"}
+# _State fields that do not shape the future: the time, the cache key, the labels; and the
+# absolute time a cache's warming last changed (state_key keys the time since instead)
+_TRANSIENT = {"t", "version", "step", "phase", "warm_since"}
 
 
 def _freeze(value: Any) -> Any:
@@ -191,6 +224,11 @@ class SimShadow:
         self._lat_edges = [(i, j, topo.fronted_by.get((i, j), -1))
                            for i in reversed(topo.order) for j in topo.calls[i]]
         self._stores = [(i, topo.capacity[i]) for i in topo.stores]
+        # queueing: servers per ready replica (services) or in all (datastores); caches 0
+        self._conc = topo.concurrency
+        self._timeout_ms = p.queue_timeout_s * 1000.0
+        self._slow_ms = latency_threshold_ms(self.scenario)
+        self._caches = [i for i, kind in enumerate(topo.kinds) if kind == "cache"]
         compat: list[tuple[int, bool, tuple[int, ...]]] = []
         for d, callers in topo.db_callers.items():
             mig = dep.datastores[d - n_svc].migration
@@ -270,6 +308,9 @@ class SimShadow:
         st.online = [False] * n
         st.warmth = [1.0] * n
         st.warm_rate = [1.0] * n
+        st.warm_base = [1.0] * n
+        st.warm_since = [0.0] * n
+        st.pending = [0.0] * n
         self.state = st
         self.injection = None
         self._effect_end = 0.0
@@ -277,7 +318,8 @@ class SimShadow:
         self._rates_key = None
         self._reset_caches()
         self.profile = {k: [] for k in ("t", "component", "rps", "error_rate", "latency_p50_ms",
-                                        "latency_p99_ms", "cpu", "memory", "step", "phase")}
+                                        "latency_p99_ms", "cpu", "memory", "replicas", "step",
+                                        "phase")}
         self._live = True
 
     def inject(self, injection: Injection) -> None:
@@ -306,7 +348,7 @@ class SimShadow:
         if end < onset:
             return False
         quantum = self._quantum_s
-        q = math.floor((end - onset) / quantum) + 1
+        q = step_index(end, onset, quantum) + 1
         idx = int((q - 1) * quantum // eff.shape_step_s)
         return all(v == eff.shape[-1] for v in eff.shape[idx:])
 
@@ -355,10 +397,13 @@ class SimShadow:
         self._touch()
 
     def state_key(self) -> tuple[Any, ...]:
-        """Every state field except the transient ones, frozen and floats rounded."""
+        """Every state field except the transient ones, frozen and floats rounded; a warming
+        cache's warm_since as the time since."""
         st = self.state
-        return tuple(_freeze(getattr(st, f.name)) for f in fields(st)
-                     if f.name not in _TRANSIENT)
+        since = tuple(round(st.t - x, 4) if w < 1.0 else 0.0
+                      for x, w in zip(st.warm_since, st.warm_base))
+        return (*(_freeze(getattr(st, f.name)) for f in fields(st)
+                  if f.name not in _TRANSIENT), since)
 
     def _touch(self) -> None:
         self.state.version = next(_VERSIONS)
@@ -399,18 +444,19 @@ class SimShadow:
         mult = inj.load_multiplier if inj else 1.0
         offset = inj.start_offset_s if inj else 0.0
         size = self._block_s
-        block = int(t // size)
+        block = step_index(t, 0.0, size)
         noise = self._noise[block % len(self._noise)]
         return (self.scenario.deployment.traffic.rps * mult * noise
                 * self._pattern(offset + block * size + size / 2))
 
     def _progress(self, eff: ActiveEffect, t: float) -> float:
         """How far an effect has developed at ``t`` (0..1 or a replayed shape value)."""
-        onset = self.injection.onset_s if self.injection else math.inf
-        if t < onset:
+        if self.injection is None:
             return 0.0
         quantum = self._quantum_s
-        q = math.floor((t - onset) / quantum) + 1
+        q = step_index(t, self.injection.onset_s, quantum) + 1
+        if q <= 0:
+            return 0.0
         if eff.shape:
             idx = int((q - 1) * quantum // eff.shape_step_s)
             return eff.shape[idx] if idx < len(eff.shape) else eff.shape[-1]
@@ -436,16 +482,19 @@ class SimShadow:
             return 0.0
         return (b[LL] + b[LP]) / total if kind == "version" else (b[LL] + b[PL]) / total
 
-    def _key(self, t: float) -> tuple[Any, ...]:
+    def _quantum(self, t: float) -> int:
+        """The effect quantum holding ``t``, counted from the onset; -1 before it, -2 from
+        the effects' end on (fully developed: constant from there)."""
         inj = self.injection
-        onset = inj.onset_s if inj else math.inf
-        if t < onset:
-            q = -1
-        elif t >= self._effect_end:
-            q = -2  # fully developed: constant from here on
-        else:
-            q = math.floor((t - onset) / self._quantum_s)
-        return (self.state.version, int(t // self._block_s), q)
+        if inj is None:
+            return -1
+        q = step_index(t, inj.onset_s, self._quantum_s)
+        if q < 0:
+            return -1
+        return -2 if t >= self._effect_end else q
+
+    def _key(self, t: float) -> tuple[Any, ...]:
+        return (self.state.version, step_index(t, 0.0, self._block_s), self._quantum(t))
 
     def rates(self, t: float | None = None) -> _Rates:
         t = self.state.t if t is None else t
@@ -464,11 +513,19 @@ class SimShadow:
         st, n, wf = self.state, self._n, self._wf
         buckets = st.buckets
         caps = []
+        conc = self._conc
+        servers = conc[:]  # datastores: their own; caches: 0 (no queue)
+        replicas = [1.0] * n
+        pending = st.pending
         for i, capacity in self._flow:
             b = buckets[i]
             ready = b[0] + b[1] + b[2] + b[3]
             caps.append(ready * capacity)
+            servers[i] = round(ready * conc[i])
+            replicas[i] = ready + pending[i]
         self._v_caps = caps
+        self._v_servers = servers
+        self._v_replicas = replicas
         online, p = st.online, self.params
         self._v_stores = [(i, online_capacity(cap, online[i], p)) for i, cap in self._stores]
         compat = [0.0] * n
@@ -515,9 +572,8 @@ class SimShadow:
         self._i_key = (self._epoch, self._i_epoch)
 
     def _load_layer(self, key: tuple[int, int, int], load: float) -> None:
-        """Load flow, utilisation, shedding and the load curves: once per state and load
-        block. (A cache's utilisation is 0: its queue factor is 1, its p99 multiple the idle
-        one.)"""
+        """Load flow, utilisation, shedding and the queueing latency multipliers: once per
+        state and load block. (A cache never queues: its multipliers are the idle ones.)"""
         p = self.params
         rps, rho, shed = load_flow(self.topo, load, self._v_factor, self._v_caps, self._v_stores)
         # the error without incident or dropped-request errors (m1 = m3 = 0); the overload
@@ -526,20 +582,15 @@ class SimShadow:
                        for m2, e, m5 in zip(self._v_m2, shed, self._v_m5)]
         self._l_cpu, self._l_mem = usage(rho, self._zeros, self._zeros, p)  # without effects
         self._l_rps, self._l_m4, self._l_rho = rps, shed, rho
-        self._l_qf, self._l_pm = latency_curves(rho, p)
+        self._l_m50, self._l_m99 = latency_curves(rho, self._v_servers)
         self._l_key = key
 
     def _effect_layer(self, t: float, share: float) -> None:
         """The incident's and commands' effects: once per distinct set of strengths."""
-        inj = self.injection
-        onset = inj.onset_s if inj else math.inf
-        if t < onset:
-            quantum = -1  # nothing has developed yet
-        elif self._saturated and t >= self._effect_end:
-            quantum = -2  # fully developed, the same from here on
-        else:
-            # _progress depends on this only
-            quantum = math.floor((t - onset) / self._quantum_s)
+        # _progress depends on this only: -1 nothing has developed yet, -2 fully developed
+        quantum = self._quantum(t)
+        if quantum == -2 and not self._saturated:
+            quantum = step_index(t, self.injection.onset_s, self._quantum_s)  # type: ignore
         cmd = self.state.command_effects
         key = (quantum, share, cmd)
         if key == self._e_key:
@@ -575,7 +626,7 @@ class SimShadow:
             self._warmth_layer()
         if self._i_key != (epoch, self._i_epoch):
             self._impulse_layer()
-        block = int(t // self._block_s)
+        block = step_index(t, 0.0, self._block_s)
         load = self._load_cache.get(block)
         if load is None:
             load = self._load_cache[block] = self._load(t)
@@ -588,9 +639,10 @@ class SimShadow:
     def _assemble(self, load: float) -> _Rates:
         """Latency totals, errors and rules from the layers."""
         rps = self._l_rps
-        # latency, bottom-up over the tree
-        p50 = [a * b for a, b in zip(self._e_lat, self._l_qf)]
-        p99 = [a * b for a, b in zip(p50, self._l_pm)]
+        # latency, bottom-up over the tree: each component's own (M/M/c), plus its callees'
+        own, timeout = self._e_lat, self._timeout_ms
+        p50 = queue_latency_ms(own, self._l_m50, LN2, timeout)
+        p99 = queue_latency_ms(own, self._l_m99, LN100, timeout)
         for i, j, w in self._v_lat:
             p50[i] += w * p50[j]
             p99[i] += w * p99[j]
@@ -643,7 +695,10 @@ class SimShadow:
             else:
                 value = comps[scope][m]
             violated.append(value > above if above is not None else value < below)
-        return _Rates(load, edge_err, by_source, tuple(violated), comps, p50[edge], p99[edge])
+        slow = slow_share(p50[edge], p99[edge], self._slow_ms)
+        bad = edge_err + (1.0 - edge_err) * slow if slow > 0.0 else edge_err
+        return _Rates(load, edge_err, by_source, tuple(violated), comps, p50[edge], p99[edge],
+                      bad, self._v_replicas)
 
     @staticmethod
     def _apply_effect(eff: ActiveEffect, p: float, i: int, err_add: list[float],
@@ -666,6 +721,42 @@ class SimShadow:
         if self.topo.kinds[i] != "cache":
             return EPS
         return sc.caches[i - len(sc.services) - len(sc.datastores)].warmup
+
+    def _sync_warmth(self) -> None:
+        """Set each warming cache's warmth to its closed form at the current time: linear
+        from ``warm_base`` at ``warm_since`` at ``warm_rate``, evaluated at the start of the
+        current quantum since then, so it depends on time alone, not on how time was cut
+        into segments."""
+        st = self.state
+        t, quantum = st.t, self._quantum_s
+        changed = False
+        for i in self._caches:
+            base = st.warm_base[i]
+            if base >= 1.0:
+                continue
+            since = st.warm_since[i]
+            k = step_index(t, since, quantum)
+            w = warmth_at(base, st.warm_rate[i], k * quantum, self._warmup[i])
+            if w >= 1.0:
+                st.warm_base[i], st.warm_since[i] = 1.0, t
+            if w != st.warmth[i]:
+                st.warmth[i] = w
+                changed = True
+        if changed:
+            self._touch_warmth()
+
+    def _set_warming(self, i: int, base: float, rate: float) -> None:
+        """From now on cache ``i`` warms from ``base`` at ``rate``."""
+        st = self.state
+        st.warm_base[i], st.warm_since[i], st.warm_rate[i] = base, st.t, rate
+        st.warmth[i] = base
+        self._touch_warmth()
+
+    def _warmth_now(self, i: int) -> float:
+        """Cache ``i``'s exact warmth now (not quantised): where a change of rate starts."""
+        st = self.state
+        return warmth_at(st.warm_base[i], st.warm_rate[i], st.t - st.warm_since[i],
+                         self._warmup[i])
 
     def advance(self, seconds: float) -> Span:
         self._check()
@@ -695,11 +786,12 @@ class SimShadow:
         onset = inj.onset_s if inj is not None else math.inf
         effect_end = self._effect_end
         record = self.record_profile
-        warmth, warm_rate, warmup = st.warmth, st.warm_rate, self._warmup
-        floor = math.floor
+        warm_base, warm_since, caches = st.warm_base, st.warm_since, self._caches
         block_s, quantum = self._block_s, self._quantum_s
         t_stop = t_end - EPS
-        downtime = failed = requests = 0.0
+        downtime = failed = requests = bad = 0.0
+        outage = peak = 0.0  # full-outage seconds, highest edge error rate
+        violated_until = None  # end of the last violated segment
         by_src = span.errors_by_source
         cut = None
         while st.t < t_stop:
@@ -707,27 +799,33 @@ class SimShadow:
                 cancelled = True
                 break
             t0 = st.t
-            # next boundary: load block, effect quantum, warm-up quantum, profile second
-            nxt = (floor(t0 / block_s) + 1) * block_s
+            # next boundary: load block, effect quantum, warm-up quantum (from when each
+            # cache's warming last changed), the caller's target; indices as step_index
+            # counts them, so a segment starting at a boundary is in the step it starts
+            block = step_index(t0, 0.0, block_s)
+            nxt = step_end(block, 0.0, block_s)
             if t_end <= nxt:
                 nxt = t_end
+            q = -1
             if inj is not None:
-                if onset > t0:
+                q = step_index(t0, onset, quantum)
+                if q < 0:
+                    q = -1
                     if onset < nxt:
                         nxt = onset
                 elif t0 < effect_end:
-                    x = onset + (floor((t0 - onset) / quantum) + 1) * quantum
+                    x = step_end(q, onset, quantum)
                     if x < nxt:
                         nxt = x
+                else:
+                    q = -2
             warming = False
-            for w in warmth:
-                if w < 1.0:
+            for i in caches:
+                if warm_base[i] < 1.0:
                     warming = True
-                    break
-            if warming:
-                x = (floor(t0 / quantum) + 1) * quantum
-                if x < nxt:
-                    nxt = x
+                    x = step_end(step_index(t0, warm_since[i], quantum), warm_since[i], quantum)
+                    if x < nxt:
+                        nxt = x
             if nxt > t0 + EPS:
                 t1 = nxt
             else:
@@ -735,13 +833,7 @@ class SimShadow:
                 if t_end <= t1:
                     t1 = t_end
             # rates, through the one-entry cache keyed like _key()
-            if t0 < onset:
-                q = -1
-            elif t0 >= effect_end:
-                q = -2
-            else:
-                q = floor((t0 - onset) / quantum)
-            key = (st.version, int(t0 // block_s), q)
+            key = (st.version, block, q)
             r = self._rates
             if key != self._rates_key or r is None:
                 r = self._rates = self._compute(t0)
@@ -754,10 +846,17 @@ class SimShadow:
             if dt > 0:
                 if True in r.violated:
                     downtime += dt
+                    violated_until = t1
                 edge_rps = r.edge_rps
                 requests += edge_rps * dt
+                if r.edge_bad > 0:
+                    bad += edge_rps * r.edge_bad * dt
                 if r.edge_error > 0:
                     failed += edge_rps * r.edge_error * dt
+                    if r.edge_error > peak:
+                        peak = r.edge_error
+                    if r.edge_error >= FULL_OUTAGE_ERROR:
+                        outage += dt
                     for k, v in r.by_source.items():
                         if v > 0:
                             by_src[k] = by_src.get(k, 0.0) + edge_rps * v * dt
@@ -767,17 +866,17 @@ class SimShadow:
                         self._record(float(second), r)
                         second += 1
             st.t = t1
-            if dt > 0 and warming:
-                for i, w in enumerate(warmth):
-                    if w < 1.0:
-                        x = w + dt * warm_rate[i] / warmup[i]
-                        warmth[i] = x if x < 1.0 else 1.0
-                self._touch_warmth()
+            if warming:
+                self._sync_warmth()
             if stop is not None and t1 < t_stop and cut is not None and t1 >= cut - EPS:
                 break
         span.downtime_s = downtime
         span.failed_requests = failed
         span.requests = requests
+        span.bad_requests = bad
+        span.outage_s = outage
+        span.peak_error = peak
+        span.violated_until_s = violated_until
         span.end_s = st.t
         if cancelled:
             raise _Cancelled(span)
@@ -790,10 +889,11 @@ class SimShadow:
         phase = self.state.phase
         if phase == "incident" and (self.injection is None or t < self.injection.onset_s):
             phase = "normal"  # the run-up to the breach, before the incident starts
+        edge = self.topo.edge
         rows = [("edge", (r.edge_rps, r.edge_error, r.edge_p50, r.edge_p99,
-                          *r.comps[self.topo.edge][4:]))]
-        rows += list(zip(self.topo.names, r.comps))
-        for name, c in rows:
+                          *r.comps[edge][4:]), r.replicas[edge])]
+        rows += list(zip(self.topo.names, r.comps, r.replicas))
+        for name, c, replicas in rows:
             p["t"].append(t)
             p["component"].append(name)
             p["rps"].append(c[0])
@@ -802,6 +902,7 @@ class SimShadow:
             p["latency_p99_ms"].append(c[3])
             p["cpu"].append(c[4])
             p["memory"].append(c[5])
+            p["replicas"].append(replicas)
             p["step"].append(self.state.step)
             p["phase"].append(phase)
 
@@ -845,13 +946,16 @@ class SimShadow:
         """A step stopped part-way leaves what it changed (replicas it took out of service
         stay out, versions and schema stay where they got), but what lives only while its
         process runs ends with it: table locks, an online migration's load, a command's
-        effects, dropped-request errors, a cache warmer."""
+        effects, dropped-request errors, a cache warmer, replicas that were starting."""
         st, n = self.state, self._n
         st.locked = [False] * n
         st.online = [False] * n
         st.command_effects = ()
         st.impulse = {}
-        st.warm_rate = [1.0] * n
+        st.pending = [0.0] * n
+        for i in self._caches:
+            if st.warm_rate[i] != 1.0:
+                self._set_warming(i, self._warmth_now(i), 1.0)
         self._touch()
 
     def _act(self, step: Step, settings: dict[str, Any], span: Span) -> tuple[StepStatus, str]:
@@ -866,7 +970,8 @@ class SimShadow:
         elif action in ("rollback_version", "revert_config"):
             dim = 0 if action == "rollback_version" else 1
             self._replace(step, target, dim, int(settings.get("batch", 1)),
-                          float(settings.get("drain", 30.0)), span)
+                          float(settings.get("drain", 30.0)), int(settings.get("surge", 0)),
+                          span)
         elif action == "migrate_down":
             status, message = self._migrate_down(step, target, bool(settings.get("online")),
                                                  span)
@@ -876,16 +981,15 @@ class SimShadow:
             self._touch()
         elif action == "flush_cache":
             span.add(self.advance(self._action_s))
-            st.warmth[target] = 0.0
-            self._touch_warmth()
+            self._set_warming(target, 0.0, 1.0)
         elif action == "warm_cache":
-            st.warm_rate[target] = self._warm_speedup
-            remaining = warming_s(1.0 - st.warmth[target], self._cache_warmup(target), self.params)
+            warmth = self._warmth_now(target)
+            self._set_warming(target, warmth, self._warm_speedup)
+            remaining = warming_s(1.0 - warmth, self._cache_warmup(target), self.params)
             quantum = self._quantum_s
-            span.add(self.advance(max(self._action_s, math.ceil(remaining / quantum) * quantum)))
-            st.warmth[target] = 1.0
-            st.warm_rate[target] = 1.0
-            self._touch_warmth()
+            quanta = math.ceil(remaining / quantum - 1e-9)
+            span.add(self.advance(max(self._action_s, quanta * quantum)))
+            self._set_warming(target, 1.0, 1.0)
         elif action == "wait":
             span.add(self.advance(float(settings["duration"])))
         elif action == "command":
@@ -898,9 +1002,12 @@ class SimShadow:
         current = round(sum(b))
         if replicas > current:
             svc = self.scenario.deployment.services[i]
+            st.pending[i] += replicas - current  # starting: running, not ready yet
+            self._touch()
             span.add(self.advance(svc.startup * self.jitter(step.name)))
             ver, cfg = st.template[i]
             b[ver * 2 + cfg] += replicas - current
+            st.pending[i] -= replicas - current
         elif replicas < current:
             span.add(self.advance(self._action_s))
             self._take(b, current - replicas, dim=None)
@@ -921,51 +1028,120 @@ class SimShadow:
             if count <= EPS:
                 return
 
-    def _replace(self, step: Step, i: int, dim: int, batch: int, drain: float,
+    def _replace(self, step: Step, i: int, dim: int, batch: int, drain: float, surge: int,
                  span: Span) -> None:
-        """Rolling replacement in batches: out of service, drain, stop, start, ready."""
+        """Rolling replacement in rounds, as Kubernetes rolls with maxSurge ``surge`` and
+        maxUnavailable ``max(0, batch - surge)``: a round replaces ``max(batch, surge)``
+        replicas. Up to ``surge`` replacements start beside the old replicas and, once ready
+        (``startup``), as many old ones leave service, drain and stop; the rest (``batch -
+        surge``, when more) leave service at once, drain, stop and are replaced by replicas
+        ready ``startup`` later. Either way a round lasts startup + drain + stop, and with
+        ``surge >= batch`` no ready capacity is lost. One startup jitter per round (key
+        ``k``), as per batch without surge."""
         st = self.state
         svc = self.scenario.deployment.services[i]
         st.template[i][dim] = 1
         b = st.buckets[i]
         live_pools = (LL, LP) if dim == 0 else (LL, PL)
         remaining = b[live_pools[0]] + b[live_pools[1]]
+        width = rollout_width(batch, surge)
+        # in-flight requests still running when a replica stops are dropped
+        tau = svc.inflight_time
+        unfinished = max(0.0, 1.0 - drain / tau) ** 2 if tau > 0 else 0.0
+        pending = st.pending
+        # a round's events: (time, order, kind, group); group 0: old replicas out at once
+        # (replaced after they stop), group 1: the surge
+        events: list[tuple[float, int, str, int]] = []
+        order = itertools.count()
+
+        def at(t: float, kind: str, group: int) -> None:
+            heapq.heappush(events, (t, next(order), kind, group))
+
         k = 0
         while remaining > EPS:
-            n = min(float(batch), remaining)
-            before = [b[LL], b[LP], b[PL], b[PP]]
-            per_replica_rps = self.rates().comps[i][0] / max(sum(b), EPS)
-            self._take(b, n, dim)
-            taken = [x - y for x, y in zip(before, b)]
-            self._touch()
-            if drain > 0:
-                span.add(self.advance(drain))
-            # in-flight requests still running when the replica stops are dropped
-            tau = svc.inflight_time
-            unfinished = max(0.0, 1.0 - drain / tau) ** 2 if tau > 0 else 0.0
-            dropped = n * per_replica_rps * tau * 0.5 * unfinished
-            load_i = max(self.rates().comps[i][0], EPS)
-            if dropped > 0:
-                st.impulse[i] = min(1.0, dropped / load_i)
-                self._touch_impulse()
-                span.add(self.advance(self._drop_impulse_s))
-                st.impulse.pop(i, None)
-                self._touch_impulse()
-                span.add(self.advance(self._stop_s - self._drop_impulse_s))
-            else:
-                span.add(self.advance(self._stop_s))
-            span.add(self.advance(svc.startup * self.jitter(step.name, k)))
-            for pool, count in enumerate(taken):
-                if count > 0:
-                    ver, cfg = divmod(pool, 2)
-                    if dim == 0:
-                        ver = 1
+            n = min(float(width), remaining)
+            covered = min(float(surge), n)  # replaced by surge replicas first
+            startup = svc.startup * self.jitter(step.name, k)
+            size = (n - covered, covered)
+            per_replica = [0.0, 0.0]
+            taken: list[list[float]] = [[], []]
+            impulses: dict[int, float] = {}
+            if size[0] > EPS:
+                at(st.t, "leave", 0)
+            if size[1] > EPS:
+                pending[i] += size[1]  # starting beside the old replicas
+                self._touch()
+                at(st.t + startup, "surge_ready", 1)
+            while events:
+                t_ev, _, kind, g = heapq.heappop(events)
+                if t_ev > st.t:
+                    span.add(self.advance(t_ev - st.t))
+                if kind == "surge_ready":
+                    # the surge takes over from as many old replicas, which start draining
+                    # (pending: ready surge out, draining old in)
+                    per_replica[1] = self.rates().comps[i][0] / max(sum(b), EPS)
+                    self._add_replaced(b, self._take_from(b, size[1], dim), dim)
+                    self._touch()
+                    at(st.t + drain, "stop", 1)
+                elif kind == "leave":
+                    per_replica[0] = self.rates().comps[i][0] / max(sum(b), EPS)
+                    taken[0] = self._take_from(b, size[0], dim)
+                    pending[i] += size[0]
+                    self._touch()
+                    at(st.t + drain, "stop", 0)
+                elif kind == "stop":
+                    dropped = size[g] * per_replica[g] * tau * 0.5 * unfinished
+                    if dropped > 0:
+                        load_i = max(self.rates().comps[i][0], EPS)
+                        impulses[g] = min(1.0, dropped / load_i)
+                        self._set_impulse(i, impulses)
+                        at(st.t + self._drop_impulse_s, "impulse_end", g)
+                        at(st.t + self._stop_s, "stopped", g)
                     else:
-                        cfg = 1
-                    b[ver * 2 + cfg] += count
-            self._touch()
+                        at(st.t + self._stop_s, "stopped", g)
+                elif kind == "impulse_end":
+                    impulses.pop(g, None)
+                    self._set_impulse(i, impulses)
+                elif kind == "stopped":
+                    if g == 0:
+                        at(st.t + startup, "ready", 0)  # its replacement starts
+                    else:
+                        pending[i] -= size[1]
+                        self._touch()
+                elif kind == "ready":
+                    pending[i] -= size[0]
+                    self._add_replaced(b, taken[0], dim)
+                    self._touch()
             remaining -= n
             k += 1
+
+    def _set_impulse(self, i: int, impulses: dict[int, float]) -> None:
+        """Service ``i``'s dropped-request error share: the sum of its stopping groups'."""
+        st = self.state
+        if impulses:
+            total = sum(impulses.values())
+            st.impulse[i] = total if total < 1.0 else 1.0
+        else:
+            st.impulse.pop(i, None)
+        self._touch_impulse()
+
+    def _take_from(self, b: list[float], count: float, dim: int) -> list[float]:
+        """Take ``count`` ready replicas from the live side of ``dim``; what each pool lost."""
+        before = b[:]
+        self._take(b, count, dim)
+        return [x - y for x, y in zip(before, b)]
+
+    @staticmethod
+    def _add_replaced(b: list[float], taken: list[float], dim: int) -> None:
+        """Ready replacements for ``taken``: the same pools with ``dim`` moved to previous."""
+        for pool, count in enumerate(taken):
+            if count > 0:
+                ver, cfg = divmod(pool, 2)
+                if dim == 0:
+                    ver = 1
+                else:
+                    cfg = 1
+                b[ver * 2 + cfg] += count
 
     def _migrate_down(self, step: Step, i: int, online: bool, span: Span) -> tuple[str, str]:
         st = self.state

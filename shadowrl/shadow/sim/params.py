@@ -52,22 +52,14 @@ class SimParams(BaseModel):
         default=86400.0, gt=0,
         description="Period of the diurnal pattern in seconds (one day).")
 
-    # load curves
-    queue_cap: float = Field(
-        default=0.97, gt=0, lt=1,
-        description="Utilisation at which the queueing latency factor stops growing.")
-    queue_power: float = Field(
-        default=4.0, gt=0,
-        description="Exponent k of the queueing factor 1 + rho**k / (1 - rho).")
-    p99_base: float = Field(
-        default=2.0, ge=1,
-        description="p99/p50 ratio of an idle component.")
-    p99_slope: float = Field(
-        default=3.0, ge=0,
-        description="Growth of the p99/p50 ratio per unit of utilisation.")
-    p99_rho_cap: float = Field(
-        default=1.5, ge=0,
-        description="Utilisation beyond which the p99/p50 ratio stops growing.")
+    # queueing (M/M/c per component, see topology.sojourn)
+    queue_timeout_s: Duration = Field(
+        default=2.0, gt=0,
+        description="Seconds a request may wait in a component's queue: the latency of what "
+                    "an overloaded component (utilisation >= 1) still serves, and the cap on "
+                    "the waiting part of any latency quantile.")
+
+    # resource use
     memory_base: float = Field(
         default=0.35, ge=0, le=1,
         description="Memory use (share of the limit) of an idle component.")
