@@ -24,6 +24,7 @@ from shadowrl.app.models import CampaignSummary
 from shadowrl.core.errors import NoBreachError
 from shadowrl.core.spec import Procedure, Scenario, load_scenario
 from shadowrl.rehearsal import campaign as campaigns
+from shadowrl.rehearsal.alerts import WEBHOOK_ENV, check_webhook_url, webhook_url_from
 from shadowrl.rehearsal.deviation import HistoryModel
 
 AT = ("now", "peak")
@@ -49,6 +50,7 @@ def rehearse(request: RehearseRequest, *,
     history file or a scenario whose incidents never breach."""
     if request.at not in AT:
         raise UsageError(f"--at must be 'now' or 'peak', not {request.at!r}")
+    _check_webhook(request.alert_webhook)
     sc = load_scenario(request.file)
     proc = procedure_for(request.procedure, sc)
     hist = history_for(request.history, sc)
@@ -64,6 +66,18 @@ def rehearse(request: RehearseRequest, *,
                                                   command)
     summary.alert_errors = campaigns.send_alerts(alerts, request.out, request.alert_webhook)
     return summary
+
+
+def _check_webhook(option: str | None) -> None:
+    """A bad webhook URL is refused before any rehearsal runs, naming where it came from."""
+    url = webhook_url_from(option)
+    if url is None:
+        return
+    try:
+        check_webhook_url(url)
+    except ValueError as exc:
+        where = "--alert-webhook" if option is not None else f"${WEBHOOK_ENV}"
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def _run(request: RehearseRequest, sc: Scenario, proc: Procedure, hist: HistoryModel | None,

@@ -310,6 +310,25 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def check_webhook_url(url: str) -> None:
+    """Refuse what cannot be a webhook before any work is done: an http(s) URL with a host.
+    The message shows the URL as given, so a user sees the typo."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # e.g. a port that is not a number
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or not port_ok:
+        raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
+
+
+def webhook_url_from(option: str | None) -> str | None:
+    """The webhook the options ask for: the option, else ``$SHADOWRL_ALERT_WEBHOOK``."""
+    url = option if option is not None else os.environ.get(WEBHOOK_ENV, "").strip()
+    return url or None
+
+
 def _redact(url: str) -> str:
     """scheme://host[:port] only: paths and queries of webhook URLs often hold tokens."""
     parts = urllib.parse.urlsplit(url)
@@ -337,9 +356,7 @@ class WebhookSink:
         backoff_s: float = 0.5,
         external_url: str | None = None,
     ) -> None:
-        scheme = urllib.parse.urlsplit(url).scheme
-        if scheme not in ("http", "https"):
-            raise ValueError(f"webhook URL must be http(s), got {_redact(url)!r}")
+        check_webhook_url(url)
         if retries < 0 or timeout_s <= 0 or backoff_s < 0:
             raise ValueError("need retries >= 0, timeout_s > 0, backoff_s >= 0")
         self.url = url
@@ -450,7 +467,7 @@ def sinks_from_options(
         sinks.append(ConsoleSink())
     if file_path is not None:
         sinks.append(FileSink(file_path))
-    url = webhook_url if webhook_url is not None else os.environ.get(WEBHOOK_ENV, "").strip()
+    url = webhook_url_from(webhook_url)
     if url:
         sinks.append(WebhookSink(url))
     return sinks

@@ -319,3 +319,25 @@ def test_evaluate_objective_chooses_what_the_cost_measures() -> None:
     assert downtime["cost"]["mean"] > budget["downtime_s"]["mean"] / 60 - 1e-3
     assert penalised["cost"]["mean"] == pytest.approx(
         budget["cost"]["mean"] + budget["outage_s"]["mean"], abs=1e-3)
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "localhost:9000/hook", "ftp://127.0.0.1/x",
+                                 "http://", "http://127.0.0.1:notaport/x"])
+def test_a_bad_webhook_url_is_refused_before_any_work(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("rehearse", ROOT / "envs" / "checkout.yaml", "--runs", "3", "--out", out,
+                 "--alert-webhook", url)
+    assert result.exit_code == 2
+    assert f"--alert-webhook: webhook URL must be http:// or https:// with a host, got " \
+           f"{url!r}" in result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()  # refused before any rehearsal ran or wrote anything
+
+
+def test_a_bad_webhook_url_from_the_environment_names_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHADOWRL_ALERT_WEBHOOK", "bogus")
+    result = run("rehearse", ROOT / "envs" / "checkout.yaml", "--runs", "3")
+    assert result.exit_code == 2
+    assert "$SHADOWRL_ALERT_WEBHOOK: webhook URL must be http:// or https:// with a host, " \
+           "got 'bogus'" in result.stderr
