@@ -20,7 +20,6 @@ from shadowrl.shadow.sim.topology import (
     diurnal_factor,
     edge_factors,
     latency_curves,
-    latency_threshold_ms,
     load_flow,
     miss_share,
     online_capacity,
@@ -246,12 +245,12 @@ def test_slow_share_is_a_shifted_exponential_tail_through_p50_and_p99() -> None:
 
 
 def test_latency_threshold_is_the_tightest_edge_p99_rule(checkout: Scenario) -> None:
-    assert latency_threshold_ms(checkout) == 800.0  # not db-latency's 200: a db rule
+    assert checkout.slo.latency_threshold_ms() == 800.0  # not db-latency's 200: a db rule
     payments = env("payments")
-    assert latency_threshold_ms(payments) == 1500.0
+    assert payments.slo.latency_threshold_ms() == 1500.0
     minimal = load_scenario(ROOT / "tests" / "scenarios" / "minimal.yaml")
     assert all(r.metric != "latency_p99_ms" for r in minimal.slo.rules)
-    assert latency_threshold_ms(minimal) is None
+    assert minimal.slo.latency_threshold_ms() is None
 
 
 def test_step_index_counts_a_rounded_boundary_as_reached() -> None:

@@ -56,7 +56,6 @@ from shadowrl.shadow.sim.topology import (
     diurnal_factor,
     edge_factors,
     latency_curves,
-    latency_threshold_ms,
     load_flow,
     online_capacity,
     queue_latency_ms,
@@ -227,7 +226,7 @@ class SimShadow:
         # queueing: servers per ready replica (services) or in all (datastores); caches 0
         self._conc = topo.concurrency
         self._timeout_ms = p.queue_timeout_s * 1000.0
-        self._slow_ms = latency_threshold_ms(self.scenario)
+        self._slow_ms = self.scenario.slo.latency_threshold_ms()
         self._caches = [i for i, kind in enumerate(topo.kinds) if kind == "cache"]
         compat: list[tuple[int, bool, tuple[int, ...]]] = []
         for d, callers in topo.db_callers.items():

@@ -340,22 +340,6 @@ def slow_share(p50: float, p99: float, threshold_ms: float | None) -> float:
     return 1.0 if z <= -LN2 else 0.5 * math.exp(-z)
 
 
-def latency_threshold_ms(sc: Scenario) -> float | None:
-    """The latency above which a served request counts as bad for the error budget, in ms:
-    ``slo.objective.latency_threshold`` when set, else the smallest ``above`` of the
-    ``scope: edge``, ``latency_p99_ms`` rules, else None (only failed requests are bad)."""
-    own = getattr(sc.slo, "latency_threshold_ms", None)
-    if callable(own):
-        value = own()
-        return None if value is None else float(value)
-    explicit = getattr(getattr(sc.slo, "objective", None), "latency_threshold", None)
-    if explicit is not None:
-        return float(explicit) * 1000.0
-    bounds = [r.above for r in sc.slo.rules
-              if r.scope == "edge" and r.metric == "latency_p99_ms" and r.above is not None]
-    return min(bounds) if bounds else None
-
-
 def usage(rho: Sequence[float], cpu_extra: Sequence[float], memory_extra: Sequence[float],
           p: SimParams) -> tuple[list[float], list[float]]:
     """Per component, CPU and memory shares from its utilisation (capped at 1) plus an
