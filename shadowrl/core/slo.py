@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from shadowrl.core.results import Breach, Metrics, Span, VerifyResult
+from shadowrl.core.results import FULL_OUTAGE_ERROR, Breach, Metrics, Span, VerifyResult
 from shadowrl.core.spec import Rule, Scenario
 
 EPS = 1e-9
@@ -177,10 +177,11 @@ def _watch(backend: Observable, end_s: float, observe: Observer,
 def _sampled(backend: Observable, end_s: float, observe: Observer, period_s: float) -> Span:
     """Sample every ``period_s``, each sample standing for the time until the next one: its
     flags are what ``observe`` sees, its edge rps and error rate give requests and failed
-    requests, a violated rule downtime (no error sources: a sample does not split errors by
-    source). A wall clock that overshoots a planned sample time has the sample held until
-    the time it actually reached, so consecutive observations tile time and no rule tick
-    falls between them."""
+    requests, a violated rule downtime (and the end of the last violated sample), an edge
+    error rate at full-outage level outage seconds (no error sources: a sample does not
+    split errors by source). A wall clock that overshoots a planned sample time has the
+    sample held until the time it actually reached, so consecutive observations tile time
+    and no rule tick falls between them."""
     wait = _waiter(backend)
     rules = backend.scenario.slo.rules
     t = backend.now()
@@ -198,10 +199,15 @@ def _sampled(backend: Observable, end_s: float, observe: Observer, period_s: flo
             cut = observe(t1, min(now, end_s), flags)
         dt = now - t
         if dt > 0:
+            error = m.edge.error_rate
             if True in flags:
                 span.downtime_s += dt
+                span.violated_until_s = now
             span.requests += m.edge.rps * dt
-            span.failed_requests += m.edge.rps * m.edge.error_rate * dt
+            span.failed_requests += m.edge.rps * error * dt
+            span.peak_error = max(span.peak_error, error)
+            if error >= FULL_OUTAGE_ERROR:
+                span.outage_s += dt
         t = now
         if cut is not None:
             break

@@ -315,6 +315,15 @@ def test_sampling_the_simulator_itself_agrees_exactly(name: str) -> None:
         sampled = run_until_breach(sh, injection.onset_s + BREACH_SEARCH_S, period_s=PERIOD_S)
         assert sampled is not None, seed
         assert (sampled.at_s, sampled.rules) == (breach.at_s, breach.rules), seed
+        # the run-up span: samples see an error rate the exact path saw (a peak between two
+        # samples can be missed, never invented), and the last violated sample ends at the
+        # breach like the exact span
+        run_up, exact_up = sampled.before, breach.before
+        assert run_up is not None and exact_up is not None
+        assert run_up.peak_error <= exact_up.peak_error + 1e-12, seed
+        assert (run_up.peak_error > 0) == (exact_up.failed_requests > 0), seed
+        assert run_up.downtime_s > 0 and run_up.violated_until_s == pytest.approx(
+            exact_up.violated_until_s), seed
         deadline = breach.at_s + timeout
         for point in verification_points(sc, seed, injection):
             snap = point.snapshot()
