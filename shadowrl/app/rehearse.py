@@ -1,11 +1,13 @@
 """Use case ``rehearse``: many incidents with one procedure; profile, report and alert.
 
 Ctrl-C during the runs keeps the finished ones: the summary says ``interrupted`` and the
-output folder is consistent with it.
+output folder is consistent with it. Each run is written to ``--out`` as it finishes, so
+memory holds only compact records (docs/rehearsal-outputs.md).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from shadowrl.rehearsal.alerts import WEBHOOK_ENV, check_webhook_url, webhook_ur
 from shadowrl.rehearsal.deviation import HistoryModel
 
 AT = ("now", "peak")
+# where alerts go when a webhook fails and no output folder holds alerts.json
+FALLBACK_ALERTS = Path("shadowrl-alerts.json")
 
 
 class RehearseRequest(BaseModel):
@@ -47,24 +51,72 @@ class RehearseRequest(BaseModel):
 def rehearse(request: RehearseRequest, *,
              on_progress: ProgressFn | None = None) -> CampaignSummary:
     """Raises SpecError for a bad scenario or procedure file, UsageError for a bad ``at``,
-    history file or a scenario whose incidents never breach."""
+    history file, ``--out`` folder (checked before any run), a scenario whose incidents
+    never breach, or an output file that cannot be written (what was kept is named).
+
+    Ctrl-C is handled here (see ``campaign.CtrlC``): the first press stops the runs and
+    writes the finished ones, later presses cannot cut the writing short. Its notices are
+    the only thing this use case writes itself (to stderr, from the signal handler, where
+    no callback can safely run)."""
     if request.at not in AT:
         raise UsageError(f"--at must be 'now' or 'peak', not {request.at!r}")
     _check_webhook(request.alert_webhook)
     sc = load_scenario(request.file)
     proc = procedure_for(request.procedure, sc)
     hist = history_for(request.history, sc)
-    campaign = _run(request, sc, proc, hist, on_progress)
+    folder = _open_out(request.out)
+    with campaigns.CtrlC(request.out) as ctrl_c, folder or nullcontext():
+        campaign = _run(request, sc, proc, hist, on_progress, folder, ctrl_c)
+        return _finish(request, sc, hist, campaign, folder, ctrl_c)
+
+
+def _open_out(out: Path | None) -> campaigns.OutputFolder | None:
+    """The output folder, checked and created before any work (exit 2 naming --out)."""
+    if out is None:
+        return None
+    try:
+        return campaigns.OutputFolder.open(out)
+    except campaigns.OutputError as exc:
+        raise UsageError(f"--out {out}: {exc}") from None
+
+
+def _finish(request: RehearseRequest, sc: Scenario, hist: HistoryModel | None,
+            campaign: campaigns.Campaign, folder: campaigns.OutputFolder | None,
+            ctrl_c: campaigns.CtrlC) -> CampaignSummary:
+    """Alerts first (alerts.json, then the webhook), the other files, summary.json last.
+    A file that cannot be written ends in UsageError after the alerts were delivered."""
     policy = "configured" if request.procedure is None else str(request.procedure)
     summary = CampaignSummary(**dict(summarize(sc.name, policy, campaign.runs)),
                               interrupted=campaign.interrupted,
                               history=hist.source if hist is not None else None)
-    alerts = campaigns.all_alerts(campaign.runs)
-    if request.out is not None:
+    failure = campaign.failure
+    if folder is not None and failure is None:
         command = request.command or f"shadowrl rehearse {request.file}"
-        summary.outputs = campaigns.write_outputs(request.out, sc, summary, campaign.runs,
-                                                  command)
-    summary.alert_errors = campaigns.send_alerts(alerts, request.out, request.alert_webhook)
+        try:
+            folder.finish(sc, summary, campaign.runs, command)
+        except campaigns.OutputError as exc:
+            failure = exc
+    if folder is not None and failure is not None:
+        folder.salvage()
+    # without alerts.json in the folder, a failed webhook leaves them in the working directory
+    fallback = None if folder is not None and folder.has("alerts") else FALLBACK_ALERTS
+    if webhook_url_from(request.alert_webhook) is not None:
+        summary.alert_errors = campaigns.deliver_alerts(
+            campaigns.all_alerts(campaign.runs), request.alert_webhook, fallback)
+    if folder is not None and failure is None:
+        summary.interrupted = campaign.interrupted or ctrl_c.interrupted
+        try:
+            summary.outputs = folder.commit_summary(summary)
+        except campaigns.OutputError as exc:
+            failure = exc
+    if failure is not None:
+        assert folder is not None
+        done = (f"stopped after {len(campaign.runs)} of {request.runs} runs"
+                if campaign.failure is not None
+                else f"{len(campaign.runs)} of {request.runs} runs finished")
+        raise UsageError(f"--out {request.out}: {failure} ({done}; kept "
+                         f"{', '.join(folder.kept)})")
+    summary.interrupted = campaign.interrupted or ctrl_c.interrupted
     return summary
 
 
@@ -81,7 +133,8 @@ def _check_webhook(option: str | None) -> None:
 
 
 def _run(request: RehearseRequest, sc: Scenario, proc: Procedure, hist: HistoryModel | None,
-         on_progress: ProgressFn | None) -> campaigns.Campaign:
+         on_progress: ProgressFn | None, folder: campaigns.OutputFolder | None,
+         ctrl_c: campaigns.CtrlC) -> campaigns.Campaign:
     """The runs, fanned out over Ray replicas when asked (looked up on the module at call
     time, so a test can wrap ``run_campaign``)."""
     on_run = counting(on_progress, request.runs, f"rehearsing {sc.name}")
@@ -92,10 +145,18 @@ def _run(request: RehearseRequest, sc: Scenario, proc: Procedure, hist: HistoryM
                 from shadowrl.integrations.ray import RayRehearseFn
 
                 kwargs["rehearse_fn"] = RayRehearseFn(request.replicas,
-                                                      window=max(request.runs, 1))
-            return campaigns.run_campaign(sc, request.runs, request.seed, procedure=proc,
-                                          history=hist, at=request.at,
-                                          record_profile=request.out is not None,
-                                          on_run=on_run, **kwargs)
+                                                      stop=request.seed + request.runs)
+            try:
+                return campaigns.run_campaign(sc, request.runs, request.seed, procedure=proc,
+                                              history=hist, at=request.at,
+                                              record_profile=request.out is not None,
+                                              on_run=on_run, output=folder, ctrl_c=ctrl_c,
+                                              compact=True, **kwargs)
+            finally:
+                if "rehearse_fn" in kwargs:
+                    kwargs["rehearse_fn"].cancel()  # runs fetched ahead and not needed
     except NoBreachError as exc:
         raise UsageError(f"{request.file}: {exc}") from None
+    except KeyboardInterrupt:  # before the first run started (while Ray starts, say)
+        ctrl_c.stopped()
+        return campaigns.Campaign(interrupted=True)

@@ -1,7 +1,8 @@
 """Ray: shadow replicas as actors, a Ray-backed SB3 ``VecEnv``, and evaluation fan-out.
 
 - :func:`ray_session` joins a Ray cluster (``address`` or ``RAY_ADDRESS``) or starts a local
-  one sized to the machine, and shuts down only what it started.
+  one sized to the machine, and shuts down only what it started (a local one also when the
+  driver is killed); Ray's messages about the cluster go to stderr, never stdout.
 - :class:`RayVecEnv` is a Stable-Baselines3 ``VecEnv`` whose sub-envs are Ray actors, each
   holding one Monitor-wrapped :class:`~shadowrl.rl.env.RollbackEnv` (a *shadow replica*). Its
   results equal a ``DummyVecEnv`` over the same envs, seeds and actions; a replica whose
@@ -9,7 +10,8 @@
 - :func:`parallel_evaluate` and :func:`parallel_rehearse` split episode seeds into chunks run
   by Ray tasks and return results in seed order, equal to the serial
   :func:`shadowrl.rl.evaluate.evaluate` and :func:`shadowrl.rehearsal.runner.rehearse`.
-  :class:`RayRehearseFn` plugs the same fan-out into ``run_campaign(rehearse_fn=...)``.
+  :class:`RayRehearseFn` plugs the same fan-out into ``run_campaign(rehearse_fn=...)``,
+  a bounded window of runs at a time.
 
 Importing this module imports Ray and SB3 (about a second); import it lazily, where Ray is
 actually used. It needs the ``ray`` extra (``pip install 'shadowrl[ray]'``), which brings the
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -96,6 +100,7 @@ def _check_reachable(address: str) -> None:
     if not sep or not port.isdigit():
         raise ValueError(f"invalid Ray address {address!r}: expected HOST:PORT, "
                          "ray://HOST:PORT or auto")
+    end = time.monotonic() + _CONNECT_TIMEOUT_S  # in all: a trickling server cannot hold it
     try:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
                                       timeout=_CONNECT_TIMEOUT_S) as sock:
@@ -105,6 +110,10 @@ def _check_reachable(address: str) -> None:
             sock.sendall(_HTTP2_PREFACE)
             head = b""
             while len(head) < 9:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no answer within {_CONNECT_TIMEOUT_S:g} s")
+                sock.settimeout(left)
                 chunk = sock.recv(9 - len(head))
                 if not chunk:
                     break
@@ -114,6 +123,135 @@ def _check_reachable(address: str) -> None:
     if len(head) < 9 or head[3] != 4:
         raise ValueError(f"{address!r} answers but is not a Ray cluster (no gRPC on that "
                          "port; the GCS port is usually 6379, the Ray client's 10001)")
+
+
+# Run by _Reaper in its own interpreter: waits for the driver's end (EOF on stdin), then,
+# unless told "done", SIGKILLs the processes named pid:starttime that are still the same.
+_REAPER_CODE = """
+import os, signal, sys
+for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)
+if sys.stdin.buffer.read() != b"done":
+    for arg in sys.argv[1:]:
+        pid, start = (int(x) for x in arg.split(":"))
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                now = int(stat.read().rsplit(b")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if now == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+"""
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process (Linux /proc)."""
+    stats = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            stats[int(entry.name)] = (int(fields[1]), int(fields[19]))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return stats
+
+
+class _Reaper:
+    """Removes the local Ray processes of this driver when it dies without shutting them
+    down (SIGKILL, the OOM killer).
+
+    Ray ties the processes it starts directly (GCS, raylet, log monitor) to the driver with
+    ``PR_SET_PDEATHSIG`` and workers exit within seconds of the raylet, but the raylet's
+    agents (dashboard agent, runtime-env agent) notice its death and then spend about a
+    minute trying to report it to the dead GCS. The reaper is a small process holding the
+    read end of a pipe from the driver: the pipe closes however the driver ends, and unless
+    :meth:`disarm` wrote ``done`` first, it kills the descendants ``ray.init`` gave the
+    driver (checked by start time, so a reused pid is spared). Linux only; elsewhere it
+    does nothing.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+
+    @staticmethod
+    def descendants() -> set[str]:
+        """This process's descendants now, as ``pid:starttime`` (empty off Linux)."""
+        if not sys.platform.startswith("linux"):
+            return set()
+        try:
+            stats = _proc_stats()
+        except OSError:
+            return set()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo, found = [os.getpid()], set()
+        while todo:
+            for pid in children.get(todo.pop(), []):
+                found.add(f"{pid}:{stats[pid][1]}")
+                todo.append(pid)
+        return found
+
+    @classmethod
+    def start(cls, before: set[str]) -> _Reaper | None:
+        """A reaper for the descendants that appeared since ``before`` (taken just before
+        ``ray.init``): Ray's, not other children of the driver."""
+        targets = sorted(cls.descendants() - before)
+        if not targets:
+            return None
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _REAPER_CODE, *targets],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            return None  # no reaper: the agents linger a minute after a crash, no more
+        return cls(process)
+
+    def disarm(self) -> None:
+        """Ray was shut down: let the reaper exit without killing anything."""
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write(b"done")
+            self.process.stdin.close()
+            self.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+@contextmanager
+def _ray_messages_to_stderr() -> Iterator[None]:
+    """Route the messages Ray's driver prints about the cluster to stderr for the block.
+
+    Whatever ``log_to_driver`` says, the driver prints the errors the cluster publishes (a
+    worker died, a node is out of memory) on *stdout*, prefixed ``(raylet)``; a command's
+    stdout carries its ``--json`` object and nothing else. Ray looks its printer up on its
+    worker module at each message, so replacing it there for the session is enough; a Ray
+    without that printer is left alone.
+    """
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - another Ray layout
+        yield
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:  # pragma: no cover - another Ray layout
+        yield
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    ray_worker.print_to_stdstream = to_stderr
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
 
 
 def _cluster_cpus() -> float:
@@ -137,7 +275,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *,
       shut it down on exit. It never joins a cluster someone else started with ``ray start``.
 
     ``RAY_USAGE_STATS_ENABLED=0`` and ``RAY_AUTH_MODE=disabled`` are set unless already set.
+    Inside the block, the messages Ray's driver prints about the cluster go to stderr,
+    never stdout (see :func:`_ray_messages_to_stderr`).
     """
+    with _ray_messages_to_stderr():
+        with _ray_session(address, num_cpus, object_store_memory) as session:
+            yield session
+
+
+@contextmanager
+def _ray_session(address: str | None, num_cpus: int | None,
+                 object_store_memory: int) -> Iterator[RaySession]:
     _quiet_env()
     target = address or os.environ.get("RAY_ADDRESS") or None
     if address:
@@ -155,14 +303,19 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *,
             ray.init(address=target, log_to_driver=False)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise ValueError(f"cannot join the Ray cluster at {target!r}: {exc}") from None
-    else:
+    reaper: _Reaper | None = None
+    if not target:
+        before = _Reaper.descendants()
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                  include_dashboard=False, object_store_memory=object_store_memory,
                  log_to_driver=False)
+        reaper = _Reaper.start(before)
     try:
         yield RaySession(target, True, _cluster_cpus())
     finally:
         ray.shutdown()
+        if reaper is not None:
+            reaper.disarm()
         if saved_env_address is None:
             os.environ.pop("RAY_ADDRESS", None)
         else:
@@ -805,46 +958,93 @@ def parallel_rehearse(scenario: str | Path | Scenario, n_runs: int, seed: int = 
 
 
 class RayRehearseFn:
-    """A ``rehearse_fn`` for :func:`shadowrl.rehearsal.campaign.run_campaign` that prefetches.
+    """A ``rehearse_fn`` for :func:`shadowrl.rehearsal.campaign.run_campaign` that keeps
+    Ray replicas busy ahead of the campaign.
 
-    The first call for seed ``s`` submits seeds ``s .. s + window - 1`` as ``replicas``
-    chunked Ray tasks with that call's arguments; later calls return the finished results, so
-    the campaign's progress bar, Ctrl-C handling and outputs work unchanged. Requires Ray to
-    be initialised (e.g. inside :func:`ray_session`); :meth:`cancel` drops unused work::
+    A call for seed ``s`` returns ``rehearse(scenario, s, **kwargs)`` computed by a Ray task,
+    so the campaign's progress bar, Ctrl-C handling and outputs work unchanged. Seeds after
+    ``s`` are fetched ahead in tasks of ``chunk`` consecutive seeds, with at most ``window``
+    seeds submitted and not yet returned (default: ``chunk`` per replica, ``chunk`` 4) and
+    never seed ``stop`` or later (the campaign's end). Memory therefore holds at most
+    ``window`` rehearsals with their profiles, and Ctrl-C loses only the runs in flight:
+    every run returned before it is the campaign's. A call with other arguments (another
+    scenario or keyword values) starts over. Requires Ray to be initialised (e.g. inside
+    :func:`ray_session`); :meth:`cancel` drops unused work::
 
         with ray_session():
-            campaign = run_campaign(sc, 200, seed, rehearse_fn=RayRehearseFn(window=200))
+            campaign = run_campaign(sc, 200, seed, rehearse_fn=RayRehearseFn(2, stop=seed+200))
     """
 
-    def __init__(self, replicas: int | None = None, window: int = 64) -> None:
+    def __init__(self, replicas: int | None = None, window: int | None = None, *,
+                 chunk: int | None = None, stop: int | None = None) -> None:
         self.replicas = replicas
-        self.window = max(1, window)
-        self._futures: dict[int, tuple[Any, int]] = {}
+        self.window = window
+        self.chunk = chunk
+        self.stop = stop
+        self._futures: dict[int, tuple[Any, int]] = {}  # seed -> (task ref, index in it)
+        self._cache: dict[Any, list[Any]] = {}  # a finished task's results not yet returned
         self._key: tuple[Any, ...] | None = None
-        self._cache: dict[Any, list[Any]] = {}
+        self._args: tuple[Any, Any] | None = None  # the scenario and kwargs, in Ray's store
+        self._next = 0  # the next seed to submit
+        self._window_chunk: tuple[int, int] | None = None
+
+    def _sizes(self) -> tuple[int, int]:
+        """(window, chunk): seeds in flight at most, seeds per task."""
+        if self._window_chunk is not None:
+            return self._window_chunk
+        replicas = _replicas(self.replicas)
+        if self.window is not None:
+            window = max(1, self.window)
+            chunk = self.chunk or max(1, window // replicas)
+        else:
+            chunk = max(1, self.chunk or 4)
+            window = chunk * replicas
+        self._window_chunk = (window, max(1, min(chunk, window)))
+        return self._window_chunk
 
     def __call__(self, scenario: Scenario, seed: int, **kwargs: Any) -> Any:
         key = (id(scenario), tuple(sorted((k, id(v)) for k, v in kwargs.items())))
         if key != self._key:
             self.cancel()
             self._key = key
+            self._args = (ray.put(scenario), ray.put(kwargs))
         if seed not in self._futures:
-            sc_ref, kw_ref = ray.put(scenario), ray.put(kwargs)
-            task = _remote(_rehearse_chunk)
-            for part in _chunks(self.window, _replicas(self.replicas)):
-                seeds = [seed + i for i in part]
-                ref = task.remote(sc_ref, seeds, kw_ref)
-                for k, s in enumerate(seeds):
-                    self._futures[s] = (ref, k)
+            self.cancel(keep_arguments=True)  # work for other seeds: not what is asked now
+            self._next = seed
+            if self.stop is not None and seed >= self.stop:
+                self.stop = None  # asked beyond the end it was told: serve it anyway
+        self._fill()
         ref, k = self._futures.pop(seed)
         if ref not in self._cache:
             self._cache[ref] = ray.get(ref)
-        result = self._cache[ref][k]
+        results = self._cache[ref]
+        result, results[k] = results[k], None
         if not any(r is ref for r, _ in self._futures.values()):
             self._cache.pop(ref, None)
+        self._fill()
         return result
 
-    def cancel(self) -> None:
+    @property
+    def in_flight(self) -> list[int]:
+        """The seeds submitted and not yet returned, in order."""
+        return sorted(self._futures)
+
+    def _fill(self) -> None:
+        """Submit whole chunks while the window has room for them."""
+        assert self._args is not None
+        window, chunk = self._sizes()
+        task = _remote(_rehearse_chunk)
+        while True:
+            n = chunk if self.stop is None else min(chunk, self.stop - self._next)
+            if n <= 0 or window - len(self._futures) < n:
+                return
+            seeds = list(range(self._next, self._next + n))
+            ref = task.remote(self._args[0], seeds, self._args[1])
+            for k, s in enumerate(seeds):
+                self._futures[s] = (ref, k)
+            self._next += n
+
+    def cancel(self, *, keep_arguments: bool = False) -> None:
         for ref in {r for r, _ in self._futures.values()}:
             try:
                 ray.cancel(ref)
@@ -852,3 +1052,5 @@ class RayRehearseFn:
                 pass
         self._futures.clear()
         self._cache.clear()
+        if not keep_arguments:
+            self._key, self._args = None, None

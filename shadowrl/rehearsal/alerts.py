@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -310,6 +312,92 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class _Deadline:
+    """The total time one attempt may take. A socket timeout bounds each read, so a
+    receiver that trickles its answer a byte at a time would hold a request open forever;
+    when the deadline passes, the attempt's sockets are shut down, which ends any read
+    blocked on them."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    deadline: _Deadline | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        if self.deadline is not None and self.sock is not None:
+            self.deadline.track(self.sock)
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    deadline: _Deadline | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        if self.deadline is not None and self.sock is not None:
+            self.deadline.track(self.sock)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """urllib's handler (proxies included) on connections the deadline can cut."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            conn = _DeadlineHTTPConnection(host, **kwargs)
+            conn.deadline = self.deadline
+            return conn
+
+        return self.do_open(connection, req)  # type: ignore[arg-type]
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPSConnection:
+            conn = _DeadlineHTTPSConnection(host, **kwargs)
+            conn.deadline = self.deadline
+            return conn
+
+        return self.do_open(connection, req,  # type: ignore[arg-type]
+                            context=self._context)  # type: ignore[attr-defined]
+
+
 def check_webhook_url(url: str) -> None:
     """Refuse what cannot be a webhook before any work is done: an http(s) URL with a host.
     The message shows the URL as given, so a user sees the typo."""
@@ -342,9 +430,14 @@ class WebhookSink:
 
     ``retries`` is the number of attempts after the first. Connection errors, timeouts,
     5xx and 429 are retried after ``backoff_s``, doubling each time; other 4xx (and 3xx)
-    mean the request itself is wrong and are not retried. ``timeout_s`` bounds each socket
-    operation of each attempt. Alerts of different scenarios go in separate requests, as
-    Alertmanager would group them.
+    mean the request itself is wrong and are not retried. Alerts of different scenarios go
+    in separate requests, as Alertmanager would group them.
+
+    Time is bounded in total, not per read: ``timeout_s`` is the most one attempt may take
+    (connecting, sending, and receiving the status line and headers; a 2xx answer delivers
+    the alerts, so its body is not waited for), and ``deadline_s`` the most one request may
+    take with every retry and backoff. A receiver that trickles its answer cannot hold a
+    rehearsal past them.
     """
 
     def __init__(
@@ -355,18 +448,20 @@ class WebhookSink:
         retries: int = 3,
         backoff_s: float = 0.5,
         external_url: str | None = None,
+        deadline_s: float = 30.0,
     ) -> None:
         check_webhook_url(url)
-        if retries < 0 or timeout_s <= 0 or backoff_s < 0:
-            raise ValueError("need retries >= 0, timeout_s > 0, backoff_s >= 0")
+        if retries < 0 or timeout_s <= 0 or backoff_s < 0 or deadline_s <= 0:
+            raise ValueError("need retries >= 0, timeout_s > 0, backoff_s >= 0, "
+                             "deadline_s > 0")
         self.url = url
         self.receiver = receiver
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.deadline_s = deadline_s
         self.external_url = external_url
         self.name = f"webhook:{_redact(url)}"
-        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def send(self, alerts: Sequence[Alert]) -> None:
         if not alerts:
@@ -382,15 +477,11 @@ class WebhookSink:
     def _post(self, body: bytes) -> None:
         attempts = self.retries + 1
         status: int | None = None
+        end = time.monotonic() + self.deadline_s
         for attempt in range(1, attempts + 1):
-            request = urllib.request.Request(
-                self.url, data=body, method="POST",
-                headers={"Content-Type": "application/json",
-                         "User-Agent": f"shadowrl/{__version__}"},
-            )
+            budget = min(self.timeout_s, end - time.monotonic())
             try:
-                with self._opener.open(request, timeout=self.timeout_s) as response:
-                    response.read()
+                self._attempt(body, budget)
                 return
             except urllib.error.HTTPError as exc:
                 status = exc.code
@@ -404,13 +495,38 @@ class WebhookSink:
                 status = None
                 reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
                 error = exc
-            if attempt == attempts:
-                raise WebhookError(f"{reason} after {attempts} attempt(s)",
-                                   attempts=attempt, status=status) from error
             delay = self.backoff_s * 2 ** (attempt - 1)
+            if attempt == attempts or time.monotonic() + delay >= end:
+                spent = f"after {attempt} attempt(s)"
+                if attempt < attempts:
+                    spent += f" ({self.deadline_s:g} s in all)"
+                raise WebhookError(f"{reason} {spent}", attempts=attempt,
+                                   status=status) from error
             logger.warning("%s: attempt %d/%d failed (%s); retrying in %.2fs",
                            self.name, attempt, attempts, reason, delay)
             time.sleep(delay)
+
+    def _attempt(self, body: bytes, budget: float) -> None:
+        """One POST within ``budget`` seconds in all; raises what urllib raises, or
+        TimeoutError when the deadline cut it."""
+        request = urllib.request.Request(
+            self.url, data=body, method="POST",
+            headers={"Content-Type": "application/json",
+                     "User-Agent": f"shadowrl/{__version__}"},
+        )
+        deadline = _Deadline(max(budget, 0.001))
+        opener = urllib.request.build_opener(_NoRedirect, _DeadlineHTTPHandler(deadline),
+                                             _DeadlineHTTPSHandler(deadline))
+        try:
+            # a 2xx status delivers the alerts: the body is not read, so a receiver that
+            # trickles it costs nothing
+            opener.open(request, timeout=max(budget, 0.001)).close()
+        except (urllib.error.URLError, HTTPException, OSError) as exc:
+            if deadline.expired and not isinstance(exc, urllib.error.HTTPError):
+                raise TimeoutError(f"no answer within {budget:.3g} s (total)") from exc
+            raise
+        finally:
+            deadline.cancel()
 
 
 # --------------------------------------------------------------------------- dispatch

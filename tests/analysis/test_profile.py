@@ -5,10 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shadowrl.analysis.profile import PROFILE_SCHEMA, attribution, profile_table, write_profiles
+from shadowrl.analysis.profile import (
+    PROFILE_COLUMNS,
+    PROFILE_SCHEMA,
+    ProfileWriter,
+    attribution,
+    profile_table,
+    read_profiles,
+    system_allocator,
+    write_profiles,
+)
 from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import Scenario, load_scenario
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
@@ -158,6 +168,70 @@ def test_write_profiles_round_trips(tmp_path: Path, runs: list[Rehearsal]) -> No
     assert pq.ParquetFile(path).metadata.num_rows == back.num_rows
     empty = write_profiles(tmp_path / "empty.parquet", [])
     assert pq.read_table(empty).num_rows == 0
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_profile_writer_appends_row_groups_and_renames_at_close(
+        tmp_path: Path, runs: list[Rehearsal]) -> None:
+    target = tmp_path / "profiles.parquet"
+    rows = [profile_table([r]).num_rows for r in runs]
+    writer = ProfileWriter(target, group_rows=rows[0] + 1)  # a group every second run
+    for k, r in enumerate(runs):
+        assert writer.add(k, r) is True
+        assert not target.exists()  # filled under a temporary name
+    assert writer.add(3, rehearse(load_scenario(CHECKOUT), 9)) is False  # no profile
+    temp = [name for name in listing(tmp_path) if name.startswith(".profiles.parquet.")]
+    assert len(temp) == 1
+    assert writer.close() == target
+    assert listing(tmp_path) == ["profiles.parquet"]
+    meta = pq.ParquetFile(target).metadata
+    assert meta.num_row_groups == 2 and meta.num_rows == sum(rows)
+    assert [meta.row_group(g).num_rows for g in range(2)] == [rows[0] + rows[1], rows[2]]
+    assert pq.read_table(target).equals(profile_table(runs))
+    assert (writer.runs, writer.rows) == (3, sum(rows))
+
+
+def test_profile_writer_discard_leaves_nothing(tmp_path: Path, runs: list[Rehearsal]) -> None:
+    (tmp_path / "profiles.parquet").write_bytes(b"an earlier file")
+    writer = ProfileWriter(tmp_path / "profiles.parquet", group_rows=1)
+    writer.add(0, runs[0])  # written as a row group at once
+    writer.discard()
+    writer.discard()  # idempotent
+    assert listing(tmp_path) == ["profiles.parquet"]
+    assert (tmp_path / "profiles.parquet").read_bytes() == b"an earlier file"
+
+
+def test_read_profiles_gives_back_the_chosen_runs(tmp_path: Path,
+                                                  runs: list[Rehearsal]) -> None:
+    path = tmp_path / "p.parquet"
+    writer = ProfileWriter(path, group_rows=1)  # one row group per run: stats prune
+    for k, r in enumerate(runs):
+        writer.add(k, r)
+    writer.close()
+    back = read_profiles(path, [2, 0, 7])
+    assert sorted(back) == [0, 2]  # run 7 has no rows
+    for k in (0, 2):
+        original = runs[k].profile
+        assert original is not None and list(back[k]) == list(PROFILE_COLUMNS)
+        for name in PROFILE_COLUMNS:
+            got, want = back[k][name], original[name]
+            if name == "replicas":  # stored as float64
+                want = [None if v is None else float(v) for v in want]
+            assert got == want, name
+    assert read_profiles(path, []) == {}
+    assert read_profiles(write_profiles(tmp_path / "empty.parquet", []), [0]) == {}
+
+
+def test_system_allocator_is_scoped() -> None:
+    before = pa.default_memory_pool().backend_name
+    with system_allocator():
+        assert pa.default_memory_pool().backend_name == "system"
+        buffer = pa.array([1.0, 2.0]).buffers()[1]
+    assert pa.default_memory_pool().backend_name == before
+    assert buffer.to_pybytes()  # a buffer outlives the switch
 
 
 # --------------------------------------------------------------------------- attribution

@@ -186,3 +186,70 @@ def test_permissions_follow_a_umask_set_after_import(tmp_path: Path, umask: int,
     plain.write_text("x")
     assert mode(plain) == 0o666 & ~new_mask
     assert mode(target) == mode(plain)
+
+
+# --------------------------------------------------------------------------- streaming writers
+
+
+def test_pending_file_keeps_the_old_content_until_commit(tmp_path: Path) -> None:
+    from shadowrl.core.atomic import PendingFile
+
+    target = tmp_path / "profiles.parquet"
+    target.write_text("old")
+    pending = PendingFile(target)
+    Path(pending.tmp).write_text("new")
+    assert target.read_text() == "old"  # a reader never sees the half-filled file
+    assert pending.commit() == target
+    assert target.read_text() == "new" and not Path(pending.tmp).exists()
+    pending.discard()  # after a commit: leaves the committed file alone
+    assert target.read_text() == "new"
+
+
+def test_pending_file_discard_removes_only_the_temporary(tmp_path: Path) -> None:
+    from shadowrl.core.atomic import PendingFile
+
+    pending = PendingFile(tmp_path / "x.json")
+    Path(pending.tmp).write_text("partial")
+    pending.discard()
+    pending.discard()  # idempotent
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("items", [[], [1], [{"a": [1, {"b": None}]}, "é ✓", 2.5],
+                                   [[], {}, [[]]]])
+def test_json_array_is_byte_for_byte_what_atomic_write_json_writes(
+        tmp_path: Path, items: list[object]) -> None:
+    from shadowrl.core.atomic import atomic_write_json_array
+
+    atomic_write_json(tmp_path / "whole.json", items)
+    atomic_write_json_array(tmp_path / "streamed.json", iter(items))
+    assert (tmp_path / "streamed.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+    assert json.loads((tmp_path / "streamed.json").read_text()) == items
+
+
+def test_record_log_cuts_a_failed_append_back_to_whole_records(tmp_path: Path) -> None:
+    """A write that fails part way (here: past RLIMIT_FSIZE, as a full disk would) leaves
+    the file ending at the last whole record."""
+    import resource
+    import signal
+
+    from shadowrl.core.atomic import RecordLog
+
+    path = tmp_path / "alerts.jsonl"
+    log = RecordLog(path)
+    log.append(b'{"run": 0}\n')
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    try:
+        with pytest.raises(OSError):
+            log.append(b'{"run": 1, "pad": "' + b"x" * 200 + b'"}\n')
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    log.append(b'{"run": 2}\n')
+    log.close()
+    log.close()  # idempotent
+    assert path.read_bytes() == b'{"run": 0}\n{"run": 2}\n'
+    with pytest.raises(ValueError, match="closed"):
+        log.append(b"{}\n")

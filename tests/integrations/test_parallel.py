@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +257,117 @@ def test_parallel_rehearse_matches_serial(ray_local: Any, scenario: Any) -> None
     # run_campaign with the prefetching hook (windows of 5 seeds: two submissions)
     campaign = run_campaign(scenario, 9, 200, rehearse_fn=RayRehearseFn(replicas=2, window=5))
     assert campaign.runs == run_campaign(scenario, 9, 200).runs
+
+
+def test_ray_rehearse_fn_keeps_a_bounded_window_and_stops_at_the_end(
+        ray_local: Any, scenario: Any) -> None:
+    fn = RayRehearseFn(replicas=2, window=4, stop=210)  # chunks of 2 seeds
+    seen: list[list[int]] = []
+
+    def tracked(sc: Any, seed: int, **kwargs: Any) -> Any:
+        r = fn(sc, seed, **kwargs)
+        seen.append(fn.in_flight)
+        return r
+
+    campaign = run_campaign(scenario, 10, 200, rehearse_fn=tracked)
+    assert campaign.runs == run_campaign(scenario, 10, 200).runs
+    # memory holds at most the window (4 seeds), fetched ahead of the campaign, never past
+    # its end (seed 209)
+    assert all(len(pending) <= 4 for pending in seen)
+    assert all(s > 200 + k for k, pending in enumerate(seen) for s in pending)
+    assert max(s for pending in seen for s in pending) == 209
+    assert seen[-1] == []
+    fn.cancel()
+
+
+def _descendants(pid: int) -> list[tuple[int, bytes]]:
+    """(pid, start time) of every descendant of ``pid`` (Linux /proc)."""
+    parents: dict[int, list[tuple[int, bytes]]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def _alive(pid: int, start: bytes) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == start and fields[0] != b"Z"
+
+
+_KILLED_DRIVER = """
+import os, signal, ray
+from shadowrl.integrations.ray import ray_session
+with ray_session(num_cpus=1):
+    assert ray.get(ray.remote(lambda: 1).remote()) == 1
+    print("ready", flush=True)
+    signal.pause()  # the test SIGKILLs this driver
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_driver_takes_its_local_ray_along() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        assert driver.stdout is not None
+        assert driver.stdout.readline().strip() == b"ready"
+        ray_processes = _descendants(driver.pid)
+        assert len(ray_processes) >= 3  # GCS, raylet, agents, workers, the reaper
+        driver.kill()
+        driver.wait()
+        # Ray's own fate sharing leaves the raylet's agents for about a minute
+        deadline = time.monotonic() + 20
+        while any(_alive(*p) for p in ray_processes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in ray_processes if _alive(*p)]
+        assert left == [], left
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid, start in _descendants(driver.pid):
+            if _alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_rehearse_json_stays_parseable_when_a_ray_worker_dies(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = subprocess.Popen([sys.executable, "-m", "shadowrl", "rehearse", str(CHECKOUT),
+                            "--runs", "400", "--replicas", "2", "--json"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and cmd.poll() is None and time.monotonic() < deadline:
+        for pid, _ in _descendants(cmd.pid):
+            try:
+                name = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"_rehearse_chunk" in name:  # a worker running a chunk of rehearsals
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.05)
+    out, err = cmd.communicate(timeout=300)
+    assert killed is not None, "no worker seen running a chunk"
+    assert cmd.returncode == 0, err[-3000:]
+    assert b"(raylet)" not in out
+    summary = json.loads(out)  # only the JSON object: Ray's messages went to stderr
+    assert summary["runs"] == 400  # the lost chunk was retried
 
 
 def test_results_are_picklable(scenario: Any) -> None:

@@ -193,6 +193,91 @@ def test_webhook_timeout_raises_quickly(server: Server) -> None:
     assert info.value.attempts == 2 and server.rec.attempts == 2
 
 
+class Trickler:
+    """A real receiver that answers one byte per second: the status line and headers
+    (``/head``) or, after a prompt ``200`` and its headers, the body (``/body``)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.posts = 0
+        trickler = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                trickler.posts += 1
+                if self.path.endswith("/body"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    data = b"x" * 100
+                else:
+                    data = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                for byte in data:
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up
+                    if trickler.stop.wait(1.0):
+                        return
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=2)
+
+
+@pytest.fixture
+def trickler(monkeypatch: pytest.MonkeyPatch) -> Iterator[Trickler]:
+    for var in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    t = Trickler()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def test_webhook_trickling_its_answer_hits_the_total_timeout(trickler: Trickler) -> None:
+    start = time.monotonic()
+    with pytest.raises(WebhookError, match=r"no answer within 1 s \(total\) after 2 "
+                                           r"attempt\(s\)") as info:
+        # a byte a second never trips a per-read timeout of 1 s: only a total one ends it
+        WebhookSink(trickler.url + "/head", timeout_s=1.0, retries=1,
+                    backoff_s=0.01).send(make_alerts())
+    elapsed = time.monotonic() - start
+    assert 2.0 <= elapsed < 3.5, elapsed
+    assert info.value.attempts == 2 and trickler.posts == 2
+
+
+def test_webhook_deadline_bounds_every_retry_together(trickler: Trickler) -> None:
+    start = time.monotonic()
+    with pytest.raises(WebhookError, match=r"\(2.5 s in all\)"):
+        WebhookSink(trickler.url + "/head", timeout_s=1.0, retries=10, backoff_s=0.01,
+                    deadline_s=2.5).send(make_alerts())
+    assert time.monotonic() - start < 3.5
+    assert 2 <= trickler.posts <= 3
+
+
+def test_webhook_2xx_delivers_without_waiting_for_the_body(trickler: Trickler) -> None:
+    start = time.monotonic()
+    WebhookSink(trickler.url + "/body", timeout_s=5.0).send(make_alerts())
+    assert time.monotonic() - start < 1.0
+    assert trickler.posts == 1
+
+
 def test_dead_port_falls_back_to_file(dead_url: str, tmp_path: Path) -> None:
     alerts = make_alerts()
     with pytest.raises(WebhookError):

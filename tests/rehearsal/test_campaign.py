@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from typer.testing import CliRunner, Result
 
 import shadowrl.rehearsal.alerts as alerts_mod
 import shadowrl.rehearsal.campaign as campaign_mod
+from shadowrl.analysis.profile import attribution, profile_table
+from shadowrl.analysis.report import render_report
 from shadowrl.analysis.summary import summarize
 from shadowrl.app.models import CampaignSummary
 from shadowrl.cli.main import app
@@ -25,6 +28,9 @@ from shadowrl.core.spec import Scenario
 from shadowrl.rehearsal.alerts import Alert, WebhookSink
 from shadowrl.rehearsal.campaign import (
     Campaign,
+    CtrlC,
+    OutputError,
+    OutputFolder,
     all_alerts,
     run_campaign,
     send_alerts,
@@ -218,7 +224,168 @@ def test_cli_rehearse_exits_130_on_ctrl_c_with_outputs(tmp_path: Path,
         == [0, 1, 2]
     assert (out / "report.html").stat().st_size > 10_000
     records = json.loads((out / "alerts.json").read_text())
-    assert {r["run"] for r in records} <= {0, 1, 2}
+    assert {r["run"] for r in records} == {0, 1, 2}  # checkout alerts on every seed
+    assert alert_log(out) == records
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def alert_log(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "alerts.jsonl").read_text().splitlines()]
+
+
+def test_output_folder_records_each_run_as_it_finishes(tmp_path: Path,
+                                                       checkout: Scenario) -> None:
+    out = tmp_path / "out"
+    folder = OutputFolder.open(out)
+    full = [rehearse(checkout, 11 + i, record_profile=True) for i in range(6)]
+    logged: list[set[int]] = []
+    campaign = run_campaign(checkout, 6, seed=11, record_profile=True, output=folder,
+                            on_run=lambda i: logged.append({a["run"] for a in alert_log(out)}))
+    # alerts.jsonl grows with every run (checkout raises alerts on every seed)
+    assert logged == [set(range(i)) for i in range(1, 7)]
+    assert listing(out) == sorted(["alerts.jsonl", next(n for n in listing(out)
+                                                         if n.startswith(".profiles."))])
+    # memory keeps compact records: what the summary and the report read, no profile
+    for r, f in zip(campaign.runs, full):
+        assert r.profile is None and r.breach.before is None and r.errors_by_source == {}
+        assert r.to_json() == f.to_json() and r.alerts == f.alerts
+        assert [dataclasses.replace(s.span, errors_by_source={}) for s in f.steps] == \
+            [s.span for s in r.steps]
+        assert [{k: v for k, v in row.items() if k != "errors_by_source"}
+                for row in attribution(f)] == \
+            [{k: v for k, v in row.items() if k != "errors_by_source"}
+             for row in attribution(r)]
+    assert summarize("checkout", "configured", campaign.runs) == \
+        summarize("checkout", "configured", full)
+
+    summary = summarize("checkout", "configured", campaign.runs)
+    folder.finish(checkout, summary, campaign.runs, "cmd")
+    files = folder.commit_summary(summary)
+    folder.close()
+    assert listing(out) == ["alerts.json", "alerts.jsonl", "profiles.parquet", "report.html",
+                            "summary.json"]
+    assert pq.read_table(files.profiles).equals(profile_table(full))
+    records = [a.to_record() for a in all_alerts(full)]
+    assert alert_log(out) == records
+    # alerts.json is written from the log a record at a time, in atomic_write_json's format
+    assert (out / "alerts.json").read_text() == json.dumps(records, indent=2) + "\n"
+    assert json.loads((out / "summary.json").read_text()) == summary.model_dump(mode="json")
+    # the report reloads its example runs' profiles: the page is the in-memory one
+    assert (out / "report.html").read_text() == render_report(
+        checkout, summarize("checkout", "configured", full), full, "cmd")
+    assert folder.kept == ["alerts.jsonl", "alerts.json", "profiles.parquet", "report.html",
+                           "summary.json"]
+
+
+def test_output_folder_with_no_finished_run_is_complete_and_empty(
+        tmp_path: Path, checkout: Scenario) -> None:
+    fn, _ = interrupting(0)
+    with OutputFolder.open(tmp_path) as folder:
+        campaign = run_campaign(checkout, 5, record_profile=True, rehearse_fn=fn,
+                                output=folder)
+        summary = campaign_summary(campaign)
+        folder.finish(checkout, summary, campaign.runs, "cmd")
+        folder.commit_summary(summary)
+    assert campaign.interrupted and campaign.runs == []
+    assert json.loads((tmp_path / "summary.json").read_text())["runs"] == 0
+    assert json.loads((tmp_path / "alerts.json").read_text()) == []
+    assert (tmp_path / "alerts.jsonl").read_text() == ""
+    assert pq.read_table(tmp_path / "profiles.parquet").num_rows == 0
+    assert "<h2>Overview</h2>" in (tmp_path / "report.html").read_text()
+
+
+def test_output_folder_open_checks_the_path_and_clears_an_earlier_campaign(
+        tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="^exists and is not a folder$"):
+        OutputFolder.open(a_file)
+    with pytest.raises(OutputError, match="^cannot create the folder: Not a directory$"):
+        OutputFolder.open(a_file / "sub")
+    assert a_file.read_text() == "x"
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("summary.json", "report.html", "profiles.parquet", "alerts.json",
+                 "alerts.jsonl", "notes.txt"):
+        (old / name).write_text("earlier")
+    OutputFolder.open(old).close()
+    # an earlier campaign's outputs are gone (never mixed with this one's); the rest stays
+    assert listing(old) == ["alerts.jsonl", "notes.txt"]
+    assert (old / "alerts.jsonl").read_text() == ""
+
+
+def test_ctrl_c_while_a_run_is_recorded_lets_it_finish(tmp_path: Path, checkout: Scenario,
+                                                       capfd: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    class SignalledFolder(OutputFolder):
+        """The real folder; Ctrl-C arrives (a real SIGINT) while run 1 is recorded."""
+
+        def record(self, k: int, r: Rehearsal) -> bool:
+            if k == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().record(k, r)
+
+    out = tmp_path / "out"
+    folder = SignalledFolder.open(out)
+    with CtrlC(out) as ctrl_c:
+        campaign = run_campaign(checkout, 5, seed=3, record_profile=True, output=folder,
+                                ctrl_c=ctrl_c)
+    assert campaign.interrupted and ctrl_c.pressed == 1
+    assert [r.seed for r in campaign.runs] == [3, 4]  # run 1 recorded completely, then stop
+    assert {a["run"] for a in alert_log(out)} == {0, 1}
+    assert folder.recorded == 2
+    assert capfd.readouterr().err == f"interrupted: writing 2 finished runs to {out}...\n"
+    folder.close()
+    assert sorted(p.name for p in out.iterdir()) == ["alerts.jsonl"]  # the temp file is gone
+
+
+def test_ctrl_c_after_the_runs_never_raises(capfd: pytest.CaptureFixture[str]) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with CtrlC(Path("/tmp/x")) as ctrl_c:
+        ctrl_c.done = 7
+        ctrl_c.finishing()
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)  # handled before os.kill returns
+        assert ctrl_c.pressed == 3 and ctrl_c.interrupted
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+    assert capfd.readouterr().err.splitlines() == [
+        "interrupted: writing 7 finished runs to /tmp/x...",
+        "still writing 7 finished runs; please wait",
+        "still writing 7 finished runs; please wait"]
+
+
+def test_ctrl_c_without_an_output_folder_says_summarising(
+        checkout: Scenario, capfd: pytest.CaptureFixture[str]) -> None:
+    fn, _ = interrupting(2, real_signal=True)
+    with CtrlC() as ctrl_c:
+        campaign = run_campaign(checkout, 5, rehearse_fn=fn, ctrl_c=ctrl_c, compact=True)
+        os.kill(os.getpid(), signal.SIGINT)  # during the summary: absorbed
+    assert campaign.interrupted and len(campaign.runs) == 2 and ctrl_c.pressed == 2
+    assert all(r.breach.before is None for r in campaign.runs)  # compact records
+    assert capfd.readouterr().err.splitlines() == [
+        "interrupted: summarising 2 finished runs...",
+        "still summarising 2 finished runs; please wait"]
+
+
+def test_ctrl_c_outside_the_main_thread_is_left_alone() -> None:
+    seen: list[object] = []
+
+    def body() -> None:
+        with CtrlC() as ctrl_c:
+            seen.append(signal.getsignal(signal.SIGINT))
+            seen.append(ctrl_c.pressed)
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [before, 0]
 
 
 # --------------------------------------------------------------------------- alerts
