@@ -5,7 +5,7 @@ OUT ?= out/demo/$(notdir $(basename $(SCENARIO)))
 SCENARIO ?= envs/checkout.yaml
 EXPERIMENT ?= experiments/checkout-maskable-ppo.yaml
 
-.PHONY: install demo test lint bench clean
+.PHONY: install system-deps demo test lint bench clean
 
 # torch first, and its CPU build: PyTorch's CPU wheel index (a plain `pip install torch`
 # pulls a multi-GB CUDA build). Where that index is unreachable, pip still finds a local CPU
@@ -19,10 +19,21 @@ install:
 		|| $(PIP) install -q "torch==$(TORCH)"
 	$(PIP) install -q -e ".[all,dev]"
 
+# What the tests need beyond Python: a headless Chromium to look at the HTML report as a user
+# would. Installed from Debian's packages when missing and we may (root with apt-get).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing chromium (Debian package) for the report's browser test"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null 2>&1 && \
+			     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+		else echo "chromium missing and cannot be installed here: the browser test will skip"; fi; }
+
 demo: install
 	$(PYTHON) -m shadowrl.demo --scenario $(SCENARIO) --experiment $(EXPERIMENT) --out $(OUT)
 
-test: install
+test: install system-deps
 	$(PYTHON) -m ruff check shadowrl tests benchmarks
 	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --durations=15
 

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from shadowrl.rehearsal.runner import Rehearsal
 
@@ -55,12 +61,19 @@ class Outcomes(ResultModel):
 
 
 class AlertGroup(ResultModel):
-    """The alerts of one kind at one step, across the runs."""
+    """The alerts of one kind at one step, across the runs.
+
+    ``count`` counts alerts, not runs: a run raises one alert per error source, so a group
+    can hold more alerts than there are runs. ``runs`` (the runs that raised at least one)
+    and ``example`` (the first alert's message) are for renderers; they are left out of the
+    JSON, whose keys the ``--json`` goldens freeze (``message`` already says both)."""
 
     kind: str
     step: str | None
     count: int
     message: str
+    runs: int = Field(default=0, exclude=True)  # 0 when read back from JSON
+    example: str = Field(default="", exclude=True)
 
 
 class StepStats(ResultModel):
@@ -127,7 +140,8 @@ def _alert_groups(runs: Sequence[Rehearsal]) -> list[AlertGroup]:
         affected = len({k for k, _ in found})
         out.append(AlertGroup(kind=kind, step=step, count=len(found),
                               message=f"{kind}{where} in {affected} of {len(runs)} runs; "
-                                      f"e.g. {found[0][1]}"))
+                                      f"e.g. {found[0][1]}",
+                              runs=affected, example=found[0][1]))
     return out
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
+import shutil
 import struct
+import subprocess
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from shadowrl.analysis.report import render_report, timeline_figure, write_report  # noqa: E402
+from shadowrl.analysis.report import (  # noqa: E402
+    pick_examples,
+    render_report,
+    timeline_figure,
+    write_report,
+)
 from shadowrl.analysis.summary import summarize  # noqa: E402
 from shadowrl.core.spec import Scenario, load_scenario  # noqa: E402
 from shadowrl.rehearsal.runner import Rehearsal, rehearse  # noqa: E402
@@ -86,8 +95,11 @@ def test_report_has_five_real_pngs(html: str) -> None:
     assert len(images) == 5  # downtime histogram, per-step bars, 3 timelines
     titles = re.findall(r"<h2>([^<]*)</h2><img", html)
     assert titles[:2] == ["Downtime distribution", "Per-step duration and downtime"]
-    assert all(t.startswith("Timeline: seed ") for t in titles[2:])
-    assert len(set(titles[2:])) == 3  # worst, median and best runs are different runs
+    # worst, median and best runs are different runs, each named for what it shows
+    assert [re.sub(r"\(seed \d+\)", "(seed N)", t) for t in titles[2:]] == [
+        "Timeline: worst run (seed N)", "Timeline: median run (seed N)",
+        "Timeline: best run (seed N)"]
+    assert len(set(titles[2:])) == 3
     for b64 in images:
         data = base64.b64decode(b64, validate=True)
         assert data[:8] == PNG_SIGNATURE
@@ -139,6 +151,21 @@ def _vlines_at(ax: Any, x: float) -> int:
     return found
 
 
+def _strip(fig: Any) -> Any:
+    """The step strip: the axes drawn above the three panels."""
+    return fig.get_axes()[3]
+
+
+def _legend_texts(ax: Any) -> list[str]:
+    legend = ax.get_legend()
+    assert legend is not None, ax.get_ylabel()
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def _boxes_overlap(a: Any, b: Any) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
 def test_timeline_marks_the_breach_and_shades_the_steps(checkout: Scenario,
                                                         runs: list[Rehearsal]) -> None:
     r = max(runs, key=lambda x: x.downtime_s)
@@ -146,7 +173,7 @@ def test_timeline_marks_the_breach_and_shades_the_steps(checkout: Scenario,
     fig = timeline_figure(checkout, r)
     try:
         axes = fig.get_axes()
-        assert len(axes) >= 3
+        assert len(axes) == 4
         for ax in axes[:3]:
             assert _vlines_at(ax, r.breach.at_s) >= 1
             assert _vlines_at(ax, r.injection.onset_s) >= 1
@@ -160,9 +187,132 @@ def test_timeline_marks_the_breach_and_shades_the_steps(checkout: Scenario,
         edge_t = [t for t, c in zip(r.profile["t"], r.profile["component"]) if c == "edge"]
         plotted = axes[0].lines[0].get_xdata()
         assert list(plotted) == edge_t
-        # step names label the first panel
-        texts = {t.get_text() for t in axes[0].texts}
-        assert {s.name for s in done} <= texts
+        # the strip above the panels names every step, in the colour of its band
+        strip = _strip(fig)
+        labels = {t.get_text(): t for t in strip.texts}
+        assert set(labels) == {s.name for s in done}
+        assert strip.get_position().y0 > max(ax.get_position().y1 for ax in axes[:3])
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("label", ["worst run", "median run", "best run"])
+def test_timeline_title_says_which_example_it_is(checkout: Scenario, runs: list[Rehearsal],
+                                                 label: str) -> None:
+    r = runs[1]
+    fig = timeline_figure(checkout, r, label)
+    try:
+        title = fig.get_suptitle()
+        assert title.startswith(f"{label} (seed {r.seed}): ")
+        assert r.incident in title and r.outcome in title
+        assert f"downtime {r.downtime_s:.0f} s" in title
+        assert "red line" not in title  # the legend explains the lines, not the title
+    finally:
+        plt.close(fig)
+
+
+def test_timeline_legends_name_the_bands_and_the_lines(checkout: Scenario,
+                                                       runs: list[Rehearsal]) -> None:
+    r = runs[0]
+    done = [s for s in r.steps if s.status != "skipped"]
+    fig = timeline_figure(checkout, r, "best run")
+    try:
+        ax_err, ax_p99, ax_cpu, strip = fig.get_axes()
+        bands = _legend_texts(strip)
+        assert [b.split()[0] for b in bands] == [s.name for s in done]
+        assert all(b.endswith(" s") for b in bands)  # each step's duration
+        # a band's legend entry has the colour of the band shading the panels
+        entries = strip.get_legend().get_patches()
+        panel_colours = [p.get_facecolor()[:3] for p in ax_err.patches]
+        for entry in entries:
+            assert entry.get_facecolor()[:3] in panel_colours
+        lines = _legend_texts(ax_p99)
+        for needle in ("incident onset", "SLO breach", "verification end", "SLO threshold"):
+            assert any(needle in line for line in lines), (needle, lines)
+        # the legends sit beside the panels, not on the data
+        renderer = fig.canvas.get_renderer()
+        for ax in (strip, ax_p99, ax_cpu):
+            legend = ax.get_legend().get_window_extent(renderer)
+            assert legend.x0 >= ax_err.get_window_extent(renderer).x1
+    finally:
+        plt.close(fig)
+
+
+def test_step_labels_do_not_overlap(checkout: Scenario, runs: list[Rehearsal]) -> None:
+    r = runs[0]
+    # checkout's flush-cache (1 s) runs between migrate-db-down and warm-cache (30 s)
+    squeezed = []  # and here every step is squeezed into the first ten seconds
+    at = r.breach.at_s
+    for s in r.steps:
+        span = dataclasses.replace(s.span, start_s=at, end_s=at + 1.0)
+        squeezed.append(dataclasses.replace(s, span=span))
+        at += 1.5
+    for run in (r, dataclasses.replace(r, steps=squeezed)):
+        fig = timeline_figure(checkout, run)
+        try:
+            renderer = fig.canvas.get_renderer()
+            strip = _strip(fig)
+            boxes = {t.get_text(): t.get_window_extent(renderer) for t in strip.texts}
+            assert len(boxes) == len([s for s in run.steps if s.status != "skipped"])
+            names = list(boxes)
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    assert not _boxes_overlap(boxes[a], boxes[b]), (a, b)
+            strip_box = strip.get_window_extent(renderer)
+            for name, box in boxes.items():  # inside the strip, so on the page
+                assert strip_box.x0 - 1 <= box.x0 and box.x1 <= strip_box.x1 + 1, name
+                assert strip_box.y0 - 1 <= box.y0 and box.y1 <= strip_box.y1 + 1, name
+            # and no step label overlaps a panel
+            for ax in fig.get_axes()[:3]:
+                panel = ax.get_window_extent(renderer)
+                assert not any(_boxes_overlap(panel, box) for box in boxes.values())
+        finally:
+            plt.close(fig)
+
+
+def test_error_axis_of_a_zero_rate_starts_at_zero(checkout: Scenario,
+                                                   runs: list[Rehearsal]) -> None:
+    r = runs[0]
+    profile = dict(r.profile)
+    profile["error_rate"] = [0.0] * len(profile["error_rate"])
+    fig = timeline_figure(checkout, dataclasses.replace(r, profile=profile))
+    try:
+        ax_err = fig.get_axes()[0]
+        low, high = ax_err.get_ylim()
+        assert low == 0.0
+        assert high > 0.01  # the SLO threshold (1 %) is inside the axis, with headroom
+        labels = [t.get_text() for t in ax_err.get_yticklabels()]
+        assert not any(lab.startswith(("-", "\N{MINUS SIGN}")) for lab in labels), labels
+        assert any(lab.endswith("%") for lab in labels)
+    finally:
+        plt.close(fig)
+    # and no panel goes below zero on a real run either
+    fig = timeline_figure(checkout, r)
+    try:
+        for ax in fig.get_axes()[:3]:
+            assert ax.get_ylim()[0] == 0.0, ax.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def test_cpu_panel_leaves_out_components_without_cpu(checkout: Scenario,
+                                                     runs: list[Rehearsal]) -> None:
+    r = runs[0]
+    caches = {c.name for c in checkout.deployment.caches}
+    assert caches == {"cache"}
+    fig = timeline_figure(checkout, r)
+    try:
+        ax_cpu = fig.get_axes()[2]
+        drawn = {line.get_label(): line for line in ax_cpu.lines
+                 if not line.get_label().startswith("_")}
+        services = {s.name for s in checkout.deployment.services}
+        stores = {d.name for d in checkout.deployment.datastores}
+        assert set(drawn) == services | stores
+        for name, line in drawn.items():
+            assert max(map(float, line.get_ydata())) > 0, name  # no flat zero line
+        legend = ax_cpu.get_legend()
+        assert "no CPU metric: cache" in legend.get_title().get_text()
+        assert set(_legend_texts(ax_cpu)) == services | stores
     finally:
         plt.close(fig)
 
@@ -179,5 +329,88 @@ def test_timeline_draws_the_slo_thresholds(checkout: Scenario, runs: list[Rehear
 
         assert 0.01 in hlines(ax_err)  # edge-errors above 0.01
         assert 800.0 in hlines(ax_p99)  # edge-latency above 800 ms
+        renderer = fig.canvas.get_renderer()
+        for ax, text in ((ax_err, "SLO edge-errors: > 1%"),
+                         (ax_p99, "SLO edge-latency: > 800 ms")):
+            found = [t for t in ax.texts if t.get_text() == text]
+            assert found, [t.get_text() for t in ax.texts]
+            box = found[0].get_window_extent(renderer)
+            panel = ax.get_window_extent(renderer)
+            assert panel.x0 <= box.x0 and box.x1 <= panel.x1  # inside its panel
+            assert panel.y0 <= box.y0 and box.y1 <= panel.y1
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def test_pick_examples_labels_worst_median_and_best(runs: list[Rehearsal]) -> None:
+    ranked = sorted(runs, key=lambda r: r.downtime_s)
+    picked = pick_examples(runs)
+    assert [e.label for e in picked] == ["worst run", "median run", "best run"]
+    assert [e.run for e in picked] == [ranked[-1], ranked[len(ranked) // 2], ranked[0]]
+    # picked from scalar fields: the same runs whether or not they carry profiles
+    bare = [dataclasses.replace(r, profile=None) for r in runs]
+    assert [(e.label, e.run.seed) for e in pick_examples(bare)] == [
+        (e.label, e.run.seed) for e in picked]
+    two = pick_examples(ranked[:2])
+    assert [(e.label, e.run) for e in two] == [("worst run", ranked[1]),
+                                               ("best run", ranked[0])]
+    assert [(e.label, e.run) for e in pick_examples(ranked[:1])] == [("only run", ranked[0])]
+    assert pick_examples([]) == []
+
+
+def test_report_needs_profiles_only_for_the_examples(checkout: Scenario,
+                                                     runs: list[Rehearsal]) -> None:
+    """A campaign that streams runs to disk keeps only the examples' profiles."""
+    keep = {id(e.run) for e in pick_examples(runs)}
+    thin = [r if id(r) in keep else dataclasses.replace(r, profile=None) for r in runs]
+    summary = summarize("checkout", "configured", thin)
+    assert render_report(checkout, summary, thin) == render_report(checkout, summary, runs)
+    # examples without profiles: no timeline, and the page says why
+    bare = [dataclasses.replace(r, profile=None) for r in runs]
+    html = render_report(checkout, summary, bare)
+    assert len(IMG.findall(html)) == 2 and "no example timelines" in html
+
+
+def test_alert_table_counts_alerts_and_runs(checkout: Scenario, runs: list[Rehearsal]) -> None:
+    summary = summarize("checkout", "configured", runs)
+    html = render_report(checkout, summary, runs)
+    section = html.split("<h2>Alerts</h2>")[1].split("<h2>")[0]
+    headers = re.findall(r"<th>([^<]*)</th>", section)
+    assert headers == ["kind", "step", "alerts", "runs", "example"]
+    rows = [re.findall(r"<td>([^<]*)</td>", row)
+            for row in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1])]
+    assert len(rows) == len(summary.alerts)
+    for row, group in zip(rows, summary.alerts):
+        raised = sum(any((a.kind, a.step) == (group.kind, group.step) for a in r.alerts)
+                     for r in runs)
+        assert row[2] == str(group.count)
+        assert row[3] == f"{raised}\u00a0of\u00a0{len(runs)}"
+        assert row[4] == escape(group.example)  # the example alone, not the whole message
+        assert "; e.g. " not in row[4]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt: chromium)")
+def test_report_renders_in_a_browser(tmp_path: Path, checkout: Scenario, html: str) -> None:
+    """What a user sees: headless Chromium draws the page with its plots, not a blank."""
+    page = tmp_path / "report.html"
+    page.write_text(html, encoding="utf-8")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--window-size=1200,6000", f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=180)
+    pixels = plt.imread(shot)[:, :, :3]
+    height = pixels.shape[0]
+    ink = (pixels < 0.9).any(axis=2)  # anything not (near) white
+    rows_with_ink = ink.any(axis=1)
+    # text at the top, and the plots below it: most of the page's height is drawn on
+    assert rows_with_ink[: height // 10].any()
+    assert rows_with_ink.mean() > 0.5, rows_with_ink.mean()
+    # the plots are in colour (bands, series): the inline PNGs were decoded and drawn
+    colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 0.2
+    assert colourful[height // 3:].mean() > 0.01

@@ -117,14 +117,20 @@ def test_alert_groups_count_alerts_and_name_distinct_runs() -> None:
     assert set(by_key) == {("new_errors", "revert-web"), ("too_slow", None),
                            ("new_errors", "revert-orders")}
     web = by_key[("new_errors", "revert-web")]
-    assert web.count == 3
-    assert "at step 'revert-web' in 2 of 4 runs" in web.message  # 3 alerts, 2 runs
+    assert web.count == 3 and web.runs == 2  # 3 alerts, raised by 2 runs
+    assert "at step 'revert-web' in 2 of 4 runs" in web.message
     assert web.message.endswith("e.g. dropped during 'revert-web': 10 failed")
+    assert web.example == "dropped during 'revert-web': 10 failed"
     slow = by_key[("too_slow", None)]
-    assert slow.count == 1 and "in 1 of 4 runs" in slow.message
+    assert slow.count == 1 and slow.runs == 1 and "in 1 of 4 runs" in slow.message
     assert "at step" not in slow.message
+    assert by_key[("new_errors", "revert-orders")].runs == 1
+    # runs and example are for renderers: the JSON contract keeps its four keys
     dumped = summary.model_dump(mode="json")["alerts"]
     assert {"kind": "too_slow", "step": None, "count": 1, "message": slow.message} in dumped
+    assert all(set(a) == {"kind", "step", "count", "message"} for a in dumped)
+    alerts_json = summary.model_dump_json().split('"alerts":')[1].split('"steps":')[0]
+    assert '"runs"' not in alerts_json and '"example"' not in alerts_json
     counts = [g.count for g in groups]
     assert counts == sorted(counts, reverse=True)
 
@@ -140,6 +146,8 @@ def test_alert_groups_of_real_runs(mixed: list[Rehearsal]) -> None:
         assert m, g.message
         assert int(m.group(1)) == len(set(members)) and int(m.group(2)) == len(mixed)
         assert g.count == len(members)
+        assert g.runs == len(set(members)) <= g.count
+        assert g.message.endswith(f"; e.g. {g.example}")
 
 
 def test_step_statistics(mixed: list[Rehearsal]) -> None:
