@@ -42,7 +42,9 @@
 3. **What to change**? Every finding carries a plain-language ``suggestion`` that names
    values among the step's ``settings`` choices when some exist (a batch, surge and scale
    that keep utilisation under 0.8, a drain >= ``inflight_time``, ``online: false``, running a
-   step earlier or skipping an optional one).
+   step earlier or skipping an optional one), and the same change as a :class:`Proposal`
+   (settings per step, steps to skip, steps to run earlier) that a program can apply to a
+   plan: the optimizer measures each before it lets the advice stand beside its procedure.
 
 Findings are ranked by share of downtime, then of failed requests.
 """
@@ -56,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowrl.analysis.profile import attribution
-from shadowrl.core.plan import after_closure, ordered_steps
+from shadowrl.core.plan import after_closure, ordered_steps, setting_value_text
 from shadowrl.core.results import STOPPED_STATUSES
 from shadowrl.core.spec import Procedure, Scenario, Service, Step, format_duration
 from shadowrl.rehearsal.runner import Rehearsal
@@ -116,8 +118,32 @@ class StepShare:
 
 
 @dataclass
+class Proposal:
+    """What a suggestion asks to change, in a form a program can apply to a plan and measure
+    (the optimizer does, so advice beside an optimized procedure never contradicts it
+    unchecked): settings per step (only those to change), optional steps to skip, and
+    ``(first, second)`` pairs: run ``first`` before ``second``."""
+
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+    before: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.settings or self.skip or self.before)
+
+    def set(self, step: str, values: dict[str, Any]) -> None:
+        if values:
+            self.settings.setdefault(step, {}).update(values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": _jsonable(self.settings), "skip": list(self.skip),
+                "before": [list(p) for p in self.before]}
+
+
+@dataclass
 class Bottleneck:
-    """One finding: a cause, the step to blame (None: no step), its cost and a suggestion."""
+    """One finding: a cause, the step to blame (None: no step), its cost, a suggestion and
+    the change it proposes (empty when it proposes none a plan can express)."""
 
     kind: str
     step: str | None
@@ -127,6 +153,7 @@ class Bottleneck:
     runs_total: int
     evidence: dict[str, Any] = field(default_factory=dict)
     suggestion: str = ""
+    proposal: Proposal = field(default_factory=Proposal)
 
     @property
     def runs_fraction(self) -> float:
@@ -139,7 +166,8 @@ class Bottleneck:
                 "runs_affected": {"count": self.runs_affected,
                                   "fraction": round(self.runs_fraction, 4)},
                 "evidence": _jsonable(self.evidence),
-                "suggestion": self.suggestion}
+                "suggestion": self.suggestion,
+                "proposal": self.proposal.to_json()}
 
 
 @dataclass
@@ -846,13 +874,16 @@ def _dur(seconds: float) -> str:
 
 
 def _suggest(model: _Model, kind: str, step: str | None, ev: dict[str, Any],
-             obs: list[dict[str, Any]], runs: int) -> str:
+             obs: list[dict[str, Any]], runs: int) -> tuple[str, Proposal]:
+    """The finding's suggestion and the change it proposes (each ``_suggest_*`` fills the
+    proposal where its text recommends something a plan can express)."""
     fn = {"capacity_loss": _suggest_capacity, "slow_step": _suggest_slow,
           "compatibility_window": _suggest_compat, "cold_cache": _suggest_cold,
           "write_lock": _suggest_write_lock, "dropped_requests": _suggest_dropped,
           "overload": _suggest_overload, "failed_step": _suggest_failed,
           "ineffective": _suggest_ineffective}[kind]
-    return fn(model, step, ev, obs, runs)
+    proposal = Proposal()
+    return fn(model, step, ev, obs, runs, proposal), proposal
 
 
 @dataclass
@@ -864,11 +895,27 @@ class _Plan:
     least: _Rollout  # the lowest-utilisation option
     text: str
 
+    step: str = ""
+    scale: str | None = None  # the scale step of the rollout's service, if any
+
     @property
     def better(self) -> bool:
         b, c = self.best, self.current
         return b is not None and ((b.replicas, b.batch, b.drain, b.surge)
                                   != (c.replicas, c.batch, c.drain, c.surge))
+
+    def propose(self, proposal: Proposal, model: _Model) -> None:
+        """Add the rollout :attr:`text` recommends to ``proposal``."""
+        b, c = self.best, self.current
+        if b is None or not self.better:
+            return
+        tunable = model.steps[self.step].tunables()
+        proposal.set(self.step, {k: new for k, new, old in (
+            ("batch", b.batch, c.batch), ("drain", b.drain, c.drain),
+            ("surge", b.surge, c.surge)) if k in tunable and new != old})
+        if b.replicas != c.replicas and self.scale is not None:
+            proposal.set(self.scale, {"replicas": b.replicas})
+            proposal.before.append((self.scale, self.step))
 
 
 def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
@@ -896,7 +943,7 @@ def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
                 f"{least.batch} of {least.replicas}): add a larger replicas choice"
                 + (" or a scale step" if model.scale_step_for(svc.name) is None else "")
                 + f" for {svc.name} before {step}")
-        return _Plan(current, None, least, text)
+        return _Plan(current, None, least, text, step)
     parts = []
     scale = model.scale_step_for(svc.name)
     if best.replicas != replicas and scale is not None:
@@ -912,7 +959,8 @@ def _rollout_plan(model: _Model, step: str, ev: dict[str, Any],
     text = (" and ".join(parts) + f" so each batch keeps {svc.name} under utilisation "
             f"{TARGET_UTIL:g} (~{best.utilisation:.2f} at {load:.0f} rps); about "
             f"{_dur(best.time_s)} instead of {_dur(current.time_s)}")
-    return _Plan(current, best, least, text)
+    return _Plan(current, best, least, text, step,
+                 scale.name if scale is not None and best.replicas != replicas else None)
 
 
 def _load_of(model: _Model, step: str, ev: dict[str, Any]) -> float:
@@ -926,7 +974,7 @@ def _util_text(u: float) -> str:
 
 
 def _suggest_capacity(model: _Model, step: str | None, ev: dict[str, Any],
-                      obs: list[dict[str, Any]], runs: int) -> str:
+                      obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     assert step is not None
     util = ev.get("mean_est_utilisation_during_batch")
     batch = _setting(ev, "batch")
@@ -935,21 +983,32 @@ def _suggest_capacity(model: _Model, step: str | None, ev: dict[str, Any],
                is True else f"enough replicas out to push {ev.get('target')} to utilisation "
                f"~{util:.2f}" if isinstance(util, float) else "too many replicas out"))
     plan = _rollout_plan(model, step, ev)
-    return f"{head}: {plan.text}." if plan is not None else f"{head}: use a smaller batch."
+    if plan is None:
+        return f"{head}: use a smaller batch."
+    plan.propose(proposal, model)
+    return f"{head}: {plan.text}."
 
 
 def _setting(ev: dict[str, Any], key: str) -> Any:
     settings = ev.get("settings")
     if isinstance(settings, dict):
         return settings.get(key)
-    if isinstance(settings, list):
-        values = sorted({str(s.get(key)) for s in settings if isinstance(s, dict)})
+    if isinstance(settings, list):  # different in different runs: each, as a user writes it
+        values = sorted({setting_value_text(s.get(key)) for s in settings
+                         if isinstance(s, dict)})
         return "/".join(values)
     return None
 
 
+def _ran_with(ev: dict[str, Any], key: str, value: Any) -> bool:
+    """Did some affected run use ``key: value``?"""
+    settings = ev.get("settings")
+    runs = settings if isinstance(settings, list) else [settings]
+    return any(isinstance(s, dict) and s.get(key) == value for s in runs)
+
+
 def _suggest_slow(model: _Model, step: str | None, ev: dict[str, Any],
-                  obs: list[dict[str, Any]], runs: int) -> str:
+                  obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     assert step is not None
     s = model.steps.get(step)
     dur = float(ev.get("mean_step_duration_s") or 0.0)
@@ -962,20 +1021,25 @@ def _suggest_slow(model: _Model, step: str | None, ev: dict[str, Any],
         if plan is not None and (plan.best is None or (
                 plan.better and plan.best.time_s < plan.current.time_s - 1.0)):
             advice.append(plan.text)
+            plan.propose(proposal, model)
     elif s is not None and s.action == "migrate_down":
-        if bool(_setting(ev, "online")) and False in model.choices(step, "online"):
+        if _ran_with(ev, "online", True) and False in model.choices(step, "online"):
             ds = model.datastores.get(s.target or "")
             factor = ds.migration.online_factor if ds and ds.migration else 1.0
             advice.append(f"use online: false (~{_dur(dur / factor)} instead of ~{_dur(dur)}, "
                           f"but writes lock meanwhile)")
+            proposal.set(step, {"online": False})
     elif s is not None and s.action == "wait":
         shorter = [c for c in model.choices(step, "duration") if float(c) < dur - EPS]
         if s.optional:
             advice.append(f"skip {step}")
+            proposal.skip.append(step)
         elif shorter:
             advice.append(f"use duration {_dur(min(float(c) for c in shorter))}")
+            proposal.set(step, {"duration": min(float(c) for c in shorter)})
     elif s is not None and s.optional:
         advice.append(f"skip {step} (optional)")
+        proposal.skip.append(step)
     later = [o for o in obs if o.get("fixed_later")]
     if later:
         fixer = Counter(str(o.get("incident_fixed_by")) for o in later).most_common(1)[0][0]
@@ -983,13 +1047,14 @@ def _suggest_slow(model: _Model, step: str | None, ev: dict[str, Any],
             advice.append(f"in {len(later)} of {len(obs)} affected runs the incident's cause "
                           f"was only removed later by {fixer}: running {fixer} before {step} "
                           f"ends those incidents sooner")
+            proposal.before.append((fixer, step))
     if not advice:
         return head + "; no faster setting among its choices."
     return head + ": " + "; ".join(advice) + "."
 
 
 def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
-                    obs: list[dict[str, Any]], runs: int) -> str:
+                    obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     rb, mig = ev.get("rollback_step"), ev.get("migrate_step")
     if not isinstance(rb, str) or not isinstance(mig, str):
         return (f"app/schema version mismatch errors around {step}: keep the version rollback "
@@ -998,6 +1063,7 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
         return (f"{rb} left the previous version running on the live schema and {mig} never "
                 f"ran: run {mig} right after {rb}.")
     if ev.get("order") == "migrate_first" or (isinstance(ev.get("order"), list)):
+        proposal.before.append((rb, mig))
         return (f"{mig} ran before {rb} in some runs: the live version cannot use the previous "
                 f"schema, so run {mig} right after {rb}, not before it.")
     window = float(ev.get("mean_window_s") or 0.0)
@@ -1011,7 +1077,7 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
     between = ev.get("steps_between") or []
     if between and isinstance(between, list) and isinstance(between[0], list):
         between = sorted({s for group in between for s in group})
-    reorder = _compat_reorder(model, ev, rb, mig, gap, between)
+    reorder = _compat_reorder(model, ev, rb, mig, gap, between, proposal)
     advice = [reorder] if reorder else []
     online = ev.get("online")
     rb_dur = float(ev.get("mean_rollback_duration_s") or 0.0)
@@ -1020,6 +1086,7 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
     if plan is not None and plan.better and plan.best is not None and (
             plan.best.time_s < plan.current.time_s - 1.0):
         advice.append(f"shorten the mixed-version rollout: {plan.text}")
+        plan.propose(proposal, model)
     if advice:
         return head + ": " + "; ".join(advice) + "."
     svc = model.steps[rb].target
@@ -1033,7 +1100,9 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
                   if o.batch > plan.current.batch and o.replicas == plan.current.replicas]
         if bigger:
             b = min(bigger, key=lambda o: o.batch)
-            note = (f" (batch {b.batch} would push {svc} to utilisation "
+            note = (f" (batch {b.batch} would take every {svc} replica out at once)"
+                    if _util_text(b.utilisation) == "an outage" else
+                    f" (batch {b.batch} would push {svc} to utilisation "
                     f"{_util_text(b.utilisation)})")
     where = (f"{mig} already runs right after {rb}{how}" if gap <= 1.0 or not between else
              f"{', '.join(map(str, between))} must run between {rb} and {mig} (after: "
@@ -1046,7 +1115,7 @@ def _suggest_compat(model: _Model, step: str | None, ev: dict[str, Any],
 
 
 def _compat_reorder(model: _Model, ev: dict[str, Any], rb: str, mig: str, gap: float,
-                    between: list[Any]) -> str:
+                    between: list[Any], proposal: Proposal) -> str:
     """Advice to run ``mig`` sooner after ``rb``: move or skip the steps between them, and
     migrate offline when it is faster ("" when neither applies)."""
     moves = []
@@ -1055,8 +1124,13 @@ def _compat_reorder(model: _Model, ev: dict[str, Any], rb: str, mig: str, gap: f
             s = model.steps.get(name)
             if s is not None and name not in model.deps.get(mig, set()):
                 moves.append(f"skip {name}" if s.optional else f"move {name} after {mig}")
+                if s.optional:
+                    proposal.skip.append(name)
+                else:
+                    proposal.before.append((mig, name))
     offline = ""
     if ev.get("online") is True and False in model.choices(mig, "online"):
+        proposal.set(mig, {"online": False})
         ds = model.datastores.get(model.steps[mig].target or "")
         factor = ds.migration.online_factor if ds and ds.migration else 1.0
         dur = float(ev.get("mean_migrate_duration_s") or 0.0)
@@ -1069,7 +1143,7 @@ def _compat_reorder(model: _Model, ev: dict[str, Any], rb: str, mig: str, gap: f
 
 
 def _suggest_cold(model: _Model, step: str | None, ev: dict[str, Any],
-                  obs: list[dict[str, Any]], runs: int) -> str:
+                  obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     assert step is not None
     s = model.steps.get(step)
     cache = s.target if s is not None and s.target else str(ev.get("cache"))
@@ -1093,6 +1167,7 @@ def _suggest_cold(model: _Model, step: str | None, ev: dict[str, Any],
                       and x.target == cache), None)
     warmed_by = ev.get("warmed_by")
     if s is not None and s.optional:
+        proposal.skip.append(step)
         return head + f": skip {step} (optional) or run it only when the cached data is invalid."
     if warm_step is None:
         return (head + f": add a warm_cache step for {cache} right after {step} (~{_dur(warmed)} "
@@ -1108,7 +1183,7 @@ def _suggest_cold(model: _Model, step: str | None, ev: dict[str, Any],
 
 
 def _suggest_write_lock(model: _Model, step: str | None, ev: dict[str, Any],
-                        obs: list[dict[str, Any]], runs: int) -> str:
+                        obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     if step is None or step not in model.steps:
         return "writes failed while a migration locked tables: migrate online."
     s = model.steps[step]
@@ -1137,25 +1212,29 @@ def _suggest_write_lock(model: _Model, step: str | None, ev: dict[str, Any],
                 f"(utilisation ~{util:.2f} with the copy's extra load); run it offline at low "
                 f"write traffic or add capacity.")
     load_note = f", {ds.name if ds else 'datastore'} at ~{util:.2f}" if util is not None else ""
+    proposal.set(step, {"online": True})
     return (head + f": run {step} with online: true (no write lock; ~{_dur(dur * factor)} instead "
             f"of ~{_dur(dur)}, with {model.params.online_migration_load:.0%} extra load"
             f"{load_note}).")
 
 
 def _suggest_dropped(model: _Model, step: str | None, ev: dict[str, Any],
-                     obs: list[dict[str, Any]], runs: int) -> str:
+                     obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     target = ev.get("target")
     svc = model.services.get(target) if isinstance(target, str) else None
     if step is None or svc is None:
         return "in-flight requests were dropped: drain replicas for at least their inflight_time."
     need = svc.inflight_time
     drain = ev.get("drain_s")
-    drain_text = _dur(drain) if isinstance(drain, float) else str(drain)
+    drains = drain if isinstance(drain, list) else [drain]
+    drain_text = "/".join(_dur(float(d)) if isinstance(d, (int, float)) else str(d)
+                          for d in drains)
     head = (f"{step} stops {svc.name} replicas after a {drain_text} drain, shorter than its "
             f"inflight_time {_dur(need)}")
     choices = sorted(float(c) for c in model.choices(step, "drain"))
     enough = [c for c in choices if c >= need - EPS]
     if enough:
+        proposal.set(step, {"drain": enough[0]})
         return head + (f": use drain {_dur(enough[0])} (>= inflight_time {_dur(need)}) so "
                        f"in-flight requests finish before each replica stops.")
     longest = f"; the longest choice, {_dur(choices[-1])}, still drops some" if choices else ""
@@ -1163,7 +1242,7 @@ def _suggest_dropped(model: _Model, step: str | None, ev: dict[str, Any],
 
 
 def _suggest_overload(model: _Model, step: str | None, ev: dict[str, Any],
-                      obs: list[dict[str, Any]], runs: int) -> str:
+                      obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     where = f"during {step}" if step else "after the last step"
     comp = ev.get("busiest_component")
     util = ev.get("mean_est_utilisation")
@@ -1172,7 +1251,9 @@ def _suggest_overload(model: _Model, step: str | None, ev: dict[str, Any],
                 f"with online: false if a write lock is acceptable, or add capacity.")
     if not isinstance(comp, str):
         return f"requests were shed {where}: add capacity."
-    head = f"requests were shed {where}: {comp} runs at ~{_util_text(float(util or 0))}"
+    level = _util_text(float(util or 0))
+    head = (f"requests were shed {where}: {comp} has no ready replica" if level == "an outage"
+            else f"requests were shed {where}: {comp} runs at ~{level}")
     svc = model.services.get(comp)
     scale = model.scale_step_for(comp) if svc is not None else None
     if svc is not None and scale is not None:
@@ -1180,13 +1261,16 @@ def _suggest_overload(model: _Model, step: str | None, ev: dict[str, Any],
         for r in sorted(int(c) for c in scale.tunables()["replicas"].choices):
             if load / (r * svc.capacity_rps) <= TARGET_UTIL + EPS:
                 before = f" before {step}" if step and model.can_precede(scale.name, step) else ""
+                proposal.set(scale.name, {"replicas": r})
+                if before and step:
+                    proposal.before.append((scale.name, step))
                 return head + f": scale {comp} to {r} ({scale.name}){before}."
         return head + f": no {scale.name} choice is enough; add a larger replicas choice."
     return head + f": the load exceeds {comp}'s capacity; add capacity or a scale step."
 
 
 def _suggest_failed(model: _Model, step: str | None, ev: dict[str, Any],
-                    obs: list[dict[str, Any]], runs: int) -> str:
+                    obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     s = model.steps.get(step or "")
     if s is not None and s.action == "migrate_down":
         ds = model.datastores.get(s.target or "")
@@ -1201,7 +1285,7 @@ def _suggest_failed(model: _Model, step: str | None, ev: dict[str, Any],
 
 
 def _suggest_ineffective(model: _Model, step: str | None, ev: dict[str, Any],
-                         obs: list[dict[str, Any]], runs: int) -> str:
+                         obs: list[dict[str, Any]], runs: int, proposal: Proposal) -> str:
     kinds = ev.get("cause_kind")
     kinds = kinds if isinstance(kinds, list) else [kinds]
     incidents = ev.get("incident")
@@ -1265,8 +1349,8 @@ def analyze(scenario: Scenario, rehearsals: Sequence[Rehearsal], *,
         if (max(d, f) < MIN_FINDING_SHARE and kind not in ("failed_step", "ineffective")):
             continue
         ev = _aggregate(obs)
-        findings.append(Bottleneck(kind, step, d, f, len(obs), n, _round(ev),
-                                   _suggest(model, kind, step, ev, obs, n)))
+        text, proposal = _suggest(model, kind, step, ev, obs, n)
+        findings.append(Bottleneck(kind, step, d, f, len(obs), n, _round(ev), text, proposal))
     findings.sort(key=lambda b: (-round(b.share_of_downtime, 6),
                                  -round(b.share_of_failed_requests, 6), KINDS.index(b.kind)))
     return BottleneckReport(

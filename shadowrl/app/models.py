@@ -160,9 +160,10 @@ class Promotion(ResultModel):
 
 class TrainResult(ResultModel):
     """An experiment run (``train --json``): where it was tracked and registered, the champion
-    decision, and the held-out downtime and error-budget burn of every method it compared."""
+    decision, the held-out downtime and error-budget burn of every method it compared, and
+    (when they happened) the checkpoint it resumed and the stale runs it ended."""
 
-    omit_when_empty = frozenset({"sweep"})
+    omit_when_empty = frozenset({"sweep", "resumed_from", "stale_runs"})
     experiment: str
     tracking_uri: str
     out: str
@@ -176,6 +177,8 @@ class TrainResult(ResultModel):
     budget_burn: dict[str, Stats] = {}  # held-out error-budget burn per method
     objective: str = "budget"  # what the policy and the search minimised
     comparison: str
+    resumed_from: int | None = None  # timesteps of the checkpoint the training continued
+    stale_runs: list[str] = []  # MLflow runs of dead processes this start ended as FAILED
 
 
 # --------------------------------------------------------------------------- export

@@ -2,7 +2,12 @@
 
 - :func:`tracking_uri` / :func:`configure`: where runs go (``--tracking-uri``, else
   ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; MLflow 3 no longer writes the
-  old ``./mlruns`` file store).
+  old ``./mlruns`` file store). A SQLite store is created and migrated under a file lock
+  (MLflow's migration races between processes); a server that does not answer fails in
+  seconds (:class:`TrackingUnavailable`), not after minutes of retries.
+- :func:`process_tags`, :func:`fail_stale_runs`, :func:`end_run`: a run records which
+  process runs it, is ended FAILED or KILLED when that process fails or is stopped, and is
+  marked FAILED by the next start when its process died without a word.
 - :func:`flatten`, :func:`scenario_hash`, :func:`git_commit`: what a run records about its
   inputs (params, the scenario's content hash, the code's commit).
 - :class:`MlflowMetricsCallback` (training curves, one batched request per rollout) and
@@ -14,6 +19,7 @@
   *same* held-out incidents, recovers at least as many as the champion and the configured
   procedure and burns less error budget by a paired test (p < 0.05); each version's
   per-incident results are kept (``eval_holdout.json`` on its run, a version tag) for that.
+  Decisions are serialised (:func:`promotion_lock`), so concurrent ones cannot both win.
 - :func:`load_registered_policy` (``shadowrl evaluate --policy models:/NAME@ALIAS``) and
   :func:`load_export_source` (``shadowrl export RUN_ID|models:/NAME@ALIAS``, through
   :data:`shadowrl.integrations.sources.MLFLOW`).
@@ -35,18 +41,27 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
 import time
+import uuid
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # MLflow's artifact download bars would interleave with ours on stderr.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow retries a failing HTTP request 7 times with backoff 2 (about 250 s for a server that
+# is down) and waits 120 s for an answer. A run keeps its checkpoint and resumes, so fail
+# sooner: 4 retries with backoff 1 (about 15 s), 30 s per request. Set them to override.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 from shadowrl.core.extras import missing_extra
@@ -55,7 +70,7 @@ try:
     import mlflow
     import mlflow.pyfunc
     import pandas as pd
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
     from stable_baselines3.common.callbacks import BaseCallback
@@ -82,11 +97,14 @@ if TYPE_CHECKING:
     from shadowrl.rl.evaluate import Episode
 
 __all__ = [
-    "CHAMPION", "HOLDOUT_PREFIX", "MlflowMetricsCallback", "RollbackPolicyModel", "configure",
-    "evaluate_holdout", "evaluate_holdout_evidence", "flatten", "git_commit", "holdout_metrics",
-    "load_export_source", "load_registered_policy", "log_eval_history", "log_holdout",
-    "log_per_seed", "log_policy_model", "log_run_files", "paired_test", "parse_model_uri",
-    "per_seed_record", "promote_if_better", "scenario_hash", "tracking_uri",
+    "CHAMPION", "HOLDOUT_PREFIX", "MlflowMetricsCallback", "RollbackPolicyModel",
+    "TrackingUnavailable", "configure", "end_run", "evaluate_holdout",
+    "evaluate_holdout_evidence", "fail_stale_runs", "file_lock", "flatten", "git_commit",
+    "holdout_metrics", "holdout_params", "load_export_source", "load_registered_policy",
+    "log_eval_history", "log_holdout", "log_params_once", "log_per_seed", "log_policy_model",
+    "log_run_files", "paired_test", "parse_model_uri", "per_seed_record", "process_alive",
+    "process_tags", "promote_if_better", "promotion_lock", "scenario_hash", "tracking_uri",
+    "use_experiment",
 ]
 
 CHAMPION = "champion"
@@ -99,6 +117,7 @@ PER_SEED_TAG = "eval_holdout_per_seed"  # the same, compact, on a model version
 ALPHA = 0.05  # promotion needs p < ALPHA
 BOOTSTRAP_SAMPLES = 10_000
 DB_NAME = "mlflow.db"
+PROBE_TIMEOUT_S = 10  # the first request to a tracking server: one try, this long
 
 try:  # MLflow's own limits, with the documented values as a fallback
     from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH as _MAX_KEY
@@ -136,22 +155,124 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def configure(uri: str | None = None) -> str:
-    """Point MLflow at ``uri`` (default :func:`tracking_uri`); creates a SQLite file's folder.
+class TrackingUnavailable(ConnectionError):
+    """The tracking server does not answer: the message names the URI and how to change it."""
 
-    Returns the URI. (MLflow also exports it as ``MLFLOW_TRACKING_URI`` for subprocesses.)
+
+def _where_to_change() -> str:
+    return (f"start it, or point --tracking-uri or MLFLOW_TRACKING_URI at one that runs "
+            f"(default: sqlite:///{Path.cwd().resolve() / DB_NAME})")
+
+
+@contextmanager
+def file_lock(path: Path, timeout_s: float | None = None, what: str = "") -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``path``, held for the block.
+
+    Every process that touches the store takes it the same way, so they queue instead of
+    racing; the kernel drops it when its holder dies, so a killed process never leaves a
+    stale lock. Waits at most ``timeout_s`` (None: as long as it takes), then TimeoutError.
+    Without ``fcntl`` (Windows) the block runs unlocked.
     """
-    uri = uri or tracking_uri()
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{what or 'lock'} {path}: still held by another "
+                                       f"process after {timeout_s:g} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+_READY: set[str] = set()  # stores this process has opened (created, migrated, or reached)
+
+
+def _lock_path(db: Path, purpose: str) -> Path:
+    return db.with_name(f"{db.name}.{purpose}.lock")
+
+
+def _ready(uri: str) -> None:
+    """Open the store once per process, safely.
+
+    A SQLite store is created or migrated by the first connection, and MLflow's migration is
+    not safe against a second process doing the same (``duplicate column name: step``), so
+    the first connection of each process happens under a file lock beside the database,
+    tracking and registry tables both. A server (``http(s)://``) gets one quick request
+    (no retries, :data:`PROBE_TIMEOUT_S`): :class:`TrackingUnavailable` when it does not
+    answer, instead of minutes of retries.
+    """
+    if uri in _READY:
+        return
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(_lock_path(db, "schema"), what="MLflow store schema lock"):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+    elif uri.startswith(("http://", "https://")):
+        _probe(uri)
+    _READY.add(uri)
+
+
+def _probe(uri: str) -> None:
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(PROBE_TIMEOUT_S)
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, DNS, HTTP errors alike
+        reason = _short_reason(exc)
+        raise TrackingUnavailable(f"MLflow tracking server {uri} does not answer ({reason}): "
+                                  f"{_where_to_change()}") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The telling part of a requests/MLflow connection error, on one line."""
+    text = " ".join(str(exc).split())
+    for marker in ("Connection refused", "timed out", "Name or service not known",
+                   "Temporary failure in name resolution", "No route to host"):
+        if marker in text:
+            return marker.lower() if marker != "Connection refused" else "connection refused"
+    return text[:200]
+
+
+def configure(uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (default :func:`tracking_uri`) and open it (:func:`_ready`:
+    a SQLite store created or migrated under a file lock, a server checked to answer).
+
+    Returns the URI. (MLflow also exports it as ``MLFLOW_TRACKING_URI`` for subprocesses.)
+    Raises :class:`TrackingUnavailable` for a server that does not answer.
+    """
+    uri = uri or tracking_uri()
+    _ready(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
 
 def _client(client: MlflowClient | None = None, *, must_exist: bool = True) -> MlflowClient:
     """``client``, else one for the configured URI; a SQLite store that does not exist is an
-    error (rather than a new empty database created by a read-only lookup)."""
+    error (rather than a new empty database created by a read-only lookup), and so is a
+    server that does not answer (:class:`TrackingUnavailable`, an OSError)."""
     if client is not None:
         return client
     uri = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else tracking_uri()
@@ -159,7 +280,101 @@ def _client(client: MlflowClient | None = None, *, must_exist: bool = True) -> M
     if must_exist and db is not None and not db.is_file():
         raise ValueError(f"no MLflow tracking store at {db} (set MLFLOW_TRACKING_URI or give "
                          f"--tracking-uri)")
+    _ready(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def use_experiment(name: str) -> str:
+    """The id of experiment ``name``, created if missing, and made the active one. Two
+    processes creating it at once both get it (the loser of the race reads it back)."""
+    for attempt in range(3):
+        try:
+            return str(mlflow.set_experiment(name).experiment_id)
+        except MlflowException:
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- run lifecycle
+
+PID_TAG, HOST_TAG, START_TAG = "shadowrl.pid", "shadowrl.host", "shadowrl.process_start"
+FAILURE_TAG = "shadowrl.failure"
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc): with the pid it
+    tells a live process from a later one that got the same pid. "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that say which process runs a run: pid, host and the process's start time."""
+    pid = os.getpid()
+    return {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: _process_start(pid)}
+
+
+def process_alive(pid: int, started: str = "") -> bool:
+    """Is process ``pid`` (on this host) still the one that started at ``started``?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    if started:
+        now = _process_start(pid)
+        return not now or now == started
+    return True
+
+
+def fail_stale_runs(experiment_id: str, client: MlflowClient | None = None) -> list[str]:
+    """End as FAILED the runs of the experiment still RUNNING whose process is gone.
+
+    Only runs that :func:`process_tags` marked as started on this host are judged (another
+    host's processes cannot be seen from here); each gets a ``shadowrl.failure`` tag saying
+    why. Returns their ids.
+    """
+    client = client or _client(must_exist=False)
+    host = socket.gethostname()
+    stale = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or not pid.isdigit():
+            continue
+        if process_alive(int(pid), tags.get(START_TAG, "")):
+            continue
+        client.set_tag(run.info.run_id, FAILURE_TAG,
+                       f"process {pid} on {host} ended without finishing the run (found by "
+                       f"process {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        client.set_terminated(run.info.run_id, "FAILED")
+        stale.append(run.info.run_id)
+    return stale
+
+
+def end_run(status: str, reason: str | None = None) -> None:
+    """End the active run as ``status`` (FINISHED, FAILED or KILLED), with ``reason`` as its
+    ``shadowrl.failure`` tag; a store that cannot be reached any more is left to
+    :func:`fail_stale_runs` of the next start (the run stays RUNNING until then)."""
+    run = mlflow.active_run()
+    if run is None:
+        return
+    try:
+        if reason:
+            mlflow.set_tag(FAILURE_TAG, reason[:_MAX_TAG])
+    except Exception:  # noqa: BLE001 - the store is gone: the status below may still work
+        pass
+    try:
+        mlflow.end_run(status)  # forgets the run locally before it asks the store
+    except Exception:  # noqa: BLE001 - the store is gone; nothing more to do here
+        pass
 
 
 def _uris(client: MlflowClient) -> tuple[str, str]:
@@ -341,19 +556,27 @@ class MlflowMetricsCallback(BaseCallback):
         return values
 
 
+EVAL_CONSTANTS = ("episodes",)  # the same in every eval row: a param, not a metric
+
+
 def log_eval_history(history: Sequence[Mapping[str, Any]], run_id: str | None = None,
                      client: MlflowClient | None = None) -> int:
     """Log :class:`CostEvalCallback` rows (``TrainResult.eval_history``) as ``eval_<key>``
-    metrics at ``step=row["timesteps"]``, one ``log_batch``; returns the number of metrics."""
+    metrics at ``step=row["timesteps"]``, one ``log_batch``; returns the number of metrics.
+    What every row has the same (the episodes per evaluation) becomes the param
+    ``eval_<key>`` instead, logged once."""
     run_id = _active_run_id(run_id)
     client = client or MlflowClient()
     ts = _now_ms()
     metrics = []
+    constants = {f"eval_{k}": history[0][k] for k in EVAL_CONSTANTS if history
+                 and k in history[0]}
+    log_params_once(constants, run_id, client)
     for row in history:
         step = int(row.get("timesteps", 0))
         for key, value in row.items():
-            if key == "timesteps" or isinstance(value, bool) or not isinstance(
-                    value, (int, float, np.integer, np.floating)):
+            if key == "timesteps" or key in EVAL_CONSTANTS or isinstance(value, bool) or \
+                    not isinstance(value, (int, float, np.integer, np.floating)):
                 continue
             if not math.isfinite(float(value)):
                 continue
@@ -369,10 +592,28 @@ def _quantiles(prefix: str, values: Sequence[float]) -> dict[str, float]:
             f"{prefix}_p95": float(np.percentile(arr, 95)), f"{prefix}_max": float(arr.max())}
 
 
+def log_params_once(params: Mapping[str, Any], run_id: str | None = None,
+                    client: MlflowClient | None = None) -> None:
+    """Log the params the run does not have yet (MLflow refuses to change a param; logging
+    the same value again is a wasted request)."""
+    run_id = _active_run_id(run_id)
+    client = client or MlflowClient()
+    have = client.get_run(run_id).data.params
+    new = {_param_key(k): _param_value(v) for k, v in params.items()}
+    new = {k: v for k, v in new.items() if k not in have}
+    if new:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
+
+
+def holdout_params(seed: int, episodes: int) -> dict[str, int]:
+    """Which held-out incidents a run was measured on (params: constants of the run)."""
+    return {f"{HOLDOUT_PREFIX}seed": int(seed), f"{HOLDOUT_PREFIX}episodes": int(episodes)}
+
+
 def holdout_metrics(episodes: Sequence[Episode], seed: int) -> dict[str, float]:
     """The held-out evaluation numbers (``eval_holdout_*``): downtime mean/p95, cost and
-    failed requests means, bad requests and budget burn mean/p50/p95/max, recovered rate,
-    and the seeds they used."""
+    failed requests means, bad requests and budget burn mean/p50/p95/max and recovered rate.
+    The seeds they used are :func:`holdout_params`."""
     if not episodes:
         raise ValueError("no episodes to summarise")
     downtime = np.array([e.rehearsal.downtime_s for e in episodes], dtype=float)
@@ -385,8 +626,7 @@ def holdout_metrics(episodes: Sequence[Episode], seed: int) -> dict[str, float]:
             **_quantiles(f"{p}bad_requests", [e.rehearsal.bad_requests for e in episodes]),
             **_quantiles(f"{p}budget_burn", [e.rehearsal.budget_burn for e in episodes]),
             f"{p}recovered_rate": float(np.mean([e.rehearsal.outcome == "recovered"
-                                                 for e in episodes])),
-            f"{p}seed": float(seed), f"{p}episodes": float(len(episodes))}
+                                                 for e in episodes]))}
 
 
 def per_seed_record(episodes: Sequence[Episode], seed: int) -> dict[str, Any]:
@@ -405,11 +645,12 @@ def log_per_seed(record: Mapping[str, Any], run_id: str | None = None,
 
 def log_holdout(episodes: Sequence[Episode], seed: int, run_id: str | None = None,
                 client: MlflowClient | None = None) -> dict[str, float]:
-    """Log :func:`holdout_metrics` and the per-seed record (``eval_holdout.json``) to the run:
-    what :func:`promote_if_better` reads."""
+    """Log :func:`holdout_metrics`, :func:`holdout_params` and the per-seed record
+    (``eval_holdout.json``) to the run: what :func:`promote_if_better` reads."""
     client = client or MlflowClient()
     run_id = _active_run_id(run_id)
     values = holdout_metrics(episodes, seed)
+    log_params_once(holdout_params(seed, len(episodes)), run_id, client)
     _log_metrics(client, run_id, values, 0)
     log_per_seed(per_seed_record(episodes, seed), run_id, client)
     return values
@@ -1154,6 +1395,74 @@ def _recovered(record: Mapping[str, Any]) -> int:
     return sum(o == "recovered" for o in record["outcomes"])
 
 
+PROMOTION_TIMEOUT_S = 1800.0  # how long a promotion waits for another one to finish
+LEASE_TAG = "shadowrl.promotion_lease"  # registered model tag: who decides now, until when
+LEASE_S = 900.0  # a lease outlives a crashed holder by at most this long
+LEASE_SETTLE_S = 1.0  # wait after writing a lease before reading it back (Fischer's delay)
+
+
+@contextmanager
+def promotion_lock(model_name: str, client: MlflowClient,
+                   timeout_s: float = PROMOTION_TIMEOUT_S) -> Iterator[str]:
+    """Serialise champion decisions: one at a time reads the champion, compares and moves it.
+
+    A SQLite registry gets a file lock beside its database (``<db>.promotion.lock``), exact
+    and released by the kernel if its holder dies. Any other registry (a tracking server,
+    a SQL database) has no lock MLflow exposes, so the decision takes a lease on the model:
+    the tag ``shadowrl.promotion_lease`` = ``<token> until <epoch s>``, written only when
+    no unexpired lease is there and held only if it still reads back after
+    :data:`LEASE_SETTLE_S` (Fischer's mutual exclusion: safe while writing a tag takes less
+    than that delay); a crashed holder's lease expires after :data:`LEASE_S`. Yields how the
+    decision was serialised.
+    """
+    db = _sqlite_path(_uris(client)[1])
+    if db is not None:
+        path = _lock_path(db, "promotion")
+        with file_lock(path, timeout_s, "MLflow promotion lock"):
+            yield f"file lock {path}"
+        return
+    with _registry_lease(client, model_name, timeout_s):
+        yield f"registry lease {LEASE_TAG}"
+
+
+def _lease(client: MlflowClient, name: str) -> tuple[str, float] | None:
+    value = (client.get_registered_model(name).tags or {}).get(LEASE_TAG)
+    if not value or " until " not in value:
+        return None
+    token, until = value.rsplit(" until ", 1)
+    return token, _float(until) or 0.0
+
+
+@contextmanager
+def _registry_lease(client: MlflowClient, name: str, timeout_s: float) -> Iterator[None]:
+    token = f"{uuid.uuid4().hex} {socket.gethostname()}:{os.getpid()}"
+    deadline = time.monotonic() + timeout_s
+    rng = np.random.default_rng()
+    while True:
+        held = _lease(client, name)
+        if held is None or held[1] < time.time():
+            client.set_registered_model_tag(name, LEASE_TAG,
+                                            f"{token} until {time.time() + LEASE_S:.0f}")
+            time.sleep(LEASE_SETTLE_S)
+            held = _lease(client, name)
+            if held is not None and held[0] == token:
+                break
+        if time.monotonic() > deadline:
+            holder = held[0].split(" ", 1)[-1] if held else "another process"
+            raise TimeoutError(f"registered model '{name}': {holder} has been deciding its "
+                               f"champion for over {timeout_s:g} s (tag {LEASE_TAG})")
+        time.sleep(LEASE_SETTLE_S * float(rng.uniform(0.5, 1.5)))
+    try:
+        yield
+    finally:
+        try:
+            held = _lease(client, name)
+            if held is not None and held[0] == token:
+                client.delete_registered_model_tag(name, LEASE_TAG)
+        except MlflowException:
+            pass  # it expires by itself
+
+
 def promote_if_better(model_name: str, version: int | str, *,
                       scenario: str | Path | Scenario, eval_seed: int, episodes: int,
                       metric: str = "budget_burn_mean", client: MlflowClient | None = None,
@@ -1175,6 +1484,11 @@ def promote_if_better(model_name: str, version: int | str, *,
       no champion yet): lower mean, and a one-sided paired test (:func:`paired_test`) with
       p < ``alpha``.
 
+    Decisions are serialised (:func:`promotion_lock`): reading the champion, comparing and
+    moving the alias happen as one step, so two trainings finishing together each compare
+    with the champion of the moment and the better one ends up champion. The alias is
+    re-read just before it is moved (a change means: decide again) and after.
+
     The decision, the recovered shares, the mean burns, the test and its p-value are tagged
     on the version and on its run. ``metric`` (``budget_burn_mean`` or ``downtime_mean``) is
     what ``new``/``old`` report. Returns ``{"promoted", "champion_version", "new", "old",
@@ -1183,16 +1497,53 @@ def promote_if_better(model_name: str, version: int | str, *,
     if metric not in PROMOTION_METRICS:
         raise ValueError(f"metric must be one of {', '.join(LOWER_IS_BETTER)}, got {metric!r}")
     client = _client(client)
-    key = f"{HOLDOUT_PREFIX}{metric}"
-    field = PROMOTION_METRICS[metric]
     version = str(version)
     sc = as_scenario(scenario)
-    seeds = f"{eval_seed}+{episodes}"
     new_mv = _resolve_version(client, f"models:/{model_name}/{version}")
+    # what does not depend on the champion is gathered before taking the lock
     new, new_src = _version_evidence(client, new_mv, sc, eval_seed, episodes)
-    champion = _alias_version(client, model_name, alias)
+    refs = {name: rec for name, rec in (baselines or {}).items()
+            if _record_matches(rec, eval_seed, episodes)}
+    sources = {"new": new_src}
+    if "configured" not in refs:
+        refs["configured"] = _configured_record(sc, eval_seed, episodes)
+        sources["configured"] = "evaluated"
+    with promotion_lock(model_name, client):
+        for _ in range(3):
+            champion = _alias_version(client, model_name, alias)
+            result = _decide(client, model_name, version, alias, champion, new, dict(sources),
+                             refs, sc, eval_seed, episodes, metric, alpha, test)
+            if not result["promoted"]:
+                break
+            if _same_version(_alias_version(client, model_name, alias), champion):
+                client.set_registered_model_alias(model_name, alias, version)
+                now = _alias_version(client, model_name, alias)
+                if now is None or str(now.version) != version:
+                    result.update(promoted=False, champion_version=str(now.version) if now
+                                  else "", reason="not promoted: another promotion moved the "
+                                  f"{alias} at the same time (now version "
+                                  f"{now.version if now else 'none'})")
+                break
+        _record_decision(client, new_mv, result)
+    return result
+
+
+def _same_version(a: Any | None, b: Any | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None
+                                         and str(a.version) == str(b.version))
+
+
+def _decide(client: MlflowClient, model_name: str, version: str, alias: str, champion: Any,
+            new: Mapping[str, Any], sources: dict[str, str],
+            refs: Mapping[str, Mapping[str, Any]], sc: Scenario, eval_seed: int,
+            episodes: int, metric: str, alpha: float, test: str) -> dict[str, Any]:
+    """The decision for ``version`` against ``champion`` (None: none yet) and the baselines;
+    moves nothing."""
+    key = f"{HOLDOUT_PREFIX}{metric}"
+    field = PROMOTION_METRICS[metric]
+    seeds = f"{eval_seed}+{episodes}"
     result: dict[str, Any] = {"metric": key, "new": float(np.mean(new[field])), "old": None,
-                              "sources": {"new": new_src}, "seeds": seeds}
+                              "sources": sources, "seeds": seeds}
     contenders: dict[str, Mapping[str, Any]] = {"new": new}
     if champion is not None and str(champion.version) == version:
         result.update(promoted=False, champion_version=version, old=result["new"],
@@ -1200,18 +1551,13 @@ def promote_if_better(model_name: str, version: int | str, *,
                       recovered={"new": _recovered(new) / episodes},
                       budget_burn={"new": float(np.mean(new["budget_burn"]))},
                       test=None, p_value=None)
-        _record_decision(client, new_mv, result)
+        result["sources"] = {"new": sources["new"]}
         return result
     if champion is not None:
         old, result["sources"]["old"] = _version_evidence(client, champion, sc, eval_seed,
                                                           episodes)
         result["old"] = float(np.mean(old[field]))
         contenders["old"] = old
-    refs = {name: rec for name, rec in (baselines or {}).items()
-            if _record_matches(rec, eval_seed, episodes)}
-    if "configured" not in refs:
-        refs["configured"] = _configured_record(sc, eval_seed, episodes)
-        result["sources"]["configured"] = "evaluated"
     contenders.update(refs)
     result["recovered"] = {k: _recovered(r) / episodes for k, r in contenders.items()}
     result["budget_burn"] = {k: float(np.mean(r["budget_burn"])) for k, r in contenders.items()}
@@ -1239,14 +1585,9 @@ def promote_if_better(model_name: str, version: int | str, *,
                   f"{result['budget_burn']['new']:.4%} < {result['budget_burn'][against]:.4%} "
                   f"for {label} (p = {p:.4f} < {alpha:g}, {test_name})")
     promoted = reason.startswith("promoted")
-    if promoted:
-        client.set_registered_model_alias(model_name, alias, version)
     result.update(promoted=promoted, reason=reason,
-                  champion_version=version if promoted or champion is None
-                  else str(champion.version))
-    if champion is None and not promoted:
-        result["champion_version"] = ""
-    _record_decision(client, new_mv, result)
+                  champion_version=version if promoted else
+                  (str(champion.version) if champion is not None else ""))
     return result
 
 
@@ -1329,15 +1670,19 @@ def _run_summary(client: MlflowClient, run_id: str, dst: Path) -> dict[str, Any]
     return data if isinstance(data, dict) else None
 
 
-def _metrics_summary(m: Mapping[str, float]) -> dict[str, Any] | None:
-    """A summary from the run's ``eval_holdout_*`` metrics (the policy's held-out numbers)."""
+def _metrics_summary(m: Mapping[str, float],
+                     params: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """A summary from the run's ``eval_holdout_*`` metrics (the policy's held-out numbers)
+    and its ``eval_holdout_episodes`` param (a metric in runs logged before it was one)."""
     if f"{HOLDOUT_PREFIX}downtime_mean" not in m:
         return None
     out: dict[str, Any] = {"downtime_s": {"mean": m[f"{HOLDOUT_PREFIX}downtime_mean"]}}
     if f"{HOLDOUT_PREFIX}downtime_p95" in m:
         out["downtime_s"]["p95"] = m[f"{HOLDOUT_PREFIX}downtime_p95"]
-    if f"{HOLDOUT_PREFIX}episodes" in m:
-        out["runs"] = int(m[f"{HOLDOUT_PREFIX}episodes"])
+    episodes = (params or {}).get(f"{HOLDOUT_PREFIX}episodes",
+                                  m.get(f"{HOLDOUT_PREFIX}episodes"))
+    if _float(episodes) is not None:
+        out["runs"] = int(float(episodes))  # type: ignore[arg-type]
     if f"{HOLDOUT_PREFIX}recovered_rate" in m and "runs" in out:
         out["outcomes"] = {"recovered": round(m[f"{HOLDOUT_PREFIX}recovered_rate"]
                                               * out["runs"])}
@@ -1426,7 +1771,7 @@ def load_export_source(source: str, client: MlflowClient | None = None) -> Expor
             evaluation = _run_summary(client, run.info.run_id, dst / "summary")
         evaluation = evaluation or header_eval
         if evaluation is None and run is not None:
-            evaluation = _metrics_summary(run.data.metrics)
+            evaluation = _metrics_summary(run.data.metrics, run.data.params)
         if command is None and run is not None:
             command = run.data.tags.get("shadowrl.command")
     scenario_name = scenario.name if scenario is not None else None

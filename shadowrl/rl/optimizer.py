@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,20 @@ import yaml
 
 from shadowrl.analysis.summary import EvaluationSummary, RehearsalSummary, summarize, with_cost
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
-from shadowrl.core.plan import Plan, configured_plan
-from shadowrl.core.spec import Scenario, procedure_file_data
+from shadowrl.core.plan import Plan, configured_plan, describe_settings, validate_plan
+from shadowrl.core.spec import Procedure, Scenario, procedure_file_data
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
 from shadowrl.rl.results import OptimizeResult, OracleInfo, RlInfo, SearchInfo
-from shadowrl.rl.search import GreedyPolicy, OraclePolicy, best_static, plan_to_procedure
+from shadowrl.rl.search import (
+    GreedyPolicy,
+    OraclePolicy,
+    best_static,
+    noop_steps,
+    plan_cost,
+    plan_to_procedure,
+)
 
 SEARCH_METHODS = ("configured", "random", "greedy", "best_static", "oracle")
 RL_METHODS = ("configured", "rl")
@@ -132,48 +139,106 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 # --------------------------------------------------------------------------- outputs
 
 
+def outcomes_text(summary: RehearsalSummary) -> str:
+    """Outcome counts as people read them (and export parses them back):
+    ``outcomes recovered 19, rollback_failed 0, rollback_ineffective 1``."""
+    return "outcomes " + ", ".join(f"{k} {v}" for k, v in summary.outcomes.model_dump().items())
+
+
 def procedure_yaml(scenario: Scenario, plan: Plan, summary: RehearsalSummary,
-                   command: str) -> str:
-    proc = plan_to_procedure(scenario.procedure, plan)
+                   command: str, *, omitted: Mapping[str, str] | None = None,
+                   searched: bool = True) -> str:
+    """``procedure.yaml``: the plan as a procedure file, without the steps in ``omitted``
+    (name -> why it changes nothing), under a header saying where it came from and how it
+    did on the held-out incidents (``searched=False``: the configured procedure itself)."""
+    omitted = dict(omitted or {})
+    if searched:
+        proc = plan_to_procedure(scenario.procedure, plan, omit=omitted)
+        origin = f"# best static order and settings found by `{command}`\n"
+    else:
+        proc = plan_to_procedure(scenario.procedure, plan, omit=omitted,
+                                 name=scenario.procedure.name)
+        origin = (f"# the configured procedure as written, produced by `{command}` "
+                  f"(no static search ran)\n")
     d = summary.downtime_s
-    header = (f"# shadowrl optimized procedure '{proc.name}' for scenario '{scenario.name}'\n"
-              f"# best static order and settings found by `{command}`\n"
-              f"# held-out evaluation ({summary.runs} incidents): downtime mean "
-              f"{d.mean:.0f}s p95 {d.p95:.0f}s; outcomes {summary.outcomes.model_dump()}; "
+    header = (f"# shadowrl {'optimized ' if searched else ''}procedure '{proc.name}' for "
+              f"scenario '{scenario.name}'\n" + origin
+              + f"# held-out evaluation ({summary.runs} incidents): downtime mean "
+              f"{d.mean:.0f}s p95 {d.p95:.0f}s; {outcomes_text(summary)}; "
               f"error budget burn mean {summary.budget_burn.mean:.3%}\n"
-              f"# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
+              + "".join(f"# left out, changes nothing: {name} ({why})\n"
+                        for name, why in omitted.items())
+              + "# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
     body = yaml.safe_dump(procedure_file_data(proc, scenario.name), sort_keys=False,
                           default_flow_style=None)
     return header + body
 
 
+def noop_reasons(scenario: Scenario, plan: Plan) -> dict[str, str]:
+    """The plan's no-op steps (:func:`~shadowrl.rl.search.noop_steps`) and why each is one."""
+    out = {}
+    for name in noop_steps(scenario, plan):
+        step = scenario.procedure.step(name)
+        replicas = dict(plan)[name] or {}
+        out[name] = f"{step.target} already runs {replicas.get('replicas')} replicas there"
+    return out
+
+
 def describe_changes(configured: Plan, best: Plan, per_step: dict[str, tuple[float, float]],
-                     findings: list[dict[str, Any]]) -> list[str]:
-    """Plain-language differences between the configured plan and the optimized one."""
+                     findings: list[dict[str, Any]], *, procedure: Procedure | None = None,
+                     omitted: Mapping[str, str] | None = None) -> list[str]:
+    """Plain-language differences between the configured plan and the optimized one.
+
+    Steps in ``omitted`` (no-ops, name -> why) are reported as left out and otherwise not
+    compared; ``findings`` (the configured procedure's bottlenecks, ``bottlenecks.json``
+    shaped) say why, without their advice: advice belongs to the procedure it was made for.
+    Settings are spelled as the scenario format writes them.
+    """
+    omitted = dict(omitted or {})
+    actions = {s.name: s.action for s in procedure.steps} if procedure is not None else {}
     lines: list[str] = []
-    conf_order = [n for n, s in configured if s is not None]
-    best_order = [n for n, s in best if s is not None]
-    if conf_order != best_order:
-        lines.append(f"Order: {' -> '.join(conf_order)}  became  {' -> '.join(best_order)}.")
     conf = dict(configured)
+    kept = [n for n, s in best if s is not None and n not in omitted]
+    conf_order = [n for n, s in configured if s is not None and n in kept]
+    if conf_order != kept:
+        lines.append(f"Order: {' -> '.join(conf_order)}  became  {' -> '.join(kept)}.")
+    for name, why in omitted.items():
+        old = conf.get(name)
+        was = (f" (the configured procedure runs it with "
+               f"{describe_settings(old, actions.get(name))})" if old else "")
+        lines.append(f"`{name}` is left out: {why}, so it changes nothing{was}.")
     for name, settings in best:
         old = conf.get(name)
+        if name in omitted:
+            continue
         if settings is None and old is not None:
             lines.append(f"Skip optional step `{name}`.")
         elif settings is not None and old is not None:
-            changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            changed = [k for k, v in settings.items() if old.get(k) != v]
             if changed:
-                text = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
-                lines.append(f"`{name}`: {text}.")
-    for name, (before, after) in per_step.items():
-        if abs(before - after) >= 1.0:
-            lines.append(f"`{name}` causes {after:.0f}s of downtime on average instead of "
-                         f"{before:.0f}s.")
+                before = describe_settings({k: old.get(k) for k in changed}, actions.get(name))
+                after = describe_settings({k: settings[k] for k in changed}, actions.get(name))
+                lines.append(f"`{name}`: {before} -> {after}.")
+    for name, (before_s, after_s) in per_step.items():
+        if name not in omitted and abs(before_s - after_s) >= 1.0:
+            lines.append(f"`{name}` causes {after_s:.0f}s of downtime on average instead of "
+                         f"{before_s:.0f}s.")
     for f in findings[:3]:
         step = f" at `{f['step']}`" if f.get("step") else ""
-        lines.append(f"Bottleneck of the configured procedure: {f['kind']}{step} "
-                     f"({f['share_of_downtime']:.0%} of its downtime): {f['suggestion']}")
+        lines.append(f"Why: in the configured procedure, {f['kind']}{step} caused "
+                     f"{f['share_of_downtime']:.0%} of the downtime.")
     return lines
+
+
+def finding_lines(findings: Sequence[Mapping[str, Any]], limit: int = 5) -> list[str]:
+    """The top findings of ``bottlenecks.json`` as list items, with their advice."""
+    out = []
+    for f in findings[:limit]:
+        step = f" at `{f['step']}`" if f.get("step") else ""
+        runs = f["runs_affected"]["count"]
+        out.append(f"**{f['kind']}**{step} ({f['share_of_downtime']:.0%} of the downtime, "
+                   f"{runs} run{'s' if runs != 1 else ''}): {f['suggestion']}")
+    return out
 
 
 def cost_unit(objective: str) -> str:
@@ -205,7 +270,12 @@ def per_step_downtime(episodes: Sequence[Episode]) -> dict[str, float]:
 def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
                         changes: list[str], episodes: int, seed: int,
                         extra: dict[str, Any], objective: str = "budget",
-                        full_outage_penalty: float = 0.0) -> str:
+                        full_outage_penalty: float = 0.0, *,
+                        findings: Sequence[str] = (), described: str = "best_static",
+                        notes: Sequence[str] = ()) -> str:
+    """``comparison.md``: every method's numbers, then what ``procedure.yaml`` (the
+    ``described`` method's procedure) changes from the configured one and its remaining
+    bottlenecks (``findings``, already written as list items), then notes."""
     unit = cost_unit(objective)
     rows = ["| method | mean downtime (s) ± 95% CI | p95 downtime (s) | mean failed requests "
             f"± 95% CI | p95 failed requests | recovered | cost ({unit}) | time (s) |",
@@ -227,22 +297,25 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
         budget.append(f"| {name} | {bm:.3%} ± {bci:.3%} | {b.p50:.3%} | {b.p95:.3%} | "
                       f"{b.max:.3%} | {bad.mean:.0f} | {bad.p50:.0f} | {bad.p95:.0f} | "
                       f"{bad.max:.0f} | {r.summary.outage_s.mean:.1f} | {peak.max:.1%} |")
-    notes = []
+    lines: list[str] = []
     oracle = results["oracle"].info if "oracle" in results else None
     if isinstance(oracle, OracleInfo):
         rest = (f"; the others are the best found within {oracle.max_nodes} nodes"
                 if oracle.exact < episodes else "")
-        notes.append(f"The oracle searched each incident by branch and bound: {oracle.exact} of "
+        lines.append(f"The oracle searched each incident by branch and bound: {oracle.exact} of "
                      f"{episodes} searches finished (exact optimum){rest}.")
     if "rl" in results and "best_static" in results:
         rl, bs = results["rl"], results["best_static"]
         wins = int(np.sum(rl.costs < bs.costs - 1e-9))
         losses = int(np.sum(rl.costs > bs.costs + 1e-9))
-        notes.append(f"RL vs best_static per incident: RL better on {wins}, worse on {losses}, "
+        lines.append(f"RL vs best_static per incident: RL better on {wins}, worse on {losses}, "
                      f"equal on {episodes - wins - losses}.")
     for key, value in extra.items():
-        notes.append(f"{key}: {value}")
+        lines.append(f"{key}: {value}")
+    notes_all = [*lines, *notes]
     obj = scenario.slo.objective
+    what = ("the best static procedure" if described == "best_static"
+            else "the configured procedure")
     return (f"# Rollback optimization: {scenario.name}\n\n"
             f"Every method faced the same {episodes} held-out incidents (seeds {seed}.."
             f"{seed + episodes - 1}) and minimised the same objective. Downtime: seconds from "
@@ -255,9 +328,12 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
               f"from the breach to the end of verification. Full outage: seconds with the edge "
               f"error rate >= 99 %. Worst edge error rate: the highest over all incidents."
               f"\n\n" + "\n".join(budget) + "\n\n"
-            + ("## What changed from the configured procedure\n\n"
+            + (f"## What {what} (procedure.yaml) changes from the configured one\n\n"
                + "\n".join(f"- {c}" for c in changes) + "\n\n" if changes else "")
-            + ("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""))
+            + (f"## Bottlenecks of {what} (procedure.yaml, bottlenecks.json)\n\n"
+               + "\n".join(f"- {f}" for f in findings) + "\n\n" if findings else "")
+            + ("## Notes\n\n" + "\n".join(f"- {n}" for n in notes_all) + "\n"
+               if notes_all else ""))
 
 
 # --------------------------------------------------------------------------- the engine
@@ -280,6 +356,7 @@ class OptimizeOptions:
     vec_env_factory: Callable[..., Any] | None = None  # e.g. Ray replicas for training
     objective: str = "budget"  # budget | downtime: what every method minimises
     full_outage_penalty: float = 0.0  # extra cost per second of full outage
+    notes: tuple[str, ...] = ()  # added to comparison.md's notes (e.g. what a caller registers)
 
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, label)
@@ -302,18 +379,27 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
 
     log("evaluating the configured procedure")
     results["configured"] = measure(env, configured_policy(env), n, s0, tick("configured"), rep)
-    report = analyze(scenario, [e.rehearsal for e in results["configured"].episodes])
-    bottlenecks = report.to_json()
-    atomic_write_json(out_dir / "bottlenecks.json", bottlenecks)
+    configured_report = analyze(scenario, [e.rehearsal for e in results["configured"].episodes])
     if "random" in methods:
         results["random"] = measure(env, RandomPolicy(opts.seed), n, s0, tick("random"), rep)
     if "greedy" in methods:
         results["greedy"] = measure(env, GreedyPolicy(), n, s0, tick("greedy"), rep)
     best_plan: Plan = configured_plan(scenario.procedure)
+    search: _Search | None = None
+    omitted: dict[str, str] = {}
     if "best_static" in methods:
         log("searching the best static procedure")
-        results["best_static"], best_plan = _best_static(env, opts, tick("best_static"),
-                                                         progress)
+        search = _best_static(env, opts, tick("best_static"), progress)
+        log("measuring the bottleneck advice against the best static procedure")
+        bottlenecks = _advised(env, opts, search, tick("best_static"))
+        assert search.result is not None
+        results["best_static"], best_plan, omitted = search.result, search.plan, search.omitted
+    else:  # procedure.yaml is the configured procedure: so is what the advice describes
+        bottlenecks = analyze(scenario, [e.rehearsal for e in results["configured"].episodes],
+                              procedure=plan_to_procedure(scenario.procedure, best_plan,
+                                                          name=scenario.procedure.name)
+                              ).to_json()
+        bottlenecks["method"] = "configured"
     policy_path = out_dir / "policy.zip"
     if "rl" in methods:
         results["rl"] = _rl(env, opts, out_dir, tick("rl"), log, progress is not None)
@@ -324,15 +410,23 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
             incumbents.append(best_plan)
         results["oracle"] = _oracle(env, opts, incumbents, tick("oracle"))
 
+    described = "best_static" if search is not None else "configured"
+    atomic_write_json(out_dir / "bottlenecks.json", bottlenecks)
     changes = describe_changes(configured_plan(scenario.procedure), best_plan,
                                _per_step_change(scenario, results),
-                               bottlenecks.get("findings", []))
+                               configured_report.to_json()["findings"],
+                               procedure=scenario.procedure, omitted=omitted)
+    if search is not None:
+        changes += [f"Adopted from the bottleneck advice on {a}." for a in search.adopted]
     summaries = {name: r.summary for name, r in results.items()}
     procedure_file = out_dir / "procedure.yaml"
     atomic_write_text(procedure_file, procedure_yaml(
-        scenario, best_plan, summaries.get("best_static", summaries["configured"]), command))
+        scenario, best_plan, summaries[described], command, omitted=omitted,
+        searched=search is not None))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(
-        scenario, results, changes, n, s0, {}, opts.objective, opts.full_outage_penalty))
+        scenario, results, changes, n, s0, {}, opts.objective, opts.full_outage_penalty,
+        findings=finding_lines(bottlenecks["findings"]), described=described,
+        notes=opts.notes))
     episodes_file = out_dir / "episodes.json"
     atomic_write_json(episodes_file, {
         "scenario": scenario.name, "eval_seed": s0, "episodes": n, "objective": opts.objective,
@@ -360,8 +454,29 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     return out
 
 
+ADVICE_ROUNDS = 3  # times the advice may improve the searched plan before it is final
+
+
+@dataclass
+class _Search:
+    """The best static search: the plan found (and its cost on the search incidents), the
+    search incidents, the plan's no-op steps (left out of procedure.yaml), its held-out
+    result, and the bottleneck advice adopted into it."""
+
+    plan: Plan
+    train_cost: float
+    train_seeds: list[int]
+    method: str
+    evaluated: int
+    search_s: float
+    advice_plans: int = 0  # plans measured to check the advice (not part of the search)
+    omitted: dict[str, str] = field(default_factory=dict)
+    result: MethodResult | None = None
+    adopted: list[str] = field(default_factory=list)
+
+
 def _best_static(env: RollbackEnv, opts: OptimizeOptions, tick: Callable[[int], None],
-                 progress: ProgressFn | None) -> tuple[MethodResult, Plan]:
+                 progress: ProgressFn | None) -> _Search:
     """Search the best static plan on training incidents, then measure it held out."""
     train_seeds = [TRAIN_SEED_BASE + opts.seed * 10_000 + k
                    for k in range(opts.search_incidents)]
@@ -369,13 +484,158 @@ def _best_static(env: RollbackEnv, opts: OptimizeOptions, tick: Callable[[int], 
     found = best_static(env, train_seeds, trials=opts.search_trials, seed=opts.seed,
                         on_trial=(lambda i, total: progress(i, total, "best_static search"))
                         if progress else None)
-    search_s = time.perf_counter() - start
-    res = measure(env, StaticPolicy(found.plan, name="best_static"), opts.episodes,
+    search = _Search(found.plan, found.train_cost, train_seeds, found.method, found.evaluated,
+                     time.perf_counter() - start)
+    _measure_search(env, opts, search, tick)
+    return search
+
+
+def _measure_search(env: RollbackEnv, opts: OptimizeOptions, search: _Search,
+                    tick: Callable[[int], None]) -> None:
+    """Measure the searched plan on the held-out incidents as ``procedure.yaml`` has it:
+    without its no-op steps."""
+    search.omitted = noop_reasons(env.scenario, search.plan)
+    measured_env, plan = env, search.plan
+    if search.omitted:
+        proc = plan_to_procedure(env.scenario.procedure, search.plan, omit=search.omitted)
+        measured_env = RollbackEnv(env.scenario, procedure=proc, **objective_kwargs(env))
+        plan = configured_plan(proc)
+    res = measure(measured_env, StaticPolicy(plan, name="best_static"), opts.episodes,
                   opts.eval_seed, tick, opts.replicas)
-    res.train_s = search_s
-    res.info = SearchInfo(train_s=search_s, search=found.method, plans=found.evaluated,
-                          train_cost=found.train_cost)
-    return res, found.plan
+    res.train_s = search.search_s
+    res.info = SearchInfo(train_s=search.search_s, search=search.method,
+                          plans=search.evaluated, train_cost=search.train_cost,
+                          advice_plans=search.advice_plans)
+    search.result = res
+
+
+def _advised(env: RollbackEnv, opts: OptimizeOptions, search: _Search,
+             tick: Callable[[int], None]) -> dict[str, Any]:
+    """``bottlenecks.json`` for the searched procedure, its advice measured against it.
+
+    The analysis reads the held-out rehearsals of procedure.yaml; each finding's proposal is
+    applied to the plan and measured on the search incidents (:func:`check_advice`). When
+    one is cheaper there, the search missed it: the plan takes the cheapest, is measured
+    again, and the advice is analysed again (at most :data:`ADVICE_ROUNDS` times), so what
+    stands beside procedure.yaml is advice about procedure.yaml that it already follows or
+    that the measurement rejected.
+    """
+    from shadowrl.analysis.bottlenecks import analyze
+
+    for round_ in range(ADVICE_ROUNDS + 1):
+        assert search.result is not None
+        # left-out no-op steps stay in the analysed procedure (never run: 0 runs), still
+        # among the choices advice may use ("scale web to 12 (scale-web) first")
+        analysed = plan_to_procedure(env.scenario.procedure, search.plan)
+        doc = analyze(env.scenario, [e.rehearsal for e in search.result.episodes],
+                      procedure=analysed).to_json()
+        doc["method"] = "best_static"
+        better = check_advice(env, search, doc["findings"], opts.objective)
+        if better is None or round_ == ADVICE_ROUNDS:
+            assert isinstance(search.result.info, SearchInfo)
+            search.result.info.advice_plans = search.advice_plans
+            return doc
+        finding, plan, cost = better
+        where = f" at `{finding['step']}`" if finding.get("step") else ""
+        search.adopted.append(
+            f"{finding['kind']}{where}: {_cost_text(cost, opts.objective)} instead of "
+            f"{_cost_text(search.train_cost, opts.objective)} on the "
+            f"{len(search.train_seeds)} search incidents")
+        search.plan, search.train_cost = plan, cost
+        search.method = search.method if search.method.endswith("+advice") else \
+            search.method + "+advice"
+        _measure_search(env, opts, search, tick)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns
+
+
+def apply_proposal(procedure: Procedure, plan: Plan,
+                   proposal: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None]] | None:
+    """``plan`` changed as a bottleneck finding's ``proposal`` says (settings, steps to skip,
+    steps to run earlier); None when it cannot be applied (an unknown step, a required step
+    to skip, an order its ``after`` forbids) or changes nothing."""
+    out = [(name, dict(settings) if settings is not None else None) for name, settings in plan]
+    names = [name for name, _ in out]
+    for name in proposal.get("skip") or ():
+        if name not in names or not procedure.step(name).optional:
+            return None
+        out[names.index(name)] = (name, None)
+    for name, values in (proposal.get("settings") or {}).items():
+        if name not in names:
+            return None
+        k = names.index(name)
+        current = out[k][1]
+        merged = {**(current if current is not None else procedure.step(name)
+                     .default_settings()), **values}
+        out[k] = (name, merged)
+    for first, second in proposal.get("before") or ():
+        order = [name for name, _ in out]
+        if first not in order or second not in order:
+            return None
+        i, j = order.index(first), order.index(second)
+        if i > j:
+            out.insert(j, out.pop(i))
+    try:
+        validate_plan(procedure, out)
+    except ValueError:
+        return None
+    same = [(n, s) for n, s in out] == [(n, s) for n, s in plan]
+    return None if same else out
+
+
+def _cost_text(cost: float, objective: str) -> str:
+    return f"{cost:.3f} % of the error budget" if objective == "budget" else f"{cost:.3f} min"
+
+
+def check_advice(env: RollbackEnv, search: _Search, findings: list[dict[str, Any]],
+                 objective: str) -> tuple[dict[str, Any], Plan, float] | None:
+    """Measure each finding's proposed change to the best static plan on the search
+    incidents, and say in its suggestion (and ``checked``) whether it is better. Returns
+    the finding whose change is cheapest there, its plan and cost, when one beats the plan.
+
+    The capacity model behind the advice is a rule of thumb (utilisation under 0.8); the
+    search measured the objective. A change it would not adopt is marked as such instead of
+    standing beside procedure.yaml as if procedure.yaml were wrong.
+    """
+    n = len(search.train_seeds)
+    best: tuple[dict[str, Any], Plan, float] | None = None
+    for f in findings:
+        plan = apply_proposal(env.procedure, search.plan, f.get("proposal") or {})
+        if plan is None:
+            continue
+        cost = plan_cost(env, plan, search.train_seeds, env.deviation)
+        search.advice_plans += 1
+        better = cost < search.train_cost - 1e-9
+        if better and (best is None or cost < best[2]):
+            best = (f, plan, cost)
+        f["checked"] = {"incidents": n, "cost": round(cost, 6),
+                        "procedure_cost": round(search.train_cost, 6), "better": better}
+        measured = (f"on the optimizer's {n} search incidents it costs "
+                    f"{_cost_text(cost, objective)} against "
+                    f"{_cost_text(search.train_cost, objective)}")
+        if better:
+            f["suggestion"] += (f" Measured: {measured} for procedure.yaml, which the search "
+                                f"missed; rehearse it (shadowrl rehearse --procedure) before "
+                                f"adopting it.")
+        else:
+            f["suggestion"] += (f" Not adopted: {measured} for procedure.yaml as it is"
+                                f"{_as_it_is(env.procedure, search.plan, f['proposal'])}.")
+    return best
+
+
+def _as_it_is(procedure: Procedure, plan: Plan, proposal: Mapping[str, Any]) -> str:
+    """What procedure.yaml does instead of the proposal's settings, as a user writes it."""
+    settings = dict(plan)
+    parts = []
+    for name, values in (proposal.get("settings") or {}).items():
+        current = settings.get(name)
+        if current is None:
+            parts.append(f"{name} skipped")
+            continue
+        keys = [k for k in values if k in current]
+        if keys:
+            text = describe_settings({k: current[k] for k in keys}, procedure.step(name).action)
+            parts.append(f"{name} {text}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[int], None],

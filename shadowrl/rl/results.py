@@ -7,12 +7,17 @@ from shadowrl.analysis.summary import EvaluationSummary, ResultModel
 
 
 class SearchInfo(ResultModel):
-    """How the best static procedure was found."""
+    """How the best static procedure was found: the search (``+advice`` when a change the
+    bottleneck advice proposed measured better and was adopted), the plans it evaluated
+    (at most ``--trials``), their best cost on the search incidents, and the plans measured
+    to check the bottleneck advice (outside that budget)."""
 
+    omit_when_empty = frozenset({"advice_plans"})
     train_s: float
-    search: str  # exhaustive | optuna, maybe +local
+    search: str  # exhaustive | optuna, maybe +local, maybe +advice
     plans: int
     train_cost: float
+    advice_plans: int = 0
 
 
 class RlInfo(ResultModel):

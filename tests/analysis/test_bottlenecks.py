@@ -204,11 +204,19 @@ def test_batch_of_every_replica_is_capacity_loss(checkout: Scenario) -> None:
     # from scale-web and a batch that leaves headroom
     assert "run revert-web with batch 1 and surge 3" in f.suggestion
     assert "under utilisation 0.8" in f.suggestion
+    # the proposal is the same change, in a form a plan takes
+    assert f.proposal.settings == {"revert-web": {"batch": 1, "surge": 3, "drain": 10.0}}
+    assert "drain 10s" in f.suggestion
+    assert f.proposal.before == [] and f.proposal.skip == []
     no_surge = checkout.model_copy(deep=True)
     for step in no_surge.procedure.steps:
         step.settings.pop("surge", None)
     g = finding(analyze(no_surge, runs(checkout, plan)), "capacity_loss", "revert-web")
     assert "scale web to 12 (scale-web) before revert-web" in g.suggestion
+    assert g.proposal.settings["scale-web"] == {"replicas": 12}
+    assert ("scale-web", "revert-web") in g.proposal.before
+    batch = g.proposal.settings["revert-web"].get("batch", 6)  # only what changes
+    assert f"run revert-web with batch {batch}" in g.suggestion
     # the same cause without a profile is still found, from errors_by_source alone
     bare = analyze(checkout, runs(checkout, plan))
     assert finding(bare, "capacity_loss", "revert-web").share_of_downtime == pytest.approx(
@@ -256,8 +264,11 @@ def test_short_drain_is_dropped_requests_with_a_longer_drain_among_the_choices(
     assert web.evidence["drain_s"] == 0.0 and web.evidence["inflight_time_s"] == 5.0
     assert web.evidence["mean_dropped_failed_requests"] > 0
     assert "use drain 10s (>= inflight_time 5s)" in web.suggestion
+    assert web.proposal.settings == {"revert-web": {"drain": 10.0}}
     orders = finding(report, "dropped_requests", "revert-orders")  # 10s < 15s: 30s is enough
     assert "use drain 30s (>= inflight_time 15s)" in orders.suggestion
+    assert orders.proposal.settings == {"revert-orders": {"drain": 30.0}}
+    assert "10s drain, shorter than" in orders.suggestion  # spelled as the YAML spells it
     # the default 30s drains drop nothing
     assert not analyze(checkout, runs(checkout)).by_kind("dropped_requests")
 
@@ -271,6 +282,9 @@ def test_offline_migrate_down_is_write_lock(tmp_path: Path) -> None:
     assert f.evidence["settings"] == {"online": False}
     assert f.evidence["mean_write_lock_failed_requests"] > 100
     assert "online: true" in f.suggestion
+    assert f.proposal.settings == {"migrate-db-down": {"online": True}}
+    assert f.to_json()["proposal"] == {"settings": {"migrate-db-down": {"online": True}},
+                                       "skip": [], "before": []}
     assert not report.by_kind("compatibility_window")
     online = analyze(sc, runs(sc, [("revert-app", {"batch": 1, "drain": 1.0}),
                                    ("migrate-db-down", {"online": True})]))
@@ -362,6 +376,7 @@ def test_load_above_capacity_after_a_scale_down_is_overload(tmp_path: Path) -> N
     assert f.evidence["busiest_component"] == "app"
     assert f.evidence["mean_est_utilisation"] > 1
     assert "scale app to 4 (scale-app)" in f.suggestion
+    assert f.proposal.settings == {"scale-app": {"replicas": 4}}
     # the rollback batch on the 2 remaining replicas is a capacity loss of its own
     finding(report, "capacity_loss", "revert-app")
 
@@ -374,6 +389,7 @@ def test_dominating_batch_1_rollout_is_slow_step() -> None:
     assert (f.kind, f.step) == ("slow_step", "revert-app")
     assert f.evidence["mean_share_of_rollback_time"] > 0.5
     assert "batch 4" in f.suggestion and "under utilisation 0.8" in f.suggestion
+    assert f.proposal.settings["revert-app"]["batch"] == 4
 
 
 # --------------------------------------------------------------------------- report
@@ -394,7 +410,11 @@ def test_checkout_configured_report(checkout: Scenario) -> None:
     assert doc["runs"] == 8 and doc["scenario"] == "checkout"
     assert set(doc["findings"][0]) == {"kind", "step", "share_of_downtime",
                                        "share_of_failed_requests", "runs_affected",
-                                       "evidence", "suggestion"}
+                                       "evidence", "suggestion", "proposal"}
+    for f in doc["findings"]:  # a proposal names only the procedure's steps
+        names_in = set(f["proposal"]["settings"]) | set(f["proposal"]["skip"]) | {
+            n for pair in f["proposal"]["before"] for n in pair}
+        assert names_in <= names
     assert set(doc["findings"][0]["runs_affected"]) == {"count", "fraction"}
     md = report.to_markdown()
     assert md.startswith("## Bottlenecks")

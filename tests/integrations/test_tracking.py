@@ -4,7 +4,11 @@ copy of one made per session) and a real ``mlflow server`` process."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +161,12 @@ def test_training_logs_metrics_at_timesteps(mlflow_store, tmp_path) -> None:
     assert all(m.value >= 1 for m in episodes)
     ev = client.get_metric_history(run_id, "eval_mean_cost")
     assert [(m.step, m.value) for m in ev] == [(256, result.eval_history[-1]["mean_cost"])]
-    assert "eval_timesteps" not in client.get_run(run_id).data.metrics
+    data = client.get_run(run_id).data
+    assert "eval_timesteps" not in data.metrics
+    # the episodes per evaluation are the same every time: a param, logged once
+    assert "eval_episodes" not in data.metrics and data.params["eval_episodes"] == "3"
+    tracking.log_eval_history(result.eval_history, run_id)  # again: no conflict, no change
+    assert client.get_run(run_id).data.params["eval_episodes"] == "3"
 
 
 def test_callback_needs_a_run(tmp_path) -> None:
@@ -330,7 +339,12 @@ def test_log_holdout_writes_metrics_and_per_seed_results(mlflow_store, policy_zi
     episodes = evaluate(env, load_policy(policy_zip), 3, SEED)
     with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as run:
         values = tracking.log_holdout(episodes, SEED)
-    metrics = mlflow_store.client.get_run(run.info.run_id).data.metrics
+    data = mlflow_store.client.get_run(run.info.run_id).data
+    metrics = data.metrics
+    # which incidents: constants of the run, params rather than metrics
+    assert data.params["eval_holdout_seed"] == str(SEED)
+    assert data.params["eval_holdout_episodes"] == "3"
+    assert not {"eval_holdout_seed", "eval_holdout_episodes"} & set(metrics)
     for key in ("bad_requests", "budget_burn"):
         for q in ("mean", "p50", "p95", "max"):
             assert metrics[f"eval_holdout_{key}_{q}"] == pytest.approx(
@@ -362,6 +376,79 @@ def test_load_registered_policy(mlflow_store, policy_zip) -> None:
         tracking.load_registered_policy("models:/nobody@champion")
     with pytest.raises(ValueError, match="models:/NAME@ALIAS"):
         tracking.load_registered_policy(f"models:/{name}")
+
+
+def test_dead_server_fails_in_seconds_with_a_clear_message(dead_url, monkeypatch) -> None:
+    """One request without retries, not MLflow's 7 retries with backoff (about 250 s)."""
+    server = dead_url.rsplit("/", 1)[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    retries = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                              "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    assert retries["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] is not None  # bounded on import
+    for call in (lambda: tracking.configure(server),
+                 lambda: tracking.load_registered_policy("models:/x@champion")):
+        start = time.monotonic()
+        with pytest.raises(tracking.TrackingUnavailable) as info:
+            call()
+        assert time.monotonic() - start < 10
+        message = str(info.value)
+        assert f"MLflow tracking server {server} does not answer (connection refused)" in message
+        assert "--tracking-uri" in message and "MLFLOW_TRACKING_URI" in message
+    # the probe's own settings (no retry, a short timeout) do not outlive it
+    assert {k: os.environ.get(k) for k in retries} == retries
+
+
+def test_a_server_that_never_answers_times_out(monkeypatch) -> None:
+    """A listening socket that accepts nothing: the probe's timeout, then the message."""
+    monkeypatch.setattr(tracking, "PROBE_TIMEOUT_S", 1)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        server = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(tracking.TrackingUnavailable, match="does not answer"):
+            tracking.configure(server)
+        assert time.monotonic() - start < 10
+
+
+def test_stale_runs_of_dead_processes_are_failed(mlflow_store) -> None:
+    client = mlflow_store.client
+    exp = mlflow_store.experiment_id
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid names no process now
+    me = tracking.process_tags()
+    host = me["shadowrl.host"]
+
+    def running(tags: dict[str, str]) -> str:
+        return client.create_run(exp, tags=tags).info.run_id
+
+    dead = running({"shadowrl.pid": str(gone.pid), "shadowrl.host": host})
+    alive = running(me)
+    reused = running({**me, "shadowrl.process_start": "1"})  # our pid, another process
+    elsewhere = running({"shadowrl.pid": str(gone.pid), "shadowrl.host": host + "-other"})
+    untagged = running({})
+    finished = running({"shadowrl.pid": str(gone.pid), "shadowrl.host": host})
+    client.set_terminated(finished, "FINISHED")
+
+    marked = tracking.fail_stale_runs(exp, client)
+    assert sorted(marked) == sorted([dead, reused])
+    status = {r: client.get_run(r).info.status for r in (dead, alive, reused, elsewhere,
+                                                         untagged, finished)}
+    assert status == {dead: "FAILED", alive: "RUNNING", reused: "FAILED",
+                      elsewhere: "RUNNING", untagged: "RUNNING", finished: "FINISHED"}
+    assert f"process {gone.pid} on {host} ended" in client.get_run(dead).data.tags[
+        "shadowrl.failure"]
+    assert tracking.fail_stale_runs(exp, client) == []  # nothing left to mark
+
+
+def test_end_run_records_the_status_and_why(mlflow_store) -> None:
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as run:
+        tracking.end_run("KILLED", "stopped by SIGTERM in process 1")
+    assert mlflow.active_run() is None
+    got = mlflow_store.client.get_run(run.info.run_id)
+    assert got.info.status == "KILLED"
+    assert got.data.tags["shadowrl.failure"] == "stopped by SIGTERM in process 1"
+    tracking.end_run("FAILED")  # no active run: nothing to do
 
 
 def test_missing_store_is_an_error(tmp_path, monkeypatch) -> None:
@@ -486,6 +573,15 @@ def test_load_export_source(mlflow_store, policy_zip, tmp_path) -> None:
                               "outcomes": {"recovered": 2}}
     assert client.get_run(plain.info.run_id).data.tags["shadowrl.scenario_hash"] == \
         tracking.scenario_hash(CHECKOUT)
+
+    # today's runs: the incidents as params
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as params_run:
+        mlflow.log_metrics({"eval_holdout_downtime_mean": 88.0,
+                            "eval_holdout_recovered_rate": 0.75})
+        mlflow.log_params(tracking.holdout_params(SEED, 4))
+        tracking.log_run_files(CHECKOUT, _procedure_file(tmp_path, header=False))
+    assert tracking.load_export_source(params_run.info.run_id).evaluation == {
+        "downtime_s": {"mean": 88.0}, "runs": 4, "outcomes": {"recovered": 3}}
 
     with mlflow.start_run(experiment_id=mlflow_store.experiment_id) as empty:
         pass
