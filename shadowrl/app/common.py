@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from shadowrl.app.errors import UsageError
-from shadowrl.core.spec import Procedure, Scenario, load_procedure
+from shadowrl.core.spec import (
+    CsvPattern,
+    Problem,
+    Procedure,
+    Scenario,
+    SpecError,
+    data_files,
+    load_procedure,
+    scenario_problem,
+)
 from shadowrl.rehearsal.deviation import HistoryModel
 
 ProgressFn = Callable[[int, int, str], None]
@@ -30,8 +39,40 @@ def check_objective(objective: str) -> None:
 
 
 def procedure_for(path: Path | None, scenario: Scenario) -> Procedure:
-    """The procedure in ``path`` (checked against ``scenario``), else the scenario's own."""
+    """The procedure in ``path`` (checked against ``scenario``), else the scenario's own.
+
+    ``path`` is a procedure file or a scenario file, whose ``procedure:`` is then used (the
+    loader accepts both, so ``--procedure envs/checkout.yaml`` rehearses checkout's runbook)."""
     return scenario.procedure if path is None else load_procedure(path, scenario)
+
+
+def data_file_problems(scenario: Scenario) -> list[Problem]:
+    """The problems of the data files a loaded scenario names (CSV traffic pattern,
+    ``deviations.history``), read as the simulator and ``rehearse`` read them, each on the
+    line of the field naming the file. (That they exist is checked by the loader.)"""
+    from shadowrl.traffic.history import HistoryError, load_pattern, load_series
+
+    problems: list[Problem] = []
+    pattern = scenario.deployment.traffic.pattern
+    history = scenario.deviations.history
+    for field_path, path in data_files(scenario):
+        try:
+            if field_path[0] == "deployment" and isinstance(pattern, CsvPattern):
+                load_pattern(load_series(path, "csv", column=pattern.column))
+            elif history is not None:
+                load_series(path, history.format, column=history.column)
+        except HistoryError as exc:
+            problems += scenario_problem(scenario, field_path, str(exc)).problems
+    return problems
+
+
+def check_data_files(scenario: Scenario) -> None:
+    """Raise :class:`SpecError` for the first unusable data file (see
+    :func:`data_file_problems`): a use case about to simulate fails on its input, with
+    file:line, rather than part-way."""
+    problems = data_file_problems(scenario)
+    if problems:
+        raise SpecError(problems)
 
 
 def history_for(path: Path | None, scenario: Scenario) -> HistoryModel | None:

@@ -36,7 +36,12 @@ class EvaluateRequest(BaseModel):
 
 
 def resolve_policy(spec: str, scenario: Scenario) -> tuple[Any, Procedure | None]:
-    """The policy ``spec`` names, and the procedure it brings (a procedure file's)."""
+    """The policy ``spec`` names, and the procedure it brings (a procedure file's).
+
+    A YAML file is a procedure file or a scenario file; either way the policy runs its
+    procedure as configured (a scenario file's is its ``procedure:``, so ``--policy
+    envs/checkout.yaml`` on checkout is ``--policy configured``), checked against ``scenario``
+    with file:line errors."""
     from shadowrl.rl.search import BUILTIN_POLICIES, builtin_policy
 
     if spec in BUILTIN_POLICIES:

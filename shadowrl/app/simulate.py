@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from shadowrl.app.common import procedure_for
+from shadowrl.app.common import check_data_files, procedure_for
 from shadowrl.app.errors import UsageError
 from shadowrl.app.models import RehearsalResult
 from shadowrl.core.errors import NoBreachError
@@ -17,16 +17,19 @@ class SimulateRequest(BaseModel):
     file: Path
     incident: str | None = None  # default: drawn by weight
     seed: int = 0  # same seed, same incident and same timings
-    procedure: Path | None = None  # a file with a `procedure:` block; default: the scenario's
+    # a procedure file, or a scenario file whose procedure is used; default: the scenario's
+    procedure: Path | None = None
 
 
 def simulate(request: SimulateRequest) -> RehearsalResult:
-    """Raises SpecError for a bad scenario or procedure file, UsageError for an unknown
-    incident or a scenario whose incidents never breach."""
+    """Raises SpecError for a bad scenario, procedure or data file (or a scenario beyond the
+    simulator's limits), UsageError for an unknown incident or a scenario whose incidents
+    never breach."""
     from shadowrl.rehearsal.runner import rehearse
 
     sc = load_scenario(request.file)
     proc = procedure_for(request.procedure, sc)
+    check_data_files(sc)
     known = [i.name for i in sc.incidents]
     if request.incident is not None and request.incident not in known:
         raise UsageError(f"{request.file}: unknown incident '{request.incident}' (known: "

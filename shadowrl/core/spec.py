@@ -8,7 +8,9 @@ file, the line and the field path, e.g.
 from __future__ import annotations
 
 import math
+import os
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,33 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_FILE_BYTES = 8 * 2**20
 MAX_NODES = 200_000
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")  # used with fullmatch: no trailing "\n"
+MAX_NAME_LENGTH = 63  # a Kubernetes label value: names end up in exported commands
+
+# Bounds of the format (docs/scenario-format.md, Bounds). They keep every valid scenario's
+# rehearsal small: the simulator integrates from launch to the end of verification, so each
+# duration is time it simulates, and each count or rate a number its physics must stay
+# finite with.
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+MAX_RATE = 10_000_000.0  # requests/s (traffic, service capacity) or queries/s (datastore)
+MAX_REPLICAS = 10_000  # a service's replicas, max_surge, and scale/batch/surge settings
+MAX_CONCURRENCY = 1_000_000
+MAX_LATENCY_S = MINUTE  # a component's own mean service time
+MAX_STARTUP_S = HOUR  # startup, inflight_time and a rollout's drain
+MAX_SLOW_S = DAY  # anything else that takes time: migrations, warm-up, waits, commands
+MAX_ONSET_S = 6 * HOUR  # the shadow runs from launch to the onset, up to 25 redraws
+MAX_RAMP_S = 6 * HOUR  # ramps are integrated in 5 s quanta
+MAX_VERIFY_S = DAY  # verify.hold and verify.timeout, step timeouts, rule `for`
+MAX_WINDOW_S = 366 * DAY  # the error budget's window
+MIN_INTERVAL_S = 0.001  # slo.interval: ticks are counted in floating point
+MAX_INTERVAL_S = HOUR
+MAX_ONLINE_FACTOR = 100.0
+MAX_WEIGHT = 1_000_000.0
+MAX_EFFECT = 1_000_000.0  # |add| (ms of latency, shares) and factor
+MAX_MAGNITUDE = 100.0
+MAX_LOAD = 100.0
+MAX_COMPONENTS = 50  # services, datastores and caches, each: a breach search that
+# never breaches simulates 25 draws of the whole deployment
+MAX_ITEMS = 200  # rules, incidents, effects, steps, calls, flags, choices, ...
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -73,7 +102,11 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 def _check_name(value: str) -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ValueError(f"invalid name {value!r}: use lowercase letters, digits and '-'")
+        shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "..."
+        raise ValueError(f"invalid name {shown!r}: use lowercase letters, digits and '-'")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"name too long ({len(value)} characters; at most "
+                         f"{MAX_NAME_LENGTH})")
     return value
 
 
@@ -81,10 +114,11 @@ Name = Annotated[str, BeforeValidator(_check_name)]
 
 
 class Strict(BaseModel):
-    """Base for all scenario models: unknown keys are errors, aliases accepted."""
+    """Base for all scenario models: unknown keys are errors. Fields are read by their YAML
+    names only (``for``, ``schema``, ``apiVersion``): accepting the Python names too would
+    let ``for_:`` validate in a file."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- deployment
@@ -96,7 +130,7 @@ class CsvPattern(Strict):
 
 
 class Traffic(Strict):
-    rps: float = Field(gt=0)
+    rps: float = Field(gt=0, le=MAX_RATE)
     write_fraction: float = Field(default=0.1, ge=0, le=1)
     pattern: Literal["constant", "diurnal"] | CsvPattern = "constant"
 
@@ -109,43 +143,43 @@ class Versioned(Strict):
 class Service(Strict):
     name: Name
     edge: bool = False
-    replicas: int = Field(ge=1, le=10_000)
-    capacity_rps: float = Field(gt=0)
-    latency: Duration = 0.02
+    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+    capacity_rps: float = Field(gt=0, le=MAX_RATE)
+    latency: Duration = Field(default=0.02, le=MAX_LATENCY_S)
     concurrency: int | None = Field(
-        default=None, ge=1, le=1_000_000,
+        default=None, ge=1, le=MAX_CONCURRENCY,
         description="Requests one replica serves at once; default ceil(capacity_rps x "
                     "latency), at least 1.",
     )
-    startup: Duration = 20.0
+    startup: Duration = Field(default=20.0, le=MAX_STARTUP_S)
     inflight_time: Duration = Field(
-        default=10.0,
+        default=10.0, le=MAX_STARTUP_S,
         description="How long in-flight requests need to finish; a shorter drain drops some.",
     )
     max_surge: int = Field(
-        default=0, ge=0, le=10_000,
+        default=0, ge=0, le=MAX_REPLICAS,
         description="Extra replicas a rollout may start beside the current ones (room for "
                     "maxSurge); 0: none.",
     )
-    calls: list[Name] = Field(default_factory=list)
+    calls: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
     version: Versioned | None = None
     config: Versioned | None = None
-    flags: list[Name] = Field(default_factory=list)
+    flags: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
 
 
 class Migration(Strict):
-    duration: Duration
-    online_factor: float = Field(default=4.0, ge=1)
+    duration: Duration = Field(le=MAX_SLOW_S)
+    online_factor: float = Field(default=4.0, ge=1, le=MAX_ONLINE_FACTOR)
     reversible: bool = True
     backward_compatible: bool = True
 
 
 class Datastore(Strict):
     name: Name
-    capacity_qps: float = Field(gt=0)
-    latency: Duration = 0.005
+    capacity_qps: float = Field(gt=0, le=MAX_RATE)
+    latency: Duration = Field(default=0.005, le=MAX_LATENCY_S)
     concurrency: int | None = Field(
-        default=None, ge=1, le=1_000_000,
+        default=None, ge=1, le=MAX_CONCURRENCY,
         description="Queries the store serves at once; default ceil(capacity_qps x latency), "
                     "at least 1.",
     )
@@ -156,19 +190,19 @@ class Datastore(Strict):
 class Cache(Strict):
     name: Name
     hit_ratio: float = Field(ge=0, le=1)
-    warmup: Duration = 120.0
-    latency: Duration = 0.001
+    warmup: Duration = Field(default=120.0, le=MAX_SLOW_S)
+    latency: Duration = Field(default=0.001, le=MAX_LATENCY_S)
     fronts: list[Name] | None = Field(
-        default=None,
+        default=None, max_length=MAX_ITEMS,
         description="Datastores this cache sits in front of; default: those its callers call.",
     )
 
 
 class Deployment(Strict):
     traffic: Traffic
-    services: list[Service] = Field(min_length=1)
-    datastores: list[Datastore] = Field(default_factory=list)
-    caches: list[Cache] = Field(default_factory=list)
+    services: list[Service] = Field(min_length=1, max_length=MAX_COMPONENTS)
+    datastores: list[Datastore] = Field(default_factory=list, max_length=MAX_COMPONENTS)
+    caches: list[Cache] = Field(default_factory=list, max_length=MAX_COMPONENTS)
 
 
 # --------------------------------------------------------------------------- SLO
@@ -180,7 +214,7 @@ class Rule(Strict):
     scope: str = "edge"
     above: float | None = None
     below: float | None = None
-    for_: Duration = Field(default=0.0, alias="for")
+    for_: Duration = Field(default=0.0, alias="for", le=MAX_VERIFY_S)
 
     @model_validator(mode="after")
     def _one_bound(self) -> Rule:
@@ -199,13 +233,13 @@ class Objective(Strict):
     ``latency_threshold``; ``1 - target`` of the window's requests may be bad."""
 
     target: float = Field(default=0.999, gt=0, lt=1)
-    window: Duration = Field(default=30 * 86400.0, gt=0)
-    latency_threshold: Duration | None = Field(default=None, gt=0)
+    window: Duration = Field(default=30 * 86400.0, gt=0, le=MAX_WINDOW_S)
+    latency_threshold: Duration | None = Field(default=None, gt=0, le=HOUR)
 
 
 class Slo(Strict):
-    interval: Duration = Field(default=10.0, gt=0)
-    rules: list[Rule] = Field(min_length=1)
+    interval: Duration = Field(default=10.0, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
+    rules: list[Rule] = Field(min_length=1, max_length=MAX_ITEMS)
     objective: Objective = Field(default_factory=Objective)
 
     def latency_threshold_ms(self) -> float | None:
@@ -231,9 +265,9 @@ class Cause(Strict):
 class Effect(Strict):
     metric: Literal["error_rate", "latency", "cpu", "memory"]
     target: Name
-    add: float | None = None
-    factor: float | None = Field(default=None, gt=0)
-    ramp: Duration = 0.0
+    add: float | None = Field(default=None, ge=-MAX_EFFECT, le=MAX_EFFECT)
+    factor: float | None = Field(default=None, gt=0, le=MAX_EFFECT)
+    ramp: Duration = Field(default=0.0, le=MAX_RAMP_S)
 
     @model_validator(mode="after")
     def _one_change(self) -> Effect:
@@ -243,14 +277,17 @@ class Effect(Strict):
             raise ValueError("error_rate effects use 'add' (a share of requests)")
         if self.metric == "error_rate" and not (0 <= (self.add or 0) <= 1):
             raise ValueError("error_rate 'add' must be between 0 and 1")
+        if self.metric == "latency" and (self.add or 0) < 0:
+            raise ValueError("latency 'add' must be >= 0 (milliseconds added; use 'factor' "
+                             "below 1 to speed a component up)")
         return self
 
 
 class Incident(Strict):
     name: Name
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0, le=MAX_WEIGHT)
     cause: Cause
-    effects: list[Effect] = Field(default_factory=list)
+    effects: list[Effect] = Field(default_factory=list, max_length=MAX_ITEMS)
 
 
 class History(Strict):
@@ -259,10 +296,15 @@ class History(Strict):
     column: str = "value"
 
 
+Magnitude = Annotated[float, Field(le=MAX_MAGNITUDE)]
+Onset = Annotated[float, BeforeValidator(parse_duration), Field(le=MAX_ONSET_S)]
+LoadMultiplier = Annotated[float, Field(le=MAX_LOAD)]
+
+
 class Deviations(Strict):
-    magnitude: tuple[float, float] = (1.0, 1.0)
-    onset: tuple[Duration, Duration] = (60.0, 60.0)
-    load: tuple[float, float] = (1.0, 1.0)
+    magnitude: tuple[Magnitude, Magnitude] = (1.0, 1.0)
+    onset: tuple[Onset, Onset] = (60.0, 60.0)
+    load: tuple[LoadMultiplier, LoadMultiplier] = (1.0, 1.0)
     history: History | None = None
 
     @field_validator("magnitude", "onset", "load")
@@ -283,7 +325,7 @@ Scalar = bool | int | float | str
 class Tunable(Strict):
     """A step setting: one of ``choices``; the optimizer may pick any, ``default`` is configured."""
 
-    choices: list[Scalar] = Field(min_length=1)
+    choices: list[Scalar] = Field(min_length=1, max_length=MAX_ITEMS)
     default: Scalar | None = None
 
     @property
@@ -292,9 +334,9 @@ class Tunable(Strict):
 
 
 class SimCommand(Strict):
-    duration: Duration = 10.0
-    fixes: list[Name] = Field(default_factory=list)
-    effects: list[Effect] = Field(default_factory=list)
+    duration: Duration = Field(default=10.0, le=MAX_SLOW_S)
+    fixes: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
+    effects: list[Effect] = Field(default_factory=list, max_length=MAX_ITEMS)
 
 
 class Step(Strict):
@@ -305,12 +347,12 @@ class Step(Strict):
     ]
     target: Name | None = None
     settings: dict[str, Tunable | Scalar] = Field(default_factory=dict)
-    after: list[Name] = Field(default_factory=list)
+    after: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
     optional: bool = False
     run: list[str] | None = None
     sim: SimCommand | None = None
     # stopped part-way past this (shadow time from its start): the rollback fails
-    timeout: Duration | None = Field(default=None, gt=0)
+    timeout: Duration | None = Field(default=None, gt=0, le=MAX_VERIFY_S)
 
     def tunables(self) -> dict[str, Tunable]:
         """Settings normalised to :class:`Tunable` (validated and coerced by the loader)."""
@@ -322,17 +364,25 @@ class Step(Strict):
 
 
 class Verify(Strict):
-    hold: Duration = 120.0
-    timeout: Duration = Field(default=1800.0, gt=0)
+    hold: Duration = Field(default=120.0, le=MAX_VERIFY_S)
+    timeout: Duration = Field(default=1800.0, gt=0, le=MAX_VERIFY_S)
+
+    @model_validator(mode="after")
+    def _hold_fits(self) -> Verify:
+        if self.hold > self.timeout:
+            raise ValueError(f"hold {format_duration(self.hold)} is longer than timeout "
+                             f"{format_duration(self.timeout)}: the SLO could never be seen "
+                             f"restored in time")
+        return self
 
 
 class Budget(Strict):
-    downtime: Duration | None = None
+    downtime: Duration | None = Field(default=None, le=MAX_VERIFY_S)
 
 
 class Procedure(Strict):
     name: Name
-    steps: list[Step] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_ITEMS)
     verify: Verify = Field(default_factory=Verify)
     budget: Budget = Field(default_factory=Budget)
 
@@ -354,7 +404,7 @@ class Scenario(Strict):
     metadata: Metadata
     deployment: Deployment
     slo: Slo
-    incidents: list[Incident] = Field(min_length=1)
+    incidents: list[Incident] = Field(min_length=1, max_length=MAX_ITEMS)
     deviations: Deviations = Field(default_factory=Deviations)
     procedure: Procedure
 
@@ -536,7 +586,7 @@ def load_yaml(text: str | bytes, file: str) -> tuple[Any, LineMap]:
 # --------------------------------------------------------------------------- settings
 
 _SETTING_KINDS: dict[str, dict[str, str]] = {
-    "scale": {"replicas": "count"},
+    "scale": {"replicas": "positive"},
     "rollback_version": {"batch": "positive", "drain": "duration", "surge": "count"},
     "revert_config": {"batch": "positive", "drain": "duration", "surge": "count"},
     "migrate_down": {"online": "bool"},
@@ -552,20 +602,35 @@ _SETTING_DEFAULTS: dict[str, dict[str, Scalar]] = {
     "migrate_down": {"online": False},
 }
 _REQUIRED_SETTINGS = {"scale": ("replicas",), "disable_flag": ("flag",), "wait": ("duration",)}
+# upper bounds of numeric settings (docs/scenario-format.md, Bounds): replica counts like a
+# service's, a drain like a startup, a wait like any slow action
+_SETTING_MAX: dict[str, float] = {"replicas": MAX_REPLICAS, "batch": MAX_REPLICAS,
+                                  "surge": MAX_REPLICAS, "drain": MAX_STARTUP_S,
+                                  "duration": MAX_SLOW_S}
+_ZERO_HINTS = {"replicas": " (a scale step keeps a serving service running: at least 1 "
+                           "replica)"}
 
 
-def _coerce_setting(kind: str, value: Any) -> Scalar:
+def _coerce_setting(kind: str, value: Any, key: str = "") -> Scalar:
+    """One setting value as its kind's type, within its bounds; ValueError otherwise."""
+    limit = _SETTING_MAX.get(key)
     if kind in ("count", "positive"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {value!r}")
-        if value < (1 if kind == "positive" else 0):
-            raise ValueError(f"must be >= {1 if kind == 'positive' else 0}, got {value}")
+            raise ValueError(f"expected a whole number, got {_shown(value)}")
+        low = 1 if kind == "positive" else 0
+        if value < low:
+            raise ValueError(f"must be >= {low}, got {value}{_ZERO_HINTS.get(key, '')}")
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most {_number_text(limit)}, got {value}")
         return value
     if kind == "duration":
-        return parse_duration(value)
+        seconds = parse_duration(value)
+        if limit is not None and seconds > limit:
+            raise ValueError(f"must be at most {_duration_text(limit)}, got {_shown(value)}")
+        return seconds
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {_shown(value)}")
         return value
     return _check_name(value)
 
@@ -584,7 +649,7 @@ def _normalise_settings(step: Step, path: PathKey) -> Problems:
             continue
         tunable = raw if isinstance(raw, Tunable) else Tunable(choices=[raw], default=raw)
         try:
-            choices = [_coerce_setting(kinds[key], c) for c in tunable.choices]
+            choices = [_coerce_setting(kinds[key], c, key) for c in tunable.choices]
         except ValueError as exc:
             problems.append(((*spath, "choices") if isinstance(raw, Tunable) else spath,
                              str(exc)))
@@ -595,7 +660,7 @@ def _normalise_settings(step: Step, path: PathKey) -> Problems:
         default: Scalar = choices[0]
         if isinstance(raw, Tunable) and raw.default is not None:
             try:
-                default = _coerce_setting(kinds[key], raw.default)
+                default = _coerce_setting(kinds[key], raw.default, key)
             except ValueError as exc:
                 problems.append(((*spath, "default"), str(exc)))
                 continue
@@ -618,29 +683,29 @@ def _normalise_settings(step: Step, path: PathKey) -> Problems:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """Return one cycle in a directed graph as a list of nodes, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
+    """Return one cycle in a directed graph as a list of nodes, or None.
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph.get(node, []):
+    Depth-first without recursion: a long chain of calls or ``after`` must not overflow
+    Python's stack."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in graph:
+        if state.get(root):
+            continue
+        path: list[str] = [root]
+        todo: list[list[str]] = [list(graph.get(root, []))]
+        state[root] = 1
+        while path:
+            if not todo[-1]:
+                state[path.pop()] = 2
+                todo.pop()
+                continue
+            nxt = todo[-1].pop(0)
             if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
+                return [*path[path.index(nxt):], nxt]
             if nxt in graph and not state.get(nxt):
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if not state.get(node):
-            found = visit(node)
-            if found:
-                return found
+                state[nxt] = 1
+                path.append(nxt)
+                todo.append(list(graph.get(nxt, [])))
     return None
 
 
@@ -783,17 +848,26 @@ def check_procedure(proc: Procedure, scenario: Scenario | None = None) -> Proble
     problems: Problems = []
     root: PathKey = ("procedure",)
     step_names: dict[str, int] = {}
+    scaled: dict[str, int] = {}  # service -> most replicas a scale step may give it
     for i, step in enumerate(proc.steps):
         if step.name in step_names:
             problems.append(((*root, "steps", i, "name"), f"duplicate step '{step.name}'"))
         step_names[step.name] = i
+    normalised: list[Problems] = []
     for i, step in enumerate(proc.steps):
         path: PathKey = (*root, "steps", i)
+        found = _check_target(scenario, step, path) if scenario is not None else []
+        found += _normalise_settings(step, path)
+        normalised.append(found)
+        if step.action == "scale" and step.target and "replicas" in step.settings:
+            most = max((c for c in step.tunables()["replicas"].choices if isinstance(c, int)),
+                       default=0)
+            scaled[step.target] = max(scaled.get(step.target, 0), most)
+    for i, step in enumerate(proc.steps):
+        path = (*root, "steps", i)
+        problems += normalised[i]
         if scenario is not None:
-            problems += _check_target(scenario, step, path)
-        problems += _normalise_settings(step, path)
-        if scenario is not None:
-            problems += _check_step_refs(scenario, step, path)
+            problems += _check_step_refs(scenario, step, path, scaled)
         for j, dep in enumerate(step.after):
             if dep not in step_names:
                 problems.append(((*path, "after", j), f"unknown step '{dep}'"))
@@ -829,9 +903,12 @@ def _component_kind(comp: Service | Datastore | Cache) -> str:
     return {Service: "service", Datastore: "datastore", Cache: "cache"}[type(comp)]
 
 
-def _check_step_refs(sc: Scenario, step: Step, path: PathKey) -> Problems:
-    """The flags a ``disable_flag`` step may choose, and the incidents and components its
-    ``sim`` block names."""
+def _check_step_refs(sc: Scenario, step: Step, path: PathKey,
+                     scaled: dict[str, int] | None = None) -> Problems:
+    """The flags a ``disable_flag`` step may choose, a rollout's ``batch`` and ``surge``
+    against the target's replicas and ``max_surge``, and the incidents and components its
+    ``sim`` block names. ``scaled``: per service, the most replicas a scale step of the
+    procedure may give it (a batch may use them)."""
     problems: Problems = []
     comps = sc.components()
     svc = comps.get(step.target or "")
@@ -849,6 +926,18 @@ def _check_step_refs(sc: Scenario, step: Step, path: PathKey) -> Problems:
                                  f"surge {surge} exceeds max_surge {svc.max_surge} of "
                                  f"'{step.target}' (room for at most {svc.max_surge} extra "
                                  f"replicas)"))
+                break
+    if step.action in ("rollback_version", "revert_config") and isinstance(svc, Service) \
+            and "batch" in step.settings:
+        most = max(svc.replicas, (scaled or {}).get(svc.name, 0))
+        for batch in step.tunables()["batch"].choices:
+            if isinstance(batch, int) and batch > most:
+                more = (f" (at most {most} after its scale step)" if most > svc.replicas
+                        else "")
+                problems.append(((*path, "settings", "batch"),
+                                 f"batch {batch} exceeds the {svc.replicas} replicas of "
+                                 f"'{step.target}'{more}: a round cannot replace more "
+                                 f"replicas than run"))
                 break
     if step.sim is not None:
         incidents = {inc.name for inc in sc.incidents}
@@ -877,8 +966,103 @@ def _check_target_fit(step: Step, comp: Any, path: PathKey) -> Problems:
 # --------------------------------------------------------------------------- loading
 
 
+_BOUND_WORDS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "less than"),
+                "greater_than_equal": ("ge", "at least"),
+                "greater_than": ("gt", "greater than")}
+
+
+def _shown(value: Any) -> str:
+    """A rejected input for a message: short, whatever it is."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bound_message(err: Any, model: type[BaseModel] | None, loc: PathKey) -> str | None:
+    """``must be at most 1h (the format's bound), got '2d'`` for a range error, the bound
+    written as a duration for duration fields; None for other errors."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind in _BOUND_WORDS:
+        key, words = _BOUND_WORDS[kind]
+        bound = ctx.get(key)
+        if not isinstance(bound, (int, float)):
+            return None
+        duration = model is not None and _is_duration_field(model, loc)
+        text = _duration_text(bound) if duration and bound > 0 else _number_text(bound)
+        given = err.get("input")
+        if duration and isinstance(given, float) and given >= 0.001 \
+                and (given * 1000).is_integer():
+            got = _duration_text(given)  # the parsed value: '2d' was read as 172800.0
+        else:
+            got = _shown(given)
+        return f"must be {words} {text}, got {got}"
+    if kind == "too_long" and "max_length" in ctx:
+        return f"at most {ctx['max_length']} entries, got {ctx.get('actual_length', 'more')}"
+    return None
+
+
+def _number_text(value: float) -> str:
+    """``10000000`` rather than ``1e+07``: a bound as the documentation writes it."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:g}"
+
+
+def _duration_text(seconds: float) -> str:
+    """A duration bound as the documentation writes it (``6h``, ``1d``, ``366d``)."""
+    if seconds >= DAY and (seconds / DAY).is_integer():
+        return f"{int(seconds // DAY)}d"
+    if seconds >= DAY:
+        return f"{seconds:.0f}s"
+    return format_duration(seconds)
+
+
+def _is_duration_field(model: type[BaseModel], loc: PathKey) -> bool:
+    """Whether ``loc`` (a pydantic error location from ``model``) is a duration field, so
+    its bound reads as ``1h`` rather than ``3600``."""
+    info: Any = None
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return False
+        info = next((f for n, f in current.model_fields.items() if (f.alias or n) == part),
+                    None)
+        if info is None:
+            return False
+        current = next((t for t in _annotation_parts(info.annotation)
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return info is not None and any(
+        getattr(m, "func", None) is parse_duration
+        for m in [*info.metadata, *_annotation_parts(info.annotation, metadata=True)])
+
+
+def _annotation_parts(annotation: Any, metadata: bool = False) -> list[Any]:
+    """The types inside an annotation (union members, container arguments), or with
+    ``metadata`` the ``Annotated`` metadata found on the way."""
+    out: list[Any] = []
+    stack = [annotation]
+    while stack:
+        tp = stack.pop()
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is Annotated:
+            stack.append(args[0])
+            if metadata:
+                out += list(args[1:])
+        elif args:
+            stack += [a for a in args if a is not Ellipsis]
+        elif not metadata:
+            out.append(tp)
+    return out
+
+
 def pydantic_problems(exc: ValidationError, file: str, lines: LineMap,
-                       prefix: PathKey = ()) -> list[Problem]:
+                       prefix: PathKey = (), model: type[BaseModel] | None = None,
+                       ) -> list[Problem]:
+    """Problems from a pydantic error, placed on lines. With ``model`` (the scenario format's
+    model validated) range errors read ``must be at most 1h, got '2d'``, a duration's bound
+    written as a duration; without, pydantic's own messages are kept."""
     problems = []
     seen = set()
     for err in exc.errors():
@@ -891,6 +1075,8 @@ def pydantic_problems(exc: ValidationError, file: str, lines: LineMap,
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "field required"
+        elif model is not None:
+            msg = _bound_message(err, model, loc) or msg
         key = (full, msg)
         if key in seen:
             continue
@@ -948,7 +1134,7 @@ def scenario_from_data(data: Any, file: str, lines: LineMap | None = None) -> Sc
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(pydantic_problems(exc, file, lines)) from None
+        raise SpecError(pydantic_problems(exc, file, lines, model=Scenario)) from None
     problems = _check_references(sc)
     if problems:
         raise SpecError.at_paths(file, lines, problems)
@@ -975,12 +1161,59 @@ def load_yaml_file(path: str | Path) -> tuple[Any, LineMap]:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario file; raises :class:`SpecError` on any problem."""
+    """Load and validate a scenario file; raises :class:`SpecError` on any problem,
+    including a data file it names (a CSV pattern, a history) that cannot be read."""
     file = str(path)
     data, lines = load_yaml_file(path)
     sc = scenario_from_data(data, file, lines)
     sc.__dict__["_source"] = Path(path)
+    sc.__dict__["_lines"] = lines
+    problems = check_data_files(sc)
+    if problems:
+        raise SpecError.at_paths(file, lines, problems)
     return sc
+
+
+def data_files(sc: Scenario) -> list[tuple[PathKey, Path]]:
+    """The data files a scenario names, as (field path, path resolved against the scenario
+    file's directory): its CSV traffic pattern and its ``deviations.history``."""
+    base = getattr(sc, "_source", None)
+    folder = base.parent if isinstance(base, Path) else Path(".")
+    out: list[tuple[PathKey, Path]] = []
+    pattern = sc.deployment.traffic.pattern
+    if isinstance(pattern, CsvPattern):
+        out.append((("deployment", "traffic", "pattern", "csv"), folder / pattern.csv))
+    if sc.deviations.history is not None:
+        out.append((("deviations", "history", "file"), folder / sc.deviations.history.file))
+    return out
+
+
+def check_data_files(sc: Scenario) -> Problems:
+    """Each data file the scenario names exists and can be read (its content is checked by
+    whoever parses it: ``shadowrl validate`` and the simulator)."""
+    problems: Problems = []
+    for field_path, path in data_files(sc):
+        try:
+            if not path.exists():
+                problems.append((field_path, f"no such file: {path}"))
+            elif not path.is_file():
+                problems.append((field_path, f"not a file: {path}"))
+            elif not os.access(path, os.R_OK):
+                problems.append((field_path, f"cannot read {path}: permission denied"))
+        except (OSError, ValueError) as exc:  # e.g. a name too long or with a NUL byte
+            problems.append((field_path, f"cannot read {path}: {exc}"))
+    return problems
+
+
+def scenario_problem(sc: Scenario, field_path: PathKey, message: str) -> SpecError:
+    """A :class:`SpecError` about one field of a loaded scenario, on its line of the file
+    (line 1 for a scenario built in memory): for problems found after loading, such as a
+    data file whose content is bad."""
+    source = getattr(sc, "_source", None)
+    lines = getattr(sc, "_lines", None)
+    file = str(source) if source is not None else f"<scenario {sc.name}>"
+    line = lines.line(field_path) if isinstance(lines, LineMap) else 1
+    return SpecError([Problem(file, line, format_path(field_path), message)])
 
 
 def as_scenario(scenario: str | Path | Scenario) -> Scenario:
@@ -995,25 +1228,47 @@ def load_procedure(path: str | Path, scenario: Scenario | None = None) -> Proced
     return procedure_from_data(data, str(path), lines, scenario)
 
 
+PROCEDURE_FILE_KEYS = ("apiVersion", "kind", "metadata", "procedure")
+# top-level keys only a scenario has: a file with them and no kind is a scenario
+_SCENARIO_ONLY_KEYS = {"deployment", "slo", "incidents", "deviations"}
+
+
 def procedure_from_data(data: Any, file: str, lines: LineMap,
                         scenario: Scenario | None = None) -> Procedure:
     """Validate a procedure file's data; raises :class:`SpecError` naming file:line: field.
 
-    With ``scenario`` the procedure is checked against it like the scenario's own; without,
-    on its own (types, settings, step names, ``after``), its targets unchecked.
+    A scenario file (``kind: Scenario``) is accepted too and means its ``procedure:``: the
+    same block, read the same way (the rest of the scenario is not used, so it is not
+    checked). With ``scenario`` the procedure is checked against it like the scenario's
+    own; without, on its own (types, settings, step names, ``after``), its targets
+    unchecked.
     """
-    if not isinstance(data, dict) or "procedure" not in data:
-        raise SpecError([Problem(file, 1, "", "expected a mapping with a 'procedure:' key")])
-    extra = sorted(set(data) - {"procedure", "apiVersion", "kind", "metadata"})
-    if extra:
-        raise SpecError([Problem(file, lines.line((extra[0],)), extra[0], "unknown field")])
-    if data.get("kind", "Procedure") != "Procedure":
+    if data is None:
+        raise SpecError([Problem(file, 1, "", "file is empty")])
+    if not isinstance(data, dict):
+        raise SpecError([Problem(file, lines.line(()), "", "expected a mapping with a "
+                                 f"'procedure:' key, got a {_kind(data)}")])
+    kind = data.get("kind")
+    is_scenario = kind == "Scenario" or (kind is None and bool(set(data) & _SCENARIO_ONLY_KEYS))
+    if "procedure" not in data:
+        what = ("a scenario without a 'procedure:' block" if is_scenario
+                else "expected a mapping with a 'procedure:' key")
+        raise SpecError([Problem(file, lines.line(()), "", what)])
+    if kind is not None and kind not in ("Procedure", "Scenario"):
         raise SpecError([Problem(file, lines.line(("kind",)), "kind",
-                                 f"expected 'Procedure', got {data['kind']!r}")])
+                                 f"expected 'Procedure' (a procedure file) or 'Scenario' (its "
+                                 f"procedure is used), got {_shown(kind)}")])
+    if not is_scenario:
+        extra = [k for k in data if k not in PROCEDURE_FILE_KEYS]
+        if extra:
+            raise SpecError([Problem(file, lines.line((extra[0],)), str(extra[0]),
+                                     "unknown field (a procedure file has only procedure, "
+                                     "apiVersion, kind and metadata)")])
     try:
         proc = Procedure.model_validate(data["procedure"])
     except ValidationError as exc:
-        raise SpecError(pydantic_problems(exc, file, lines, ("procedure",))) from None
+        raise SpecError(pydantic_problems(exc, file, lines, ("procedure",),
+                                          model=Procedure)) from None
     problems = check_procedure(proc, scenario)
     if problems:
         raise SpecError.at_paths(file, lines, problems)

@@ -19,6 +19,7 @@ from shadowrl.core.spec import (
     SpecError,
     as_scenario,
     check_procedure,
+    data_files,
     format_duration,
     load_procedure,
     load_scenario,
@@ -27,6 +28,7 @@ from shadowrl.core.spec import (
     procedure_file_data,
     procedure_to_data,
     scenario_from_data,
+    scenario_problem,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,15 +212,16 @@ CASES = [
     ("duplicate-key", "      startup: 20s\n", "      startup: 20s\n      startup: 30s\n",
      "x.yaml:12: deployment.services[0].startup: duplicate key"),
     ("range-fraction", "write_fraction: 0.2", "write_fraction: 1.5",
-     "x.yaml:5: deployment.traffic.write_fraction: Input should be less than or equal to 1"),
+     "x.yaml:5: deployment.traffic.write_fraction: must be at most 1, got 1.5"),
     ("range-hit-ratio", "hit_ratio: 0.8", "hit_ratio: 1.2",
-     "x.yaml:26: deployment.caches[0].hit_ratio: Input should be less than or equal to 1"),
+     "x.yaml:26: deployment.caches[0].hit_ratio: must be at most 1, got 1.2"),
     ("range-replicas", "      replicas: 4\n", "      replicas: 0\n",
-     "x.yaml:9: deployment.services[0].replicas: Input should be greater than or equal to 1"),
+     "x.yaml:9: deployment.services[0].replicas: must be at least 1, got 0"),
     ("range-error-add", "add: 0.05", "add: 2",
      "x.yaml:33: incidents[0].effects[0]: error_rate 'add' must be between 0 and 1"),
     ("range-setting", "choices: [4, 6]", "choices: [4, -1]",
-     "x.yaml:43: procedure.steps[0].settings.replicas.choices: must be >= 0, got -1"),
+     "x.yaml:43: procedure.steps[0].settings.replicas.choices: must be >= 1, got -1 (a "
+     "scale step keeps a serving service running: at least 1 replica)"),
     ("range-batch", "{batch: 2,", "{batch: 0,",
      "x.yaml:47: procedure.steps[1].settings.batch: must be >= 1, got 0"),
     ("type-setting", "{online: {choices: [false, true]", "{online: {choices: [no, maybe]",
@@ -255,11 +258,10 @@ CASES = [
     ("range-surge", "{batch: 2,", "{surge: -1, batch: 2,",
      "x.yaml:47: procedure.steps[1].settings.surge: must be >= 0, got -1"),
     ("range-max-surge", "      startup: 20s\n", "      startup: 20s\n      max_surge: -1\n",
-     "x.yaml:12: deployment.services[0].max_surge: Input should be greater than or equal to 0"),
+     "x.yaml:12: deployment.services[0].max_surge: must be at least 0, got -1"),
     ("range-concurrency", "      capacity_qps: 500\n", "      capacity_qps: 500\n"
      "      concurrency: 0\n",
-     "x.yaml:24: deployment.datastores[0].concurrency: Input should be greater than or equal "
-     "to 1"),
+     "x.yaml:24: deployment.datastores[0].concurrency: must be at least 1, got 0"),
     ("reserved-edge-service", "    - name: api\n", "    - name: edge\n",
      "x.yaml:15: deployment.services[1].name: the name 'edge' is reserved: a rule's "
      "'scope: edge' means the edge view; rename the component"),
@@ -563,8 +565,9 @@ def test_procedure_without_scenario_checks_its_own_rules() -> None:
         "p.yaml:5: procedure.steps[1].name: duplicate step 'a'",
         "p.yaml:5: procedure.steps[1].settings.duration: cannot parse duration 'soon' "
         "(use e.g. 500ms, 30s, 5m, 1h)"]
-    Path("p.yaml").write_text("kind: Scenario\nprocedure: {name: p, steps: []}\n")
-    with pytest.raises(SpecError, match=r"^p\.yaml:1: kind: expected 'Procedure'"):
+    Path("p.yaml").write_text("kind: Runbook\nprocedure: {name: p, steps: []}\n")
+    with pytest.raises(SpecError, match=r"^p\.yaml:1: kind: expected 'Procedure' \(a "
+                                        r"procedure file\) or 'Scenario'"):
         load_procedure("p.yaml")
 
 
@@ -588,6 +591,208 @@ def test_procedure_file_data_loads_back(tmp_path: Path) -> None:
     path = tmp_path / "proc.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert load_procedure(path, sc) == sc.procedure == load_procedure(path)
+
+
+# --------------------------------------------------------------------------- bounds
+
+BOUND_CASES = [
+    # (id, old, new, expected problem): each bound is named in the message, a duration's
+    # as a duration, with the value given
+    ("onset", "    effects: [{metric: latency, target: web, factor: 2}]\n",
+     "    effects: [{metric: latency, target: web, factor: 2}]\n"
+     "deviations: {onset: [1m, 1000000000000]}\n",
+     "x.yaml:37: deviations.onset[1]: must be at most 6h, got 1000000000000"),
+    ("startup", "startup: 20s", "startup: 2d",
+     "x.yaml:11: deployment.services[0].startup: must be at most 1h, got 2d"),
+    ("weight", "  - name: bad-release\n", "  - name: bad-release\n    weight: 1.0e+308\n",
+     "x.yaml:32: incidents[0].weight: must be at most 1000000, got 1e+308"),
+    ("rps", "{rps: 100,", "{rps: 1.0e+12,",
+     "x.yaml:5: deployment.traffic.rps: must be at most 10000000, got 1000000000000.0"),
+    ("replicas", "      replicas: 4\n", "      replicas: 99999\n",
+     "x.yaml:9: deployment.services[0].replicas: must be at most 10000, got 99999"),
+    ("interval-small", "slo:\n  rules:", "slo:\n  interval: 1us\n  rules:",
+     "x.yaml:28: slo.interval: cannot parse duration '1us' (use e.g. 500ms, 30s, 5m, 1h)"),
+    ("interval-tiny", "slo:\n  rules:", "slo:\n  interval: 0.0001\n  rules:",
+     "x.yaml:28: slo.interval: must be at least 1ms, got 0.0001"),
+    ("verify-timeout", "timeout: 20m}", "timeout: 400d}",
+     "x.yaml:68: procedure.verify.timeout: must be at most 1d, got 400d"),
+    ("hold-past-timeout", "hold: 1m", "hold: 2h",
+     "x.yaml:68: procedure.verify: hold 2h is longer than timeout 20m: the SLO could never "
+     "be seen restored in time"),
+    ("wait", "{duration: 30s}", "{duration: 1000000000}",
+     "x.yaml:59: procedure.steps[4].settings.duration: must be at most 1d, got 1000000000"),
+    ("drain", "[0s, 10s, 30s]", "[0s, 10s, 2h]",
+     "x.yaml:47: procedure.steps[1].settings.drain.choices: must be at most 1h, got '2h'"),
+    ("scale-zero", "choices: [4, 6]", "choices: [0, 4]",
+     "x.yaml:43: procedure.steps[0].settings.replicas.choices: must be >= 1, got 0 (a scale "
+     "step keeps a serving service running: at least 1 replica)"),
+    ("scale-huge", "choices: [4, 6]", "choices: [4, 100000]",
+     "x.yaml:43: procedure.steps[0].settings.replicas.choices: must be at most 10000, "
+     "got 100000"),
+    ("ramp", "add: 0.05}", "add: 0.05, ramp: 7h}",
+     "x.yaml:33: incidents[0].effects[0].ramp: must be at most 6h, got 7h"),
+    ("latency-add-negative", "{metric: latency, target: web, factor: 2}",
+     "{metric: latency, target: web, add: -5}",
+     "x.yaml:36: incidents[1].effects[0]: latency 'add' must be >= 0 (milliseconds added; "
+     "use 'factor' below 1 to speed a component up)"),
+    ("name-length", "name: shop,", "name: " + "s" * 64 + ",",
+     "x.yaml:3: metadata.name: name too long (64 characters; at most 63)"),
+    ("too-many-flags", "flags: [new-ui]", "flags: [" + ", ".join(
+        f"f{i}" for i in range(201)) + "]",
+     "x.yaml:14: deployment.services[0].flags: at most 200 entries, got 201"),
+    # batch against the target's replicas: web has 4, and a scale step gives it up to 6
+    ("batch-over-replicas", "{batch: 2,", "{batch: 7,",
+     "x.yaml:47: procedure.steps[1].settings.batch: batch 7 exceeds the 4 replicas of "
+     "'web' (at most 6 after its scale step): a round cannot replace more replicas than run"),
+    ("batch-over-replicas-unscaled", "      action: revert_config\n      target: api\n",
+     "      action: revert_config\n      target: api\n      settings: {batch: 3}\n",
+     "x.yaml:63: procedure.steps[5].settings.batch: batch 3 exceeds the 2 replicas of 'api': "
+     "a round cannot replace more replicas than run"),
+    # the Python names of aliased fields are not YAML names
+    ("python-name-for", "above: 0.01, for: 30s}", "above: 0.01, for_: 30s}",
+     "x.yaml:29: slo.rules[0].for_: unknown field"),
+    ("python-name-schema", "      capacity_qps: 500\n",
+     "      capacity_qps: 500\n      schema_: {live: 2, previous: 1}\n",
+     "x.yaml:24: deployment.datastores[0].schema_: unknown field"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [c[1:] for c in BOUND_CASES],
+                         ids=[c[0] for c in BOUND_CASES])
+def test_bound_problem(old: str, new: str, expected: str) -> None:
+    assert expected in problems(edit(old, new))
+
+
+def test_api_version_python_name_is_unknown() -> None:
+    found = problems(edit("apiVersion: shadowrl/v1", "api_version: shadowrl/v1"))
+    assert found == ["x.yaml:1: apiVersion: field required",
+                     "x.yaml:1: api_version: unknown field"]
+
+
+def test_batch_up_to_replicas_and_scaled_replicas_is_valid() -> None:
+    Path("x.yaml").write_text(edit("{batch: 2,", "{batch: {choices: [4, 6]},"))
+    sc = load_scenario("x.yaml")
+    assert sc.procedure.step("revert-web").tunables()["batch"].choices == [4, 6]
+
+
+def test_values_at_the_bounds_are_valid() -> None:
+    text = edit("startup: 20s", "startup: 1h")
+    text = edit("hold: 1m, timeout: 20m", "hold: 1d, timeout: 1d", text)
+    text = edit("{duration: 30s}", "{duration: 1d}", text)
+    text = edit("      replicas: 4\n", "      replicas: 10000\n", text)
+    text = edit("choices: [4, 6]", "choices: [4, 10000]", text)
+    text += "deviations: {onset: [6h, 6h], magnitude: [100, 100], load: [0, 100]}\n"
+    Path("x.yaml").write_text(text)
+    sc = load_scenario("x.yaml")
+    assert sc.deviations.onset == (21600.0, 21600.0)
+    assert sc.procedure.verify.timeout == 86400.0
+
+
+def test_long_after_chain_has_no_recursion_limit() -> None:
+    """Cycle detection is iterative: a chain longer than Python's stack still loads."""
+    steps = "\n".join(
+        f"    - {{name: s{i}, action: wait, settings: {{duration: 1s}}"
+        + (f", after: [s{i - 1}]" if i else "") + "}"
+        for i in range(200))
+    text = ("apiVersion: shadowrl/v1\nkind: Scenario\nmetadata: {name: chain}\n"
+            "deployment:\n  traffic: {rps: 1}\n"
+            "  services: [{name: app, replicas: 1, capacity_rps: 10}]\n"
+            "slo: {rules: [{name: e, metric: error_rate, above: 0.1}]}\n"
+            "incidents: [{name: i, cause: {kind: external}}]\n"
+            f"procedure:\n  name: p\n  steps:\n{steps}\n")
+    Path("chain.yaml").write_text(text)
+    import sys
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)  # far below the chain's length
+    try:
+        sc = load_scenario("chain.yaml")
+    finally:
+        sys.setrecursionlimit(limit)
+    assert len(sc.procedure.steps) == 200
+    looped = text.replace("{name: s0, action: wait, settings: {duration: 1s}}",
+                          "{name: s0, action: wait, settings: {duration: 1s}, after: [s199]}")
+    Path("chain.yaml").write_text(looped)
+    with pytest.raises(SpecError, match="'after' cycle: s0 -> s199 -> s198 -> "):
+        load_scenario("chain.yaml")
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def test_missing_csv_pattern_names_its_line() -> None:
+    found = problems(edit("{rps: 100, write_fraction: 0.2}",
+                          "{rps: 100, write_fraction: 0.2, pattern: {csv: rps.csv}}"))
+    assert found == ["x.yaml:5: deployment.traffic.pattern.csv: no such file: rps.csv"]
+
+
+def test_csv_pattern_that_is_a_directory_or_unreadable() -> None:
+    Path("rps.csv").mkdir()
+    found = problems(edit("{rps: 100, write_fraction: 0.2}",
+                          "{rps: 100, write_fraction: 0.2, pattern: {csv: rps.csv}}"))
+    assert found == ["x.yaml:5: deployment.traffic.pattern.csv: not a file: rps.csv"]
+
+
+def test_missing_history_names_its_line() -> None:
+    text = BASE + "deviations:\n  history: {file: h/load.json}\n"
+    assert problems(text) == [
+        "x.yaml:71: deviations.history.file: no such file: h/load.json"]
+
+
+def test_data_files_resolve_against_the_scenario_folder(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "rps.csv").write_text("timestamp,value\n")
+    (tmp_path / "sub" / "x.yaml").write_text(edit(
+        "{rps: 100, write_fraction: 0.2}",
+        "{rps: 100, write_fraction: 0.2, pattern: {csv: rps.csv}}"))
+    sc = load_scenario(tmp_path / "sub" / "x.yaml")  # exists, readable: content not read
+    assert data_files(sc) == [(("deployment", "traffic", "pattern", "csv"),
+                               tmp_path / "sub" / "rps.csv")]
+    error = scenario_problem(sc, ("deployment", "traffic", "pattern", "csv"), "bad")
+    assert str(error) == f"{tmp_path / 'sub' / 'x.yaml'}:5: deployment.traffic.pattern.csv: bad"
+
+
+# ------------------------------------------------------------------ scenarios as procedures
+
+
+def test_a_scenario_file_is_accepted_as_a_procedure_file() -> None:
+    Path("x.yaml").write_text(BASE)
+    sc = load_scenario("x.yaml")
+    assert load_procedure("x.yaml", sc) == sc.procedure == load_procedure("x.yaml")
+    checkout = load_scenario(ROOT / "envs" / "checkout.yaml")
+    proc = load_procedure(ROOT / "envs" / "checkout.yaml", checkout)
+    assert proc == checkout.procedure
+    # without kind, a scenario's top-level keys say what it is
+    Path("nokind.yaml").write_text(BASE.replace("kind: Scenario\n", ""))
+    assert load_procedure("nokind.yaml", sc) == sc.procedure
+
+
+def test_a_scenario_procedure_is_checked_against_the_scenario_it_is_used_with() -> None:
+    Path("x.yaml").write_text(BASE)
+    checkout = load_scenario(ROOT / "envs" / "checkout.yaml")
+    with pytest.raises(SpecError) as info:
+        load_procedure("x.yaml", checkout)
+    assert all(p.file == "x.yaml" and p.path.startswith("procedure.")
+               for p in info.value.problems)
+    found = [str(p) for p in info.value.problems]
+    assert "x.yaml:62: procedure.steps[5].target: unknown component 'api'" in found
+    assert "x.yaml:67: procedure.steps[6].sim.fixes[0]: unknown incident 'ui-flag'" in found
+
+
+def test_a_scenario_without_procedure_or_a_foreign_kind_is_named() -> None:
+    Path("x.yaml").write_text(BASE.split("procedure:\n")[0])
+    with pytest.raises(SpecError, match=r"^x\.yaml:1: a scenario without a 'procedure:' "
+                                        r"block$"):
+        load_procedure("x.yaml")
+    Path("p.yaml").write_text("procedure: {name: p, steps: [{name: w, action: wait, "
+                              "settings: {duration: 1s}}]}\nrollout: {}\n")
+    with pytest.raises(SpecError, match=r"^p\.yaml:2: rollout: unknown field \(a procedure "
+                                        r"file has only procedure, apiVersion, kind and "
+                                        r"metadata\)$"):
+        load_procedure("p.yaml")
+    Path("p.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match=r"^p\.yaml:1: expected a mapping with a 'procedure:' "
+                                        r"key, got a list$"):
+        load_procedure("p.yaml")
 
 
 # --------------------------------------------------------------------------- robustness

@@ -244,3 +244,96 @@ def test_internal_links_resolve(doc: str) -> None:
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert links, "expected internal links"
     assert not sorted(links - anchors), f"links to missing headings: {sorted(links - anchors)}"
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _field_bounds(field: object) -> list[tuple[str, float]]:
+    """(kind, value) of each bound a field declares (``le``, ``lt``, ``ge``, ``gt``,
+    ``max_length``), also inside ``Annotated`` item types (``deviations.onset``)."""
+    found: list[object] = [*field.metadata]  # type: ignore[attr-defined]
+    found += spec._annotation_parts(field.annotation, metadata=True)  # type: ignore[attr-defined]
+    out: list[tuple[str, float]] = []
+    while found:
+        item = found.pop()
+        found += list(getattr(item, "metadata", []) or [])
+        for kind in ("le", "lt", "ge", "gt", "max_length"):
+            value = getattr(item, kind, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append((kind, value))
+    return out
+
+
+def _is_duration(field: object) -> bool:
+    parts = [*field.metadata,  # type: ignore[attr-defined]
+             *spec._annotation_parts(field.annotation, metadata=True)]  # type: ignore[attr-defined]
+    return any(getattr(p, "func", None) is spec.parse_duration for p in parts)
+
+
+def _bound_text(field: object, kind: str, value: float) -> str:
+    if kind != "max_length" and _is_duration(field) and value > 0:
+        return spec._duration_text(value)
+    return spec._number_text(value)
+
+
+def _upper_bounds() -> list[tuple[str, str, str]]:
+    """(model, YAML name, bound as the doc writes it) for every field with an upper bound."""
+    return [(m.__name__, f.alias or n, _bound_text(f, kind, value))
+            for m in _models() for n, f in m.model_fields.items()
+            for kind, value in _field_bounds(f) if kind in ("le", "lt", "max_length")]
+
+
+def test_bounds_are_found() -> None:
+    found = {(m, f) for m, f, _ in _upper_bounds()}
+    assert {("Service", "startup"), ("Incident", "weight"), ("Deviations", "onset"),
+            ("Service", "replicas"), ("Deployment", "services"), ("Verify", "timeout")} <= found
+
+
+def test_every_bound_is_in_its_field_row(doc: str) -> None:
+    """A field's table row states its upper bound (`startup` | duration, at most `1h` ...)."""
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    missing = []
+    for model, name, text in _upper_bounds():
+        mine = [r for r in rows if r.startswith(f"| `{name}` |")]
+        if not any(text in r.split("|")[2] for r in mine):
+            missing.append(f"{model}.{name} <= {text}")
+    assert not missing, f"bounds not stated in the field rows: {sorted(set(missing))}"
+
+
+def test_every_bound_is_in_the_bounds_section(doc: str) -> None:
+    section = doc.split("\n## Bounds\n", 1)[1].split("\n### ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    missing = []
+    for model, name, text in _upper_bounds():
+        named = re.compile(rf"`(?:[a-z_]+\.)?{re.escape(name)}`")
+        if not any(named.search(line) and text in line for line in lines):
+            missing.append(f"{model}.{name} <= {text}")
+    assert not missing, f"bounds not in the Bounds table: {sorted(set(missing))}"
+
+
+def test_setting_bounds_are_documented(doc: str) -> None:
+    """The numeric settings' bounds (spec._SETTING_MAX) appear in the actions table."""
+    table = doc.split("### Actions", 1)[1].split("\n\n", 2)[1]
+    for key, limit in spec._SETTING_MAX.items():
+        text = (spec._duration_text(limit) if key in ("drain", "duration")
+                else spec._number_text(limit))
+        assert any(f"`{key}`" in row and text in row for row in table.splitlines()), (
+            f"setting {key} <= {text} not in the actions table")
+
+
+def test_the_simulator_limits_are_documented(doc: str) -> None:
+    from shadowrl.shadow.sim import engine
+
+    section = doc.split("### The simulator's limits", 1)[1].split("\n## ", 1)[0]
+    assert f"{engine.MAX_SHADOW_S / 3600:g} hours" in section
+    assert "timed_out" in section and "exit 2" in section
+
+
+def test_python_names_are_not_accepted(doc: str) -> None:
+    """The doc says the models' Python names are unknown fields; the loader agrees."""
+    assert "for_, schema_, api_version" in doc
+    for model in _models():
+        config = model.model_config
+        assert not config.get("populate_by_name") and not config.get("validate_by_name"), (
+            f"{model.__name__} accepts Python field names")

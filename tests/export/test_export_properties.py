@@ -128,11 +128,11 @@ def steps(draw: st.DrawFn) -> list[dict[str, Any]]:
         elif kind in ("flush_cache", "warm_cache"):
             step["target"] = "cache"
         if kind == "scale":
-            step["settings"] = {"replicas": draw(st.integers(0, 40))}
+            step["settings"] = {"replicas": draw(st.integers(1, 40))}
         elif kind == "wait":
             step["settings"] = {"duration": draw(st.sampled_from(["0s", "1500ms", "5s", "2m"]))}
         elif kind in ("rollback_version", "revert_config"):
-            step["settings"] = {"batch": draw(st.integers(1, 6)),
+            step["settings"] = {"batch": draw(st.integers(1, 4)),  # web has 4 replicas
                                 "drain": draw(st.sampled_from(["0s", "10s", "30s", "2500ms"]))}
             if draw(st.booleans()):
                 step["settings"]["surge"] = draw(st.integers(0, 3))
@@ -152,8 +152,8 @@ def steps(draw: st.DrawFn) -> list[dict[str, Any]]:
 def cases(draw: st.DrawFn) -> Case:
     from_scenario = draw(st.booleans())
     proc = {"name": draw(names), "steps": draw(steps()),
-            "verify": {"hold": draw(st.sampled_from(["0s", "30s", "2m"])),
-                       "timeout": draw(st.sampled_from(["90s", "30m", "2500ms"]))}}
+            "verify": dict(zip(("hold", "timeout"), draw(st.sampled_from(  # hold <= timeout
+                [("0s", "90s"), ("30s", "90s"), ("2m", "30m"), ("0s", "2500ms")]))))}
     scenario = {
         "apiVersion": "shadowrl/v1", "kind": "Scenario",
         "metadata": {"name": draw(names), "description": draw(free_text)},

@@ -44,7 +44,7 @@ from shadowrl.core.results import (
     StepStatus,
 )
 from shadowrl.core.slo import Clock, Observer
-from shadowrl.core.spec import Scenario, Step
+from shadowrl.core.spec import DAY, Scenario, SpecError, Step, scenario_problem
 from shadowrl.shadow.base import CancelToken, Phase
 from shadowrl.shadow.sim.params import SimParams
 from shadowrl.shadow.sim.topology import (
@@ -70,6 +70,28 @@ from shadowrl.shadow.sim.topology import (
 
 # bucket index = version (0 live, 1 previous) * 2 + config (0 live, 1 previous)
 LL, LP, PL, PP = 0, 1, 2, 3
+
+# The simulator's limits, so that no valid scenario runs for long (docs/scenario-format.md,
+# Bounds). The horizon: no trajectory simulates more shadow time than this. The format's
+# bounds keep a rehearsal's breach search (onset <= 6h, + 30 min) and verification
+# (verify.timeout <= 1d after the breach) well inside it; only steps that run on far past
+# their verification deadline reach it, and they are stopped there like a step past its
+# timeout. The work budget: integration segments, each weighted by the size of the
+# deployment (what computing its rates costs), plus recorded profile rows; it bounds what the
+# horizon does not, e.g. thousands of one-replica rollout rounds or long warm-ups in a large
+# deployment. Both are counted per trajectory (a restored snapshot restores them), so search
+# branches are limited one by one.
+MAX_SHADOW_S = 2 * DAY
+MAX_WORK = 1_000_000
+STEPS_WORK = 800_000  # what steps may spend: the rest is kept for the verification
+SEGMENT_OVERHEAD = 10  # work of one segment beyond its components and rules
+PROFILE_ROW_WORK = 3  # work of one recorded profile row (memory, mostly)
+
+
+class SimulationLimitExceeded(SpecError):
+    """Time asked to pass beyond the horizon, or the work budget spent, outside a step (a step
+    is stopped at the limit instead, ``timed_out``): the scenario asks for more than the
+    simulator does, which is bad input like any other."""
 
 
 # State versions key the rates cache. They come from one counter and are never reused, so a
@@ -109,6 +131,7 @@ class _State:
     warm_since: list[float] = field(default_factory=list)
     # per service: replicas running but not ready (starting, draining, stopping)
     pending: list[float] = field(default_factory=list)
+    work: float = 0.0  # integration work spent since launch (see MAX_WORK)
 
 
 @dataclass
@@ -132,12 +155,12 @@ def _copy_state(st: _State) -> _State:
                   set(st.flags_off), st.schema_prev[:], st.locked[:], st.online[:],
                   st.warmth[:], st.warm_rate[:], dict(st.impulse), st.command_effects,
                   st.cause_fixed, st.step, st.phase, st.version, st.warm_base[:],
-                  st.warm_since[:], st.pending[:])
+                  st.warm_since[:], st.pending[:], st.work)
 
 
 # _State fields that do not shape the future: the time, the cache key, the labels; and the
 # absolute time a cache's warming last changed (state_key keys the time since instead)
-_TRANSIENT = {"t", "version", "step", "phase", "warm_since"}
+_TRANSIENT = {"t", "version", "step", "phase", "warm_since", "work"}
 
 
 def _freeze(value: Any) -> Any:
@@ -247,6 +270,9 @@ class SimShadow:
         self._rule_eval = [(scope, metric_index[r.metric], r.above, r.below)
                            for r, scope in zip(self.rules, self._rule_scope)]
         self._noise_cache: dict[int, list[float]] = {}
+        self._segment_work = SEGMENT_OVERHEAD + n + len(self.rules)
+        self._row_work = PROFILE_ROW_WORK * (n + 1)
+        self._limit_hit: str | None = None  # why the running step was stopped, if a limit
         self._reset_caches()
 
     def _reset_caches(self) -> None:
@@ -273,12 +299,17 @@ class SimShadow:
             return lambda t: diurnal_factor(t, params)
         if pattern == "constant":
             return lambda t: 1.0
-        from shadowrl.traffic.history import load_pattern, load_series  # csv pattern, lazily
+        # csv pattern, lazily
+        from shadowrl.traffic.history import HistoryError, load_pattern, load_series
 
         source = getattr(sc, "_source", None)
         base = source.parent if source is not None else None
         path = pattern.csv if base is None else str(base / pattern.csv)
-        return load_pattern(load_series(path, "csv", column=pattern.column))
+        try:
+            return load_pattern(load_series(path, "csv", column=pattern.column))
+        except HistoryError as exc:  # a bad file is bad input: file:line, not a traceback
+            raise scenario_problem(sc, ("deployment", "traffic", "pattern", "csv"),
+                                   str(exc)) from None
 
     def launch(self, seed: int) -> None:
         if self._closed:
@@ -776,6 +807,9 @@ class SimShadow:
         :class:`_Cancelled`; both carry the span so far, for :meth:`run_step` to catch."""
         st = self.state
         t_end = st.t + seconds
+        if t_end > MAX_SHADOW_S + EPS and st.step is None:
+            raise self._limit_error(f"it asks for shadow time up to {t_end:.0f}s, past the "
+                                    f"simulator's horizon of {MAX_SHADOW_S / 3600:g}h")
         deadline, timed_out = self._deadline, False
         if deadline is not None and t_end > deadline + EPS:
             t_end, timed_out = deadline, True
@@ -793,9 +827,16 @@ class SimShadow:
         violated_until = None  # end of the last violated segment
         by_src = span.errors_by_source
         cut = None
+        work, segment_work, row_work = st.work, self._segment_work, self._row_work
+        budget = MAX_WORK if st.step is None else STEPS_WORK
+        exhausted = False
         while st.t < t_stop:
             if cancel is not None and cancel.cancelled:
                 cancelled = True
+                break
+            work += segment_work
+            if work > budget:
+                exhausted = True
                 break
             t0 = st.t
             # next boundary: load block, effect quantum, warm-up quantum (from when each
@@ -864,6 +905,7 @@ class SimShadow:
                     while second < t1 - EPS:
                         self._record(float(second), r)
                         second += 1
+                        work += row_work
             st.t = t1
             if warming:
                 self._sync_warmth()
@@ -877,11 +919,26 @@ class SimShadow:
         span.peak_error = peak
         span.violated_until_s = violated_until
         span.end_s = st.t
+        st.work = work
+        if exhausted:
+            if st.step is None:
+                raise self._limit_error(f"it needs more than the simulator's work "
+                                        f"budget ({MAX_WORK} units, reached at "
+                                        f"{st.t:.0f}s of shadow time)")
+            self._limit_hit = "work"
+            raise StepTimeout("the simulator's work budget ran out inside the step", span)
         if cancelled:
             raise _Cancelled(span)
         if timed_out and st.t >= t_stop:
             raise StepTimeout(f"the step's deadline at {t_end:.3f}s fell inside it", span)
         return span
+
+    def _limit_error(self, why: str) -> SimulationLimitExceeded:
+        """The error for a breach search or verification beyond the simulator's limits."""
+        problem = scenario_problem(self.scenario, (), f"too much to simulate: {why}; "
+                                   f"shorten the scenario's durations or shrink the "
+                                   f"deployment").problems
+        return SimulationLimitExceeded(problem)
 
     def _record(self, t: float, r: _Rates) -> None:
         p = self.profile
@@ -922,13 +979,24 @@ class SimShadow:
                               "cancelled before it started")
         st.phase, st.step = "rollback", step.name
         status: StepStatus
-        self._deadline = None if timeout_s is None else start + timeout_s
+        # the step's own timeout, or the simulator's horizon if that comes first
+        own = math.inf if timeout_s is None else start + timeout_s
+        self._deadline = min(own, max(start, MAX_SHADOW_S))
         self._cancel = cancel
+        self._limit_hit = None
         try:
             status, message = self._act(step, settings, span)
         except StepTimeout as stop:
             span.add(stop.span)
-            status, message = "timed_out", f"stopped part-way at its {timeout_s:g}s timeout"
+            status = "timed_out"
+            if self._limit_hit == "work":
+                message = (f"stopped part-way: the simulator's work budget for steps "
+                           f"({STEPS_WORK} units per rehearsal) ran out")
+            elif own <= MAX_SHADOW_S:
+                message = f"stopped part-way at its {timeout_s:g}s timeout"
+            else:
+                message = (f"stopped part-way at the simulator's horizon "
+                           f"({MAX_SHADOW_S / 3600:g}h of shadow time since launch)")
             self._stopped()
         except _Cancelled as stop:
             span.add(stop.span)
