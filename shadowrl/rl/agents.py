@@ -18,6 +18,10 @@ budget, the ``RollbackEnv`` keyword arguments and how often to evaluate and chec
 :func:`train` writes into its output folder ``policy.zip`` (the final model) with a sidecar
 ``policy.json`` (algorithm, scenario, action list), ``best_policy.zip`` (best mean cost on
 the evaluation seeds), ``checkpoints/rl_model_<N>_steps.zip`` and ``train_state.json``.
+Every value of a config has a documented range, and the run as a whole is bounded (rollout
+buffer, gradient steps, evaluations, checkpoints): docs/inputs.md. A config that validates
+builds and trains without an error inside SB3 or torch and without running for ever.
+
 Evaluations during training run :func:`shadowrl.rl.evaluate.evaluate` on seeds
 ``eval.seed + i``, exactly like ``shadowrl evaluate``, so every evaluation faces the same
 incidents and its numbers are comparable with the other policies'.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import sys
 import time
@@ -34,13 +39,21 @@ import types
 import typing
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+)
 
 from shadowrl.core.extras import missing_extra
 
@@ -50,6 +63,9 @@ try:
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
     from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+    from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.utils import LinearSchedule, set_random_seed
     from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 except ImportError as exc:
@@ -57,12 +73,14 @@ except ImportError as exc:
 
 from shadowrl.core.atomic import atomic_write_json, atomic_write_with
 from shadowrl.core.spec import (
+    NAME_RE,
     LineMap,
     PathKey,
     Problems,
     Scenario,
     SpecError,
     as_scenario,
+    format_path,
     load_yaml_file,
     validate_model,
 )
@@ -71,7 +89,8 @@ from shadowrl.rl.evaluate import evaluate
 
 __all__ = [
     "ALGORITHMS", "AgentConfig", "AtomicCheckpointCallback", "CheckpointConfig", "CostEvalCallback",
-    "EvalConfig", "SB3Policy", "TrainResult", "agent_config_from_data", "env_args",
+    "EvalConfig", "SB3Policy", "TrainResult", "agent_config_from_data", "check_run",
+    "config_problems", "env_args", "integer_hyperparameter",
     "load_agent_config", "load_policy", "make_vec_env_for", "read_sidecar", "register_algorithm",
     "sidecar_path", "train", "uses_masks",
 ]
@@ -114,26 +133,46 @@ def _masked_class(cls: type[BaseAlgorithm]) -> bool:
 
 # --------------------------------------------------------------------------- config
 
+# Bounds of an agent config (docs/inputs.md). Every hyperparameter has a documented range,
+# and the ones that set how much work a run does are bounded together, so a config that
+# validates neither crashes inside SB3/torch nor runs (or allocates) without end.
+MAX_TIMESTEPS = 10_000_000  # ~70x the shipped agents' 150k: hours, not weeks
+MAX_N_ENVS = 256
+MAX_ROLLOUT = 262_144  # n_steps x n_envs: the rollout buffer of an on-policy update
+MAX_BATCH = 65_536
+MAX_GRADIENT_STEPS = 1_000_000  # minibatch updates over a whole run (~1 h at 3 ms each)
+MAX_EVAL_EPISODES = 10_000  # per evaluation
+MAX_EVAL_TOTAL = 100_000  # evaluation episodes over a whole run
+MAX_CHECKPOINTS = 1_000  # checkpoints written over a whole run
+MAX_LAYERS = 8
+MAX_WIDTH = 1_024
+MAX_SEED = 2**31 - 1
+MAX_PENALTY = 1e6  # cost weights and penalties of the env block
+MAX_REPLAY = 1_000_000  # DQN replay buffer transitions (SB3's default; ~0.5 GB on checkout)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EvalConfig(_Strict):
-    freq: int = Field(default=5000, ge=1, description="timesteps between evaluations")
-    episodes: int = Field(default=50, ge=1)
-    seed: int = Field(default=100_000, ge=0, description="episode i uses seed + i")
+    freq: StrictInt = Field(default=5000, ge=1, le=MAX_TIMESTEPS,
+                            description="timesteps between evaluations")
+    episodes: StrictInt = Field(default=50, ge=1, le=MAX_EVAL_EPISODES)
+    seed: StrictInt = Field(default=100_000, ge=0, le=MAX_SEED,
+                            description="episode i uses seed + i")
 
 
 class CheckpointConfig(_Strict):
-    freq: int = Field(default=10_000, ge=1, description="timesteps between checkpoints")
+    freq: StrictInt = Field(default=10_000, ge=1, le=MAX_TIMESTEPS,
+                            description="timesteps between checkpoints")
 
 
 class AgentConfig(_Strict):
-    algorithm: str = "maskable_ppo"
-    policy: str = "MlpPolicy"
-    n_envs: int = Field(default=4, ge=1, le=256)
-    timesteps: int = Field(default=60_000, ge=1)
+    algorithm: str = Field(default="maskable_ppo", max_length=100)
+    policy: str = Field(default="MlpPolicy", max_length=100)
+    n_envs: StrictInt = Field(default=4, ge=1, le=MAX_N_ENVS)
+    timesteps: StrictInt = Field(default=60_000, ge=1, le=MAX_TIMESTEPS)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     policy_kwargs: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, Any] = Field(default_factory=dict)
@@ -146,8 +185,8 @@ class AgentConfig(_Strict):
 
     def constructor_kwargs(self) -> dict[str, Any]:
         """Hyperparameters with ``lin_X`` schedules and the policy kwargs resolved."""
-        kwargs = {k: _schedule(v) if k in _SCHEDULED else v
-                  for k, v in self.hyperparameters.items()}
+        values = _normalised(self.hyperparameters, _spec_of(self.algorithm_class) or {})
+        kwargs = {k: _schedule(v) if k in _SCHEDULED else v for k, v in values.items()}
         policy_kwargs = dict(self.policy_kwargs)
         if isinstance(policy_kwargs.get("activation_fn"), str):
             import torch.nn as nn
@@ -171,9 +210,12 @@ def agent_config_from_data(data: Any, file: str = "<agent>",
     """Validate parsed YAML as an agent config; :class:`SpecError` names file:line: field."""
     lines = lines or LineMap()
     config = validate_model(AgentConfig, data, file, lines)
-    problems = _check_config(config)
+    problems = config_problems(config)
     if problems:
         raise SpecError.at_paths(file, lines, problems)
+    config.hyperparameters = _normalised(config.hyperparameters,
+                                         _spec_of(config.algorithm_class) or {})
+    config.env = _normalised(config.env, _ENV_SPEC)
     return config
 
 
@@ -183,91 +225,451 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     return agent_config_from_data(data, str(path), lines)
 
 
-def _check_config(config: AgentConfig) -> Problems:
+def config_problems(config: AgentConfig) -> Problems:
+    """Everything wrong with ``config`` as (field path, message): names, types and ranges
+    of each value, then the budget of the run as a whole. Callers that change a loaded
+    config (an experiment's timesteps and replicas, a sweep's hyperparameters) check the
+    result again with this."""
     cls = ALGORITHMS.get(config.algorithm)
     if cls is None:
         known = ", ".join(sorted(ALGORITHMS))
         return [(("algorithm",), f"unknown algorithm {config.algorithm!r} (known: {known})")]
     problems = _check_hyperparameters(cls, config.hyperparameters)
     problems += _check_policy(cls, config)
-    accepted = env_args()
-    for key in config.env:
-        if key not in accepted:
-            problems.append((("env", key), f"RollbackEnv does not accept '{key}' (accepted: "
-                                           f"{', '.join(sorted(accepted))})"))
-    problems += _check_env_values(config.env)
+    problems += _check_env(config.env)
+    if not problems:  # the budget needs every value to be of the right type
+        problems += _check_budget(cls, config)
     return problems
 
 
-def _check_env_values(env: dict[str, Any]) -> Problems:
-    """The objective settings of the ``env`` block: a known objective, a penalty >= 0."""
-    from shadowrl.rl.env import OBJECTIVES
+def check_run(config: AgentConfig, timesteps: int | None = None) -> None:
+    """ValueError naming every problem of ``config`` trained for ``timesteps`` (default its
+    own): the last check before a model is built, for configs changed after loading."""
+    if timesteps is not None:
+        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or not (
+                1 <= timesteps <= MAX_TIMESTEPS):
+            raise ValueError(f"timesteps must be a whole number in [1, {MAX_TIMESTEPS}], "
+                             f"got {timesteps!r}")
+        config = config.model_copy(update={"timesteps": timesteps})
+    problems = config_problems(config)
+    if problems:
+        raise ValueError("agent config: " + "; ".join(
+            f"{format_path(p)}: {m}" for p, m in problems))
 
-    problems: Problems = []
-    if "objective" in env and env["objective"] not in OBJECTIVES:
-        problems.append((("env", "objective"), f"expected one of {', '.join(OBJECTIVES)}, got "
-                                               f"{env['objective']!r}"))
-    penalty = env.get("full_outage_penalty")
-    if penalty is not None and (isinstance(penalty, bool) or not isinstance(
-            penalty, (int, float)) or penalty < 0):
-        problems.append((("env", "full_outage_penalty"),
-                         f"expected a number >= 0, got {penalty!r}"))
-    return problems
+
+# Value checkers: pydantic adapters whose messages say what was expected and what came.
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _interval(lo: float, hi: float, open_lo: bool) -> str:
+    return f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+
+
+def _whole_check(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {_show(value)}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be in [{lo}, {hi}], got {_show(value)}")
+        return value
+    return check
+
+
+# YAML 1.1 reads ``1e-4`` (no dot) as a string: such a string is taken as the number.
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number_check(lo: float, hi: float, open_lo: bool = False) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {_show(value)}")
+        try:
+            x = float(value)
+        except OverflowError:
+            x = float("inf")
+        if not math.isfinite(x) or x < lo or x > hi or (open_lo and x <= lo):
+            raise ValueError(f"must be in {_interval(lo, hi, open_lo)}, got {_show(value)}")
+        return value
+    return check
+
+
+def _adapter(check: Callable[[Any], Any]) -> TypeAdapter[Any]:
+    return TypeAdapter(Annotated[Any, BeforeValidator(check)])
+
+
+def _whole(lo: int, hi: int) -> TypeAdapter[Any]:
+    return _adapter(_whole_check(lo, hi))
+
+
+def _number(lo: float, hi: float, open_lo: bool = False) -> TypeAdapter[Any]:
+    return _adapter(_number_check(lo, hi, open_lo))
+
+
+def _schedulable(lo: float, hi: float, open_lo: bool = True,
+                 nullable: bool = False) -> TypeAdapter[Any]:
+    """A number in the range, or ``lin_<number>`` (linear decay from it to 0)."""
+    number = _number_check(lo, hi, open_lo)
+
+    def check(value: Any) -> Any:
+        if value is None and nullable:
+            return value
+        if isinstance(value, str) and not _NUMBER_RE.fullmatch(value.strip()):
+            match = _LIN_RE.match(value)
+            try:
+                start = float(match.group(1)) if match else math.nan
+            except ValueError:
+                start = math.nan
+            if math.isnan(start):
+                raise ValueError(f"expected a number or 'lin_<number>', got {_show(value)}")
+            number(start)
+            return value
+        return number(value)
+    return _adapter(check)
+
+
+def _flag() -> TypeAdapter[Any]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_show(value)}")
+        return value
+    return _adapter(check)
+
+
+def _one_of(*choices: Any) -> TypeAdapter[Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got "
+                             f"{_show(value)}")
+        return value
+    return _adapter(check)
+
+
+def _gradient_steps(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            value == -1 or 1 <= value <= 1000):
+        raise ValueError(f"expected -1 (as many as steps collected) or a whole number in "
+                         f"[1, 1000], got {_show(value)}")
+    return value
+
+
+def _optional(adapter: TypeAdapter[Any]) -> TypeAdapter[Any]:
+    def check(value: Any) -> Any:
+        return value if value is None else adapter.validate_python(value)
+    return _adapter(check)
+
+
+def _check_value(adapter: TypeAdapter[Any], value: Any) -> str | None:
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        msg = str(exc.errors()[0]["msg"])
+        return msg.removeprefix("Value error, ")
+    return None
+
+
+def _normalised(values: dict[str, Any], spec: dict[str, TypeAdapter[Any]]) -> dict[str, Any]:
+    """``values`` as their checkers return them (``'1e-4'`` -> 1e-4); a value that does not
+    pass is kept as it is, for :func:`check_run` to report."""
+    out = dict(values)
+    for key, value in values.items():
+        if key in spec:
+            with suppress(ValidationError):
+                out[key] = spec[key].validate_python(value)
+    return out
+
+
+_COMMON: dict[str, TypeAdapter[Any]] = {
+    "learning_rate": _schedulable(0.0, 1.0),
+    "gamma": _number(0.0, 1.0),
+    "max_grad_norm": _number(0.0, 1e6, open_lo=True),
+    "stats_window_size": _whole(1, 10_000),
+}
+_ON_POLICY = {
+    **_COMMON,
+    "n_steps": _whole(1, 65_536),
+    "gae_lambda": _number(0.0, 1.0),
+    "ent_coef": _number(0.0, 1.0),
+    "vf_coef": _number(0.0, 10.0),
+    "normalize_advantage": _flag(),
+}
+_PPO_SPEC = {
+    **_ON_POLICY,
+    "batch_size": _whole(2, MAX_BATCH),
+    "n_epochs": _whole(1, 100),
+    "clip_range": _schedulable(0.0, 10.0),
+    "clip_range_vf": _schedulable(0.0, 10.0, nullable=True),
+    "target_kl": _optional(_number(0.0, 10.0, open_lo=True)),
+}
+_A2C_SPEC = {
+    **_ON_POLICY,
+    "rms_prop_eps": _number(0.0, 1.0, open_lo=True),
+    "use_rms_prop": _flag(),
+}
+_DQN_SPEC = {
+    **_COMMON,
+    "buffer_size": _whole(1, MAX_REPLAY),
+    "learning_starts": _whole(0, MAX_TIMESTEPS),
+    "batch_size": _whole(1, MAX_BATCH),
+    "tau": _number(0.0, 1.0, open_lo=True),
+    "train_freq": _whole(1, 1_000_000),
+    "gradient_steps": _adapter(_gradient_steps),
+    "n_steps": _whole(1, 100),
+    "target_update_interval": _whole(1, MAX_TIMESTEPS),
+    "exploration_fraction": _number(0.0, 1.0),
+    "exploration_initial_eps": _number(0.0, 1.0),
+    "exploration_final_eps": _number(0.0, 1.0),
+}
+# The hyperparameters of each built-in algorithm shadowrl accepts; a registered subclass
+# gets its base's, and its other arguments are type-checked from its signature.
+_SPECS: dict[type, dict[str, TypeAdapter[Any]]] = {
+    MaskablePPO: _PPO_SPEC, PPO: _PPO_SPEC, A2C: _A2C_SPEC, DQN: _DQN_SPEC}
+_UNSUPPORTED = {
+    "use_sde": "gSDE needs a continuous action space; RollbackEnv's is discrete",
+    "sde_sample_freq": "gSDE needs a continuous action space; RollbackEnv's is discrete",
+    "rollout_buffer_class": "buffer classes cannot be set from an agent config",
+    "rollout_buffer_kwargs": "buffer classes cannot be set from an agent config",
+    "replay_buffer_class": "buffer classes cannot be set from an agent config",
+    "replay_buffer_kwargs": "buffer classes cannot be set from an agent config",
+    "optimize_memory_usage": "not supported (SB3 needs timeout handling off for it)",
+}
+
+
+_WHOLE_NUMBERS = {"n_steps", "batch_size", "n_epochs", "stats_window_size", "buffer_size",
+                  "learning_starts", "train_freq", "gradient_steps", "target_update_interval"}
+
+
+def integer_hyperparameter(algorithm: str, key: str) -> bool:
+    """Whether ``key`` of ``algorithm`` takes whole numbers (a sweep then draws integers)."""
+    cls = ALGORITHMS.get(algorithm)
+    if cls is None:
+        return False
+    if _spec_of(cls) is not None and key in _WHOLE_NUMBERS:
+        return True
+    param = inspect.signature(cls.__init__).parameters.get(key)
+    return param is not None and param.annotation in (int, "int")
+
+
+def _spec_of(cls: type[BaseAlgorithm]) -> dict[str, TypeAdapter[Any]] | None:
+    return next((_SPECS[base] for base in cls.__mro__ if base in _SPECS), None)
+
+
+def _accepted(cls: type[BaseAlgorithm]) -> set[str]:
+    params = _init_params(cls) - _RESERVED_ARGS - set(_UNSUPPORTED)
+    spec = _spec_of(cls)
+    if spec is None:
+        return params
+    own = params - _init_params(next(b for b in cls.__mro__ if b in _SPECS))
+    return (set(spec) & params) | own
 
 
 def _check_hyperparameters(cls: type[BaseAlgorithm], hyperparameters: dict[str, Any]
                            ) -> Problems:
-    """Each hyperparameter is a constructor argument of ``cls`` with a value of its type."""
+    """Each hyperparameter is one shadowrl accepts for ``cls``, with a value in its range."""
     problems: Problems = []
-    accepted = _init_params(cls) - _RESERVED_ARGS
+    accepted = _accepted(cls)
+    spec = _spec_of(cls) or {}
     annotations = {k: p.annotation for k, p in inspect.signature(cls.__init__).parameters.items()}
     for key, value in hyperparameters.items():
-        wrong = _hyperparameter_problem(cls, accepted, key, value)
-        if wrong is None and not (key in _SCHEDULED and isinstance(value, str)):
-            wrong = _type_problem(annotations.get(key), value)
+        wrong = _hyperparameter_problem(cls, accepted, key)
+        if wrong is None:
+            wrong = (_check_value(spec[key], value) if key in spec
+                     else _type_problem(annotations.get(key), value))
         if wrong:
             problems.append((("hyperparameters", key), wrong))
-    gamma = hyperparameters.get("gamma")
-    if isinstance(gamma, (int, float)) and not 0 <= gamma <= 1:
-        problems.append((("hyperparameters", "gamma"), f"must be in [0, 1], got {gamma}"))
     return problems
 
 
-def _hyperparameter_problem(cls: type[BaseAlgorithm], accepted: set[str], key: str,
-                            value: Any) -> str | None:
-    """What is wrong with one hyperparameter, its type aside."""
+def _hyperparameter_problem(cls: type[BaseAlgorithm], accepted: set[str], key: str
+                            ) -> str | None:
+    """What is wrong with one hyperparameter's name."""
     if key == "n_envs":
         return "n_envs is a top-level field, not a hyperparameter"
     if key in _RESERVED_ARGS:
         return f"'{key}' is set by shadowrl, not by the agent config"
+    if key in _UNSUPPORTED and key in _init_params(cls):
+        return f"'{key}': {_UNSUPPORTED[key]}"
     if key not in accepted:
-        return (f"{cls.__name__} does not accept '{key}' (accepted: "
+        return (f"{cls.__name__} does not accept {_show(key)} (accepted: "
                 f"{', '.join(sorted(accepted))})")
-    if key in _SCHEDULED and isinstance(value, str) and not _LIN_RE.match(value):
-        return f"expected a number or 'lin_<number>', got {value!r}"
-    if key in _SCHEDULED and isinstance(value, (int, float)) and not isinstance(
-            value, bool) and value < 0:
-        return f"must be >= 0, got {value}"
     return None
 
 
+def _effective(cls: type[BaseAlgorithm], hyperparameters: dict[str, Any], key: str) -> Any:
+    """The value a hyperparameter will have: the config's, else the constructor default."""
+    if key in hyperparameters:
+        return hyperparameters[key]
+    param = inspect.signature(cls.__init__).parameters.get(key)
+    return None if param is None or param.default is param.empty else param.default
+
+
+def _check_budget(cls: type[BaseAlgorithm], config: AgentConfig) -> Problems:
+    """The run as a whole: its rollout buffer, minibatches, gradient steps, evaluations and
+    checkpoints, each within its bound (and what SB3 asserts, before SB3 does)."""
+    hp = config.hyperparameters
+    n_envs, total = config.n_envs, config.timesteps
+    problems: Problems = []
+    n_steps = _effective(cls, hp, "n_steps")
+    if issubclass(cls, OnPolicyAlgorithm) and isinstance(n_steps, int):
+        problems += _check_rollout(cls, hp, n_envs, total, n_steps)
+    elif issubclass(cls, OffPolicyAlgorithm):
+        problems += _check_off_policy(cls, hp, n_envs, total)
+    evals = total // config.eval.freq + 1
+    if evals * config.eval.episodes > MAX_EVAL_TOTAL:
+        problems.append((("eval", "freq"), (
+            f"{evals} evaluations of {config.eval.episodes} episodes over {total} timesteps "
+            f"is more than {MAX_EVAL_TOTAL} episodes: evaluate less often or on fewer")))
+    if total // config.checkpoint.freq > MAX_CHECKPOINTS:
+        problems.append((("checkpoint", "freq"), (
+            f"{total // config.checkpoint.freq} checkpoints over {total} timesteps; the "
+            f"limit is {MAX_CHECKPOINTS}: checkpoint less often")))
+    return problems
+
+
+def _check_rollout(cls: type[BaseAlgorithm], hp: dict[str, Any], n_envs: int, total: int,
+                   n_steps: int) -> Problems:
+    where = ("hyperparameters", "n_steps") if "n_steps" in hp else ("n_envs",)
+    rollout = n_steps * n_envs
+    if rollout > MAX_ROLLOUT:
+        return [(where, f"n_steps x n_envs = {n_steps} x {n_envs} = {rollout}; the limit is "
+                        f"{MAX_ROLLOUT}")]
+    if _effective(cls, hp, "normalize_advantage") and rollout < 2:
+        return [(where, "n_steps x n_envs must be at least 2 to normalise advantages")]
+    updates = -(-total // rollout)
+    if "batch_size" in (_spec_of(cls) or {}):
+        batch = _effective(cls, hp, "batch_size")
+        if isinstance(batch, int) and batch > rollout:
+            return [(("hyperparameters", "batch_size") if "batch_size" in hp else where,
+                     f"batch_size {batch} is larger than n_steps x n_envs = {rollout}")]
+        epochs = _effective(cls, hp, "n_epochs")
+        if isinstance(batch, int) and isinstance(epochs, int):
+            updates *= epochs * -(-rollout // batch)
+    if updates > MAX_GRADIENT_STEPS:
+        key = next((k for k in ("n_epochs", "batch_size", "n_steps") if k in hp), None)
+        return [(("hyperparameters", key) if key else ("timesteps",),
+                 f"{updates} gradient steps over {total} timesteps; the limit is "
+                 f"{MAX_GRADIENT_STEPS} (fewer epochs, larger batches or fewer timesteps)")]
+    return []
+
+
+def _check_off_policy(cls: type[BaseAlgorithm], hp: dict[str, Any], n_envs: int,
+                      total: int) -> Problems:
+    freq = _effective(cls, hp, "train_freq")
+    steps = _effective(cls, hp, "gradient_steps")
+    if not (isinstance(freq, int) and isinstance(steps, int)):
+        return []
+    rounds = -(-total // (freq * n_envs))
+    updates = total if steps < 0 else rounds * steps
+    if updates > MAX_GRADIENT_STEPS:
+        where = ("hyperparameters", "gradient_steps" if "gradient_steps" in hp
+                 else "train_freq")
+        return [(where, f"{updates} gradient steps over {total} timesteps; the limit is "
+                        f"{MAX_GRADIENT_STEPS}")]
+    return []
+
+
+_MLP = "MlpPolicy"  # RollbackEnv's observations are one flat vector
+
+
 def _check_policy(cls: type[BaseAlgorithm], config: AgentConfig) -> Problems:
-    """The policy is one of ``cls``'s and accepts the policy kwargs."""
-    policy_cls = getattr(cls, "policy_aliases", {}).get(config.policy)
+    """The policy is one of ``cls``'s (MlpPolicy for the built-in algorithms) and accepts
+    the policy kwargs, each of a supported kind and size."""
+    aliases = getattr(cls, "policy_aliases", {})
+    policy_cls = aliases.get(config.policy)
     if policy_cls is None:
-        known = ", ".join(sorted(getattr(cls, "policy_aliases", {})))
-        return [(("policy",), f"{cls.__name__} has no policy {config.policy!r} "
+        known = ", ".join(sorted(aliases))
+        return [(("policy",), f"{cls.__name__} has no policy {_show(config.policy)} "
                               f"(known: {known})")]
+    if _spec_of(cls) is not None and config.policy != _MLP:
+        return [(("policy",), f"{config.policy} needs image or dict observations; "
+                              f"RollbackEnv's are a flat vector: use {_MLP}")]
     problems: Problems = []
     policy_params = _init_params(policy_cls)
+    # actor-critic policies (SB3's and sb3-contrib's masked one) take separate pi/vf nets
+    actor_critic = issubclass(policy_cls, ActorCriticPolicy) or "ortho_init" in policy_params
+    allowed = {"net_arch", "activation_fn"} | (
+        {"ortho_init", "share_features_extractor"} if actor_critic else set())
     for key, value in config.policy_kwargs.items():
         path: PathKey = ("policy_kwargs", key)
         if key not in policy_params or key in {"self", "observation_space", "action_space",
                                                "lr_schedule"}:
-            problems.append((path, f"{policy_cls.__name__} does not accept '{key}'"))
-        elif key == "activation_fn" and value not in _ACTIVATIONS:
-            problems.append((path, f"unknown activation {value!r} (known: "
+            problems.append((path, f"{policy_cls.__name__} does not accept {_show(key)}"))
+        elif key not in allowed:
+            problems.append((path, f"{policy_cls.__name__}'s {_show(key)} cannot be set from "
+                                   f"an agent config (supported: {', '.join(sorted(allowed))})"))
+        elif key == "net_arch":
+            wrong = _net_arch_problem(value, actor_critic)
+            if wrong:
+                problems.append((path, wrong))
+        elif key == "activation_fn" and (not isinstance(value, str)
+                                         or value not in _ACTIVATIONS):
+            problems.append((path, f"unknown activation {_show(value)} (known: "
                                    f"{', '.join(sorted(_ACTIVATIONS))})"))
+        elif key in {"ortho_init", "share_features_extractor"} and not isinstance(value, bool):
+            problems.append((path, f"expected true or false, got {_show(value)}"))
+    return problems
+
+
+def _layers_problem(value: Any) -> str | None:
+    if not isinstance(value, list) or len(value) > MAX_LAYERS or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH
+            for w in value):
+        return (f"expected a list of at most {MAX_LAYERS} layer widths in [1, {MAX_WIDTH}], "
+                f"got {_show(value)}")
+    return None
+
+
+def _net_arch_problem(value: Any, actor_critic: bool) -> str | None:
+    """A list of layer widths, or for actor-critic policies ``{pi: [...], vf: [...]}``."""
+    if isinstance(value, dict) and actor_critic:
+        if not value or set(value) - {"pi", "vf"}:
+            return f"expected a list of widths or {{pi: [...], vf: [...]}}, got {_show(value)}"
+        return next((f"{k}: {p}" for k in sorted(value)
+                     if (p := _layers_problem(value[k]))), None)
+    return _layers_problem(value)
+
+
+def _incident_name(value: Any) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ValueError(f"expected an incident name (lowercase letters, digits and '-'), "
+                         f"got {_show(value)}")
+    return value
+
+
+_ENV_SPEC: dict[str, TypeAdapter[Any]] = {
+    "objective": _one_of("budget", "downtime"),
+    "full_outage_penalty": _number(0.0, MAX_PENALTY),
+    "failed_request_weight": _number(0.0, MAX_PENALTY),
+    "failed_step_penalty": _number(0.0, MAX_PENALTY),
+    "invalid_penalty": _number(0.0, MAX_PENALTY),
+    "backend": _one_of("sim"),
+    "at": _one_of("now", "peak"),
+    "incident": _optional(_adapter(_incident_name)),
+}
+_ENV_OWNED = {"record_profile": "'record_profile' is set by shadowrl, not by the agent config"}
+
+
+def _check_env(env: dict[str, Any]) -> Problems:
+    """The ``env`` block: RollbackEnv arguments, each of its kind and range."""
+    accepted = env_args() - set(_ENV_OWNED)
+    annotations = {k: p.annotation
+                   for k, p in inspect.signature(RollbackEnv.__init__).parameters.items()}
+    problems: Problems = []
+    for key, value in env.items():
+        path: PathKey = ("env", key)
+        if key in _ENV_OWNED:
+            problems.append((path, _ENV_OWNED[key]))
+        elif key not in accepted:
+            problems.append((path, f"RollbackEnv does not accept {_show(key)} (accepted: "
+                                   f"{', '.join(sorted(accepted))})"))
+        elif (wrong := (_check_value(_ENV_SPEC[key], value) if key in _ENV_SPEC
+                        else _type_problem(annotations.get(key), value))):
+            problems.append((path, wrong))
     return problems
 
 
@@ -687,6 +1089,7 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
     start = time.perf_counter()
     if not isinstance(config, AgentConfig):
         config = load_agent_config(config)
+    check_run(config, timesteps)  # a config changed since loading (sweep, replicas) too
     sc = as_scenario(scenario)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from shadowrl.core.plan import (
     setting_combinations,
     validate_plan,
 )
-from shadowrl.core.spec import Procedure, Step
+from shadowrl.core.spec import Procedure, Scenario, Step
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
 from shadowrl.rl.env import RollbackEnv
@@ -281,15 +281,21 @@ def plan_cost(env: RollbackEnv, plan: Plan, seeds: Sequence[int],
     return float(np.mean(costs))
 
 
+MAX_TRIALS = 10_000  # best_static's budget: plans evaluated (optimize --trials)
+
+
 def best_static(env: RollbackEnv, train_seeds: Sequence[int], *, trials: int = 150,
                 exhaustive_limit: int = 400, seed: int = 0,
                 on_trial: Callable[[int, int], None] | None = None) -> StaticSearchResult:
-    """The static plan with the lowest mean cost over ``train_seeds``."""
+    """The static plan with the lowest mean cost over ``train_seeds``, from at most
+    ``trials`` evaluated plans (exhaustive when the plan space fits in that budget)."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
+        raise ValueError(f"trials must be a whole number in [1, {MAX_TRIALS}], got {trials!r}")
     proc = env.procedure
     deviation = env.deviation
     size = plan_space_size(proc, limit=exhaustive_limit + 1)
     configured = configured_plan(proc)
-    if size <= exhaustive_limit:
+    if size <= exhaustive_limit and size < trials:  # + the configured plan, costed first
         best_plan, best_cost, n = configured, plan_cost(env, configured, train_seeds,
                                                         deviation), 0
         for plan in all_plans(proc):
@@ -301,7 +307,7 @@ def best_static(env: RollbackEnv, train_seeds: Sequence[int], *, trials: int = 1
                 on_trial(n, size)
         return StaticSearchResult(best_plan, best_cost, n, "exhaustive")
     found = _optuna_search(env, train_seeds, trials, seed, configured, on_trial)
-    return local_search(env, train_seeds, found)
+    return local_search(env, train_seeds, found, max_evaluations=trials - found.evaluated)
 
 
 def _neighbours(procedure: Procedure,
@@ -343,14 +349,18 @@ def _neighbours(procedure: Procedure,
 
 
 def local_search(env: RollbackEnv, train_seeds: Sequence[int], start: StaticSearchResult,
-                 max_moves: int = 40) -> StaticSearchResult:
+                 max_moves: int = 40, max_evaluations: int | None = None) -> StaticSearchResult:
     """First-improvement hill climbing from a search result over :func:`_neighbours`, until
-    no neighbour is better (a local optimum) or ``max_moves`` improvements were made."""
+    no neighbour is better (a local optimum), ``max_moves`` improvements were made or
+    ``max_evaluations`` plans (None: no limit) were evaluated."""
     best_plan, best_cost = list(start.plan), start.train_cost
     evaluated = start.evaluated
+    budget = start.evaluated + max_evaluations if max_evaluations is not None else None
     for _ in range(max_moves):
         improved = False
         for candidate in _neighbours(env.procedure, best_plan):
+            if budget is not None and evaluated >= budget:
+                break
             evaluated += 1
             cost = plan_cost(env, candidate, train_seeds, env.deviation)
             if cost < best_cost - 1e-9:
@@ -420,27 +430,63 @@ def _priority_order(steps: Sequence[Step], priority: dict[str, float]) -> list[s
     return [s.name for s in order_steps(by_priority)]
 
 
-def plan_to_procedure(procedure: Procedure, plan: Plan) -> Procedure:
-    """A procedure listing the plan's steps in order with its settings as defaults.
-
-    Skipped optional steps are left out (and dropped from other steps' ``after``); tunable
-    choices are kept so the result can be optimised again.
-    """
-    skipped = {name for name, settings in plan if settings is None}
-    steps = []
+def noop_steps(scenario: Scenario, plan: Plan, procedure: Procedure | None = None) -> list[str]:
+    """The plan's steps that change nothing where they run: a ``scale`` to the replicas its
+    service already has at that point (the deployment's count, or what an earlier scale step
+    set; rollbacks put back every replica they take out). Shown as a step, such a step reads
+    as a change that is none."""
+    proc = procedure or scenario.procedure
+    replicas = {s.name: s.replicas for s in scenario.deployment.services}
+    out = []
     for name, settings in plan:
         if settings is None:
             continue
-        step = procedure.step(name).model_copy(deep=True)
+        step = proc.step(name)
+        if step.action != "scale" or step.target not in replicas:
+            continue
+        wanted = int(settings.get("replicas", step.default_settings().get("replicas", 0)))
+        if wanted == replicas[step.target]:
+            out.append(name)
+        replicas[step.target] = wanted
+    return out
+
+
+def plan_to_procedure(procedure: Procedure, plan: Plan, *, omit: Collection[str] = (),
+                      name: str | None = None) -> Procedure:
+    """A procedure listing the plan's steps in order with its settings as defaults, named
+    ``name`` (default: the procedure's name + ``-optimized``).
+
+    Skipped optional steps are left out (and dropped from other steps' ``after``); so are
+    the steps in ``omit`` (e.g. :func:`noop_steps`), whose own ``after`` pass to the steps
+    that came after them, so the order constraints still hold. Tunable choices are kept so
+    the result can be optimised again.
+    """
+    skipped = {n for n, settings in plan if settings is None}
+    omitted = set(omit)
+
+    def inherited(deps: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for d in deps:
+            for e in (inherited(procedure.step(d).after) if d in omitted else [d]):
+                if e not in skipped and e not in out:
+                    out.append(e)
+        return out
+
+    steps = []
+    for step_name, settings in plan:
+        if settings is None or step_name in omitted:
+            continue
+        step = procedure.step(step_name).model_copy(deep=True)
         new_settings = {}
         for key, tun in step.tunables().items():
             value = settings.get(key, tun.default)
             new_settings[key] = tun.model_copy(update={"default": value}) if tun.tunable \
                 else tun.default
         step.settings = new_settings  # type: ignore[assignment]
-        step.after = [d for d in step.after if d not in skipped]
+        step.after = inherited(step.after)
         steps.append(step)
-    return procedure.model_copy(update={"steps": steps, "name": procedure.name + "-optimized"})
+    return procedure.model_copy(update={
+        "steps": steps, "name": name if name is not None else procedure.name + "-optimized"})
 
 
 BUILTIN_POLICIES = ("configured", "random", "greedy", "oracle")

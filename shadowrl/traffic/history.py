@@ -7,6 +7,11 @@ mean 1), the *shapes* of past excursions from that baseline (replayed, scaled, a
 effects), and a *forecast* of the next period, so rehearsals can be placed at the
 predicted peak. Only numpy and the standard library are used, to keep the import light.
 
+Loading is bounded (docs/inputs.md): file size, line length, samples, series, dates, span and
+values; samples too dense or too many are averaged onto a bounded grid. A file outside the
+bounds is a ``HistoryError`` naming the file and the line (JSON: the sample's position), never
+a traceback, a hang or gigabytes of memory.
+
 Conventions: times are float seconds since the Unix epoch (UTC; naive timestamps are read
 as UTC); "period" is the seasonal period, one day unless told otherwise; phases are
 measured from the UTC midnight (more generally, the multiple of the period) before the
@@ -16,10 +21,11 @@ first sample, so day-of-week effects line up with calendar days.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,12 +108,32 @@ def _average_duplicates(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.nd
 
 # --------------------------------------------------------------------------- loading
 
+# Bounds on what a history file may hold (docs/inputs.md). A real export is far inside
+# them; a file outside them is a mistake (wrong unit, wrong file) or a hostile input, and
+# is refused with a message instead of exhausting memory or time.
+MAX_HISTORY_BYTES = 16 * 2**20  # a year at 1-minute steps as CSV is ~14 MB
+MAX_LINE_CHARS = 4096  # one CSV line
+MAX_POINTS = 1_000_000  # timestamp/value pairs read, all series together
+MAX_SERIES = 200  # series in one Prometheus response (they are summed)
+MAX_ABS_VALUE = 1e15  # |value|: a million times any real request rate; sums cannot overflow
+MIN_TIMESTAMP = 0.0  # 1970-01-01T00:00:00Z
+MAX_TIMESTAMP = 7_258_118_400.0  # 2200-01-01T00:00:00Z
+MAX_SPAN_S = 732 * DAY_S  # two years, leap days included
+MIN_STEP_S = 10.0  # denser samples are averaged onto a grid of at least this step
+MAX_GRID_POINTS = 250_000  # longer histories are averaged onto a coarser grid
+_NICE_STEPS_S = (10, 15, 20, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 3600, 7200,
+                 10800, 14400, 21600, 43200, 86400)
+
 
 def load_series(path: str | Path, fmt: str | None = None, column: str = "value") -> Series:
     """Read a history file; ``fmt`` is ``prometheus`` or ``csv`` (None: from the extension).
 
-    Raises ``HistoryError`` naming the file (and, for CSV, the line) on bad input, so a
-    scenario's ``deviations.history`` mistake is reported like any validation error.
+    Raises ``HistoryError`` naming the file (and, for CSV, the line; for JSON the
+    ``data.result[i].values[j]`` path) on bad input, so a scenario's ``deviations.history``
+    mistake is reported like any validation error. Within the bounds above the result has
+    at most ``MAX_GRID_POINTS + 1`` points, a median step of at least ``MIN_STEP_S`` and
+    ``span / step <= MAX_GRID_POINTS + 1``: samples too dense or too many are averaged onto
+    a regular grid, so every analysis downstream runs in bounded memory and time.
     """
     p = Path(path)
     kind = (fmt or "").strip().lower()
@@ -119,20 +145,111 @@ def load_series(path: str | Path, fmt: str | None = None, column: str = "value")
                 f"{p}: cannot tell the format from extension {suffix or '(none)'!r}; "
                 "use .json (Prometheus) or .csv, or give the format"
             )
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise HistoryError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    if kind in ("prometheus", "prom", "json"):
-        t, v, name = _parse_prometheus(text, p)
-    elif kind == "csv":
-        t, v = _parse_csv(text, p, column)
+    if kind not in ("prometheus", "prom", "json", "csv"):
+        raise HistoryError(f"{p}: unknown history format {fmt!r} (use prometheus or csv)")
+    text = _read_text(p)
+    if kind == "csv":
+        points = _parse_csv(text, p, column)
         name = p.stem
     else:
-        raise HistoryError(f"{p}: unknown history format {fmt!r} (use prometheus or csv)")
+        points, name = _parse_prometheus(text, p)
+    t, v = points.t, points.v
     if t.size < MIN_POINTS:
         raise HistoryError(f"{p}: only {t.size} usable point(s); need at least {MIN_POINTS}")
+    _check_span(points, p)
+    t, v = _average_duplicates(t, v) if np.any(np.diff(t) <= 0) else (t, v)
+    t, v, grid = _bounded_grid(t, v)
+    if t.size < MIN_POINTS:
+        raise HistoryError(
+            f"{p}: only {t.size} point(s) after averaging samples onto a {grid:g} s grid; "
+            f"need at least {MIN_POINTS} (samples closer than {MIN_STEP_S:g} s are averaged)"
+        )
     return Series(t, v, name=name)
+
+
+def _read_text(path: Path) -> str:
+    """The file as text, read no further than the size limit; NUL bytes and non-UTF-8
+    bytes are refused naming their line (a binary file, or a Latin-1 export)."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_HISTORY_BYTES + 1)
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_HISTORY_BYTES:
+        raise HistoryError(f"{path}: file too large (more than {MAX_HISTORY_BYTES} bytes; "
+                           "export a shorter range or a coarser step)")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise HistoryError(f"{path}:{line}: not a text file (NUL byte)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise HistoryError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                           f"column {col}); save the file as UTF-8") from None
+
+
+@dataclass
+class _Points:
+    """Parsed samples and where each came from (a CSV line, or a JSON path), so span and
+    range errors can point at the offending sample."""
+
+    t: np.ndarray
+    v: np.ndarray
+    where: Callable[[int], str]
+
+
+def _check_point(ts: float, val: float, where: str, raw_t: object, field: str) -> None:
+    """Timestamp in 1970..2200 and |value| <= MAX_ABS_VALUE, else a HistoryError there."""
+    if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
+        raise HistoryError(f"{where}: timestamp: {_short(raw_t)} is outside 1970-01-01.."
+                           "2200-01-01 (a wrong unit, or a wrong date?)")
+    if abs(val) > MAX_ABS_VALUE:
+        raise HistoryError(f"{where}: {field}: {val:g} is out of range (|{field}| <= "
+                           f"{MAX_ABS_VALUE:g})")
+
+
+def _check_span(points: _Points, path: Path) -> None:
+    """The history covers at most MAX_SPAN_S: a stray year-1 or year-9999 timestamp, or
+    a switch of unit part-way, shows up here, named by its first and last samples."""
+    lo, hi = int(np.argmin(points.t)), int(np.argmax(points.t))
+    span = float(points.t[hi] - points.t[lo])
+    if span > MAX_SPAN_S:
+        raise HistoryError(
+            f"{path}: timestamps span {span / DAY_S:,.0f} days, from {_iso(points.t[lo])} "
+            f"({points.where(lo)}) to {_iso(points.t[hi])} ({points.where(hi)}); the limit is "
+            f"{MAX_SPAN_S / DAY_S:.0f} days (a timestamp out of place or in another unit?)"
+        )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(float(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _nice_step(step: float) -> float:
+    """The smallest step of a day's divisors (10 s .. 1 day) at least ``step``; beyond a
+    day, whole days. Grid bins then line up with the daily season."""
+    for nice in _NICE_STEPS_S:
+        if nice >= step:
+            return float(nice)
+    return math.ceil(step / DAY_S) * DAY_S
+
+
+def _bounded_grid(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(t, v)`` unchanged when the sampling is within bounds; otherwise the averages of
+    the samples in each bin of a regular grid (bins without samples stay gaps). Returns the
+    grid step too (0 when unchanged)."""
+    step = float(np.median(np.diff(t))) if t.size > 1 else 0.0
+    span = float(t[-1] - t[0])
+    if step >= MIN_STEP_S and span <= step * MAX_GRID_POINTS and t.size <= MAX_GRID_POINTS + 1:
+        return t, v, 0.0
+    grid = _nice_step(max(MIN_STEP_S, span / MAX_GRID_POINTS))
+    bins, inverse = np.unique(np.floor(t / grid), return_inverse=True)
+    sums = np.bincount(inverse, weights=v, minlength=bins.size)
+    counts = np.bincount(inverse, minlength=bins.size)
+    return bins * grid, sums / counts, grid
 
 
 _FRACTION = re.compile(r"(\d{2}:\d{2}:\d{2})\.(\d+)")
@@ -157,117 +274,196 @@ def parse_timestamp(raw: str) -> float:
         s = s[:-1] + "+00:00"
     # Python 3.10's fromisoformat wants exactly 3 or 6 fraction digits.
     s = _FRACTION.sub(lambda m: f"{m.group(1)}.{(m.group(2) + '000000')[:6]}", s)
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    try:
+        dt = datetime.fromisoformat(s)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    except OverflowError:  # year 1 or 9999 shifted by its offset past datetime's range
+        raise ValueError(raw) from None
 
 
-def _parse_csv(text: str, path: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
-    reader = csv.reader(text.splitlines())
-    header: list[str] | None = None
-    ts_col = val_col = -1
+def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) of each CSV record; an over-long line or a CSV syntax error is a
+    HistoryError at its line."""
+    lines = io.StringIO(text, newline="")
+    for n, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise HistoryError(f"{path}:{n}: line too long ({len(line)} characters; the "
+                               f"limit is {MAX_LINE_CHARS})")
+    lines.seek(0)
+    reader = csv.reader(lines)
+    end = 0  # the line the previous record ended on
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise HistoryError(f"{path}:{start}: CSV error: {exc}") from None
+        end = reader.line_num
+        if end > start:  # no timestamp or number holds a line break
+            raise HistoryError(f"{path}:{start}: a quoted field runs on to line {end} (an "
+                               "unmatched '\"'?)")
+        yield start, row
+
+
+def _csv_header(row: list[str], path: Path, line: int, column: str) -> tuple[int, int]:
+    header = [cell.strip() for cell in row]
+    lowered = [h.lower() for h in header]
+    found = ", ".join(header)[:200]
+    if "timestamp" not in lowered:
+        raise HistoryError(f"{path}:{line}: header: no 'timestamp' column (found: {found})")
+    if column.lower() not in lowered:
+        raise HistoryError(f"{path}:{line}: header: no {column!r} column (found: {found})")
+    return lowered.index("timestamp"), lowered.index(column.lower())
+
+
+def _parse_csv(text: str, path: Path, column: str) -> _Points:
+    header: tuple[int, int] | None = None
+    width = 0
     times: list[float] = []
     values: list[float] = []
-    for row in reader:
-        line = reader.line_num
+    where: list[int] = []
+    for line, row in _csv_rows(text, path):
         if not row or all(not cell.strip() for cell in row):
             continue
         if header is None:
-            header = [cell.strip() for cell in row]
-            lowered = [h.lower() for h in header]
-            if "timestamp" not in lowered:
-                raise HistoryError(
-                    f"{path}:{line}: header: no 'timestamp' column (found: {', '.join(header)})"
-                )
-            if column.lower() not in lowered:
-                raise HistoryError(
-                    f"{path}:{line}: header: no {column!r} column (found: {', '.join(header)})"
-                )
-            ts_col, val_col = lowered.index("timestamp"), lowered.index(column.lower())
+            header, width = _csv_header(row, path, line, column), len(row)
             continue
+        ts_col, val_col = header
         if len(row) <= max(ts_col, val_col):
-            raise HistoryError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
+            raise HistoryError(f"{path}:{line}: expected {width} fields, got {len(row)}")
         raw_t, raw_v = row[ts_col], row[val_col].strip()
         if raw_v.lower() in _MISSING:
             continue
         try:
             ts = parse_timestamp(raw_t)
         except ValueError:
-            raise HistoryError(f"{path}:{line}: timestamp: cannot parse {raw_t!r}") from None
+            raise HistoryError(f"{path}:{line}: timestamp: cannot parse {raw_t[:80]!r}") from None
         try:
             val = float(raw_v)
         except ValueError:
-            raise HistoryError(f"{path}:{line}: {column}: cannot parse {raw_v!r}") from None
-        if math.isfinite(val):
-            times.append(ts)
-            values.append(val)
+            raise HistoryError(f"{path}:{line}: {column}: cannot parse {raw_v[:80]!r}") from None
+        if not math.isfinite(val):
+            continue
+        _check_point(ts, val, f"{path}:{line}", raw_t.strip(), column)
+        if len(times) >= MAX_POINTS:
+            raise HistoryError(f"{path}:{line}: more than {MAX_POINTS} data rows (export a "
+                               "shorter range or a coarser step)")
+        times.append(ts)
+        values.append(val)
+        where.append(line)
     if header is None:
         raise HistoryError(f"{path}: empty file (expected a header with timestamp,{column})")
-    return np.asarray(times, dtype=float), np.asarray(values, dtype=float)
+    return _Points(np.asarray(times, dtype=float), np.asarray(values, dtype=float),
+                   lambda i: f"line {where[i]}")
 
 
-def _parse_prometheus(text: str, path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def _parse_prometheus(text: str, path: Path) -> tuple[_Points, str]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HistoryError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise HistoryError(f"{path}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
+        raise HistoryError(f"{path}: invalid JSON: {str(exc).split(':')[0][:120]}") from None
     if not isinstance(doc, dict):
         raise HistoryError(f"{path}: expected a Prometheus query_range response object")
     status = doc.get("status", "success")
     if status != "success":
-        raise HistoryError(f"{path}: status is {status!r}: {doc.get('error', 'no error text')}")
+        detail = str(doc.get("error", "no error text"))[:200]
+        raise HistoryError(f"{path}: status is {str(status)[:40]!r}: {detail}")
     data = doc.get("data", doc)  # accept the bare ``data`` object too
     if not isinstance(data, dict) or data.get("resultType") != "matrix":
         got = data.get("resultType") if isinstance(data, dict) else type(data).__name__
-        raise HistoryError(f"{path}: data.resultType: expected 'matrix' (query_range), got {got!r}")
+        raise HistoryError(
+            f"{path}: data.resultType: expected 'matrix' (query_range), got {str(got)[:40]!r}"
+        )
     result = data.get("result")
     if not isinstance(result, list) or not result:
         raise HistoryError(f"{path}: data.result: no series")
+    if len(result) > MAX_SERIES:
+        raise HistoryError(f"{path}: data.result: {len(result)} series; the limit is "
+                           f"{MAX_SERIES} (aggregate them in the query, e.g. sum(...))")
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     names: set[str] = set()
+    budget = [MAX_POINTS]
     for i, item in enumerate(result):
         where = f"data.result[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("values"), list):
             raise HistoryError(f"{path}: {where}.values: missing or not a list")
         metric = item.get("metric") or {}
         if isinstance(metric, dict) and "__name__" in metric:
-            names.add(str(metric["__name__"]))
-        part = _prometheus_values(item["values"], f"{path}: {where}")
+            names.add(str(metric["__name__"])[:200])
+        part = _prometheus_values(item["values"], f"{path}: {where}", i, budget)
         if part is not None:
             parts.append(part)
-    if not parts:
-        return np.empty(0), np.empty(0), path.stem
-    t, v = _sum_on_common_grid(parts)
     name = names.pop() if len(names) == 1 else path.stem
-    return t, v, name
+    if not parts:
+        return _Points(np.empty(0), np.empty(0), lambda i: "data.result"), name
+    t, v = _sum_on_common_grid([(pt, pv) for pt, pv, _ in parts])
+    origin = np.concatenate([w for _, _, w in parts])
+    t_all = np.concatenate([pt for pt, _, _ in parts])
+
+    def located(i: int) -> str:  # the sample (in any series) at the grid time t[i]
+        k = int(np.flatnonzero(t_all == t[i])[0])
+        return f"data.result[{origin[k] >> 32}].values[{origin[k] & 0xFFFFFFFF}]"
+
+    return _Points(t, v, located), name
 
 
-def _prometheus_values(values: list[object], where: str
-                       ) -> tuple[np.ndarray, np.ndarray] | None:
-    """One series' ``[timestamp, value]`` pairs (finite ones, duplicates averaged), or None
-    when none is finite; a malformed pair is a HistoryError at ``where``."""
+def _prometheus_values(values: list[object], where: str, series: int, budget: list[int]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """One series' ``[timestamp, value]`` pairs (finite ones, duplicates averaged) with each
+    pair's origin (``series << 32 | index``), or None when none is finite; a malformed or
+    out-of-range pair is a HistoryError at ``where``. ``budget`` counts down MAX_POINTS."""
+    if len(values) > budget[0]:
+        raise HistoryError(f"{where}.values: more than {MAX_POINTS} points in all (export a "
+                           "shorter range or a coarser step)")
+    budget[0] -= len(values)
     ts_list: list[float] = []
     val_list: list[float] = []
+    origin: list[int] = []
     for j, pair in enumerate(values):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise HistoryError(f"{where}.values[{j}]: expected [timestamp, value]")
-        try:
-            ts = float(pair[0])
-        except (TypeError, ValueError):
-            raise HistoryError(
-                f"{where}.values[{j}]: timestamp: cannot parse {pair[0]!r}"
-            ) from None
-        try:
-            val = float(pair[1])
-        except (TypeError, ValueError):
-            raise HistoryError(f"{where}.values[{j}]: value: cannot parse {pair[1]!r}") from None
+        ts = _json_number(pair[0], f"{where}.values[{j}]: timestamp")
+        val = _json_number(pair[1], f"{where}.values[{j}]: value")
         if math.isfinite(ts) and math.isfinite(val):
+            _check_point(ts, val, f"{where}.values[{j}]", pair[0], "value")
             ts_list.append(round(ts, 3))
             val_list.append(val)
+            origin.append(series << 32 | j)
     if not ts_list:
         return None
-    return _average_duplicates(np.asarray(ts_list), np.asarray(val_list))
+    t = np.asarray(ts_list)
+    v = np.asarray(val_list)
+    o = np.asarray(origin, dtype=np.int64)
+    if np.any(np.diff(t) <= 0):
+        order = np.argsort(t, kind="stable")
+        t, v, o = t[order], v[order], o[order]
+        keep = np.concatenate([[True], np.diff(t) > 0])
+        t_u, v_u = _average_duplicates(t, v)
+        return t_u, v_u, o[keep]
+    return t, v, o
+
+
+def _json_number(raw: object, where: str) -> float:
+    """A Prometheus sample field as a float: a number or a numeric string (not a bool)."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise HistoryError(f"{where}: cannot parse {_short(raw)}")
+    try:
+        return float(raw)
+    except (ValueError, OverflowError):
+        raise HistoryError(f"{where}: cannot parse {_short(raw)}") from None
+
+
+def _short(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _sum_on_common_grid(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
@@ -279,9 +475,9 @@ def _sum_on_common_grid(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.
     """
     grid = np.unique(np.concatenate([t for t, _ in parts]))
     total = np.zeros(grid.size)
-    for t, v in parts:
-        inside = (grid >= t[0]) & (grid <= t[-1])
-        total[inside] += np.interp(grid[inside], t, v)
+    for t, v in parts:  # each series touches only its own slice of the grid
+        lo, hi = np.searchsorted(grid, [t[0], t[-1]], side="left")
+        total[lo:hi + 1] += np.interp(grid[lo:hi + 1], t, v)
     return grid, total
 
 
@@ -343,14 +539,22 @@ def _smooth_width(nbins: int) -> int:
     return max(3, nbins // 64) | 1  # ~25 minutes of a day at 5-minute bins
 
 
+MAX_ROLLING_WIDTH = 2049  # a day at 10-s steps needs 1081; wider only for odd periods
+_ROLLING_BLOCK = 2**21  # window elements whose median is taken at once (16 MB)
+
+
 def _rolling_median(v: np.ndarray, width: int) -> np.ndarray:
-    width = max(1, min(width, v.size)) | 1
+    """Centred rolling median, computed a block of windows at a time so memory stays
+    bounded whatever the series' length."""
+    width = max(1, min(width, v.size, MAX_ROLLING_WIDTH)) | 1
     if width == 1:
         return v.copy()
     half = width // 2
     padded = np.pad(v, half, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, width)
-    return np.median(windows, axis=1)
+    rows = max(1, _ROLLING_BLOCK // width)
+    return np.concatenate([np.median(windows[i:i + rows], axis=1)
+                           for i in range(0, windows.shape[0], rows)])
 
 
 def _auto_weekly(series: Series, period_s: float, weekly: bool | None) -> bool:

@@ -137,6 +137,168 @@ def test_bad_experiment_names_file_line_and_field(name: str, tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+# --------------------------------------------------------------------------- bounds
+
+
+def _experiment(tmp_path: Path, text: str = EXPERIMENT, name: str = "e.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _problem(path: Path, field: str) -> Any:
+    with pytest.raises(SpecError) as info:
+        load_experiment(path)
+    found = [p for p in info.value.problems if p.path == field]
+    assert found, str(info.value)
+    return found[0]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", "..", ".", "", "x" * 65,
+                                  "-lead", "name\n", "caf\u00e9", "$HOME", "C:\\x"])
+def test_metadata_name_is_a_safe_slug(tmp_path: Path, name: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name becomes runs/NAME/...: an absolute or ../ name would write outside it."""
+    text = EXPERIMENT.replace("{name: tiny-checkout}", "{name: " + json.dumps(name) + "}")
+    path = _experiment(tmp_path, text)
+    problem = _problem(path, "metadata.name")
+    assert problem.line == _line_of(text, "metadata:")
+    assert "invalid name" in problem.message and "no '/', no '..'" in problem.message
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = run("train", path)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert list(work.iterdir()) == []  # no runs/ folder, no mlflow.db
+
+
+@pytest.mark.parametrize("name", ["tiny-checkout", "Run_2.v1", "a..b", "x" * 64])
+def test_slug_names_load(tmp_path: Path, name: str) -> None:
+    text = EXPERIMENT.replace("{name: tiny-checkout}", "{name: " + json.dumps(name) + "}")
+    assert load_experiment(_experiment(tmp_path, text)).metadata.name == name
+
+
+def test_tracking_names_are_slugs_too(tmp_path: Path) -> None:
+    text = EXPERIMENT.replace(f"model: {MODEL}", "model: 'models:/x@champion'")
+    assert "invalid name" in _problem(_experiment(tmp_path, text), "tracking.model").message
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("''", "expected a file path, got an empty string"),
+    ('"a\\x00b"', "control characters"),
+    ("x" * 1100, "path too long (1100 characters; the limit is 1024)"),
+    ('"' + "/".join(["x" * 300] * 3) + '"', "cannot use"),
+    ("/", "not a regular file: /"),
+    ("/dev/null", "not a regular file: /dev/null"),
+])
+def test_scenario_and_agent_paths_are_checked(tmp_path: Path, value: str, words: str) -> None:
+    text = EXPERIMENT.replace(f"scenario: {CHECKOUT}", f"scenario: {value}")
+    problem = _problem(_experiment(tmp_path, text), "scenario")
+    assert words in problem.message, problem.message
+    assert problem.line == _line_of(text, "scenario:")
+
+
+def test_an_oversized_scenario_is_refused_before_it_is_read(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from shadowrl.app import experiment
+
+    monkeypatch.setattr(experiment, "MAX_FILE_BYTES", 100)
+    assert "file too large" in _problem(_experiment(tmp_path), "scenario").message
+
+
+@pytest.mark.parametrize(("line", "field", "words"), [
+    ("seed: -1", "seed", "greater than or equal to 0"),
+    ("seed: 4294967296", "seed", "less than or equal to 2147483647"),
+    ("replicas: 257", "replicas", "less than or equal to 256"),
+    ("replicas: true", "replicas", "valid integer"),
+    ("timesteps: 100000000000", "timesteps", "less than or equal to 10000000"),
+    ("search_trials: 10001", "search_trials", "less than or equal to 10000"),
+    ("evaluation: {episodes: 0, seed: 10000}", "evaluation.episodes", "greater than or equal"),
+    ("full_outage_penalty: 1.0e+308", "full_outage_penalty", "less than or equal to 1000000"),
+])
+def test_numbers_are_bounded(tmp_path: Path, line: str, field: str, words: str) -> None:
+    key = line.split(":")[0]
+    text = "\n".join(ln for ln in EXPERIMENT.splitlines() if not ln.startswith(key + ":"))
+    text += f"\n{line}\n"
+    problem = _problem(_experiment(tmp_path, text), field)
+    assert words in problem.message, problem.message
+    assert problem.line == _line_of(text, line)
+
+
+def _agent(tmp_path: Path, **changes: Any) -> Path:
+    data = yaml.safe_load(AGENT.read_text())
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_agent_is_checked_as_the_experiment_runs_it(tmp_path: Path) -> None:
+    """Valid with its own 4 envs (64 x 4 = 256 >= batch 256), invalid with 1 replica."""
+    agent = _agent(tmp_path, hyperparameters={"n_steps": 64})
+    text = EXPERIMENT.replace(f"agent: {AGENT}", f"agent: {agent}").replace(
+        "replicas: 2", "replicas: 1")
+    problem = _problem(_experiment(tmp_path, text), "agent")
+    assert problem.message.startswith(f"{agent}: hyperparameters.batch_size: batch_size 256 is "
+                                      "larger than n_steps x n_envs = 64")
+    assert problem.line == _line_of(text, "agent:")
+    # the experiment's timesteps count too: 10M steps at eval.freq 5000 x 50 episodes
+    text = EXPERIMENT.replace("timesteps: 512", "timesteps: 10000000")
+    assert "more than 100000 episodes" in _problem(_experiment(tmp_path, text), "agent").message
+
+
+def test_an_agent_incident_must_be_the_scenarios(tmp_path: Path) -> None:
+    agent = _agent(tmp_path, env={"incident": "no-such-incident"})
+    text = EXPERIMENT.replace(f"agent: {AGENT}", f"agent: {agent}")
+    problem = _problem(_experiment(tmp_path, text), "agent")
+    assert "'no-such-incident' is not an incident of scenario 'checkout'" in problem.message
+
+
+SWEEPS = {
+    "unknown": ("    learnig_rate: [1.0e-4, 1.0e-3]", "sweep.params.learnig_rate",
+                "does not accept 'learnig_rate'"),
+    "range-out": ("    learning_rate: [0, 1.0e-3]", "sweep.params.learning_rate",
+                  "0: hyperparameters.learning_rate: must be in (0, 1]"),
+    "int-range": ("    n_steps: [64.5, 512]", "sweep.params.n_steps",
+                  "n_steps is a whole number: give the range as whole numbers"),
+    "choice-out": ("    gamma: {choices: [0.9, 1.5]}", "sweep.params.gamma", "1.5: "),
+    "alone": ("    n_steps: {choices: [16, 256]}", "sweep.params.n_steps",
+              "16: hyperparameters.batch_size: batch_size 256 is larger than n_steps x n_envs"),
+    "combination": ("    n_steps: {choices: [128, 256]}\n    batch_size: {choices: [128, 512]}",
+                    "sweep.params", "the combination n_steps=128, batch_size=512 at 512 "
+                    "timesteps: hyperparameters.batch_size: batch_size 512 is larger"),
+    "strings": ("    learning_rate: [1e-4, x]", "sweep.params", "two finite numbers"),
+    "choices": ("    ent_coef: {choices: [" + ", ".join(["0.0"] * 65) + "]}", "sweep.params",
+                "at most 64 choices"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_sweep_values_are_checked_against_the_agent(tmp_path: Path, name: str) -> None:
+    line, field, words = SWEEPS[name]
+    text = EXPERIMENT + "sweep:\n  samples: 2\n  params:\n" + line + "\n"
+    problem = _problem(_experiment(tmp_path, text), field)
+    assert words in problem.message, problem.message
+
+
+def test_sweep_ranges_written_1e_4_load_and_whole_numbers_draw_integers(tmp_path: Path) -> None:
+    text = (EXPERIMENT + "sweep:\n  samples: 2\n  params:\n    learning_rate: [1e-4, 1e-3]\n"
+            "    n_steps: [128, 256]\n    n_epochs: [1, 20]\n")
+    exp = load_experiment(_experiment(tmp_path, text))
+    assert exp.sweep is not None and exp.sweep.params["learning_rate"] == [1e-4, 1e-3]
+    pytest.importorskip("ray")
+    from ray.tune.search.sample import Float, Integer
+
+    from shadowrl.app.experiment import _search_space
+
+    space = _search_space(exp.sweep, "maskable_ppo")
+    assert isinstance(space["learning_rate"], Float)
+    assert isinstance(space["n_steps"], Integer) and isinstance(space["n_epochs"], Integer)
+    assert {space["n_steps"].sample() for _ in range(20)} <= set(range(128, 257))
+
+
 # --------------------------------------------------------------------------- train end to end
 
 
@@ -220,7 +382,8 @@ def test_train_logs_metrics_params_and_artifacts(trained) -> None:
     metrics, params = run_.data.metrics, run_.data.params
     assert metrics["eval_holdout_downtime_mean"] == pytest.approx(
         first["methods"]["rl"]["mean"])
-    assert metrics["eval_holdout_seed"] == 10_000 and metrics["eval_holdout_episodes"] == 3
+    # which held-out incidents: constants of the run, so params (integrations.mlflow)
+    assert params["eval_holdout_seed"] == "10000" and params["eval_holdout_episodes"] == "3"
     for q in ("mean", "p50", "p95", "max"):
         assert metrics[f"eval_holdout_budget_burn_{q}"] == pytest.approx(
             first["budget_burn"]["rl"][q])

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from stable_baselines3 import PPO
 
 from shadowrl.core.spec import SpecError, load_scenario
@@ -15,6 +17,9 @@ from shadowrl.rl.agents import (
     ALGORITHMS,
     AgentConfig,
     SB3Policy,
+    agent_config_from_data,
+    check_run,
+    integer_hyperparameter,
     load_agent_config,
     load_policy,
     make_vec_env_for,
@@ -106,6 +111,148 @@ def test_config_problems_name_file_line_and_field(tmp_path: Path, old: str, new:
     with pytest.raises(SpecError) as info:
         load_agent_config(path)
     assert f"{path}{where}" in str(info.value)
+
+
+# Each: (hyperparameters or top-level changes, field path, words in the message). These are
+# the values the fuzzing of agent configs found crashing SB3/torch or hanging training.
+BAD_VALUES = [
+    ({"hyperparameters": {"learning_rate": -1}}, "hyperparameters.learning_rate",
+     "must be in (0, 1], got -1"),
+    ({"hyperparameters": {"learning_rate": "lin_-1"}}, "hyperparameters.learning_rate",
+     "must be in (0, 1]"),
+    ({"hyperparameters": {"learning_rate": "lin_1.2.3"}}, "hyperparameters.learning_rate",
+     "expected a number or 'lin_<number>'"),
+    ({"hyperparameters": {"n_steps": 0}}, "hyperparameters.n_steps", "must be in [1, 65536]"),
+    ({"hyperparameters": {"n_steps": 10**30}}, "hyperparameters.n_steps", "must be in [1, "),
+    ({"hyperparameters": {"n_steps": 64.5}}, "hyperparameters.n_steps", "a whole number"),
+    ({"hyperparameters": {"batch_size": 1}}, "hyperparameters.batch_size", "must be in [2, "),
+    ({"hyperparameters": {"batch_size": 256}}, "hyperparameters.batch_size",
+     "batch_size 256 is larger than n_steps x n_envs = 128"),
+    ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "must be in [1, 100]"),
+    ({"hyperparameters": {"n_epochs": 100, "batch_size": 2}, "timesteps": 100_000},
+     "hyperparameters.n_epochs", "gradient steps over 100000 timesteps; the limit is 1000000"),
+    ({"hyperparameters": {"n_steps": 65536}, "n_envs": 8}, "hyperparameters.n_steps",
+     "n_steps x n_envs = 65536 x 8 = 524288; the limit is 262144"),
+    ({"hyperparameters": {"gae_lambda": 1e308}}, "hyperparameters.gae_lambda", "[0, 1]"),
+    ({"hyperparameters": {"ent_coef": float("nan")}}, "hyperparameters.ent_coef", "got nan"),
+    ({"hyperparameters": {"max_grad_norm": 0}}, "hyperparameters.max_grad_norm", "(0, 1e+06]"),
+    ({"hyperparameters": {"clip_range": True}}, "hyperparameters.clip_range", "got True"),
+    ({"hyperparameters": {"target_kl": -1}}, "hyperparameters.target_kl", "(0, 10]"),
+    ({"hyperparameters": {"rollout_buffer_class": "x"}}, "hyperparameters.rollout_buffer_class",
+     "buffer classes cannot be set"),
+    ({"policy": "CnnPolicy"}, "policy", "RollbackEnv's are a flat vector: use MlpPolicy"),
+    ({"policy_kwargs": {"net_arch": [10**6]}}, "policy_kwargs.net_arch",
+     "at most 8 layer widths in [1, 1024]"),
+    ({"policy_kwargs": {"net_arch": {"pi": [8], "q": [8]}}}, "policy_kwargs.net_arch",
+     "{pi: [...], vf: [...]}"),
+    ({"policy_kwargs": {"optimizer_kwargs": {"eps": -1}}}, "policy_kwargs.optimizer_kwargs",
+     "cannot be set from an agent config"),
+    ({"policy_kwargs": {"activation_fn": ["relu"]}}, "policy_kwargs.activation_fn",
+     "unknown activation"),
+    ({"env": {"record_profile": True}}, "env.record_profile", "set by shadowrl"),
+    ({"env": {"invalid_penalty": 1e308}}, "env.invalid_penalty", "[0, 1e+06]"),
+    ({"env": {"incident": "../x"}}, "env.incident", "an incident name"),
+    ({"env": {"at": "noon"}}, "env.at", "expected one of now, peak"),
+    ({"eval": {"freq": 1, "episodes": 50}, "timesteps": 10_000}, "eval.freq",
+     "10001 evaluations of 50 episodes over 10000 timesteps is more than 100000 episodes"),
+    ({"checkpoint": {"freq": 1}, "timesteps": 10_000}, "checkpoint.freq",
+     "10000 checkpoints over 10000 timesteps; the limit is 1000"),
+    ({"timesteps": 10**12}, "timesteps", "less than or equal to 10000000"),
+    ({"n_envs": True}, "n_envs", "valid integer"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), BAD_VALUES,
+                         ids=[f"{f}-{i}" for i, (_, f, _) in enumerate(BAD_VALUES)])
+def test_out_of_range_values_are_refused_with_file_line_and_field(
+        tmp_path: Path, change: dict[str, Any], field: str, words: str) -> None:
+    data = yaml.safe_load(TINY)
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path = _write(tmp_path, yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(SpecError) as info:
+        load_agent_config(path)
+    problem = next((p for p in info.value.problems if p.path == field), None)
+    assert problem is not None, str(info.value)
+    assert words in problem.message, problem.message
+    text = path.read_text().splitlines()
+    key = field.split(".")[-1]
+    assert key in text[problem.line - 1] or field.split(".")[0] in text[problem.line - 1]
+
+
+def test_dqn_and_a2c_hyperparameters_are_checked_too() -> None:
+    with pytest.raises(SpecError) as info:
+        agent_config_from_data({"algorithm": "dqn", "hyperparameters": {
+            "gradient_steps": 0, "buffer_size": 10**7, "tau": 0, "n_epochs": 3}})
+    found = {p.path: p.message for p in info.value.problems}
+    assert "-1 (as many as steps collected)" in found["hyperparameters.gradient_steps"]
+    assert "must be in [1, 1000000]" in found["hyperparameters.buffer_size"]
+    assert "(0, 1]" in found["hyperparameters.tau"]
+    assert "DQN does not accept 'n_epochs'" in found["hyperparameters.n_epochs"]
+    with pytest.raises(SpecError, match="gSDE needs a continuous action space"):
+        agent_config_from_data({"algorithm": "a2c", "hyperparameters": {"use_sde": True}})
+    with pytest.raises(SpecError, match="gradient steps over"):
+        agent_config_from_data({"algorithm": "dqn", "timesteps": 1_000_000, "hyperparameters": {
+            "train_freq": 1, "gradient_steps": 10}})
+
+
+def test_numbers_written_as_yaml_strings_are_taken_as_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; the config takes it as the number."""
+    path = _write(tmp_path, TINY.replace("3.0e-4", "1e-4").replace("gamma: 1.0", "gamma: '1'"))
+    config = load_agent_config(path)
+    assert config.hyperparameters["learning_rate"] == 1e-4
+    assert config.hyperparameters["gamma"] == 1.0
+    assert config.constructor_kwargs()["learning_rate"] == 1e-4
+
+
+def test_check_run_refuses_a_config_changed_after_loading(tmp_path: Path) -> None:
+    config = load_agent_config(_write(tmp_path, TINY))
+    check_run(config)
+    with pytest.raises(ValueError, match=r"timesteps must be a whole number in \[1, 10000000\]"):
+        check_run(config, timesteps=10**9)
+    bad = config.model_copy(update={"n_envs": 1, "hyperparameters": {
+        **config.hyperparameters, "n_steps": 16}})  # batch_size 64 > 16 x 1
+    with pytest.raises(ValueError, match="hyperparameters.batch_size: batch_size 64 is larger"):
+        check_run(bad)
+    with pytest.raises(ValueError, match="agent config: hyperparameters.learning_rate"):
+        train(CHECKOUT, config.model_copy(update={"hyperparameters": {
+            **config.hyperparameters, "learning_rate": -1}}), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_integer_hyperparameters_are_known() -> None:
+    assert integer_hyperparameter("maskable_ppo", "n_steps")
+    assert integer_hyperparameter("dqn", "train_freq")
+    assert not integer_hyperparameter("ppo", "learning_rate")
+    assert not integer_hyperparameter("nope", "n_steps")
+
+
+@pytest.mark.parametrize(("algorithm", "hyperparameters"), [
+    ("maskable_ppo", {"learning_rate": 1.0, "n_steps": 8, "batch_size": 2, "n_epochs": 3,
+                      "gamma": 0.0, "gae_lambda": 0.0, "ent_coef": 1.0, "vf_coef": 10.0,
+                      "clip_range": 10.0, "clip_range_vf": "lin_10", "max_grad_norm": 1e6,
+                      "target_kl": 1e-9, "normalize_advantage": True}),
+    ("ppo", {"learning_rate": "lin_1e-9", "n_steps": 1, "batch_size": 2, "gamma": 1.0,
+             "gae_lambda": 1.0, "ent_coef": 0.0, "vf_coef": 0.0, "max_grad_norm": 1e-9}),
+    ("a2c", {"learning_rate": 1.0, "n_steps": 1, "gamma": 0.0, "rms_prop_eps": 1.0,
+             "use_rms_prop": False, "normalize_advantage": True, "ent_coef": 1.0}),
+    ("dqn", {"learning_rate": 1.0, "buffer_size": 1, "learning_starts": 0, "batch_size": 64,
+             "tau": 1e-9, "train_freq": 1, "gradient_steps": -1, "n_steps": 100,
+             "target_update_interval": 1, "exploration_fraction": 0.0,
+             "exploration_initial_eps": 0.0, "exploration_final_eps": 1.0, "gamma": 1.0}),
+])
+def test_the_edges_of_every_range_train(tmp_path: Path, algorithm: str,
+                                        hyperparameters: dict[str, Any]) -> None:
+    """Values at the ends of the documented ranges build a model and train through two
+    rollouts and updates without an error inside SB3 or torch."""
+    config = agent_config_from_data({
+        "algorithm": algorithm, "n_envs": 2, "timesteps": 32, "hyperparameters": hyperparameters,
+        "policy_kwargs": {"net_arch": [1024] * 2 if algorithm == "a2c" else [4]},
+        "eval": {"freq": 100_000, "episodes": 1}, "checkpoint": {"freq": 100_000}})
+    result = train(CHECKOUT, config, tmp_path, progress=False)
+    assert result.timesteps >= 32
+    assert result.best_mean_cost is not None and np.isfinite(result.best_mean_cost)
+
 
 
 def test_registry() -> None:

@@ -13,6 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from shadowrl.traffic import history
 from shadowrl.traffic.history import (
     Excursion,
     HistoryError,
@@ -442,3 +443,175 @@ def test_nab_forecast_backtest_not_worse_than_naive():
     for name in ("ec2_request_latency_system_failure.csv", "elb_request_count_8c0756.csv"):
         bt = SeasonalForecast.backtest(load_series(folder / name))
         assert bt.model <= bt.naive, name
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _rows(n: int = 40, step: float = 300.0, start: float = 1_700_000_000.0) -> list[str]:
+    return [f"{start + i * step:.3f},{100 + i % 7}" for i in range(n)]
+
+
+def _write_csv(tmp_path: Path, rows: list[str], name: str = "h.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    path = _write_csv(tmp_path, _rows())
+    monkeypatch.setattr(history, "MAX_HISTORY_BYTES", 100)
+    with pytest.raises(HistoryError, match=r"h\.csv: file too large \(more than 100 bytes"):
+        load_series(path)
+
+
+def test_binary_and_latin1_bytes_name_their_line(tmp_path: Path):
+    path = tmp_path / "b.csv"
+    path.write_bytes(b"timestamp,value\n1700000000,1\n1700000300,\x00\x01\n")
+    with pytest.raises(HistoryError, match=r"^.*b\.csv:3: not a text file \(NUL byte\)$"):
+        load_series(path)
+    path.write_bytes(b"timestamp,value\n1700000000,1\n1700000300,caf\xe9\n")
+    with pytest.raises(HistoryError) as err:
+        load_series(path)
+    assert str(err.value) == (f"{path}:3: not UTF-8 text (byte 0xe9 at column 15); save the "
+                              "file as UTF-8")
+
+
+def test_long_lines_and_csv_syntax_errors_name_their_line(tmp_path: Path):
+    rows = _rows()
+    rows[5] = rows[5] + "9" * 200_000
+    with pytest.raises(HistoryError, match=r"h\.csv:7: line too long \(200\d+ characters"):
+        load_series(_write_csv(tmp_path, rows))
+    rows = _rows()
+    rows[3] = '1700000900,"unterminated\r5'
+    with pytest.raises(HistoryError, match=r"h\.csv:5: a quoted field runs on to line 42"):
+        load_series(_write_csv(tmp_path, rows))
+
+
+@pytest.mark.parametrize(("value", "shown"), [("1e308", "1e+308"), ("-1e16", "-1e+16")])
+def test_values_out_of_range_name_the_line(tmp_path: Path, value: str, shown: str):
+    rows = _rows()
+    rows[10] = f"1700003000,{value}"
+    with pytest.raises(HistoryError) as err:
+        load_series(_write_csv(tmp_path, rows))
+    assert str(err.value).endswith(f"h.csv:12: value: {shown} is out of range (|value| <= 1e+15)")
+
+
+def test_infinite_and_nan_values_are_missing_samples(tmp_path: Path):
+    rows = _rows()
+    rows[10], rows[11] = "1700003000,inf", "1700003300,1e999"
+    assert len(load_series(_write_csv(tmp_path, rows))) == 38
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                                   "0001-01-01T00:00:00+01:00", "-5", "1e18"])
+def test_timestamps_outside_1970_to_2200_name_the_line_and_the_text(tmp_path: Path, stamp: str):
+    rows = _rows()
+    rows[0] = f"{stamp},1"
+    with pytest.raises(HistoryError) as err:
+        load_series(_write_csv(tmp_path, rows))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'h.csv'}:2: timestamp: ")
+    assert "outside 1970-01-01..2200-01-01" in message or "cannot parse" in message
+
+
+def test_a_span_beyond_two_years_names_both_ends(tmp_path: Path):
+    rows = _rows()
+    rows.append("2000-01-01T00:00:00Z,5")  # a stray sample 24 years before the rest
+    with pytest.raises(HistoryError) as err:
+        load_series(_write_csv(tmp_path, rows))
+    message = str(err.value)
+    assert "timestamps span 8,719 days" in message and "the limit is 732 days" in message
+    assert "2000-01-01T00:00:00Z (line 42)" in message and "(line 41)" in message
+
+
+def test_a_unit_change_part_way_is_refused(tmp_path: Path):
+    rows = _rows(40)
+    rows[20:] = [f"{(1_700_000_000 + i * 300) * 1_000_000},{i}" for i in range(20, 40)]  # us
+    with pytest.raises(HistoryError, match=r"h\.csv:22: timestamp: '1700006000000000' is "
+                                           r"outside"):
+        load_series(_write_csv(tmp_path, rows))
+    rows = _rows(40)
+    rows[20:] = [f"{(1_700_000_000 + i * 300) * 1000},{i}" for i in range(20, 40)]  # ms: fine
+    assert len(load_series(_write_csv(tmp_path, rows))) == 40
+
+
+def test_millisecond_steps_are_averaged_onto_a_ten_second_grid(tmp_path: Path):
+    rows = [f"{1_700_000_000 + i * 0.001:.3f},{i % 2}" for i in range(200_000)]  # 200 s
+    s = load_series(_write_csv(tmp_path, rows))
+    assert s.step_s == history.MIN_STEP_S and 20 <= len(s) <= 21
+    assert np.allclose(s.v, 0.5, atol=0.01)
+    few = [f"{1_700_000_000 + i * 0.001:.3f},1" for i in range(5000)]  # 5 s of samples
+    with pytest.raises(HistoryError, match=r"only 1 point\(s\) after averaging samples onto a "
+                                           r"10 s grid"):
+        load_series(_write_csv(tmp_path, few))
+
+
+def test_long_dense_histories_are_averaged_onto_a_bounded_grid(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(history, "MAX_GRID_POINTS", 1000)
+    rows = _rows(5000, step=60.0)  # 5000 minutes: 300,000 s / 1000 -> a 300 s grid
+    s = load_series(_write_csv(tmp_path, rows))
+    assert s.step_s == 300.0 and len(s) <= 1001
+    assert s.t[-1] - s.t[0] <= 1000 * s.step_s
+    # a regular series inside the bounds is kept sample for sample
+    assert len(load_series(_write_csv(tmp_path, _rows(900, step=60.0)))) == 900
+
+
+def test_rows_are_limited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(history, "MAX_POINTS", 30)
+    with pytest.raises(HistoryError, match=r"h\.csv:32: more than 30 data rows"):
+        load_series(_write_csv(tmp_path, _rows(40)))
+
+
+def _prom_values(values: list[list[object]], extra_series: int = 0) -> str:
+    result = [{"metric": {}, "values": values}]
+    result += [{"metric": {}, "values": values[:2]} for _ in range(extra_series)]
+    return _prometheus(result)
+
+
+def test_prometheus_bounds_name_the_sample(tmp_path: Path):
+    good = [[1_700_000_000 + 60 * i, "1"] for i in range(20)]
+    path = tmp_path / "p.json"
+    cases = [
+        ([*good[:5], [1_700_000_300, "1e308"], *good[6:]],
+         r"p\.json: data\.result\[0\]\.values\[5\]: value: 1e\+308 is out of range"),
+        ([*good[:5], [-62135596800, "1"], *good[6:]],
+         r"p\.json: data\.result\[0\]\.values\[5\]: timestamp: -62135596800 is outside"),
+        ([*good[:5], [10**30, "1"], *good[6:]], r"values\[5\]: timestamp: 10{30} is outside"),
+        ([*good[:5], [1_000_000, "1"], *good[6:]],
+         r"timestamps span 19,66\d days, from 1970-01-12T13:46:40Z \(data\.result\[0\]\."
+         r"values\[5\]\) to .* \(data\.result\[0\]\.values\[19\]\)"),
+        ([*good[:5], [True, "1"], *good[6:]], r"values\[5\]: timestamp: cannot parse True"),
+    ]
+    for values, message in cases:
+        path.write_text(_prom_values(values))
+        with pytest.raises(HistoryError, match=message):
+            load_series(path)
+    path.write_text(_prom_values(good, extra_series=history.MAX_SERIES))
+    with pytest.raises(HistoryError, match=r"p\.json: data\.result: 201 series; the limit is 200"):
+        load_series(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"data": ' + "[" * 100_000 + "]" * 100_000 + "}", r"invalid JSON: nested too deeply"),
+    ('{"data": {"resultType": "matrix", "result": [{"values": [[' + "9" * 5000 + ', "1"]]}]}}',
+     r"invalid JSON: Exceeds the limit \(4300 digits\)"),
+    ('{"data": {"resultType": "matrix", "result": [{"values": [[' + "9" * 400 + ', "1"]]}]}}',
+     r"values\[0\]: timestamp: cannot parse 9{77}\.\.\.$"),
+])
+def test_hostile_json_is_refused_without_a_traceback(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(HistoryError, match=message):
+        load_series(path)
+
+
+def test_rolling_median_by_blocks_equals_the_direct_median(monkeypatch: pytest.MonkeyPatch):
+    v = np.random.default_rng(0).normal(size=500)
+    direct = history._rolling_median(v, 31)
+    monkeypatch.setattr(history, "_ROLLING_BLOCK", 64)  # two windows a block
+    assert np.array_equal(history._rolling_median(v, 31), direct)
+    padded = np.pad(v, 15, mode="edge")
+    assert direct[100] == np.median(padded[100:131])
