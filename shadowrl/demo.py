@@ -80,12 +80,21 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             print(f"stage failed with exit code {code}", file=sys.stderr)
             return code
-    print(f"\nDone. Open {out / 'rehearsal' / 'report.html'}; read "
-          f"{out / 'optimize' / 'comparison.md'} (the search methods against the configured "
-          f"procedure) and {out / 'train' / 'comparison.md'} (the trained policy against the "
-          f"configured and best static procedures); browse the run with "
-          f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`.")
+    print(closing_message(out, model_uri))
     return 0
+
+
+def closing_message(out: Path, model_uri: str) -> str:
+    """Where the demo's outputs are and what each holds; the workflow is said to be the
+    best static procedure, not the (adaptive) policy it was trained beside."""
+    return (f"\nDone. Open {out / 'rehearsal' / 'report.html'}; read "
+            f"{out / 'optimize' / 'comparison.md'} (the search methods against the configured "
+            f"procedure) and {out / 'train' / 'comparison.md'} (the trained policy against the "
+            f"configured and best static procedures). {out / 'rollback-workflow.yaml'} is the "
+            f"best static procedure found while training {model_uri}, as an Argo Workflow: "
+            f"the policy itself is adaptive and cannot be exported as a fixed procedure yet "
+            f"(its header compares the two). Browse the run with "
+            f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`.")
 
 
 def default_out(scenario: str) -> Path:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shadowrl.demo import after_training, default_out, stages, trained_model_uri
+from shadowrl.demo import (
+    after_training,
+    closing_message,
+    default_out,
+    stages,
+    trained_model_uri,
+)
 
 
 def test_each_scenario_gets_its_own_output_folder() -> None:
@@ -32,3 +38,11 @@ def test_the_champion_is_used_when_there_is_one_else_the_new_version() -> None:
 
     assert trained_model_uri(result("2")) == "models:/checkout-rollback@champion"
     assert trained_model_uri(result("")) == "models:/checkout-rollback/4"
+
+
+def test_the_closing_message_says_the_workflow_is_the_best_static_procedure() -> None:
+    out = Path("out/demo/payments")
+    text = closing_message(out, "models:/payments-rollback@champion")
+    assert (f"{out / 'rollback-workflow.yaml'} is the best static procedure found while "
+            f"training models:/payments-rollback@champion") in text
+    assert "cannot be exported as a fixed procedure yet" in text

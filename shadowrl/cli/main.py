@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from shadowrl.cli.render import (
     bad_input_exits_2,
     emit_json,
     err,
     out,
+    print_export,
     print_rehearsal,
     print_summary,
     print_train,
@@ -25,10 +28,35 @@ from shadowrl.cli.render import (
     progress_bars,
 )
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+def _without_flag_types(params: list[Any]) -> list[Any]:
+    """Typer's rich help prints a value type even for a flag (``--json <bool>``), though a
+    flag takes no value; an empty metavar leaves the type column of flags blank."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose help shows no value type for flags (``--json``, ``--help``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The ``shadowrl`` group, its ``--help`` shown as a flag like its commands' flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(super().get_params(ctx))
+
+
+app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Rehearse rollbacks in a shadow deployment before they are needed.")
 
-
+JSON_HELP = "Print one JSON object on stdout (progress and logs go to stderr)."
 OBJECTIVE_HELP = ("budget | downtime: minimise the SLO objective's error budget burned, or "
                   "downtime plus weighted failed requests.")
 PENALTY_HELP = "Extra cost per second with the edge error rate >= 99 % (a full outage)."
@@ -40,28 +68,41 @@ def _command_line() -> str:
 
 
 def _log(message: str) -> None:
-    err.print(message)
+    """A use case's log line on stderr (above a live progress bar), printed as plain text."""
+    err.print(message, markup=False)
 
 
-@app.command()
-def validate(files: list[Path] = typer.Argument(..., help="Scenario files to check.")) -> None:
-    """Check scenario files: prints `ok: FILE`, or `FILE:LINE: field: message` and exits 2."""
+VALIDATE_HELP = (
+    "Check scenario files: prints `ok: FILE`, or `FILE:LINE: field: message` and exits 2."
+    "\n\n"
+    "With --json, one object: `valid`, and per file its `path`, `problems`, `scenario` name "
+    "and `valid`; problems also go to stderr, and a bad file still exits 2.")
+
+
+@app.command(cls=Command, help=VALIDATE_HELP)
+def validate(
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="Scenario files to check."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Check scenario files (VALIDATE_HELP)."""
     from shadowrl.app.validate import ValidateRequest
     from shadowrl.app.validate import validate as run
 
     result = run(ValidateRequest(files=files))
-    print_validation(result)
+    print_validation(result, json_out=json_out)
+    if json_out:
+        emit_json(result)
     if not result.ok:
         raise typer.Exit(2)
 
 
-@app.command()
+@app.command(cls=Command)
 def simulate(
-    file: Path = typer.Argument(..., help="Scenario YAML."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Scenario YAML."),
     incident: str | None = typer.Option(None, help="Incident name (default: drawn by weight)."),
     seed: int = typer.Option(0, help="Seed: same seed, same incident and same timings."),
     procedure: Path | None = typer.Option(None, help="YAML file with a `procedure:` block."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Rehearse one incident in the simulated shadow and report the rollback."""
     from shadowrl.app.simulate import SimulateRequest
@@ -76,15 +117,15 @@ def simulate(
         print_rehearsal(result)
 
 
-@app.command("rehearse")
+@app.command("rehearse", cls=Command)
 def rehearse_cmd(
-    file: Path = typer.Argument(..., help="Scenario YAML."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Scenario YAML."),
     runs: int = typer.Option(20, min=1, help="Number of rehearsals (run i uses seed+i)."),
     seed: int = typer.Option(0, help="First seed."),
     procedure: Path | None = typer.Option(None, help="YAML file with a `procedure:` block."),
     out_dir: Path | None = typer.Option(None, "--out", help="Folder for report.html, "
                                         "profiles.parquet, alerts.json and summary.json."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     history: Path | None = typer.Option(None, help="Prometheus .json or .csv history; "
                                                    "overrides deviations.history."),
     at: str = typer.Option("now", help="now | peak: place incidents at the forecast peak."),
@@ -111,23 +152,25 @@ def rehearse_cmd(
         raise typer.Exit(130)
 
 
-@app.command("optimize")
+@app.command("optimize", cls=Command)
 def optimize_cmd(
-    file: Path = typer.Argument(..., help="Scenario YAML."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Scenario YAML."),
     method: str = typer.Option("all", help="search | rl | all"),
     agent: Path | None = typer.Option(None, help="Agent config YAML (default: "
                                                  "agents/maskable_ppo.yaml)."),
-    timesteps: int | None = typer.Option(None, min=1, help="RL training timesteps."),
+    timesteps: int | None = typer.Option(None, min=1, max=10_000_000,
+                                          help="RL training timesteps."),
     replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
     seed: int = typer.Option(0, help="Seed for search and training."),
     out_dir: Path = typer.Option(Path("out/optimize"), "--out", help="Output folder."),
     episodes: int = typer.Option(100, min=1, help="Held-out incidents per method."),
     eval_seed: int = typer.Option(10000, help="First held-out seed."),
-    trials: int = typer.Option(150, min=1, help="Best-static search trials."),
+    trials: int = typer.Option(150, min=1, max=10_000,
+                               help="Plans best-static search may cost (local search included)."),
     oracle_nodes: int = typer.Option(5000, min=1, help="Oracle node budget per incident."),
     objective: str = typer.Option("budget", help=OBJECTIVE_HELP),
     full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Find better rollback procedures and compare every method on held-out incidents."""
     from shadowrl.app.optimize import OptimizeRequest
@@ -147,12 +190,12 @@ def optimize_cmd(
     for key in ("procedure", "policy", "bottlenecks", "comparison"):
         value = getattr(result, key)
         if value:
-            out.print(f"{key}: {value}")
+            out.print(f"{key}: {value}", markup=False)
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=Command)
 def evaluate_cmd(
-    file: Path = typer.Argument(..., help="Scenario YAML."),
+    file: Path = typer.Argument(..., metavar="FILE", help="Scenario YAML."),
     policy: str = typer.Option(..., help="configured, random, greedy, oracle, PROC.yaml, "
                                          "POLICY.zip or models:/NAME@ALIAS"),
     episodes: int = typer.Option(100, min=1, help="Incidents (episode i uses seed+i)."),
@@ -161,7 +204,7 @@ def evaluate_cmd(
     objective: str = typer.Option("budget", help="budget | downtime: what the reported cost "
                                                  "measures."),
     full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Measure a policy on fixed incidents: the same seeds give every policy the same ones."""
     from shadowrl.app.evaluate import EvaluateRequest
@@ -178,35 +221,57 @@ def evaluate_cmd(
         print_summary(summary)
 
 
-@app.command("train")
+@app.command("train", cls=Command)
 def train_cmd(
-    experiment: Path = typer.Argument(..., help="Experiment YAML (experiments/*.yaml)."),
+    experiment: Path = typer.Argument(..., metavar="EXPERIMENT",
+                                      help="Experiment YAML (experiments/*.yaml)."),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     ray_address: str | None = typer.Option(
         None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Output folder (default: "
-                                                            "runs/NAME/TIMESTAMP)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: the newest unfinished runs/NAME/*, else "
+                            "a new runs/NAME/TIMESTAMP)."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start over instead of resuming the checkpoint of an "
+                               "unfinished run (in --out, or the newest unfinished "
+                               "runs/NAME/*)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Train, evaluate, track and register a policy as an experiment file describes."""
-    from shadowrl.app.train import TrainRequest
+    """Train, evaluate, track and register a policy as an experiment file describes.
+
+    Rerunning the same command resumes from the last checkpoint; Ctrl-C or SIGTERM ends the
+    MLflow run as KILLED (exit 130 or 143)."""
+    from shadowrl.app.train import TrainInterrupted, TrainRequest
     from shadowrl.app.train import train as run
 
     request = TrainRequest(experiment=experiment, tracking_uri=tracking_uri,
-                           ray_address=ray_address, out=out_dir)
-    with bad_input_exits_2(), progress_bars() as on_progress:
-        result = run(request, on_progress=on_progress, on_log=_log)
+                           ray_address=ray_address, out=out_dir, fresh=fresh)
+    try:
+        with bad_input_exits_2(), progress_bars() as on_progress:
+            result = run(request, on_progress=on_progress, on_log=_log)
+    except TrainInterrupted as exc:  # the message went out through on_log
+        raise typer.Exit(exc.exit_code) from None
     if json_out:
         emit_json(result)
     else:
         print_train(result)
 
 
-@app.command("export")
+EXPORT_HELP = (
+    "Export a procedure as shadowrl YAML, an Argo Workflow, Chaos Toolkit or a script."
+    "\n\n"
+    "Steps without a Kubernetes command become flagged, failing placeholders. A registered "
+    "model (or a training run) is an adaptive policy, which cannot be exported as a fixed "
+    "procedure yet: the procedure logged with it (the best static one found while training) "
+    "is exported instead, and the output says so, with both evaluations.")
+
+
+@app.command("export", cls=Command, help=EXPORT_HELP)
 def export(
-    source: str = typer.Argument(..., help="procedure.yaml, scenario YAML, MLflow run id or "
-                                           "models:/NAME@ALIAS."),
+    source: str = typer.Argument(..., metavar="SOURCE",
+                                 help="procedure.yaml, scenario YAML, MLflow run id or "
+                                 "models:/NAME@ALIAS."),
     fmt: str = typer.Option(..., "--format", help="yaml | argo | chaostoolkit | shell"),
     out_file: Path | None = typer.Option(None, "--out", help="Write here (atomically) "
                                                              "instead of stdout."),
@@ -214,9 +279,10 @@ def export(
                                                     "file against."),
     image: str | None = typer.Option(None, help="Container image of the Argo steps "
                                                 "(default bitnami/kubectl:latest)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP + " Without --out the "
+                                                   "exported text is its `text`."),
 ) -> None:
-    """Export a procedure as shadowrl YAML, an Argo Workflow, a Chaos Toolkit experiment or a
-    shell script; steps without a Kubernetes command become flagged, failing placeholders."""
+    """Export a procedure (EXPORT_HELP)."""
     from shadowrl.app.export import ExportRequest
     from shadowrl.app.export import export as run
 
@@ -224,11 +290,10 @@ def export(
                             image=image)
     with bad_input_exits_2():
         result = run(request, on_warning=lambda w: sys.stderr.write(f"warning: {w}\n"))
-    if result.written is None:
-        sys.stdout.write(result.text)
-        sys.stdout.flush()
+    if json_out:
+        emit_json(result)
     else:
-        sys.stderr.write(f"wrote {result.written}\n")
+        print_export(result)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from shadowrl.core.spec import Procedure, Step
+from shadowrl.core.spec import Procedure, Step, format_duration, setting_kind
 
 Plan = Sequence[tuple[str, dict[str, Any] | None]]  # (step, settings) or (step, None) = skip
 
@@ -104,9 +104,27 @@ def setting_combinations(step: Step) -> list[dict[str, Any]]:
             for combo in itertools.product(*(tunables[k].choices for k in keys))]
 
 
-def describe_settings(settings: Mapping[str, Any]) -> str:
-    """Settings as text, ``k=v`` joined by ``", "`` in their order (``""`` for none)."""
-    return ", ".join(f"{k}={v}" for k, v in settings.items())
+def describe_settings(settings: Mapping[str, Any], action: str | None = None) -> str:
+    """Settings as text, ``k=v`` joined by ``", "`` in their order (``""`` for none), each
+    value spelled as the scenario format writes it (:func:`setting_value_text`), so what a
+    user reads can be pasted back into a procedure."""
+    return ", ".join(f"{k}={setting_value_text(v, setting_kind(action, k) if action else None)}"
+                     for k, v in settings.items())
+
+
+def setting_value_text(value: Any, kind: str | None = None) -> str:
+    """One setting value in the scenario format's spelling: ``true``/``false``, durations
+    as ``30s``/``2m``/``1500ms`` (:func:`~shadowrl.core.spec.format_duration`), whole numbers
+    without ``.0``. Without ``kind`` a float is taken for a duration: loaded settings hold
+    durations as floats and every other number as an int."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and (kind == "duration" or (
+            kind is None and isinstance(value, float))):
+        return format_duration(float(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def validate_plan(procedure: Procedure, plan: Plan) -> None:

@@ -38,7 +38,7 @@ from shadowrl.export.commands import (
     step_commands,
     whole_seconds,
 )
-from shadowrl.export.sources import ExportSource, SourceError
+from shadowrl.export.sources import ExportSource, SourceError, outcomes_text
 
 FORMATS = ("yaml", "argo", "chaostoolkit", "shell")
 DEFAULT_IMAGE = "bitnami/kubectl:latest"
@@ -64,11 +64,60 @@ def evaluation_line(evaluation: dict[str, Any] | None) -> str | None:
     if isinstance(d, dict) and "mean" in d:
         p95 = f" p95 {d['p95']:.0f}s" if "p95" in d else ""
         tail.append(f"downtime mean {d['mean']:.0f}s{p95}")
-    if evaluation.get("outcomes"):
-        tail.append(f"outcomes {evaluation['outcomes']}")
+    if isinstance(evaluation.get("outcomes"), dict) and evaluation["outcomes"]:
+        tail.append(outcomes_text(evaluation["outcomes"]))
+    burn = _burn_mean(evaluation)
+    if burn is not None:
+        tail.append(f"error budget burn mean {burn:.3%}")
     if not head and not tail:
         return None
     return one_line(", ".join(head) + (": " if head and tail else "") + "; ".join(tail))
+
+
+def _burn_mean(evaluation: dict[str, Any]) -> float | None:
+    b = evaluation.get("budget_burn")
+    mean = b.get("mean") if isinstance(b, dict) else None
+    return float(mean) if isinstance(mean, (int, float)) else None
+
+
+def _headline(evaluation: dict[str, Any] | None) -> str | None:
+    """The numbers that compare a procedure with a policy: mean downtime and budget burn."""
+    d = (evaluation or {}).get("downtime_s")
+    if not isinstance(d, dict) or not isinstance(d.get("mean"), (int, float)):
+        return None
+    text = f"downtime mean {d['mean']:.0f}s"
+    burn = _burn_mean(evaluation or {})
+    return text if burn is None else f"{text}, error budget burn mean {burn:.3%}"
+
+
+def exported_line(src: ExportSource) -> str | None:
+    """What the export holds when its source names a policy (``src.stand_in``), in one
+    line: the procedure exported in the policy's place, which policy, and the two side by
+    side. None when the source is a procedure: then the export is that procedure."""
+    stand = src.stand_in
+    if stand is None:
+        return None
+    what = ("the best static procedure found while training" if stand.found_while_training
+            else "the procedure logged with")
+    who = f"champion {stand.policy}" if stand.champion else stand.policy
+    policy = "the champion policy" if stand.champion else "the policy"
+    ours, theirs = _headline(src.evaluation), _headline(stand.evaluation)
+    runs = (src.evaluation or {}).get("runs")
+    same = (stand.found_while_training and runs is not None
+            and runs == (stand.evaluation or {}).get("runs"))
+    ours_text = ours or "not evaluated"
+    theirs_text = theirs or "no evaluation recorded"
+    if same:
+        theirs_text += f", on the same {runs} held-out incidents"
+    else:
+        if ours and runs:
+            ours_text += f" on {runs} incidents"
+        n = (stand.evaluation or {}).get("runs")
+        if theirs and n:
+            theirs_text += f" on {n} held-out incidents"
+    return one_line(f"{what} {who}, not the policy itself (this procedure: {ours_text}; "
+                    f"{policy}, which is adaptive and cannot be exported as a fixed procedure "
+                    f"yet: {theirs_text})")
 
 
 _PRINTABLE = re.compile("[\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -115,6 +164,9 @@ def header_lines(src: ExportSource, command: str | None = None) -> list[str]:
     scenario = f" for scenario '{src.scenario_name}'" if src.scenario_name else ""
     lines = [f"shadowrl rollback procedure '{src.procedure.name}'{scenario}",
              f"source: {src.origin}"]
+    exported = exported_line(src)
+    if exported:
+        lines.append(f"exported: {exported}")
     if src.command:
         lines.append(f"produced by: `{one_line(src.command)}`")
     ev = evaluation_line(src.evaluation)
@@ -223,6 +275,9 @@ def to_argo(src: ExportSource, command: str | None = None, image: str = DEFAULT_
     annotations = {"shadowrl/procedure": src.procedure.name, "shadowrl/source": src.origin}
     if src.scenario_name:
         annotations["shadowrl/scenario"] = src.scenario_name
+    exported = exported_line(src)
+    if exported:
+        annotations["shadowrl/exported"] = exported
     ev = evaluation_line(src.evaluation)
     if ev:
         annotations["shadowrl/evaluation"] = ev
@@ -361,6 +416,10 @@ def to_chaostoolkit(src: ExportSource, command: str | None = None) -> str:
             "produced_by": src.command,
             "exported_by": command,
             "evaluation": src.evaluation,
+            "exported": exported_line(src),
+            "policy": None if src.stand_in is None else {
+                "name": src.stand_in.policy, "champion": src.stand_in.champion,
+                "evaluation": src.stand_in.evaluation},
             "run_with": run_with,
             "verify": {"hold_s": hold,
                        "timeout_s": whole_seconds(src.procedure.verify.timeout)},

@@ -37,6 +37,20 @@ class SourceError(ValueError):
 
 
 @dataclass
+class PolicyStandIn:
+    """A source that names a policy (a registered model version, a training run): a policy is
+    adaptive, it chooses each step from what it observes, and cannot be exported as a fixed
+    procedure yet, so the procedure logged with it is exported in its place. Which policy,
+    and its own held-out evaluation, so an export says plainly what it holds and how that
+    compares."""
+
+    policy: str  # e.g. "models:/checkout-rollback/3"
+    champion: bool = False  # the policy holds the registry's champion alias
+    found_while_training: bool = False  # the exported procedure is the best static one found
+    evaluation: dict[str, Any] | None = None  # the policy's, shaped like ExportSource's
+
+
+@dataclass
 class ExportSource:
     """A procedure to export and what is known about where it came from."""
 
@@ -49,6 +63,7 @@ class ExportSource:
     scenario_name: str | None = None
     warnings: list[str] = field(default_factory=list)
     lines: LineMap | None = None  # field path -> line of ``origin``, when read from a file
+    stand_in: PolicyStandIn | None = None  # set when the source names a policy, not a procedure
 
     def __post_init__(self) -> None:
         if self.scenario_name is None and self.scenario is not None:
@@ -156,7 +171,8 @@ def read_header(text: str) -> tuple[str | None, dict[str, Any] | None]:
     """The producing command and evaluation summary from a file's leading ``#`` lines.
 
     Understands the header ``optimize`` writes (``found by `CMD```, ``held-out evaluation (N
-    incidents): downtime mean Xs p95 Ys; outcomes {...}``) and the one export writes.
+    incidents): downtime mean Xs p95 Ys; outcomes recovered N, ...``, or the older ``outcomes
+    {...}``) and the one export writes.
     """
     command: str | None = None
     evaluation: dict[str, Any] | None = None
@@ -177,8 +193,15 @@ def read_header(text: str) -> tuple[str | None, dict[str, Any] | None]:
     return command, evaluation
 
 
+_OUTCOMES_DICT = re.compile(r"outcomes (\{[^}]*\})")
+_OUTCOMES_LIST = re.compile(r"outcomes ((?:[a-z_]+ \d+)(?:, [a-z_]+ \d+)*)")
+
+
 def parse_evaluation(text: str) -> dict[str, Any]:
-    """``{"text": ...}`` plus whatever of runs / downtime / outcomes the line states."""
+    """``{"text": ...}`` plus whatever of runs / downtime / budget burn / outcomes the line
+    states. Outcomes read either way headers have written them, ``outcomes recovered 50,
+    rollback_failed 0`` or (older files) a Python dict; ``text`` always has the first, as
+    it is shown to people again."""
     out: dict[str, Any] = {"text": text}
     runs = re.search(r"(\d+) incidents?\b", text)
     if runs:
@@ -186,12 +209,33 @@ def parse_evaluation(text: str) -> dict[str, Any]:
     down = re.search(r"downtime mean (\d+(?:\.\d+)?)s p95 (\d+(?:\.\d+)?)s", text)
     if down:
         out["downtime_s"] = {"mean": float(down.group(1)), "p95": float(down.group(2))}
-    outcomes = re.search(r"outcomes (\{[^}]*\})", text)
-    if outcomes:
-        try:
-            value = ast.literal_eval(outcomes.group(1))
-        except (ValueError, SyntaxError):
-            value = None
-        if isinstance(value, dict):
-            out["outcomes"] = value
+    burn = re.search(r"error budget burn mean (\d+(?:\.\d+)?)%", text)
+    if burn:
+        out["budget_burn"] = {"mean": float(burn.group(1)) / 100}
+    outcomes = _outcomes_of(text)
+    if outcomes is not None:
+        out["outcomes"] = outcomes
+        old = _OUTCOMES_DICT.search(text)
+        if old:
+            out["text"] = text[:old.start()] + outcomes_text(outcomes) + text[old.end():]
     return out
+
+
+def _outcomes_of(text: str) -> dict[str, Any] | None:
+    old = _OUTCOMES_DICT.search(text)
+    if old:
+        try:
+            value = ast.literal_eval(old.group(1))
+        except (ValueError, SyntaxError):
+            return None
+        return value if isinstance(value, dict) else None
+    new = _OUTCOMES_LIST.search(text)
+    if new is None:
+        return None
+    pairs = (item.split(" ") for item in new.group(1).split(", "))
+    return {name: int(count) for name, count in pairs}
+
+
+def outcomes_text(outcomes: dict[str, Any]) -> str:
+    """Outcome counts as people read them: ``outcomes recovered 50, rollback_failed 0``."""
+    return "outcomes " + ", ".join(f"{k} {v}" for k, v in outcomes.items())

@@ -341,3 +341,90 @@ def test_a_bad_webhook_url_from_the_environment_names_the_variable(
     assert result.exit_code == 2
     assert "$SHADOWRL_ALERT_WEBHOOK: webhook URL must be http:// or https:// with a host, " \
            "got 'bogus'" in result.stderr
+
+
+# --------------------------------------------------------------------------- output
+
+LONG_STEP = "revert-the-application-to-its-previous-version-two-at-a-time"  # 60
+
+
+def cli(*args: object) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess with stdout a pipe, as in a CI log (COLUMNS says 80)."""
+    return subprocess.run([sys.executable, "-m", "shadowrl", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT)})
+
+
+def test_piped_output_prints_whole_names_and_settings_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "long.yaml"
+    path.write_text((SCENARIOS / "minimal.yaml").read_text().replace(
+        "- {name: revert-app, action: rollback_version, target: app}",
+        f"- {{name: {LONG_STEP}, action: rollback_version, target: app, "
+        f"settings: {{batch: 2, drain: 45s}}}}"))
+    proc = cli("simulate", path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = [line for line in lines if line.startswith(f"│ {LONG_STEP} ")]
+    assert len(rows) == 1, proc.stdout
+    assert "│ batch=2, drain=45s │" in rows[0]  # the scenario format's spelling, whole
+    alerts = [line for line in lines if line.startswith("warning new_errors: ")]
+    assert alerts and all(LONG_STEP in a and a.endswith("failed requests") for a in alerts)
+    assert "…" not in proc.stdout
+    assert max(len(line) for line in lines) > 80  # nothing folded to COLUMNS
+
+
+def test_piped_rehearse_counts_alerts_and_keeps_each_on_one_line() -> None:
+    path = ROOT / "envs" / "checkout.yaml"
+    data = json.loads(run("rehearse", path, "--runs", "3", "--json").stdout)
+    assert data["alerts"], "checkout's configured procedure raises alerts"
+    proc = cli("rehearse", path, "--runs", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for alert in data["alerts"]:
+        n = alert["count"]
+        head = f"{alert['kind']}: {n} alert{'' if n == 1 else 's'} at step '{alert['step']}' in "
+        found = [line for line in lines if line.startswith(head)]
+        assert len(found) == 1, (head, proc.stdout)
+        assert " runs; e.g. " in found[0] and found[0].endswith(("requests", "s"))
+    for step in data["steps"]:
+        assert any(line.startswith(f"│ {step['name']} ") for line in lines), step["name"]
+    assert "…" not in proc.stdout
+
+
+COMMANDS = [c.name or getattr(c.callback, "__name__", "") for c in app.registered_commands]
+
+
+def test_the_commands_are_the_documented_ones() -> None:
+    assert set(COMMANDS) >= {"validate", "simulate", "rehearse", "optimize", "evaluate",
+                             "train", "export"}
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_shows_flags_without_a_value_type(command: str | None) -> None:
+    result = run(*([command] if command else []), "--help")
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.stdout
+    assert re.search(r"--help\s+Show this message", result.stdout), result.stdout
+    if command is not None:  # every command takes --json (README), a flag: no value type
+        assert re.search(r"--json\s+Print one JSON object", result.stdout), result.stdout
+
+
+def test_validate_json(tmp_path: Path) -> None:
+    good = ROOT / "envs" / "payments.yaml"
+    result = run("validate", good, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "files": [{"path": str(good), "problems": [], "scenario": "payments", "valid": True}],
+        "valid": True}
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n")
+    result = run("validate", good, bad, "--json")
+    assert result.exit_code == 2
+    no_traceback(result)
+    data = json.loads(result.stdout)  # one object, no `ok:` line around it
+    assert data["valid"] is False
+    assert [(f["path"], f["valid"], f["scenario"]) for f in data["files"]] == [
+        (str(good), True, "payments"), (str(bad), False, None)]
+    problem = data["files"][1]["problems"][0]
+    assert problem["file"] == str(bad) and problem["line"] == 1 and problem["message"]
+    assert result.stderr.startswith(f"{bad}:1: ")  # the problems still go to stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shadowrl.core.plan import (
     after_closure,
@@ -22,7 +23,13 @@ from shadowrl.core.plan import (
     setting_combinations,
     validate_plan,
 )
-from shadowrl.core.spec import Procedure, Step, load_scenario
+from shadowrl.core.spec import (
+    Procedure,
+    Step,
+    load_scenario,
+    parse_duration,
+    setting_kind,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,8 +162,35 @@ def test_setting_combinations_of_the_shipped_scenario() -> None:
         assert step.default_settings() in combos
 
 
-def test_describe_settings() -> None:
+def test_describe_settings_spells_values_as_the_scenario_format() -> None:
     assert describe_settings({"batch": 2, "drain": 30.0, "online": False}) == (
-        "batch=2, drain=30.0, online=False")
+        "batch=2, drain=30s, online=false")
+    assert describe_settings({"drain": 1.5, "surge": 0, "online": True}) == (
+        "drain=1500ms, surge=0, online=true")
+    assert describe_settings({"duration": 120.0}) == "duration=2m"
+    assert describe_settings({"flag": "new-checkout"}) == "flag=new-checkout"
+    # with the action, a setting's kind decides: an int duration is still a duration
+    assert describe_settings({"duration": 90}, "wait") == "duration=90s"
+    assert describe_settings({"replicas": 9.0}, "scale") == "replicas=9"
     assert describe_settings({"replicas": 9}) == "replicas=9"
     assert describe_settings({}) == ""
+
+
+def test_described_settings_read_back_as_the_same_values(checkout: Any) -> None:
+    """What a user reads (``k=v``) pasted into a procedure's ``settings:`` is the same
+    setting: each step of checkout, each of its setting combinations."""
+    for step in checkout.procedure.steps:
+        for combo in setting_combinations(step):
+            text = describe_settings(combo, step.action)
+            if not combo:
+                assert text == ""
+                continue
+            pairs = dict(item.split("=", 1) for item in text.split(", "))
+            assert list(pairs) == list(combo)
+            for key, value in combo.items():
+                written = yaml.safe_load(pairs[key])
+                if setting_kind(step.action, key) == "duration":
+                    assert parse_duration(written) == pytest.approx(value), (key, text)
+                else:
+                    assert written == value and type(written) is type(value), (key, text)
+            assert describe_settings(combo) == text  # the kinds follow from the values

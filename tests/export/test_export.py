@@ -10,6 +10,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,7 +21,15 @@ from shadowrl.cli.main import app
 from shadowrl.core.plan import configured_plan
 from shadowrl.core.spec import SpecError, load_procedure, procedure_to_data
 from shadowrl.export.commands import placeholders
-from shadowrl.export.renderers import FORMATS, render, to_argo, to_chaostoolkit, to_shell, to_yaml
+from shadowrl.export.renderers import (
+    FORMATS,
+    evaluation_line,
+    render,
+    to_argo,
+    to_chaostoolkit,
+    to_shell,
+    to_yaml,
+)
 from shadowrl.export.sources import (
     ExportSource,
     SourceError,
@@ -146,6 +155,27 @@ def test_read_header_stops_at_the_body() -> None:
     assert evaluation["downtime_s"] == {"mean": 12.0, "p95": 30.0}
     assert evaluation["outcomes"] == {"recovered": 7}
     assert read_header("procedure: {}\n") == (None, None)
+
+
+@pytest.mark.parametrize("outcomes", [
+    "{'recovered': 50, 'rollback_failed': 1, 'rollback_ineffective': 0}",  # older headers
+    "recovered 50, rollback_failed 1, rollback_ineffective 0",
+])
+def test_header_outcomes_are_read_either_way_and_shown_in_words(outcomes: str) -> None:
+    line = (f"# held-out evaluation (51 incidents): downtime mean 188s p95 250s; outcomes "
+            f"{outcomes}; error budget burn mean 0.180%\n")
+    _, evaluation = read_header(line + "procedure: {name: p}\n")
+    assert evaluation is not None
+    assert evaluation["outcomes"] == {"recovered": 50, "rollback_failed": 1,
+                                      "rollback_ineffective": 0}
+    assert evaluation["budget_burn"]["mean"] == pytest.approx(0.0018)
+    shown = evaluation_line(evaluation)
+    assert shown is not None and "{" not in shown and "'" not in shown
+    assert ("outcomes recovered 50, rollback_failed 1, rollback_ineffective 0; error budget "
+            "burn mean 0.180%") in shown
+    built = evaluation_line({k: v for k, v in evaluation.items() if k != "text"})
+    assert built == ("51 incidents: downtime mean 188s p95 250s; outcomes recovered 50, "
+                     "rollback_failed 1, rollback_ineffective 0; error budget burn mean 0.180%")
 
 
 # --------------------------------------------------------------------------- formats
@@ -426,3 +456,108 @@ def test_cli_bad_file_reports_line(tmp_path) -> None:
     no_traceback(result)
     assert result.exit_code == 2
     assert result.stderr.startswith(f"{bad}:3: procedure.steps[0].action")
+
+
+# --------------------------------------------------------------------------- policy sources
+
+TRAIN_CMD = "shadowrl train experiments/checkout-maskable-ppo.yaml"
+MODEL = "checkout-rollback"
+POLICY_METRICS = {"eval_holdout_downtime_mean": 87.0, "eval_holdout_downtime_p95": 120.0,
+                  "eval_holdout_episodes": 2, "eval_holdout_budget_burn_mean": 0.0016,
+                  "eval_holdout_recovered_rate": 1.0, "holdout_rl_downtime_mean": 87.0}
+
+
+def trained_version(store: Any, checkout: Any, summary: Any, folder: Path) -> str:
+    """A registered model version as ``shadowrl train`` leaves one: its run holds the best
+    static procedure.yaml (with optimize's header), a summary.json of every method, the
+    policy's ``eval_holdout_*`` metrics, and the version's model folder."""
+    import mlflow
+
+    from shadowrl.integrations import mlflow as tracking
+
+    folder.mkdir(parents=True)
+    proc = folder / "procedure.yaml"
+    proc.write_text(procedure_yaml(checkout, configured_plan(checkout.procedure), summary,
+                                   TRAIN_CMD))
+    best = summary.model_dump(mode="json")
+    methods = {"best_static": best, "rl": {**best, "policy": "rl"}}
+    with mlflow.start_run(experiment_id=store.experiment_id) as run:
+        mlflow.log_metrics(POLICY_METRICS)
+        tracking.log_run_files(CHECKOUT, proc, {"scenario": "checkout", "methods": methods})
+        (folder / "model").mkdir()
+        (folder / "model" / "MLmodel").write_text("flavors: {}\n")
+        mlflow.log_artifacts(str(folder / "model"), "model")
+    if not store.client.search_registered_models(f"name = '{MODEL}'"):
+        store.client.create_registered_model(MODEL)
+    run_id = run.info.run_id
+    return str(store.client.create_model_version(MODEL, f"runs:/{run_id}/model",
+                                                 run_id=run_id).version)
+
+
+def test_a_registered_policy_exports_its_best_static_procedure_and_says_so(
+        mlflow_store: Any, checkout: Any, summary: Any, tmp_path: Path) -> None:
+    champion = trained_version(mlflow_store, checkout, summary, tmp_path / "v1")
+    mlflow_store.client.set_registered_model_alias(MODEL, "champion", champion)
+    static = f"downtime mean {summary.downtime_s.mean:.0f}s"
+    expected = (f"the best static procedure found while training champion "
+                f"models:/{MODEL}/{champion}, not the policy itself (this procedure: {static}"
+                f", error budget burn mean {summary.budget_burn.mean:.3%}; the champion "
+                f"policy, which is adaptive and cannot be exported as a fixed procedure yet: "
+                f"downtime mean 87s, error budget burn mean 0.160%, on the same 2 held-out "
+                f"incidents)")
+
+    wf = tmp_path / "rollback-workflow.yaml"
+    result = run("export", f"models:/{MODEL}@champion", "--format", "argo", "--out", wf)
+    no_traceback(result)
+    assert result.exit_code == 0, result.stderr
+    assert f"exported: {expected}\n" in result.stderr  # the command says what it wrote
+    text = wf.read_text()
+    assert f"# exported: {expected}\n" in text  # and so does the file
+    assert "{" not in text.split("\n# exported by:")[0]  # no Python dict in the header
+    annotations = yaml.safe_load(text)["metadata"]["annotations"]
+    assert annotations["shadowrl/exported"] == expected
+
+    # --json: what was exported, the procedure's evaluation and the policy's, apart
+    data = json.loads(run("export", f"models:/{MODEL}/{champion}", "--format", "yaml",
+                          "--json").stdout)
+    assert data["exported"] == expected and data["written"] is None
+    assert data["procedure"] == f"{checkout.procedure.name}-optimized"
+    assert data["evaluation"]["policy"] == "best_static"
+    assert data["policy"]["name"] == f"models:/{MODEL}/{champion}"
+    assert data["policy"]["champion"] is True
+    assert data["policy"]["evaluation"]["downtime_s"] == {"mean": 87.0, "p95": 120.0}
+    assert yaml.safe_load(data["text"])["kind"] == "Procedure"
+
+    # a version that is not the champion is not called one
+    other = trained_version(mlflow_store, checkout, summary, tmp_path / "v2")
+    result = run("export", f"models:/{MODEL}/{other}", "--format", "shell")
+    assert result.exit_code == 0, result.stderr
+    assert (f"# exported: the best static procedure found while training "
+            f"models:/{MODEL}/{other}, not the policy itself") in result.stdout
+    assert "champion" not in result.stdout.split("# produced by")[0]
+    assert "the policy, which is adaptive" in result.stderr
+
+    # a missing alias: one error line, the URI said once
+    result = run("export", f"models:/{MODEL}@nope", "--format", "yaml")
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: models:/{MODEL}@nope: registered model '{MODEL}' has "
+                             f"no alias 'nope'\n")
+
+
+def test_export_json_of_a_procedure_file(tmp_path: Path, optimized_file: Path) -> None:
+    out = tmp_path / "rollback.sh"
+    result = run("export", optimized_file, "--format", "shell", "--scenario", CHECKOUT,
+                 "--out", out, "--json")
+    no_traceback(result)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["written"] == str(out) and data["text"] == out.read_text()
+    assert data["source"] == str(optimized_file) and data["format"] == "shell"
+    assert data["procedure"] == "checkout-rollback-optimized" and data["scenario"] == "checkout"
+    assert data["exported"] == f"the procedure 'checkout-rollback-optimized' in {optimized_file}"
+    assert data["evaluation"]["runs"] == 2 and data["policy"] is None
+    assert any("PLACEHOLDER" in w for w in data["warnings"])
+    assert "exported:" not in result.stderr  # a procedure file exports as itself
+    data = json.loads(run("export", CHECKOUT, "--format", "yaml", "--json").stdout)
+    assert data["exported"] == (f"the configured procedure 'checkout-rollback' of scenario "
+                                f"{CHECKOUT}")
