@@ -1,0 +1,91 @@
+"""What tests/test_readme.py does with each README command line.
+
+Every command the README shows must match one decision (the first that matches wins); a
+command matching none fails ``test_readme_command``, so a new README command needs a
+decision here. Kinds:
+
+- ``run``: run as written in the scratch workspace (tests/readme/workspace.py, with its
+  documented SUBSTITUTIONS); it must exit 0, print exactly one JSON object when it has
+  ``--json``, and create its ``--out``.
+- ``make``: ``make -n`` (what it would run) in the workspace: the target and every
+  ``VAR=value`` must reach the recipe. Running the targets themselves is what ``covered_by``
+  and CI do.
+- ``covered``: too long, needs a cluster or server, or rewrites the repository: the named
+  tests cover it and must exist.
+- ``install``: a ``pip install``: its pins and extras must match pyproject.toml and the
+  Makefile (installing is not a test's job).
+- ``counterexample``: quoted as what not to do.
+- ``exported``: a command ``shadowrl export`` writes into a procedure (not one to run
+  here): ``shadowrl export envs/checkout.yaml --format shell`` must contain it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tests.readme.markdown import Command
+
+
+@dataclass(frozen=True)
+class Decision:
+    pattern: str  # matched in full against the command as written
+    kind: str  # run | make | covered | install | counterexample | exported
+    why: str
+    covered_by: tuple[str, ...] = ()  # "tests/path.py::test_name"
+
+    def matches(self, command: Command) -> bool:
+        return re.fullmatch(self.pattern, command.text) is not None
+
+
+DEMO_TESTS = ("tests/test_demo.py::test_stages_write_under_the_output_folder",
+              "tests/test_demo.py::test_the_champion_is_used_when_there_is_one_else_the_new_version",
+              "tests/test_readme.py::test_the_demo_prints_the_files_the_readme_names")
+
+DECISIONS: tuple[Decision, ...] = (
+    Decision(r"shadowrl train \S+ --ray-address \S+ --tracking-uri \S+", "covered",
+             "needs a Ray cluster and an MLflow server",
+             ("tests/app/test_experiment.py::test_unreachable_ray_address_exits_2",
+              "tests/integrations/test_tracking.py::test_registry_flow_against_mlflow_server")),
+    Decision(r"shadowrl .*", "run", "cheap enough with the workspace's substitutions"),
+    Decision(r"python -m shadowrl \w.*", "run", "cheap enough with the workspace's "
+             "substitutions"),
+    Decision(r"python -m shadowrl\.demo", "covered",
+             "make demo's runner: several minutes of training",
+             DEMO_TESTS),
+    Decision(r"make demo( [A-Z_]+=\S+)*", "make", "several minutes of training", DEMO_TESTS),
+    Decision(r"make test", "make", "the whole suite: what CI runs (.ci/run)",
+             ("tests/test_readme.py::test_make_test_is_what_ci_runs",)),
+    Decision(r"make install( [A-Z_]+=\S+)*", "make", "installs packages",
+             ("tests/test_readme.py::test_install_pins_match",)),
+    Decision(r"(python -m )?pytest( -n \d+)?", "covered", "the suite itself (make test, .ci/run)",
+             ("tests/test_readme.py::test_make_test_is_what_ci_runs",)),
+    Decision(r"pip install torch", "counterexample",
+             "quoted as what pulls a multi-GB CUDA build"),
+    Decision(r"pip install .*", "install", "installing is not a test's job",
+             ("tests/test_readme.py::test_install_pins_match",)),
+    Decision(r"python benchmarks/(env_throughput|make_history)\.py", "run",
+             "cheap with the workspace's substitutions"),
+    Decision(r"python benchmarks/optimizer_quality\.py.*", "covered",
+             "a measurement taking many minutes per scenario; the same optimizer runs in the "
+             "README's `shadowrl optimize` commands",
+             ("tests/app/test_use_cases.py::test_optimize_returns_the_comparison",)),
+    Decision(r"python benchmarks/rehearse_memory\.py.*", "covered",
+             "a measurement of 20,000 rehearsals (minutes); the same bound, as a ratio of a "
+             "short and a longer campaign, is a test",
+             ("tests/app/test_rehearse_safety.py::"
+              "test_memory_with_out_does_not_grow_with_the_runs",)),
+    Decision(r"python tests/golden/goldens\.py", "covered", "rewrites tests/golden/*.json",
+             ("tests/golden/test_goldens.py::test_outputs_match_goldens",)),
+    Decision(r"mlflow ui .*", "covered", "a server that runs until stopped",
+             ("tests/integrations/test_tracking.py::test_registry_flow_against_mlflow_server",)),
+    Decision(r"kubectl .*", "exported", "what an exported procedure runs against a cluster",
+             ("tests/export/test_export.py::test_shell_script",)),
+    Decision(r"ray start .*", "covered", "starts a Ray cluster node",
+             ("tests/integrations/test_parallel.py::"
+              "test_ray_session_reuses_running_ray_and_rejects_unreachable",)),
+)
+
+
+def decide(command: Command) -> Decision | None:
+    return next((d for d in DECISIONS if d.matches(command)), None)
