@@ -810,11 +810,11 @@ def test_promotion_tags_and_champion_field(tracked: dict[str, Any]) -> None:
 
 def test_a_model_exports_the_procedure_logged_with_its_run(
         tracked: dict[str, Any], ws: Workspace, tmp_path: Path) -> None:
-    """"`models:/NAME@ALIAS` (the `procedure.yaml` logged with that run)": what the README's
-    export of the champion wrote is the procedure its run logged (the best static one)."""
+    """"export writes the `procedure.yaml` logged with its run": what the README's export
+    of the champion wrote is the procedure its run logged (the best static one)."""
     from shadowrl.core.spec import load_procedure
 
-    assert "`models:/NAME@ALIAS` (the `procedure.yaml` logged with that run)" in md.norm(README)
+    assert "export writes the `procedure.yaml` logged with its run" in md.norm(README)
     client, run = tracked["client"], tracked["run"]
     logged = load_procedure(client.download_artifacts(run.info.run_id, "procedure.yaml",
                                                       str(tmp_path)))

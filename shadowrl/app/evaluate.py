@@ -18,6 +18,7 @@ from shadowrl.app.common import (
     ray_context,
 )
 from shadowrl.app.errors import UsageError
+from shadowrl.core.errors import naming
 from shadowrl.core.spec import Procedure, Scenario, load_scenario
 
 POLICY_HELP = ("configured, random, greedy, oracle, a procedure .yaml, a policy .zip or "
@@ -52,7 +53,7 @@ def resolve_policy(spec: str, scenario: Scenario) -> tuple[Any, Procedure | None
         try:
             return load_registered_policy(spec), None
         except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; all are bad input
-            raise UsageError(f"{spec}: {exc}") from None
+            raise UsageError(naming(spec, exc)) from None
     path = Path(spec)
     if not path.exists():
         raise UsageError(f"{spec}: no such policy (use {POLICY_HELP})")

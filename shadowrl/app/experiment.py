@@ -31,6 +31,7 @@ from shadowrl.core.spec import (
     format_path,
     load_scenario,
     load_yaml_file,
+    shown,
     validate_model,
 )
 
@@ -320,8 +321,9 @@ def _sweep_problems(exp: Experiment, config: AgentConfig) -> Problems:
         for steps in sorted(budgets):
             found = config_problems(_as_run(exp, config, hp, steps))
             if found:
-                shown = ", ".join(f"{k}={v!r}" for k, v in zip(params, combo, strict=True))
-                return [(("sweep", "params"), f"the combination {shown} at {steps} "
+                combination = ", ".join(f"{k}={shown(v)}"
+                                        for k, v in zip(params, combo, strict=True))
+                return [(("sweep", "params"), f"the combination {combination} at {steps} "
                                              f"timesteps: {format_path(found[0][0])}: "
                                              f"{found[0][1]}")]
     return problems

@@ -38,3 +38,10 @@ class StepTimeout(ShadowError):
 
 class SnapshotUnsupported(ShadowError):
     """A method needs snapshot/restore from a backend that does not offer them."""
+
+
+def naming(source: str, exc: BaseException | str) -> str:
+    """``exc``'s message prefixed with ``source``, unless it already names it (MLflow's
+    errors often do: the prefix would say the model URI twice)."""
+    message = str(exc)
+    return message if source in message else f"{source}: {message}"

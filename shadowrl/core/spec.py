@@ -70,7 +70,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 def parse_duration(value: Any) -> float:
     """Seconds from ``500ms``/``30s``/``5m``/``1h`` or a plain number of seconds."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like '30s', got {value!r}")
+        raise ValueError(f"expected a duration like '30s', got {shown(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -81,7 +81,7 @@ def parse_duration(value: Any) -> float:
     else:
         raise ValueError(f"expected a duration like '30s', got {type(value).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"duration must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"duration must be a finite number >= 0, got {shown(value)}")
     return seconds
 
 
@@ -665,8 +665,8 @@ def _normalise_settings(step: Step, path: PathKey) -> Problems:
                 problems.append(((*spath, "default"), str(exc)))
                 continue
             if default not in choices:
-                problems.append(((*spath, "default"), f"default {raw.default!r} is not among "
-                                                     f"the choices {raw.choices!r}"))
+                problems.append(((*spath, "default"), f"default {shown(raw.default)} is not "
+                                                     f"among the choices {shown(raw.choices)}"))
                 continue
         normalised[key] = Tunable(choices=choices, default=default)
     for key, value in _SETTING_DEFAULTS.get(step.action, {}).items():
@@ -971,10 +971,21 @@ _BOUND_WORDS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "less 
                 "greater_than": ("gt", "greater than")}
 
 
-def _shown(value: Any) -> str:
-    """A rejected input for a message: short, whatever it is."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def shown(value: Any, limit: int = 40) -> str:
+    """A value for a user's message, spelled as in YAML (``true``, ``[10s, 30s]``, not
+    Python's ``True``): short, whatever it is."""
+    if isinstance(value, (bool, list, dict)) or value is None:
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6,
+                                  allow_unicode=True).strip().removesuffix("...").strip()
+        except yaml.YAMLError:
+            text = repr(value)
+    else:  # strings keep their quotes, numbers their written form
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_shown = shown
 
 
 def _bound_message(err: Any, model: type[BaseModel] | None, loc: PathKey) -> str | None:

@@ -160,8 +160,8 @@ class TrackingUnavailable(ConnectionError):
 
 
 def _where_to_change() -> str:
-    return (f"start it, or point --tracking-uri or MLFLOW_TRACKING_URI at one that runs "
-            f"(default: sqlite:///{Path.cwd().resolve() / DB_NAME})")
+    return (f"start it, or point MLFLOW_TRACKING_URI (or train's --tracking-uri) at one "
+            f"that runs (default: sqlite:///{Path.cwd().resolve() / DB_NAME})")
 
 
 @contextmanager
@@ -278,8 +278,8 @@ def _client(client: MlflowClient | None = None, *, must_exist: bool = True) -> M
     uri = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else tracking_uri()
     db = _sqlite_path(uri)
     if must_exist and db is not None and not db.is_file():
-        raise ValueError(f"no MLflow tracking store at {db} (set MLFLOW_TRACKING_URI or give "
-                         f"--tracking-uri)")
+        raise ValueError(f"no MLflow tracking store at {db} (set MLFLOW_TRACKING_URI; "
+                         f"shadowrl train also takes --tracking-uri)")
     _ready(uri)
     return MlflowClient(tracking_uri=uri)
 

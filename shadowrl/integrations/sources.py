@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from shadowrl.core.errors import naming
 from shadowrl.export.sources import ExportSource, SourceError, SourceResolver
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -31,11 +32,11 @@ def load_mlflow_source(source: str) -> ExportSource:
     try:
         return load_export_source(source)
     except (ImportError, ValueError, LookupError, OSError) as exc:
-        raise SourceError(f"{source}: {exc}") from None
+        raise SourceError(naming(source, exc)) from None
     except Exception as exc:  # MLflow's own errors (MlflowException, REST errors)
         if type(exc).__module__.split(".")[0] != "mlflow":
             raise
-        raise SourceError(f"{source}: {exc}") from None
+        raise SourceError(naming(source, exc)) from None
 
 
 MLFLOW = SourceResolver(forms="an MLflow run id or models:/NAME@ALIAS",

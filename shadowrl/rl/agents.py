@@ -82,6 +82,7 @@ from shadowrl.core.spec import (
     as_scenario,
     format_path,
     load_yaml_file,
+    shown,
     validate_model,
 )
 from shadowrl.rl.env import RollbackEnv
@@ -705,7 +706,7 @@ def _type_problem(annotation: Any, value: Any) -> str | None:
         if m is type(None) and value is None:
             return None
     expected = " or ".join(_SIMPLE[m] for m in simple)
-    return f"expected {expected}, got {value!r}"
+    return f"expected {expected}, got {shown(value)}"
 
 
 def _init_params(cls: type) -> set[str]:

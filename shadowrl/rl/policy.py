@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from shadowrl.core.plan import Plan, configured_plan, validate_plan
+from shadowrl.core.spec import shown
 from shadowrl.rl.env import RollbackEnv
 
 
@@ -40,7 +41,7 @@ def action_for(env: RollbackEnv, step: str, settings: dict[str, Any] | None) -> 
         if wanted is not None and s is not None and all(
                 _same(s[k], wanted.get(k)) for k in s):
             return a
-    raise KeyError(f"no action runs step '{step}' with settings {settings}")
+    raise KeyError(f"no action runs step '{step}' with settings {shown(settings, 200)}")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -18,6 +18,7 @@ from shadowrl.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "tests" / "scenarios"
+CHECKOUT_YAML = ROOT / "envs" / "checkout.yaml"
 ENVS = ["checkout", "payments", "search"]
 
 OUTCOMES = {"recovered", "rollback_failed", "rollback_ineffective"}
@@ -428,3 +429,29 @@ def test_validate_json(tmp_path: Path) -> None:
     problem = data["files"][1]["problems"][0]
     assert problem["file"] == str(bad) and problem["line"] == 1 and problem["message"]
     assert result.stderr.startswith(f"{bad}:1: ")  # the problems still go to stderr
+
+
+def test_a_missing_model_is_named_once_and_no_missing_flag_is_suggested(tmp_path: Path) -> None:
+    """A registered model that does not exist: the URI appears once in the message, and the
+    advice names only what ``evaluate`` takes (no ``--tracking-uri`` flag of its own)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # a real, empty store
+    proc = subprocess.run([sys.executable, "-m", "shadowrl", "evaluate", str(CHECKOUT_YAML),
+                           "--policy", "models:/nobody@champion", "--episodes", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+                               "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("models:/nobody@champion") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    empty = tmp_path / "empty"  # no ./mlflow.db here
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "shadowrl", "evaluate", str(CHECKOUT_YAML),
+                           "--policy", "models:/nobody@champion", "--episodes", "2"],
+                          cwd=empty, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "no MLflow tracking store" in proc.stderr, proc.stderr
+    assert "give --tracking-uri" not in proc.stderr and "MLFLOW_TRACKING_URI" in proc.stderr

@@ -293,7 +293,7 @@ CASES = [
      "x.yaml:18: deployment.services[1].calls[1]: unknown component 'cash'"),
     ("default-outside-choices", "default: 10s}", "default: 20s}",
      "x.yaml:47: procedure.steps[1].settings.drain.default: default '20s' is not among "
-     "the choices ['0s', '10s', '30s']"),
+     "the choices [0s, 10s, 30s]"),
     ("default-outside-count", "default: 4}", "default: 5}",
      "x.yaml:43: procedure.steps[0].settings.replicas.default: default 5 is not among "
      "the choices [4, 6]"),
@@ -857,3 +857,14 @@ def test_non_finite_numbers_rejected(old: str, new: str) -> None:
 @pytest.mark.parametrize("text", ["---\n", "~\n", "null\n"])
 def test_null_document_is_empty(text: str) -> None:
     assert problems(text) == ["x.yaml:1: file is empty"]
+
+
+def test_values_in_messages_are_spelled_as_in_yaml() -> None:
+    """A user copies values from messages back into YAML: ``true``, ``[10s, 30s]``, ``null``,
+    never Python's ``True`` or ``None``."""
+    from shadowrl.core.spec import shown
+
+    assert shown(True) == "true" and shown([False]) == "[false]" and shown(None) == "null"
+    assert shown(["10s", "30s"]) == "[10s, 30s]" and shown({"online": True}) == "{online: true}"
+    assert shown("2h") == "'2h'" and shown(5) == "5"
+    assert shown("x" * 100).endswith("...") and len(shown("x" * 100)) == 40
