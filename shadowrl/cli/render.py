@@ -94,9 +94,9 @@ def bad_input_exits_2() -> Iterator[None]:
 
 @contextmanager
 def progress_bars() -> Iterator[ProgressFn]:
-    """An ``on_progress(done, total, label)`` callback drawing a transient bar on stderr.
-    The display starts with the first report, so a command that fails on its input shows
-    nothing but the error.
+    """An ``on_progress(done, total, label)`` callback drawing a transient bar on stderr when
+    it is a terminal (nothing otherwise). The display starts with the first report, so a
+    command that fails on its input shows nothing but the error.
 
     Only the bar of the latest label is shown (the use cases report their phases one after
     another), so the display is one line: a line written meanwhile, through ``sys.stderr``
@@ -108,6 +108,8 @@ def progress_bars() -> Iterator[ProgressFn]:
     shown: list[Any] = []  # the one task on screen
 
     def on_progress(done: int, total: int, label: str) -> None:
+        if not err.is_terminal:  # a log file: no bar, and no blank line where it stood
+            return
         if not tasks:
             bar.start()
         if label not in tasks:

@@ -455,3 +455,14 @@ def test_a_missing_model_is_named_once_and_no_missing_flag_is_suggested(tmp_path
                                if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "no MLflow tracking store" in proc.stderr, proc.stderr
     assert "give --tracking-uri" not in proc.stderr and "MLFLOW_TRACKING_URI" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["rehearse", "--runs", "2"],
+                                     ["evaluate", "--policy", "configured", "--episodes", "2"]])
+def test_a_log_gets_no_blank_line_where_the_progress_bar_stood(command: list[str]) -> None:
+    """Piped into a log, a command's output starts with its first line of text: the
+    transient progress bar is drawn only on a terminal."""
+    proc = cli(command[0], CHECKOUT_YAML, *command[1:])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", repr(proc.stderr)
+    assert proc.stdout.splitlines()[0].strip(), repr(proc.stdout[:200])
