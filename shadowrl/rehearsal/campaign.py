@@ -20,6 +20,7 @@ docs/rehearsal-outputs.md describes the folder.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import signal
@@ -261,12 +262,14 @@ class OutputFolder:
         except OSError as exc:
             raise OutputError(f"the folder is not writable: {_reason(exc)}") from None
         for name in (*OUTPUT_NAMES.values(), ALERT_LOG):
-            stale = path / name
-            if stale.is_file() or stale.is_symlink():
-                try:
-                    stale.unlink()
-                except OSError as exc:
-                    raise OutputError(f"cannot replace {name}: {_reason(exc)}") from None
+            # the file itself, and the hidden temporaries of a campaign that was killed
+            # (SIGKILL) before it could rename or discard them
+            for stale in (path / name, *path.glob(f".{glob.escape(name)}.*")):
+                if stale.is_file() or stale.is_symlink():
+                    try:
+                        stale.unlink()
+                    except OSError as exc:
+                        raise OutputError(f"cannot replace {name}: {_reason(exc)}") from None
         return cls(path)
 
     def _guard(self, verb: str, name: str, action: Callable[[], Any]) -> Any:

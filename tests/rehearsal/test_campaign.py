@@ -530,3 +530,16 @@ def test_cli_at_noon_exits_2() -> None:
     assert result.exit_code == 2
     assert "--at must be 'now' or 'peak'" in result.stderr
     assert result.stdout == ""
+
+
+def test_output_folder_open_removes_the_temporaries_of_a_killed_campaign(
+        tmp_path: Path) -> None:
+    """A SIGKILLed campaign leaves its pending files (hidden, beside the final names); the
+    next campaign in the folder removes them, and leaves other hidden files alone."""
+    for name in (".profiles.parquet.k1ll3d.parquet", ".alerts.json.x9.json",
+                 ".report.html.abc.html", ".keep-me"):
+        (tmp_path / name).write_text("left by a killed run")
+    OutputFolder.open(tmp_path).close()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert ".keep-me" in left
+    assert not [n for n in left if n.startswith((".profiles", ".alerts", ".report"))], left
