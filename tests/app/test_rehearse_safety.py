@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+
+from tests.trickler import Trickler
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
@@ -288,50 +289,6 @@ def test_a_full_disk_stops_with_a_message_and_keeps_what_was_written(
 
 
 # --------------------------------------------------------------------------- webhook
-
-
-class Trickler:
-    """A real webhook receiver that answers one byte per second: after a prompt ``200``
-    and its headers, the body (``/body``), or the status line and headers (``/head``)."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        stop = self.stop
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path.endswith("/body"):
-                    self.send_response(200)
-                    self.send_header("Content-Length", "1000")
-                    self.end_headers()
-                    data = b"x" * 1000
-                else:
-                    data = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-                for byte in data:
-                    try:
-                        self.wfile.write(bytes([byte]))
-                        self.wfile.flush()
-                    except OSError:
-                        return
-                    if stop.wait(1.0):
-                        return
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=2)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from shadowrl.rehearsal.alerts import (
     dispatch,
     sinks_from_options,
 )
+from tests.trickler import Trickler
 
 FAST = {"backoff_s": 0.01, "timeout_s": 2.0}
 
@@ -191,52 +192,6 @@ def test_webhook_timeout_raises_quickly(server: Server) -> None:
     elapsed = time.monotonic() - start
     assert elapsed < 1.5
     assert info.value.attempts == 2 and server.rec.attempts == 2
-
-
-class Trickler:
-    """A real receiver that answers one byte per second: the status line and headers
-    (``/head``) or, after a prompt ``200`` and its headers, the body (``/body``)."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.posts = 0
-        trickler = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                trickler.posts += 1
-                if self.path.endswith("/body"):
-                    self.send_response(200)
-                    self.send_header("Content-Length", "100")
-                    self.end_headers()
-                    data = b"x" * 100
-                else:
-                    data = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-                for byte in data:
-                    try:
-                        self.wfile.write(bytes([byte]))
-                        self.wfile.flush()
-                    except OSError:
-                        return  # the client gave up
-                    if trickler.stop.wait(1.0):
-                        return
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=2)
 
 
 @pytest.fixture
