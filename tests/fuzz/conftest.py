@@ -35,9 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, settings
+
 ROOT = Path(__file__).resolve().parents[2]
 ENVS = sorted((ROOT / "envs").glob("*.yaml"))
 WALL_SLACK = float(os.environ.get("SHADOWRL_FUZZ_WALL_SLACK", "6"))
+# every fuzz test: a fixed seed and no example database, so CI runs the same inputs each time
+FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much])
 TRACEBACK = "Traceback (most recent call last)"
 
 

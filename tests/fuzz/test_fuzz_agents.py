@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowrl.core.spec import SpecError, load_scenario
@@ -34,9 +34,8 @@ from tests.fuzz._mutate_files import (
     mutated_yaml,
     run_cli_rss,
 )
+from tests.fuzz.conftest import FUZZ
 
-FUZZ = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
 DQN = {"algorithm": "dqn", "policy": "MlpPolicy", "n_envs": 2, "timesteps": 20000,
        "hyperparameters": {"learning_rate": 1.0e-3, "buffer_size": 5000, "learning_starts": 100,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowrl.app import experiment as experiment_module
@@ -27,10 +27,8 @@ from shadowrl.rl import agents, search
 from shadowrl.rl.agents import load_agent_config
 from shadowrl.rl.env import RollbackEnv
 from tests.fuzz._mutate_files import ROOT, Mutant, mutated_yaml, run_cli_rss
-from tests.fuzz.conftest import run_cli_bounded
+from tests.fuzz.conftest import FUZZ, run_cli_bounded
 
-FUZZ = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
 
 

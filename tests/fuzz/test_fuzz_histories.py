@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from shadowrl.rehearsal.deviation import load_history
 from shadowrl.traffic.history import (
@@ -33,10 +33,8 @@ from tests.fuzz._mutate_files import (
     mutated_csv,
     mutated_prometheus,
 )
-from tests.fuzz.conftest import run_cli_bounded
+from tests.fuzz.conftest import FUZZ, run_cli_bounded
 
-FUZZ = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PER_FILE_S = 3.0  # generous on a shared core; a hang takes minutes
 
 

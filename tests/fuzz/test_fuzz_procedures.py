@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowrl.app.common import procedure_for
@@ -33,6 +33,7 @@ from shadowrl.core.spec import (
 from tests.fuzz.conftest import (
     ENVS,
     EXTREMES,
+    FUZZ,
     ODD_KEYS,
     TEXT_MUTATIONS,
     CpuTimer,
@@ -47,9 +48,6 @@ from tests.fuzz.conftest import (
 )
 
 CPU_S = 5.0
-FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
 SCENARIOS: dict[str, Scenario] = {p.stem: load_scenario(p) for p in ENVS}
 ENVS_BY_NAME = {p.stem: p for p in ENVS}
 # (scenario name, source kind) -> the source's text: a procedure file or the scenario itself

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowrl.app.errors import UsageError
@@ -29,6 +29,7 @@ from shadowrl.core.spec import SpecError
 from tests.fuzz.conftest import (
     ENVS,
     EXTREMES,
+    FUZZ,
     ODD_KEYS,
     ROOT,
     TEXT_MUTATIONS,
@@ -44,9 +45,6 @@ from tests.fuzz.conftest import (
 )
 
 CPU_S = 5.0
-FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
 SOURCES = [*ENVS, *sorted((ROOT / "tests" / "scenarios").glob("*.yaml"))]
 TEXTS = {p.name: p.read_text(encoding="utf-8") for p in SOURCES}
 PARSED = {name: yaml.safe_load(text) for name, text in TEXTS.items()}
