@@ -349,7 +349,9 @@ def _shut(sock: socket.socket) -> None:
         pass  # already closed
 
 
-class _DeadlineHTTPConnection(http.client.HTTPConnection):
+class _DeadlineConnection(http.client.HTTPConnection):
+    """A connection whose socket the deadline tracks once connected (HTTP, or HTTPS below)."""
+
     deadline: _Deadline | None = None
 
     def connect(self) -> None:
@@ -358,13 +360,8 @@ class _DeadlineHTTPConnection(http.client.HTTPConnection):
             self.deadline.track(self.sock)
 
 
-class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
-    deadline: _Deadline | None = None
-
-    def connect(self) -> None:
-        super().connect()
-        if self.deadline is not None and self.sock is not None:
-            self.deadline.track(self.sock)
+class _DeadlineHTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
 
 
 class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
@@ -376,7 +373,7 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
-            conn = _DeadlineHTTPConnection(host, **kwargs)
+            conn = _DeadlineConnection(host, **kwargs)
             conn.deadline = self.deadline
             return conn
 
