@@ -5,7 +5,7 @@ OUT ?= out/demo/$(notdir $(basename $(SCENARIO)))
 SCENARIO ?= envs/checkout.yaml
 EXPERIMENT ?= experiments/checkout-maskable-ppo.yaml
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps docker-deps demo test lint bench clean
 
 # torch first, and its CPU build: PyTorch's CPU wheel index (a plain `pip install torch`
 # pulls a multi-GB CUDA build). Where that index is unreachable, pip still finds a local CPU
@@ -30,12 +30,25 @@ system-deps:
 			     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
 		else echo "chromium missing and cannot be installed here: the browser test will skip"; fi; }
 
+# What the Docker shadow's tests need beyond Python: dockerd (the tests start a private daemon
+# when none answers; no systemd needed) and debootstrap (builds the base image from the Debian
+# mirror, without any registry). Installed from Debian's packages when missing and we may.
+docker-deps:
+	@{ command -v dockerd || test -x /usr/sbin/dockerd; } >/dev/null 2>&1 && \
+	{ command -v debootstrap || test -x /usr/sbin/debootstrap; } >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing docker.io and debootstrap (Debian packages) for the Docker shadow's tests"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null 2>&1 && \
+			     DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >/dev/null; }; \
+		else echo "dockerd or debootstrap missing and cannot be installed here: the docker tests will fail"; fi; }
+
 demo: install
 	$(PYTHON) -m shadowrl.demo --scenario $(SCENARIO) --experiment $(EXPERIMENT) --out $(OUT)
 
-test: install system-deps
+test: install system-deps docker-deps
 	$(PYTHON) -m ruff check shadowrl tests benchmarks
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --durations=15
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15
 
 lint:
 	$(PYTHON) -m ruff check shadowrl tests benchmarks

@@ -4,12 +4,18 @@ Runs the real commands one after another, printing each, with the embedded defau
 simulated shadow, a local Ray (2 shadow replicas for training), and the sqlite MLflow store
 ``./mlflow.db`` in the working directory. ``--quick`` shrinks the rehearsal and evaluation
 budgets (training follows the experiment file).
+
+Last, when Docker is reachable or can be started here, the real-shadow stage: the configured
+and the optimized procedure rehearsed on the real (Docker) shadow on the same incidents,
+beside the simulator's figures for the same seeds (``--no-real`` skips it; without Docker
+it says how to enable it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: out/demo/SCENARIO-NAME)")
     parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
+    parser.add_argument("--no-real", action="store_true",
+                        help="skip the real-shadow stage (Docker)")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.scenario)
     if out.exists() and any(out.iterdir()):
@@ -80,8 +88,80 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0:
             print(f"stage failed with exit code {code}", file=sys.stderr)
             return code
+    if not args.no_real:
+        code = real_shadow_stage(args.scenario, out, exe)
+        if code != 0:
+            return code
     print(closing_message(out, model_uri))
     return 0
+
+
+REAL_SEED = "1"
+REAL_RUNS = "2"
+
+
+def real_stages(scenario: str, out: Path, backend: str) -> list[list[str]]:
+    """The configured and the optimized procedure on the same incidents (seeds 1-2)."""
+    real = out / "real"
+    return [
+        ["rehearse", scenario, "--backend", backend, "--runs", REAL_RUNS, "--seed", REAL_SEED,
+         "--out", str(real / f"{backend}-configured")],
+        ["rehearse", scenario, "--backend", backend, "--runs", REAL_RUNS, "--seed", REAL_SEED,
+         "--procedure", str(out / "optimize" / "procedure.yaml"),
+         "--out", str(real / f"{backend}-optimized")],
+    ]
+
+
+def docker_reachable() -> str | None:
+    """None when a Docker daemon answers (or was started); else how to enable the stage."""
+    try:
+        from shadowrl.shadow.docker.daemon import DockerUnavailable, connect
+    except ImportError as exc:
+        return f"the Docker SDK is missing ({exc}): pip install -e '.[docker]'"
+    try:
+        connect(start=True).close()
+    except DockerUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def real_shadow_stage(scenario: str, out: Path, exe: list[str]) -> int:
+    """Rehearse both procedures on the real shadow and on the simulator, same seeds, and
+    print their figures side by side."""
+    why = docker_reachable()
+    if why is not None:
+        print(f"\nSkipping the real-shadow stage: {why}\nTo enable it: on Debian, as root, "
+              f"`apt-get install -y docker.io debootstrap` (or point DOCKER_HOST at a "
+              f"daemon), then run `make demo` again; see docs/docker-shadow.md.", flush=True)
+        return 0
+    print("\nThe real shadow: the configured and the optimized procedure on the same "
+          "incidents, in Docker and in the simulator (the first real run builds the images, "
+          "about 70 s).", flush=True)
+    for backend in ("docker", "sim"):
+        for stage in real_stages(scenario, out, backend):
+            print(f"\n$ shadowrl {shlex.join(stage)}", flush=True)
+            code = subprocess.call([*exe, *stage], stdout=subprocess.DEVNULL,
+                                   env={**os.environ})
+            if code != 0:
+                print(f"stage failed with exit code {code}", file=sys.stderr)
+                return code
+    print("\n" + real_vs_sim_table(out / "real"), flush=True)
+    return 0
+
+
+def real_vs_sim_table(folder: Path) -> str:
+    """Means over the runs of each (procedure, backend), from the summaries."""
+    head = (f"{'procedure':<11} {'backend':<7} {'recovered':>9} {'downtime':>9} "
+            f"{'bad requests':>13} {'budget burn':>12}")
+    lines = [head, "-" * len(head)]
+    for procedure in ("configured", "optimized"):
+        for backend in ("sim", "docker"):
+            s = json.loads((folder / f"{backend}-{procedure}" / "summary.json").read_text())
+            lines.append(f"{procedure:<11} {backend:<7} "
+                         f"{s['outcomes']['recovered']:>4} of {s['runs']:<2} "
+                         f"{s['downtime_s']['mean']:>8.0f}s {s['bad_requests']['mean']:>13.0f} "
+                         f"{s['budget_burn']['mean']:>12.2%}")
+    return "\n".join(lines)
 
 
 def closing_message(out: Path, model_uri: str) -> str:
@@ -94,7 +174,8 @@ def closing_message(out: Path, model_uri: str) -> str:
             f"best static procedure found while training {model_uri}, as an Argo Workflow: "
             f"the policy itself is adaptive and cannot be exported as a fixed procedure yet "
             f"(its header compares the two). Browse the run with "
-            f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`.")
+            f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`. The real-shadow "
+            f"rehearsals (when Docker was reachable) are in {out / 'real'}.")
 
 
 def default_out(scenario: str) -> Path:

@@ -281,9 +281,13 @@ PROBES: dict[str, list[str]] = {
     "optimize": ["optimize", "{scenario}", "--method", "search", "--episodes", "2",
                  "--trials", "3", "--oracle-nodes", "50", "--out", "{tmp}"],
 }
-JSON_COVERED = {"train": "tests/app/test_sweep.py::test_train_json_stdout_is_one_object"}
+JSON_COVERED = {"train": "tests/app/test_sweep.py::test_train_json_stdout_is_one_object",
+                "docker": "tests/shadow/docker/test_docker_cli.py::"
+                          "test_status_build_and_sweep_print_one_json_object"}
 BAD_FILE_COVERED = {
-    "train": "tests/app/test_experiment.py::test_bad_experiment_names_file_line_and_field"}
+    "train": "tests/app/test_experiment.py::test_bad_experiment_names_file_line_and_field",
+    # takes no file: its bad input is a bad subcommand or flag
+    "docker": "tests/shadow/docker/test_docker_cli.py::test_a_bad_subcommand_or_flag_exits_2"}
 
 
 def test_the_json_claim_is_made() -> None:
@@ -662,7 +666,8 @@ def test_the_demo_prints_the_files_the_readme_names(
     monkeypatch.setattr(demo, "subprocess", types.SimpleNamespace(
         run=fake_run, call=fake_call, PIPE=subprocess.PIPE, Popen=refuse))
     monkeypatch.chdir(tmp_path)
-    assert demo.main([]) == 0
+    # the real-shadow stage (Docker) has its own test: tests/test_demo.py
+    assert demo.main(["--no-real"]) == 0
     printed = capsys.readouterr().out
     closing = printed[printed.index("Done."):]
     files = re.findall(r"(?<![\w:/.-])\w[\w./-]*/[\w.-]+\.(?:html|md|yaml|json|db)", closing)

@@ -26,8 +26,9 @@ from shadowrl.rehearsal.runner import Rehearsal
 
 PROFILE_SCHEMA = pa.schema([
     ("run", pa.int32()), ("seed", pa.int64()), ("scenario", pa.string()),
-    ("incident", pa.string()), ("t", pa.float64()), ("since_breach_s", pa.float64()),
-    ("component", pa.string()), ("rps", pa.float64()), ("error_rate", pa.float64()),
+    ("incident", pa.string()), ("backend", pa.string()), ("t", pa.float64()),
+    ("since_breach_s", pa.float64()), ("component", pa.string()), ("rps", pa.float64()),
+    ("error_rate", pa.float64()),
     ("latency_p50_ms", pa.float64()), ("latency_p99_ms", pa.float64()), ("cpu", pa.float64()),
     ("memory", pa.float64()), ("replicas", pa.float64()), ("step", pa.string()),
     ("phase", pa.string()),
@@ -54,6 +55,7 @@ def run_table(run: int, r: Rehearsal) -> pa.Table | None:
         "seed": pa.array([r.seed] * n, pa.int64(), memory_pool=POOL),
         "scenario": pa.array([r.scenario] * n, pa.string(), memory_pool=POOL),
         "incident": pa.array([r.incident] * n, pa.string(), memory_pool=POOL),
+        "backend": pa.array([r.backend] * n, pa.string(), memory_pool=POOL),
         "t": pa.array(p["t"], pa.float64(), memory_pool=POOL),
         "since_breach_s": pa.array([t - r.breach.at_s for t in p["t"]], pa.float64(),
                                    memory_pool=POOL),

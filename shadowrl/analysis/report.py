@@ -397,7 +397,8 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} code {{ background: #f3
 <h1>Rollback rehearsal: {html.escape(scenario.name)}</h1>
 <p>{html.escape(scenario.metadata.description.rstrip("."))}. Procedure
 <code>{html.escape(scenario.procedure.name)}</code>, policy
-<code>{html.escape(summary.policy)}</code>.
+<code>{html.escape(summary.policy)}</code>, on the
+{"real (Docker) shadow" if summary.backend == "docker" else "simulated shadow"}.
 {f'Command: <code>{html.escape(command)}</code>' if command else ''}</p>
 <h2>Overview</h2>{overview}
 <h2>Alerts</h2>{alerts}

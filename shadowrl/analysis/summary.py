@@ -91,6 +91,7 @@ class RehearsalSummary(ResultModel):
 
     scenario: str
     policy: str
+    backend: str  # the shadow the runs used: sim | docker
     runs: int
     outcomes: Outcomes
     downtime_s: Stats
@@ -167,6 +168,7 @@ def summarize(scenario: str, policy: str, runs: Sequence[Rehearsal]) -> Rehearsa
     return RehearsalSummary(
         scenario=scenario,
         policy=policy,
+        backend=runs[0].backend if runs else "sim",
         runs=len(runs),
         outcomes=Outcomes(**{k: outcomes.get(k, 0) for k in OUTCOMES}),
         downtime_s=stats([r.downtime_s for r in runs]),

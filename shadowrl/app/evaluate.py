@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -34,6 +34,7 @@ class EvaluateRequest(BaseModel):
     ray_address: str | None = None  # a Ray cluster to join (default: RAY_ADDRESS or local)
     objective: str = "budget"  # budget | downtime: what the reported cost measures
     full_outage_penalty: float = Field(default=0.0, ge=0)  # cost per second of full outage
+    backend: Literal["sim", "docker"] = "sim"  # the shadow: simulated, or real containers
 
 
 def resolve_policy(spec: str, scenario: Scenario) -> tuple[Any, Procedure | None]:
@@ -82,7 +83,7 @@ def evaluate(request: EvaluateRequest, *,
     policy, proc = resolve_policy(request.policy, sc)
     objective = {"objective": request.objective,
                  "full_outage_penalty": request.full_outage_penalty}
-    env = RollbackEnv(sc, procedure=proc, **objective)
+    env = RollbackEnv(sc, procedure=proc, backend=request.backend, **objective)
     on_episode = counting(on_progress, request.episodes, f"evaluating {policy.name}")
     try:
         with ray_context(request.replicas, request.ray_address):
@@ -111,5 +112,5 @@ def _fanned_out(request: EvaluateRequest, sc: Scenario, policy: Any, proc: Proce
     shipped = spec if (spec in BUILTIN_POLICIES or spec.endswith(".zip")) else policy
     return parallel_evaluate(sc, shipped, request.episodes, request.seed, request.replicas,
                              env_kwargs={**({"procedure": proc} if proc else {}),
-                                         **objective},
+                                         "backend": request.backend, **objective},
                              on_episode=on_episode)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -46,6 +46,7 @@ class RehearseRequest(BaseModel):
     replicas: int = Field(default=1, ge=1)  # parallel shadow replicas (Ray)
     ray_address: str | None = None  # a Ray cluster to join (default: RAY_ADDRESS or local)
     command: str | None = None  # shown in report.html; default: the equivalent command
+    backend: Literal["sim", "docker"] = "sim"  # the shadow: simulated, or real containers
 
 
 def rehearse(request: RehearseRequest, *,
@@ -151,7 +152,8 @@ def _run(request: RehearseRequest, sc: Scenario, proc: Procedure, hist: HistoryM
                                               history=hist, at=request.at,
                                               record_profile=request.out is not None,
                                               on_run=on_run, output=folder, ctrl_c=ctrl_c,
-                                              compact=True, **kwargs)
+                                              compact=True, backend=request.backend,
+                                              **kwargs)
             finally:
                 if "rehearse_fn" in kwargs:
                     kwargs["rehearse_fn"].cancel()  # runs fetched ahead and not needed

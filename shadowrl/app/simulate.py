@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -19,6 +20,7 @@ class SimulateRequest(BaseModel):
     seed: int = 0  # same seed, same incident and same timings
     # a procedure file, or a scenario file whose procedure is used; default: the scenario's
     procedure: Path | None = None
+    backend: Literal["sim", "docker"] = "sim"  # the shadow: simulated, or real containers
 
 
 def simulate(request: SimulateRequest) -> RehearsalResult:
@@ -35,7 +37,8 @@ def simulate(request: SimulateRequest) -> RehearsalResult:
         raise UsageError(f"{request.file}: unknown incident '{request.incident}' (known: "
                          f"{', '.join(known)})")
     try:
-        result = rehearse(sc, request.seed, incident=request.incident, procedure=proc)
+        result = rehearse(sc, request.seed, incident=request.incident, procedure=proc,
+                          backend=request.backend)
     except NoBreachError as exc:
         raise UsageError(f"{request.file}: {exc}") from None
     return RehearsalResult.model_validate(result.to_json())

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from shadowrl.cli.commands import JSON_HELP, Command, Group
+from shadowrl.cli.docker import docker_app
 from shadowrl.cli.render import (
     bad_input_exits_2,
     emit_json,
     err,
+    fail,
     out,
     print_export,
     print_rehearsal,
@@ -28,38 +29,23 @@ from shadowrl.cli.render import (
     progress_bars,
 )
 
-
-def _without_flag_types(params: list[Any]) -> list[Any]:
-    """Typer's rich help prints a value type even for a flag (``--json <bool>``), though a
-    flag takes no value; an empty metavar leaves the type column of flags blank."""
-    for param in params:
-        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
-            param.metavar = ""
-    return params
-
-
-class Command(TyperCommand):
-    """A command whose help shows no value type for flags (``--json``, ``--help``)."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _without_flag_types(super().get_params(ctx))
-
-
-class Group(TyperGroup):
-    """The ``shadowrl`` group, its ``--help`` shown as a flag like its commands' flags."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _without_flag_types(super().get_params(ctx))
-
-
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Rehearse rollbacks in a shadow deployment before they are needed.")
+app.add_typer(docker_app, name="docker", cls=Group)
 
-JSON_HELP = "Print one JSON object on stdout (progress and logs go to stderr)."
 OBJECTIVE_HELP = ("budget | downtime: minimise the SLO objective's error budget burned, or "
                   "downtime plus weighted failed requests.")
 PENALTY_HELP = "Extra cost per second with the edge error rate >= 99 % (a full outage)."
+BACKEND_HELP = ("sim | docker: the simulated shadow, or the deployment as real containers "
+                "(docs/docker-shadow.md).")
+
+
+def _backend(value: str) -> str:
+    """``--backend``, checked before any work."""
+    if value not in ("sim", "docker"):
+        fail(f"--backend: must be sim or docker, got {value!r}")
+    return value
 
 
 def _command_line() -> str:
@@ -102,15 +88,16 @@ def simulate(
     incident: str | None = typer.Option(None, help="Incident name (default: drawn by weight)."),
     seed: int = typer.Option(0, help="Seed: same seed, same incident and same timings."),
     procedure: Path | None = typer.Option(None, help="YAML file with a `procedure:` block."),
+    backend: str = typer.Option("sim", help=BACKEND_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Rehearse one incident in the simulated shadow and report the rollback."""
+    """Rehearse one incident in the shadow and report the rollback."""
     from shadowrl.app.simulate import SimulateRequest
     from shadowrl.app.simulate import simulate as run
 
     with bad_input_exits_2():
         result = run(SimulateRequest(file=file, incident=incident, seed=seed,
-                                     procedure=procedure))
+                                     procedure=procedure, backend=_backend(backend)))
     if json_out:
         emit_json(result)
     else:
@@ -132,6 +119,7 @@ def rehearse_cmd(
     alert_webhook: str | None = typer.Option(
         None, help="Alertmanager-style webhook URL (or SHADOWRL_ALERT_WEBHOOK)."),
     replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
+    backend: str = typer.Option("sim", help=BACKEND_HELP),
 ) -> None:
     """Rehearse many incidents with the procedure; profile, report and alert."""
     from shadowrl.app.rehearse import RehearseRequest
@@ -140,7 +128,7 @@ def rehearse_cmd(
     request = RehearseRequest(file=file, runs=runs, seed=seed, procedure=procedure,
                               out=out_dir, history=history, at=at,
                               alert_webhook=alert_webhook, replicas=replicas,
-                              command=_command_line())
+                              command=_command_line(), backend=_backend(backend))
     with bad_input_exits_2(), progress_bars() as on_progress:
         summary = run(request, on_progress=on_progress)
     if json_out:
@@ -204,6 +192,7 @@ def evaluate_cmd(
     objective: str = typer.Option("budget", help="budget | downtime: what the reported cost "
                                                  "measures."),
     full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
+    backend: str = typer.Option("sim", help=BACKEND_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Measure a policy on fixed incidents: the same seeds give every policy the same ones."""
@@ -212,7 +201,8 @@ def evaluate_cmd(
 
     request = EvaluateRequest(file=file, policy=policy, episodes=episodes, seed=seed,
                               replicas=replicas, objective=objective,
-                              full_outage_penalty=full_outage_penalty)
+                              full_outage_penalty=full_outage_penalty,
+                              backend=_backend(backend))
     with bad_input_exits_2(), progress_bars() as on_progress:
         summary = run(request, on_progress=on_progress)
     if json_out:

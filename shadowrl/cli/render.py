@@ -31,6 +31,7 @@ from shadowrl.app.models import (
     TrainResult,
     ValidateResult,
 )
+from shadowrl.core.errors import BackendUnavailable, SnapshotUnsupported
 from shadowrl.core.extras import MissingExtraError
 from shadowrl.core.plan import describe_settings
 from shadowrl.core.spec import Problem, SpecError
@@ -90,6 +91,11 @@ def bad_input_exits_2() -> Iterator[None]:
         fail(str(exc))
     except MissingExtraError as exc:  # an optional dependency the command needs is absent
         fail(str(exc))
+    except SnapshotUnsupported as exc:  # a method the chosen backend cannot run
+        fail(str(exc))
+    except BackendUnavailable as exc:  # the machine, not the input: exit 1, no traceback
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(1) from None
 
 
 @contextmanager

@@ -171,7 +171,10 @@ def _watch(backend: Observable, end_s: float, observe: Observer,
     """Feed ``observe`` until it returns a stop time or ``end_s``; the span integrated."""
     if period_s is None and isinstance(backend, FastForward):
         return backend.advance_until(max(0.0, end_s - backend.now()), observe)
-    return _sampled(backend, end_s, observe, period_s or SAMPLE_PERIOD_S)
+    # a backend may say how often sampling it is worth it (a compressed wall clock measures
+    # a window of requests, not an instant)
+    default = float(getattr(backend, "sample_period_s", SAMPLE_PERIOD_S))
+    return _sampled(backend, end_s, observe, period_s or default)
 
 
 def _sampled(backend: Observable, end_s: float, observe: Observer, period_s: float) -> Span:
@@ -218,9 +221,13 @@ def _sampled(backend: Observable, end_s: float, observe: Observer, period_s: flo
 def _waiter(backend: Observable) -> Callable[[float], None]:
     """How to get ``backend`` to a time: sleep on a wall clock, move a simulated one."""
     if backend.clock == "wall":
+        # a compressed wall clock (the real shadow's) passes this many shadow seconds per
+        # wall second
+        rate = float(getattr(backend, "time_compression", 1.0))
+
         def sleep_until(t: float) -> None:
             while (left := t - backend.now()) > 0:
-                time.sleep(left)
+                time.sleep(left / rate)
         return sleep_until
     if not isinstance(backend, FastForward):
         raise TypeError(f"backend '{backend.name}' has a simulated clock but cannot advance it "

@@ -59,6 +59,7 @@ MAX_MAGNITUDE = 100.0
 MAX_LOAD = 100.0
 MAX_COMPONENTS = 50  # services, datastores and caches, each: a breach search that
 # never breaches simulates 25 draws of the whole deployment
+MAX_TIME_COMPRESSION = 1000.0  # the real shadow's scenario seconds per wall second
 MAX_ITEMS = 200  # rules, incidents, effects, steps, calls, flags, choices, ...
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -140,6 +141,18 @@ class Versioned(Strict):
     previous: str | int
 
 
+class Runtime(Strict):
+    """A service's own images on the real shadow, instead of the reference app: what a user
+    with real images runs. The simulator ignores it."""
+
+    image: Versioned = Field(description="The live and previous image references.")
+    port: int = Field(default=8080, ge=1, le=65535, description="The port the app serves on.")
+    health: str = Field(default="/healthz", pattern=r"^/[^\s]*$", max_length=200,
+                        description="The readiness path: ready once it answers 2xx.")
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ITEMS,
+                                description="Environment variables for every replica.")
+
+
 class Service(Strict):
     name: Name
     edge: bool = False
@@ -165,6 +178,7 @@ class Service(Strict):
     version: Versioned | None = None
     config: Versioned | None = None
     flags: list[Name] = Field(default_factory=list, max_length=MAX_ITEMS)
+    runtime: Runtime | None = None
 
 
 class Migration(Strict):
@@ -393,6 +407,20 @@ class Procedure(Strict):
         raise KeyError(name)
 
 
+class ShadowSettings(Strict):
+    """How the real (Docker) shadow runs the scenario; the simulator ignores these."""
+
+    time_compression: float = Field(
+        default=10.0, ge=1, le=MAX_TIME_COMPRESSION,
+        description="Scenario seconds per wall second: startups, drains, migrations, ramps "
+                    "and the SLO's durations run this many times faster (outputs stay in "
+                    "scenario seconds; request latencies are not compressed).")
+    sample_fraction: float = Field(
+        default=0.1, gt=0, le=1,
+        description="The share of the scenario's traffic the load generator sends; "
+                    "capacities scale with it, so utilisations match the scenario's.")
+
+
 class Metadata(Strict):
     name: Name
     description: str = ""
@@ -407,6 +435,7 @@ class Scenario(Strict):
     incidents: list[Incident] = Field(min_length=1, max_length=MAX_ITEMS)
     deviations: Deviations = Field(default_factory=Deviations)
     procedure: Procedure
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @property
     def name(self) -> str:

@@ -427,7 +427,8 @@ def run_campaign(scenario: Scenario, n_runs: int, seed: int = 0, *,
                  rehearse_fn: Callable[..., Rehearsal] = rehearse,
                  on_run: Callable[[int], None] | None = None,
                  output: OutputFolder | None = None,
-                 ctrl_c: CtrlC | None = None, compact: bool = False) -> Campaign:
+                 ctrl_c: CtrlC | None = None, compact: bool = False,
+                 backend: str = "sim") -> Campaign:
     """Rehearse ``n_runs`` incidents; Ctrl-C stops after the finished runs. ``on_run`` gets
     the number of finished runs after each one.
 
@@ -436,15 +437,17 @@ def run_campaign(scenario: Scenario, n_runs: int, seed: int = 0, *,
     (``Campaign.failure``). ``compact`` keeps compact records without an output folder
     too (a summary needs no more). ``ctrl_c`` (an
     entered :class:`CtrlC`) learns how many runs are done and protects each recording.
+    ``backend`` names the shadow every run uses (``sim`` or ``docker``).
     """
     deviation = DeviationSimulator(scenario, history=history, at=at)  # type: ignore[arg-type]
     campaign = Campaign()
     compactor = Compactor()
     holding = ctrl_c.holding if ctrl_c is not None else nullcontext
+    on_backend: dict[str, Any] = {} if backend == "sim" else {"backend": backend}
     try:
         for i in range(n_runs):
             r = rehearse_fn(scenario, seed + i, procedure=procedure, plan=plan,
-                            deviation=deviation, record_profile=record_profile)
+                            deviation=deviation, record_profile=record_profile, **on_backend)
             with holding():
                 if output is not None and not output.record(len(campaign.runs), r):
                     campaign.failure = output.failure

@@ -37,6 +37,7 @@ from shadowrl.core.slo import EPS, HoldWatcher, run_until_breach, verify
 from shadowrl.core.spec import Procedure, Scenario
 from shadowrl.rehearsal.alerts import Alert
 from shadowrl.rehearsal.deviation import DeviationSimulator
+from shadowrl.shadow import make_backend
 from shadowrl.shadow.base import ErrorAttribution, ProfileRecording, ShadowBackend
 from shadowrl.shadow.sim.engine import SimShadow
 
@@ -364,16 +365,19 @@ def rehearse(scenario: Scenario, seed: int, *, incident: str | None = None,
              procedure: Procedure | None = None, plan: Plan | None = None,
              deviation: DeviationSimulator | None = None,
              backend_factory: Callable[[Scenario], ShadowBackend] | None = None,
-             record_profile: bool = False) -> Rehearsal:
+             record_profile: bool = False, backend: str = "sim") -> Rehearsal:
     """Run one rehearsal of ``procedure`` (default: the scenario's) following ``plan``
-    (default: the configured order and settings)."""
+    (default: the configured order and settings) on a new shadow: ``backend_factory``'s,
+    else the ``backend`` named (``sim`` or ``docker``)."""
     procedure = procedure or scenario.procedure
     plan = list(plan) if plan is not None else configured_plan(procedure)
     validate_plan(procedure, plan)
     deviation = deviation or DeviationSimulator(scenario)
     shadow = (backend_factory(scenario) if backend_factory
               else SimShadow(scenario, record_profile=record_profile,
-                             pattern=deviation.load_pattern()))
+                             pattern=deviation.load_pattern()) if backend == "sim"
+              else make_backend(backend, scenario, record_profile=record_profile,
+                                pattern=deviation.load_pattern()))
     with shadow:
         injection, breach = start_incident(shadow, deviation, seed, incident)
         results = run_plan(shadow, procedure, plan)

@@ -13,12 +13,19 @@ from shadowrl.shadow.base import (
 )
 from shadowrl.shadow.sim.engine import SimShadow
 
-__all__ = ["CancelToken", "ErrorAttribution", "FastForward", "ProfileRecording",
+__all__ = ["BACKENDS", "CancelToken", "ErrorAttribution", "FastForward", "ProfileRecording",
            "ShadowBackend", "SimShadow", "Snapshotting", "make_backend"]
 
 
+BACKENDS = ("sim", "docker")
+
+
 def make_backend(kind: str, scenario: Scenario, **kwargs: Any) -> ShadowBackend:
-    """Build a backend by name; ``sim`` is the embedded default."""
+    """Build a backend by name; ``sim`` is the embedded default, ``docker`` the real shadow
+    (imported only when asked for: it needs the Docker SDK)."""
     if kind == "sim":
         return SimShadow(scenario, **kwargs)
-    raise ValueError(f"unknown shadow backend {kind!r} (available: sim)")
+    if kind == "docker":
+        from shadowrl.shadow.docker.backend import DockerShadow
+        return DockerShadow(scenario, **kwargs)
+    raise ValueError(f"unknown shadow backend {kind!r} (available: {', '.join(BACKENDS)})")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
 
 # the public `rehearse --json` contract (docs/architecture.md, The layers)
-TOP_KEYS = {"scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests",
+TOP_KEYS = {"scenario", "policy", "backend", "runs", "outcomes", "downtime_s", "failed_requests",
             "bad_requests", "budget_burn", "outage_s", "peak_error_rate", "alerts", "steps"}
 STATS_KEYS = {"mean", "p50", "p95", "max"}
 ALERT_KEYS = {"kind", "count", "message"}
@@ -203,6 +203,7 @@ def test_skipped_steps_are_not_counted(tmp_path: Path) -> None:
 def check_contract(s: dict) -> None:
     assert set(s) == TOP_KEYS
     assert isinstance(s["scenario"], str) and isinstance(s["policy"], str)
+    assert s["backend"] in ("sim", "docker")
     assert type(s["runs"]) is int
     assert set(s["outcomes"]) == set(OUTCOMES)
     assert all(type(v) is int for v in s["outcomes"].values())
@@ -224,7 +225,7 @@ def test_summary_has_exactly_the_documented_keys(mixed: list[Rehearsal]) -> None
     check_contract(s)
     assert s["alerts"] and s["steps"]
     assert json.loads(json.dumps(s)) == s
-    assert list(s) == ["scenario", "policy", "runs", "outcomes", "downtime_s",
+    assert list(s) == ["scenario", "policy", "backend", "runs", "outcomes", "downtime_s",
                        "failed_requests", "bad_requests", "budget_burn", "outage_s",
                        "peak_error_rate", "alerts", "steps"]  # the documented order
 

@@ -47,6 +47,20 @@ DECISIONS: tuple[Decision, ...] = (
              "needs a Ray cluster and an MLflow server",
              ("tests/app/test_experiment.py::test_unreachable_ray_address_exits_2",
               "tests/integrations/test_tracking.py::test_registry_flow_against_mlflow_server")),
+    Decision(r"shadowrl (\w+ .*--backend docker.*|docker \w+.*)", "covered",
+             "needs a Docker daemon: the real-shadow tests run these",
+             ("tests/shadow/docker/test_backend.py::"
+              "test_rehearse_on_the_real_shadow_writes_real_timelines",
+              "tests/shadow/docker/test_docker_cli.py::"
+              "test_status_build_and_sweep_print_one_json_object")),
+    Decision(r"apt-get install -y docker\.io debootstrap", "covered",
+             "installs Debian packages: make docker-deps (make test, CI) runs it, and the "
+             "real-shadow tests need what it installs",
+             ("tests/shadow/docker/test_daemon.py::"
+              "test_connect_twice_returns_working_clients_of_one_daemon",)),
+    Decision(r"python benchmarks/sim_vs_real\.py.*", "covered",
+             "minutes of real rehearsals; the comparison itself is tested on two simulators",
+             ("tests/calibration/test_compare.py::test_the_same_backend_twice_has_no_gap",)),
     Decision(r"shadowrl .*", "run", "cheap enough with the workspace's substitutions"),
     Decision(r"python -m shadowrl \w.*", "run", "cheap enough with the workspace's "
              "substitutions"),

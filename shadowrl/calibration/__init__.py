@@ -1,0 +1,1 @@
+"""Calibration and verification: the simulator against the real shadow."""
