@@ -85,8 +85,8 @@ def invoke(*args: str) -> Any:
 
 
 @cache
-def cli_help(sub: str) -> str:
-    result = invoke(sub, "--help")
+def cli_help(*sub: str) -> str:
+    result = invoke(*sub, "--help")
     assert result.exit_code == 0, result.output
     return str(result.stdout)
 
@@ -298,7 +298,11 @@ def test_the_json_claim_is_made() -> None:
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
 def test_every_command_takes_json(sub: str, ws: Workspace, tmp_path: Path) -> None:
     """"Every command takes `--json` and then prints exactly one JSON object on stdout"."""
-    assert _in_help("--json", cli_help(sub)), f"`shadowrl {sub} --help` has no --json"
+    group = getattr(CLI.commands[sub], "commands", None) if CLI is not None else None
+    for child in sorted(group or [""]):  # a group's commands each take it
+        where = f"{sub} {child}".strip()
+        assert _in_help("--json", cli_help(*where.split())), (
+            f"`shadowrl {where} --help` has no --json")
     with_json = [c for c in COMMANDS if c.words[:2] == ["shadowrl", sub] and "--json" in c.words]
     if with_json:
         ok(ws.run(with_json[0])).json()

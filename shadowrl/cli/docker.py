@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -73,9 +74,13 @@ def sweep_cmd(
 
 
 @docker_app.command("stop", cls=Command)
-def stop_cmd() -> None:
+def stop_cmd(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Stop the private Docker daemon shadowrl started (its image cache stays)."""
     from shadowrl.app.docker import stop
 
-    out.print("stopped the private daemon" if stop() else "no private daemon was running",
+    stopped = stop()
+    if json_out:
+        sys.stdout.write(json.dumps({"stopped": stopped}) + "\n")
+        return
+    out.print("stopped the private daemon" if stopped else "no private daemon was running",
               markup=False)

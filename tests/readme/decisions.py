@@ -70,6 +70,9 @@ DECISIONS: tuple[Decision, ...] = (
     Decision(r"make demo( [A-Z_]+=\S+)*", "make", "several minutes of training", DEMO_TESTS),
     Decision(r"make test", "make", "the whole suite: what CI runs (.ci/run)",
              ("tests/test_readme.py::test_make_test_is_what_ci_runs",)),
+    Decision(r"make docker-deps", "make", "installs Debian packages (as root); make test runs "
+             "it before the real-shadow tests",
+             ("tests/test_readme.py::test_make_test_is_what_ci_runs",)),
     Decision(r"make install( [A-Z_]+=\S+)*", "make", "installs packages",
              ("tests/test_readme.py::test_install_pins_match",)),
     Decision(r"(python -m )?pytest( -n \d+)?", "covered", "the suite itself (make test, .ci/run)",

@@ -197,7 +197,7 @@ def test_uninterrupted_summary_has_no_interrupted_key(checkout: Scenario) -> Non
     assert summary.interrupted is False
     assert "interrupted" not in summary.model_dump(mode="json")
     assert list(summary.model_dump(mode="json")) == [
-        "scenario", "policy", "runs", "outcomes", "downtime_s", "failed_requests",
+        "scenario", "policy", "backend", "runs", "outcomes", "downtime_s", "failed_requests",
         "bad_requests", "budget_burn", "outage_s", "peak_error_rate", "alerts", "steps"]
 
 

@@ -332,3 +332,83 @@ def test_too_much_load_for_this_machine_is_refused(tmp_path: Path) -> None:
     done = cli("simulate", str(path), "--backend", "docker")
     assert done.returncode == 1
     assert "shadow.sample_fraction" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_shadow_container_reaches_nothing_outside_the_shadow(docker_client: Any,
+                                                              shadow_images: Any,
+                                                              tmp_path: Path) -> None:
+    """From inside a replica of a launched shadow: the other components answer; a service on
+    the host (listening on every address) and the outside world do not."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    probe = ("import socket, sys\n"
+             "try:\n"
+             "    socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close()\n"
+             "    print('open')\n"
+             "except OSError as e:\n"
+             "    print('closed', e)\n")
+    try:
+        with _launched(load_scenario(fast_scenario(tmp_path))) as shadow:
+            replica = shadow._services["web"].replicas[0].container
+            gateway = shadow._net.gateway
+
+            def reach(host: str, to: int) -> str:
+                return replica.exec_run(["python3", "-c", probe, host, str(to)]).output.decode()
+
+            assert reach(shadow._stores["db"].ip, 5432).startswith("open")
+            assert reach(shadow._services["orders"].lb_ip, 80).startswith("open")
+            assert reach(gateway, port).startswith("closed")  # the host, via the bridge
+            assert reach("1.1.1.1", 80).startswith("closed")  # the outside world
+            # and the host still reaches the shadow (the load generator does, all along)
+            assert shadow.sample().edge.rps > 0
+    finally:
+        server.shutdown()
+
+
+def test_a_service_can_run_the_users_own_images(docker_client: Any, shadow_images: Any,
+                                                tmp_path: Path) -> None:
+    """``runtime:`` images instead of the reference app; a rollback moves replicas from the
+    live image to the previous one."""
+    import io
+
+    tags = []
+    for version in ("live", "previous"):
+        dockerfile = (f"FROM {shadow_images.app}\nRUN mkdir -p /srv && echo {version} > "
+                      f"/srv/version\nWORKDIR /srv\n"
+                      f'CMD ["python3", "-m", "http.server", "9000"]\n')
+        tag = f"shadowrl-test/web:{version}"
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag,
+                                   network_mode="none", rm=True)
+        tags.append(tag)
+    data = yaml.safe_load((ROOT / "envs" / "checkout.yaml").read_text())
+    web = data["deployment"]["services"][0]
+    web["runtime"] = {"image": {"live": tags[0], "previous": tags[1]}, "port": 9000,
+                      "health": "/version", "env": {"GREETING": "hello"}}
+    web["replicas"] = 2
+    data["deployment"]["traffic"]["write_fraction"] = 0.0  # http.server answers POST 501
+    data["shadow"] = {"time_compression": COMPRESSION}
+    path = tmp_path / "own-images.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        with _launched(load_scenario(path)) as shadow:
+            box = shadow._services["web"]
+            assert {r.container.image.tags[0] for r in box.replicas} == {tags[0]}
+            assert all(not r.reference for r in box.replicas)
+            env = box.replicas[0].container.attrs["Config"]["Env"]
+            assert "GREETING=hello" in env
+            time.sleep(1.0)
+            assert shadow.sample().edge.rps > 0 and shadow.sample().edge.error_rate == 0
+            result = _run(shadow, "revert-web", batch=1, surge=0, drain=0.0)
+            assert result.status == "ok", result.message
+            assert {r.container.image.tags[0] for r in box.replicas} == {tags[1]}
+            from shadowrl.shadow.docker.backend import _http
+
+            status, body = _http("GET", box.lb_ip, "/version", port=80)
+            assert (status, body.strip()) == (200, b"previous")
+    finally:
+        for tag in tags:
+            docker_client.images.remove(tag, force=True)
