@@ -10,6 +10,21 @@ from typing import Any
 import pytest
 
 CHECKOUT_YAML = Path(__file__).resolve().parents[1] / "envs" / "checkout.yaml"
+REAL_SHADOW_NICE, OTHER_NICE = 0, 10
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Real-shadow tests measure latencies and SLO timings on the machine itself, while the
+    other xdist worker runs CPU-heavy tests beside them: every other test (and what it
+    starts) runs at nice 10, so the shadow's containers and load generator get the CPU they
+    measure with. Set before any fixture (a session fixture may start dockerd, which its
+    containers inherit the priority of). Where a priority cannot be raised back (not root),
+    nothing changes."""
+    docker = item.get_closest_marker("docker") is not None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, REAL_SHADOW_NICE if docker else OTHER_NICE)
+    except (OSError, AttributeError):
+        pass
 
 
 @pytest.fixture
