@@ -1,6 +1,7 @@
 """Optional dependencies: the base install runs the simulator, the validator, rehearsals and
-reports; RL, Ray and MLflow come as the ``rl``, ``ray`` and ``mlflow`` extras (``all`` is the
-three). A module that needs an extra says which one when it is missing.
+reports; RL, Ray, MLflow and the real (Docker) shadow come as the ``rl``, ``ray``, ``mlflow``
+and ``docker`` extras (``all`` is the four). A module that needs an extra says which one when
+it is missing.
 """
 
 from __future__ import annotations

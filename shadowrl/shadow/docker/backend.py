@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowrl.core.errors import BackendUnavailable
+from shadowrl.core.extras import missing_extra
 from shadowrl.core.injection import ActiveEffect, Injection
 from shadowrl.core.results import (
     FULL_OUTAGE_ERROR,
@@ -152,6 +153,7 @@ class DockerShadow:
                  pattern: Callable[[float], float] | None = None, client: Any = None,
                  time_compression: float | None = None, sample_fraction: float | None = None,
                  on_progress: ProgressFn | None = None) -> None:
+        _require_extra()
         self.scenario = scenario
         self.record_profile = record_profile
         self.profile: dict[str, list[Any]] = {}
@@ -229,6 +231,7 @@ class DockerShadow:
         if self._live:
             self._teardown()
         self._live = False
+        _exit_on_sigterm()
         _sweep_once(self.client)
         try:
             self._build(seed)
@@ -1141,6 +1144,23 @@ def _sweep_once(client: Any) -> None:
         from shadowrl.shadow.docker.sweep import sweep
         sweep(client, only_dead_owners=True)
         _SWEPT = True
+
+
+def _require_extra() -> None:
+    """The Docker SDK and aiohttp (the load generator) come with the ``docker`` extra."""
+    try:
+        import aiohttp  # noqa: F401
+        import docker  # noqa: F401
+    except ImportError as exc:
+        raise missing_extra("docker", exc) from exc
+
+
+def _exit_on_sigterm() -> None:
+    """A SIGTERM (a service manager, ``kill``) ends the process as an exception would, so
+    its shadows are removed on the way out; only where nothing else handles it."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _to_stderr(message: str) -> None:

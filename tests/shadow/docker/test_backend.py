@@ -294,6 +294,32 @@ def test_a_killed_process_leaves_nothing_after_the_next_sweep(docker_client: Any
     assert not any(rule.shadow_id == shadow_id for rule in host_rules())
 
 
+def test_a_terminated_process_removes_its_shadow_on_the_way_out(docker_client: Any,
+                                                                shadow_images: Any,
+                                                                tmp_path: Path) -> None:
+    """SIGTERM (a service manager stopping it) ends the process like an exception: exit 143
+    and its shadow removed, no sweep needed."""
+    from shadowrl.shadow.docker.daemon import docker_host
+
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from shadowrl.core.spec import load_scenario\n"
+         "from shadowrl.shadow.docker.backend import DockerShadow\n"
+         "s = DockerShadow(load_scenario(sys.argv[1]), on_progress=lambda m: None)\n"
+         "s.launch(1)\n"
+         "print(s.shadow_id, flush=True)\n"
+         "time.sleep(600)\n", str(fast_scenario(tmp_path))],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "DOCKER_HOST": docker_host()})
+    assert child.stdout is not None
+    shadow_id = child.stdout.readline().strip()
+    assert len(containers_of(docker_client, shadow_id)) == 15
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 143
+    assert containers_of(docker_client, shadow_id) == []
+    assert not docker_client.networks.list(filters={"label": f"{LABEL}={shadow_id}"})
+
+
 def test_the_start_up_sweep_runs_on_launch(docker_client: Any, shadow_images: Any,
                                            tmp_path: Path) -> None:
     """A leftover of a dead owner goes when any process launches its first real shadow."""
