@@ -68,8 +68,11 @@ def _remove_all(
         return 0
     if len(items) == 1:
         return int(one(items[0]))
-    with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
-        return sum(pool.map(one, items))
+    try:
+        with ThreadPoolExecutor(max_workers=min(WORKERS, len(items))) as pool:
+            return sum(pool.map(one, items))
+    except RuntimeError:  # the interpreter is exiting (an atexit close): one by one
+        return sum(one(item) for item in items)
 
 
 def sweep(
