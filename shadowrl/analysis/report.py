@@ -193,12 +193,27 @@ def _cpu_panel(ax: Any, comps: np.ndarray, t: np.ndarray, cpu: np.ndarray) -> No
     _legend_beside(ax, handles or [Line2D([], [], lw=0, label="(none recorded)")], title)
 
 
+def _rps_panel(ax: Any, comps: np.ndarray, t: np.ndarray, rps: np.ndarray) -> None:
+    """Requests per second at the edge and at each component: where the load went (a
+    cold cache sends its misses to the datastore; the real shadow's are measured)."""
+    for name in dict.fromkeys(comps.tolist()):
+        sel = comps == name
+        if name == "edge":
+            ax.plot(t[sel], rps[sel], lw=1.3, color=SERIES, label="edge")
+        elif np.any(rps[sel] > 0):
+            ax.plot(t[sel], rps[sel], lw=1.0, label=str(name))
+    ax.set_ylim(bottom=0.0)
+    ax.set_ylabel("requests/s")
+    handles, _ = ax.get_legend_handles_labels()
+    _legend_beside(ax, handles or [Line2D([], [], lw=0, label="(none recorded)")], "load")
+
+
 def timeline_figure(scenario: Scenario, r: Rehearsal, label: str = "run") -> Any:
-    """Edge error rate, edge p99 and per-component CPU over one run, with the procedure's
-    steps as named bands, so a reader sees what each step did to the SLO.
+    """Edge error rate, edge p99, requests/s and per-component CPU over one run, with the
+    procedure's steps as named bands, so a reader sees what each step did to the SLO.
 
     ``label`` says what the run exemplifies (``worst run``); the figure's axes are, in
-    order, error rate, p99 latency, CPU and the step strip drawn above them."""
+    order, error rate, p99 latency, requests/s, CPU and the step strip drawn above them."""
     p = r.profile or {}
     comps = np.asarray(p.get("component", []), dtype=object)
     t = np.asarray(p.get("t", []), dtype=float)
@@ -212,14 +227,15 @@ def timeline_figure(scenario: Scenario, r: Rehearsal, label: str = "run") -> Any
     fig = plt.figure(figsize=(_FIG_W, 8.0))
     ax_err = fig.add_axes((0, 0, 1, 1))
     panels = (ax_err, fig.add_axes((0, 0, 1, 1), sharex=ax_err),
+              fig.add_axes((0, 0, 1, 1), sharex=ax_err),
               fig.add_axes((0, 0, 1, 1), sharex=ax_err))
     ax_steps = fig.add_axes((0, 0, 1, 1), sharex=ax_err)
-    ax_p99, ax_cpu = panels[1:]
+    ax_p99, ax_rps, ax_cpu = panels[1:]
     lanes = _step_strip(fig, ax_steps, steps, colours, lo, hi)
 
-    # layout, top to bottom: title, step strip (as tall as its rows), three panels, x label
+    # layout, top to bottom: title, step strip (as tall as its rows), the panels, x label
     strip_h = (lanes + 1) * _LANE_H
-    height = _TOP + strip_h + 3 * (_GAP + _PANEL_H) + _BOTTOM
+    height = _TOP + strip_h + len(panels) * (_GAP + _PANEL_H) + _BOTTOM
     fig.set_size_inches(_FIG_W, height)
     y = height - _TOP - strip_h
     ax_steps.set_position((_LEFT / _FIG_W, y / height, _AX_W / _FIG_W, strip_h / height))
@@ -235,6 +251,7 @@ def timeline_figure(scenario: Scenario, r: Rehearsal, label: str = "run") -> Any
     ax_err.set_ylabel("edge error rate")
     ax_err.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax_p99.set_ylabel("edge p99 latency (ms)")
+    _rps_panel(ax_rps, comps, t, np.asarray(p.get("rps", []), dtype=float))
     _cpu_panel(ax_cpu, comps, t, np.asarray(p.get("cpu", []), dtype=float))
 
     for ax in panels:
@@ -244,7 +261,7 @@ def timeline_figure(scenario: Scenario, r: Rehearsal, label: str = "run") -> Any
         ax.axvline(r.breach.at_s, color=BREACH, lw=1.6)
         ax.axvline(r.verify_end_s, color=VERIFIED, lw=1.2, ls="--")
         ax.grid(alpha=0.3)
-    for ax in (ax_err, ax_p99):
+    for ax in (ax_err, ax_p99, ax_rps):
         ax.tick_params(axis="x", labelbottom=False)
     _legend_beside(ax_p99, [
         Line2D([], [], color=ONSET, lw=1.2, ls="--", label="incident onset"),
@@ -336,7 +353,9 @@ error rate was 99 % or more.</li>
 top names the procedure's steps; the same colours shade the panels below while each step
 runs. The legends on the right name the step bands (with each step's duration) and the
 vertical lines (incident onset, the breach that starts the rollback, the end of
-verification). Components without a CPU metric (caches) are listed, not drawn.</li>
+verification). The panels: the edge error rate and p99 (with the SLO thresholds), requests/s
+at the edge and at each component, and CPU per component (on the real shadow: cores per
+container, measured). Components without a CPU metric (caches) are listed, not drawn.</li>
 <li><b>Per-step bars</b> show how long each step takes and how much downtime happens while
 it runs; <code>verify</code> is the time after the last step until the SLO held.</li>
 <li><b>Alerts</b>: <code>rollback_failed</code> (a step failed), <code>rollback_ineffective</code>

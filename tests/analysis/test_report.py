@@ -152,8 +152,11 @@ def _vlines_at(ax: Any, x: float) -> int:
 
 
 def _strip(fig: Any) -> Any:
-    """The step strip: the axes drawn above the three panels."""
-    return fig.get_axes()[3]
+    """The step strip: the axes drawn above the four panels."""
+    return fig.get_axes()[PANELS]
+
+
+PANELS = 4  # error rate, p99, requests/s, CPU
 
 
 def _legend_texts(ax: Any) -> list[str]:
@@ -173,8 +176,8 @@ def test_timeline_marks_the_breach_and_shades_the_steps(checkout: Scenario,
     fig = timeline_figure(checkout, r)
     try:
         axes = fig.get_axes()
-        assert len(axes) == 4
-        for ax in axes[:3]:
+        assert len(axes) == PANELS + 1
+        for ax in axes[:PANELS]:
             assert _vlines_at(ax, r.breach.at_s) >= 1
             assert _vlines_at(ax, r.injection.onset_s) >= 1
             assert _vlines_at(ax, r.verify_end_s) >= 1
@@ -191,7 +194,13 @@ def test_timeline_marks_the_breach_and_shades_the_steps(checkout: Scenario,
         strip = _strip(fig)
         labels = {t.get_text(): t for t in strip.texts}
         assert set(labels) == {s.name for s in done}
-        assert strip.get_position().y0 > max(ax.get_position().y1 for ax in axes[:3])
+        assert strip.get_position().y0 > max(ax.get_position().y1 for ax in axes[:PANELS])
+        # the load panel plots the edge's requests/s and each component's
+        rps_ax = axes[2]
+        assert rps_ax.get_ylabel() == "requests/s"
+        edge_rps = [v for v, c in zip(r.profile["rps"], r.profile["component"]) if c == "edge"]
+        assert list(rps_ax.lines[0].get_ydata()) == edge_rps
+        assert "edge" in _legend_texts(rps_ax) and "db" in _legend_texts(rps_ax)
     finally:
         plt.close(fig)
 
@@ -217,7 +226,7 @@ def test_timeline_legends_name_the_bands_and_the_lines(checkout: Scenario,
     done = [s for s in r.steps if s.status != "skipped"]
     fig = timeline_figure(checkout, r, "best run")
     try:
-        ax_err, ax_p99, ax_cpu, strip = fig.get_axes()
+        ax_err, ax_p99, ax_rps, ax_cpu, strip = fig.get_axes()
         bands = _legend_texts(strip)
         assert [b.split()[0] for b in bands] == [s.name for s in done]
         assert all(b.endswith(" s") for b in bands)  # each step's duration
@@ -231,7 +240,7 @@ def test_timeline_legends_name_the_bands_and_the_lines(checkout: Scenario,
             assert any(needle in line for line in lines), (needle, lines)
         # the legends sit beside the panels, not on the data
         renderer = fig.canvas.get_renderer()
-        for ax in (strip, ax_p99, ax_cpu):
+        for ax in (strip, ax_p99, ax_rps, ax_cpu):
             legend = ax.get_legend().get_window_extent(renderer)
             assert legend.x0 >= ax_err.get_window_extent(renderer).x1
     finally:
@@ -263,7 +272,7 @@ def test_step_labels_do_not_overlap(checkout: Scenario, runs: list[Rehearsal]) -
                 assert strip_box.x0 - 1 <= box.x0 and box.x1 <= strip_box.x1 + 1, name
                 assert strip_box.y0 - 1 <= box.y0 and box.y1 <= strip_box.y1 + 1, name
             # and no step label overlaps a panel
-            for ax in fig.get_axes()[:3]:
+            for ax in fig.get_axes()[:PANELS]:
                 panel = ax.get_window_extent(renderer)
                 assert not any(_boxes_overlap(panel, box) for box in boxes.values())
         finally:
@@ -289,7 +298,7 @@ def test_error_axis_of_a_zero_rate_starts_at_zero(checkout: Scenario,
     # and no panel goes below zero on a real run either
     fig = timeline_figure(checkout, r)
     try:
-        for ax in fig.get_axes()[:3]:
+        for ax in fig.get_axes()[:PANELS]:
             assert ax.get_ylim()[0] == 0.0, ax.get_ylabel()
     finally:
         plt.close(fig)
@@ -302,7 +311,7 @@ def test_cpu_panel_leaves_out_components_without_cpu(checkout: Scenario,
     assert caches == {"cache"}
     fig = timeline_figure(checkout, r)
     try:
-        ax_cpu = fig.get_axes()[2]
+        ax_cpu = fig.get_axes()[3]
         drawn = {line.get_label(): line for line in ax_cpu.lines
                  if not line.get_label().startswith("_")}
         services = {s.name for s in checkout.deployment.services}
