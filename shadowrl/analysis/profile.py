@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from shadowrl.core.atomic import PendingFile
 from shadowrl.rehearsal.runner import Rehearsal
+from shadowrl.shadow.base import PROFILE_COLUMNS
 
 PROFILE_SCHEMA = pa.schema([
     ("run", pa.int32()), ("seed", pa.int64()), ("scenario", pa.string()),
@@ -33,9 +34,8 @@ PROFILE_SCHEMA = pa.schema([
     ("memory", pa.float64()), ("replicas", pa.float64()), ("step", pa.string()),
     ("phase", pa.string()),
 ])
-# the columns of a rehearsal's own profile (``Rehearsal.profile``); the others tag the run
-PROFILE_COLUMNS = ("t", "component", "rps", "error_rate", "latency_p50_ms", "latency_p99_ms",
-                   "cpu", "memory", "replicas", "step", "phase")
+# PROFILE_COLUMNS (shadow.base) are a rehearsal's own profile (``Rehearsal.profile``); the
+# schema's other columns tag the run
 # Arrow's default allocator (mimalloc) keeps what is freed for reuse; a campaign converts,
 # writes and reads profiles a run at a time for hours, and the system allocator, which gives
 # memory back, keeps its peak lower (tens of MB on envs/checkout.yaml; see system_allocator)

@@ -48,21 +48,14 @@ def status() -> DaemonInfo:
 def build(*, rebuild: bool = False, on_log: Callable[[str], None] | None = None) -> BuildResult:
     """Build (or find cached) the shadow images, starting a private daemon when needed."""
     from shadowrl.shadow.docker.daemon import connect
-    from shadowrl.shadow.docker.images import ensure_images, remove_images
+    from shadowrl.shadow.docker.images import ensure_images, progress_lines, remove_images
 
     log = on_log or (lambda message: None)
     started = time.monotonic()
     client = connect(start=True, on_progress=log)
     if rebuild:
         remove_images(client)
-    last = [""]
-
-    def progress(stage: str, done: int, total: int | None) -> None:
-        if stage != last[0] or (done and done % 25 == 0):
-            last[0] = stage
-            log(f"{stage}" + (f" ({done}/{total})" if total else f" ({done})" if done else ""))
-
-    images = ensure_images(client, on_progress=progress)
+    images = ensure_images(client, on_progress=progress_lines(log))
     return BuildResult(base=images.base, app=images.app,
                        seconds=round(time.monotonic() - started, 1))
 

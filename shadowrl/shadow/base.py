@@ -27,10 +27,13 @@ from shadowrl.core.results import StepResult
 from shadowrl.core.slo import Clock, FastForward, Observable, Observer
 from shadowrl.core.spec import Step
 
-__all__ = ["CancelToken", "Clock", "ErrorAttribution", "FastForward", "Observer", "Phase",
-           "ProfileRecording", "ShadowBackend", "Snapshotting"]
+__all__ = ["PROFILE_COLUMNS", "CancelToken", "Clock", "ErrorAttribution", "FastForward",
+           "Observer", "Phase", "ProfileRecording", "ShadowBackend", "Snapshotting"]
 
 Phase = Literal["normal", "incident", "rollback", "verify"]
+# the columns of a ProfileRecording backend's ``profile``, one row per component per second
+PROFILE_COLUMNS = ("t", "component", "rps", "error_rate", "latency_p50_ms", "latency_p99_ms",
+                   "cpu", "memory", "replicas", "step", "phase")
 
 
 class CancelToken:

@@ -69,8 +69,9 @@ from shadowrl.core.results import (
 )
 from shadowrl.core.slo import Clock, violated
 from shadowrl.core.spec import Cache, Datastore, Scenario, Service, Step
-from shadowrl.shadow.base import CancelToken, Phase
+from shadowrl.shadow.base import PROFILE_COLUMNS, CancelToken, Phase
 from shadowrl.shadow.docker import labels as lbl
+from shadowrl.shadow.docker.lb import container_ip
 from shadowrl.shadow.docker.metrics import CgroupReader, RequestLog, Usage, component_metrics
 from shadowrl.shadow.sim.params import SimParams
 from shadowrl.shadow.sim.topology import compile_topology, rollout_width
@@ -86,8 +87,6 @@ MAX_CONTAINERS = 80
 APP_MEMORY = 256 * 2**20
 STORE_MEMORY = 512 * 2**20
 READY_TIMEOUT_S = 60.0  # wall: a container that is not ready by then failed to start
-PG_BIN = "/usr/lib/postgresql/15/bin/postgres"
-PG_DATA = "/var/lib/shadowrl/pg"
 SEED_ROWS = 2000
 EXTERNAL_LATENCY_S = 0.001  # the external dependency's fault proxy, when healthy
 
@@ -158,7 +157,6 @@ class DockerShadow:
         self.record_profile = record_profile
         self.profile: dict[str, list[Any]] = {}
         self.k = float(time_compression or scenario.shadow.time_compression)
-        self.time_compression = self.k  # scenario seconds per wall second
         self.f = float(sample_fraction or scenario.shadow.sample_fraction)
         self.params = SimParams()
         self.sample_period_s = TICK_S * self.k  # scenario seconds between SLO samples
@@ -180,6 +178,7 @@ class DockerShadow:
         self._scraped: dict[str, float] = {}  # replica IP -> when its stats were last read
         self._cgroups = CgroupReader()
         self._generator: Any = None
+        self._rate = 0.0  # the load generator's rate, requests per wall second
         self._collector: threading.Thread | None = None
         self._halt = threading.Event()
         self._stop_step = threading.Event()
@@ -194,6 +193,11 @@ class DockerShadow:
         self.topo = compile_topology(scenario)  # what the RL environment observes
         self._check_size()
         _OPEN.add(self)
+
+    @property
+    def time_compression(self) -> float:
+        """Scenario seconds per wall second (the SLO drivers sleep by it)."""
+        return self.k
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,14 +245,14 @@ class DockerShadow:
         self._live = True
 
     def _build(self, seed: int) -> None:
-        from shadowrl.shadow.docker.images import ensure_images
+        from shadowrl.shadow.docker.images import ensure_images, progress_lines
         from shadowrl.shadow.docker.network import create_isolated_network
 
         started = time.time()
         if self._images is None:
             self._progress("checking the shadow images (built once, then cached)")
-            self._images = ensure_images(self.client, on_progress=_image_progress(
-                self._progress))
+            self._images = ensure_images(self.client, on_progress=progress_lines(
+                self._progress, "building the shadow images: "))
         sc = self.scenario
         self._net = create_isolated_network(self.client, self.shadow_id)
         self._services = {s.name: _ServiceBox(s) for s in sc.deployment.services}
@@ -277,10 +281,7 @@ class DockerShadow:
             status, message = self._warm(cache)
             if status != "ok":
                 raise DockerShadowError(f"warming cache '{cache}' failed: {message}")
-        self._t0 = time.time()
-        self.profile = {k: [] for k in ("t", "component", "rps", "error_rate",
-                                        "latency_p50_ms", "latency_p99_ms", "cpu", "memory",
-                                        "replicas", "step", "phase")}
+        self.profile = {k: [] for k in PROFILE_COLUMNS}
         self._start_traffic(seed)
         # a first window of requests, so the first sample already measures something
         time.sleep(WINDOW_S)
@@ -349,9 +350,8 @@ class DockerShadow:
 
     def _run(self, name: str, role: str, command: list[str], *, image: str | None = None,
              env: dict[str, str] | None = None, user: str | None = None,
-             stop_signal: str | None = None, memory: int = APP_MEMORY,
-             start: bool = True) -> tuple[Any, str]:
-        """Create (and start) one labelled container on the shadow network; its IP."""
+             stop_signal: str | None = None, memory: int = APP_MEMORY) -> tuple[Any, str]:
+        """Create and start one labelled container on the shadow network; its IP."""
         kwargs: dict[str, Any] = dict(
             image=image or self._images.app, command=command,
             name=f"shd-{self.shadow_id}-{name}", labels=lbl.labels(self.shadow_id, role),
@@ -362,22 +362,15 @@ class DockerShadow:
         if stop_signal is not None:
             kwargs["stop_signal"] = stop_signal
         container = self.client.containers.create(**kwargs)
-        if not start:
-            return container, ""
         container.start()
-        return container, self._ip(container)
-
-    def _ip(self, container: Any) -> str:
-        container.reload()
-        return container.attrs["NetworkSettings"]["Networks"][self._net.name]["IPAddress"]
+        return container, container_ip(container, self._net.name)
 
     def _start_store(self, box: _StoreBox) -> None:
+        from shadowrl.shadow.docker.images import POSTGRES_COMMAND
+
         box.container, box.ip = self._run(
-            box.spec.name, "datastore",
-            [PG_BIN, "-D", PG_DATA, "-c", "listen_addresses=*", "-c", "fsync=off", "-c",
-             "synchronous_commit=off", "-c", "full_page_writes=off", "-c",
-             "max_connections=300"], user="postgres", stop_signal="SIGINT",
-            memory=STORE_MEMORY)
+            box.spec.name, "datastore", [*POSTGRES_COMMAND, "-c", "max_connections=300"],
+            user="postgres", stop_signal="SIGINT", memory=STORE_MEMORY)
         deadline = time.time() + READY_TIMEOUT_S
         while True:
             code, _ = self._psql(box, "select 1")
@@ -600,7 +593,8 @@ class DockerShadow:
             f"http://{edge.lb_ip}:{LB_PORT}/",
             write_fraction=self.scenario.deployment.traffic.write_fraction,
             on_record=record)
-        self._generator.set_rate(self._wall_rate(0.0))
+        self._rate = self._wall_rate(0.0)
+        self._generator.set_rate(self._rate)
 
     def _wall_rate(self, t: float) -> float:
         """Requests per wall second at scenario time ``t``."""
@@ -615,7 +609,8 @@ class DockerShadow:
         self._check()
         self._injection = injection
         self._phase = "incident"
-        self._generator.set_rate(self._wall_rate(self.now()))
+        self._rate = self._wall_rate(self.now())
+        self._generator.set_rate(self._rate)
 
     # ------------------------------------------------------------------ time and metrics
 
@@ -681,8 +676,10 @@ class DockerShadow:
                 self._usage = self._cgroups.read(ids, now)
                 t = (now - self._t0) * self.k
                 self._push_effects(t)
-                if self._generator is not None:
-                    self._generator.set_rate(self._wall_rate(t))
+                rate = self._wall_rate(t)
+                if self._generator is not None and rate != self._rate:
+                    self._generator.set_rate(rate)
+                    self._rate = rate
                 if self.record_profile and now >= next_row:
                     self._record(now)
                     next_row += PROFILE_S
@@ -796,6 +793,7 @@ class DockerShadow:
                 gate = {"config": f"{cause}-config-live"}
             elif kind == "flag" and inj.cause_flag:
                 gate = {"flag": inj.cause_flag}
+        share = self._share(cause, kind)  # of the cause still in place
         for eff in inj.effects:
             p = self._progress_of(eff, t)
             if p <= 0:
@@ -816,7 +814,6 @@ class DockerShadow:
                 if gate and host == cause:
                     item["when"] = gate
                 else:  # not the cause's own replicas: the share still at fault
-                    share = self._share(cause, kind)
                     item = _scaled(item, share)
                     item["when"] = {}
                 per[host].append(item)
@@ -1167,19 +1164,6 @@ def _to_stderr(message: str) -> None:
     """The default progress display: one line per stage on stderr."""
     sys.stderr.write(f"docker shadow: {message}\n")
     sys.stderr.flush()
-
-
-def _image_progress(progress: ProgressFn) -> Callable[[str, int, int | None], None]:
-    """Image build progress, one line per stage and every 25 packages within one."""
-    last: list[str] = [""]
-
-    def report(stage: str, done: int, total: int | None) -> None:
-        if stage == last[0] and done % 25 and done != total:
-            return
-        last[0] = stage
-        progress(f"building the shadow images: {stage}"
-                 + (f" ({done}/{total})" if total else f" ({done})" if done else ""))
-    return report
 
 
 def _most_replicas(sc: Scenario, svc: Service) -> int:

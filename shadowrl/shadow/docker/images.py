@@ -63,6 +63,20 @@ POSTGRES_DATABASE = "shadow"
 Progress = Callable[[str, int, int | None], None]
 
 
+def progress_lines(log: Callable[[str], None], prefix: str = "") -> Progress:
+    """An ``on_progress`` for :func:`ensure_images` that logs a line per stage and every 25
+    packages within one (debootstrap reports each of about 130)."""
+    last = [""]
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        if stage == last[0] and done % 25 and done != total:
+            return
+        last[0] = stage
+        log(f"{prefix}{stage}" + (f" ({done}/{total})" if total else f" ({done})" if done
+                                  else ""))
+    return report
+
+
 class ImageBuildError(BackendUnavailable):
     """An image could not be built; the message carries the failing command's output tail."""
 

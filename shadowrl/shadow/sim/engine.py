@@ -45,7 +45,7 @@ from shadowrl.core.results import (
 )
 from shadowrl.core.slo import Clock, Observer
 from shadowrl.core.spec import DAY, Scenario, SpecError, Step, scenario_problem
-from shadowrl.shadow.base import CancelToken, Phase
+from shadowrl.shadow.base import PROFILE_COLUMNS, CancelToken, Phase
 from shadowrl.shadow.sim.params import SimParams
 from shadowrl.shadow.sim.topology import (
     EPS,
@@ -347,9 +347,7 @@ class SimShadow:
         self._rates = None
         self._rates_key = None
         self._reset_caches()
-        self.profile = {k: [] for k in ("t", "component", "rps", "error_rate", "latency_p50_ms",
-                                        "latency_p99_ms", "cpu", "memory", "replicas", "step",
-                                        "phase")}
+        self.profile = {k: [] for k in PROFILE_COLUMNS}
         self._live = True
 
     def inject(self, injection: Injection) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import docker
 
     from shadowrl.shadow.docker.images import Images
+    from shadowrl.shadow.docker.network import IsolatedNetwork
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,6 +60,25 @@ def shadow_images(docker_client: docker.DockerClient) -> Images:
         return ensure_images(docker_client)
     except ImageBuildError as exc:
         pytest.fail(f"the Docker shadow's images cannot be built: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def image(shadow_images: Images) -> str:
+    """The app image (python3, haproxy 2.6, postgres, redis)."""
+    return shadow_images.app
+
+
+@pytest.fixture(scope="module")
+def iso(docker_client: docker.DockerClient, shadow_id: str) -> Iterator[IsolatedNetwork]:
+    """One isolated network per module, for a module that overrides ``shadow_id`` with a
+    module-scoped one; everything labelled with that id goes with it."""
+    from shadowrl.shadow.docker.network import create_isolated_network, remove_isolated_network
+    from shadowrl.shadow.docker.sweep import sweep
+
+    net = create_isolated_network(docker_client, shadow_id)
+    yield net
+    sweep(docker_client, shadow_id=shadow_id, only_dead_owners=False)
+    remove_isolated_network(docker_client, net)
 
 
 def unique_shadow_id(request: pytest.FixtureRequest) -> str:

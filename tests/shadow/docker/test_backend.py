@@ -266,15 +266,11 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_killed_process_leaves_nothing_after_the_next_sweep(docker_client: Any,
-                                                              shadow_images: Any,
-                                                              tmp_path: Path) -> None:
-    """SIGKILL a process mid-rehearsal: its containers outlive it, and the next process's
-    start-up sweep removes them (and the network and firewall rule)."""
+def _launch_in_child(scenario: Path) -> tuple[subprocess.Popen[str], str]:
+    """Another process that launches a real shadow of ``scenario`` and then waits: itself
+    and its shadow's id."""
     from shadowrl.shadow.docker.daemon import docker_host
-    from shadowrl.shadow.docker.network import host_rules
 
-    scenario = fast_scenario(tmp_path)
     child = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
@@ -285,10 +281,21 @@ def test_a_killed_process_leaves_nothing_after_the_next_sweep(docker_client: Any
          "print(s.shadow_id, flush=True)\n"
          "time.sleep(600)\n", str(scenario)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "DOCKER_HOST": docker_host()})
+    assert child.stdout is not None
+    shadow_id = child.stdout.readline().strip()
+    assert shadow_id, "the child did not launch its shadow"
+    return child, shadow_id
+
+
+def test_a_killed_process_leaves_nothing_after_the_next_sweep(docker_client: Any,
+                                                              shadow_images: Any,
+                                                              tmp_path: Path) -> None:
+    """SIGKILL a process mid-rehearsal: its containers outlive it, and the next process's
+    start-up sweep removes them (and the network and firewall rule)."""
+    from shadowrl.shadow.docker.network import host_rules
+
+    child, shadow_id = _launch_in_child(fast_scenario(tmp_path))
     try:
-        assert child.stdout is not None
-        shadow_id = child.stdout.readline().strip()
-        assert shadow_id, "the child did not launch its shadow"
         assert len(containers_of(docker_client, shadow_id)) == 15
     finally:
         child.send_signal(signal.SIGKILL)
@@ -313,20 +320,7 @@ def test_a_terminated_process_removes_its_shadow_on_the_way_out(docker_client: A
                                                                 tmp_path: Path) -> None:
     """SIGTERM (a service manager stopping it) ends the process like an exception: exit 143
     and its shadow removed, no sweep needed."""
-    from shadowrl.shadow.docker.daemon import docker_host
-
-    child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from shadowrl.core.spec import load_scenario\n"
-         "from shadowrl.shadow.docker.backend import DockerShadow\n"
-         "s = DockerShadow(load_scenario(sys.argv[1]), on_progress=lambda m: None)\n"
-         "s.launch(1)\n"
-         "print(s.shadow_id, flush=True)\n"
-         "time.sleep(600)\n", str(fast_scenario(tmp_path))],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "DOCKER_HOST": docker_host()})
-    assert child.stdout is not None
-    shadow_id = child.stdout.readline().strip()
+    child, shadow_id = _launch_in_child(fast_scenario(tmp_path))
     assert len(containers_of(docker_client, shadow_id)) == 15
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=60) == 143

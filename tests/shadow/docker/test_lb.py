@@ -23,10 +23,7 @@ from shadowrl.shadow.docker.lb import (
 )
 from shadowrl.shadow.docker.network import (
     IsolatedNetwork,
-    create_isolated_network,
-    remove_isolated_network,
 )
-from shadowrl.shadow.docker.sweep import sweep
 
 pytestmark = pytest.mark.docker
 
@@ -49,23 +46,9 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """
 
 
-@pytest.fixture(scope="session")
-def image(shadow_images: Any) -> str:
-    """The app image (python3 and haproxy 2.6), from the shared conftest."""
-    return shadow_images.app
-
-
 @pytest.fixture(scope="module")
 def shadow_id() -> str:
     return f"t-lb-{secrets.token_hex(3)}"
-
-
-@pytest.fixture(scope="module")
-def iso(docker_client: Any, shadow_id: str) -> Iterator[IsolatedNetwork]:
-    net = create_isolated_network(docker_client, shadow_id)
-    yield net
-    sweep(docker_client, shadow_id=shadow_id, only_dead_owners=False)
-    remove_isolated_network(docker_client, net)
 
 
 def _get(conn: http.client.HTTPConnection) -> tuple[int, str]:

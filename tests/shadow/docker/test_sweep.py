@@ -24,12 +24,6 @@ from shadowrl.shadow.docker.sweep import SweepReport, sweep
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="session")
-def image(shadow_images: Any) -> str:
-    """The app image (python3 and haproxy 2.6), from the shared conftest."""
-    return shadow_images.app
-
-
 @pytest.fixture
 def shadow_id(docker_client: Any) -> Iterator[str]:
     """A fresh shadow id; everything carrying it is removed afterwards, whoever owns it."""
