@@ -87,6 +87,7 @@ MAX_CONTAINERS = 80
 APP_MEMORY = 256 * 2**20
 STORE_MEMORY = 512 * 2**20
 READY_TIMEOUT_S = 60.0  # wall: a container that is not ready by then failed to start
+TEARDOWN_TIMEOUT_S = 30.0  # wall: how long close() retries a network a late container pins
 SEED_ROWS = 2000
 EXTERNAL_LATENCY_S = 0.001  # the external dependency's fault proxy, when healthy
 
@@ -327,14 +328,25 @@ class DockerShadow:
             self._worker = None
         if self._client is None:
             return
-        from shadowrl.shadow.docker.network import remove_isolated_network
+        from shadowrl.shadow.docker.network import NetworkInUse, remove_isolated_network
         from shadowrl.shadow.docker.sweep import sweep
-        try:
-            sweep(self._client, shadow_id=self.shadow_id, only_dead_owners=False)
-        finally:
-            if self._net is not None:
-                remove_isolated_network(self._client, self._net)
-                self._net = None
+        # a container a step was creating while the sweep listed them pins the network:
+        # sweep again until the network goes (a bounded wait, then the error)
+        deadline = time.monotonic() + TEARDOWN_TIMEOUT_S
+        while True:
+            try:
+                sweep(self._client, shadow_id=self.shadow_id, only_dead_owners=False)
+            finally:
+                if self._net is not None:
+                    try:
+                        remove_isolated_network(self._client, self._net)
+                        self._net = None
+                    except NetworkInUse:
+                        if time.monotonic() > deadline:
+                            raise
+            if self._net is None:
+                break
+            time.sleep(0.2)
         self._services, self._stores, self._caches, self._external = {}, {}, {}, None
 
     def _check(self) -> None:
@@ -361,7 +373,12 @@ class DockerShadow:
             kwargs["user"] = user
         if stop_signal is not None:
             kwargs["stop_signal"] = stop_signal
+        if self._halt.is_set():  # closing: a late step must not add to what close removes
+            raise _Stop()
         container = self.client.containers.create(**kwargs)
+        if self._halt.is_set():
+            container.remove(force=True)
+            raise _Stop()
         container.start()
         return container, container_ip(container, self._net.name)
 

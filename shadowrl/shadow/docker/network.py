@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from shadowrl.core.errors import BackendUnavailable
+from shadowrl.core.errors import BackendUnavailable, ShadowError
 from shadowrl.shadow.docker.labels import labels
 
 BRIDGE_PREFIX = "shd-"
@@ -167,6 +167,10 @@ def create_isolated_network(client: Any, shadow_id: str) -> IsolatedNetwork:
     )
 
 
+class NetworkInUse(ShadowError):
+    """The network still has containers attached, so Docker refused to remove it."""
+
+
 def _remove_network(client: Any, network_id: str) -> bool:
     """Remove a Docker network; False when it was already gone."""
     import docker.errors
@@ -175,6 +179,10 @@ def _remove_network(client: Any, network_id: str) -> bool:
         client.api.remove_network(network_id)
     except docker.errors.NotFound:
         return False
+    except docker.errors.APIError as exc:
+        if "active endpoints" in str(exc.explanation or exc):
+            raise NetworkInUse(f"network {network_id[:12]} still has containers attached") from exc
+        raise
     return True
 
 

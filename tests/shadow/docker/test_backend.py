@@ -353,6 +353,38 @@ def test_the_start_up_sweep_runs_on_launch(docker_client: Any, shadow_images: An
             pass
 
 
+def test_close_removes_a_container_that_lands_after_the_sweep_listed(
+        docker_client: Any, shadow_images: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step still creating a replica while close() sweeps pins the network: close sweeps
+    again until the network goes, and a closing shadow creates no more containers."""
+    from shadowrl.shadow.docker import sweep as sweep_module
+    from shadowrl.shadow.docker.labels import labels
+
+    shadow = _launched(load_scenario(fast_scenario(tmp_path)))
+    real_remove_all, calls = sweep_module._remove_all, []
+
+    def remove_then_a_late_container(items: Any, remove: Any, what: str, errors: list[str]
+                                     ) -> int:
+        removed = real_remove_all(items, remove, what, errors)
+        if what == "container" and not calls:  # listed and removed: a step's container lands
+            docker_client.containers.run(
+                shadow_images.app, ["sleep", "600"], detach=True, network=shadow._net.name,
+                labels=labels(shadow.shadow_id, "service"))
+        calls.append(what)
+        return removed
+
+    monkeypatch.setattr(sweep_module, "_remove_all", remove_then_a_late_container)
+    net = shadow._net
+    shadow.close()
+    assert calls.count("container") >= 2  # swept again
+    assert containers_of(docker_client, shadow.shadow_id) == []
+    assert docker_client.networks.list(filters={"label": f"{LABEL}={shadow.shadow_id}"}) == []
+    assert not os.path.exists(f"/sys/class/net/{net.bridge}")
+    with pytest.raises(Exception, match="closed"):
+        shadow.sample()
+
+
 def test_backend_flag_is_checked(tmp_path: Path) -> None:
     done = cli("simulate", str(ROOT / "envs" / "checkout.yaml"), "--backend", "kubernetes")
     assert done.returncode == 2
