@@ -34,6 +34,7 @@ from shadowrl.core.spec import (
     shown,
     validate_model,
 )
+from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
 
 if TYPE_CHECKING:
     from shadowrl.core.spec import Scenario
@@ -160,6 +161,14 @@ class Sweep(_Strict):
         return out
 
 
+class Verify(_Strict):
+    """A real backend to verify the trained policy on (against the configured procedure, on
+    the first ``runs`` held-out seeds) before it may become champion."""
+
+    backend: Literal["docker"]
+    runs: StrictInt = Field(default=3, ge=1, le=MAX_VERIFY_RUNS)
+
+
 class Experiment(_Strict):
     api_version: Literal["shadowrl/v1"] = Field(alias="apiVersion")
     kind: Literal["Experiment"]
@@ -178,6 +187,8 @@ class Experiment(_Strict):
     # env block, else budget
     objective: Literal["budget", "downtime"] | None = None
     full_outage_penalty: float | None = Field(default=None, ge=0, le=MAX_PENALTY)
+    # a real backend the policy must pass verification on before it may become champion
+    verify: Verify | None = None
 
     @field_validator("scenario", "agent")
     @classmethod
@@ -222,10 +233,20 @@ def load_experiment(path: str | Path) -> Experiment:
     from shadowrl.rl.agents import load_agent_config
 
     config = load_agent_config(exp.path_of(exp.agent))
-    found = experiment_problems(exp, config, scenario)
+    found = experiment_problems(exp, config, scenario) + verify_problems(exp)
     if found:
         raise SpecError.at_paths(file, lines, found)
     return exp
+
+
+def verify_problems(exp: Experiment) -> Problems:
+    """``verify.runs`` within the held-out incidents: the verification rehearses the first
+    of them, which the comparison also measured on the simulator."""
+    if exp.verify is not None and exp.verify.runs > exp.evaluation.episodes:
+        return [(("verify", "runs"), f"{exp.verify.runs} is more than evaluation.episodes "
+                                     f"({exp.evaluation.episodes}): the verification "
+                                     f"rehearses the first held-out incidents")]
+    return []
 
 
 def _input_file_problem(exp: Experiment, value: str) -> str | None:

@@ -50,6 +50,7 @@ class ExportReport(ExportResult):
     scenario: str | None
     exported: str  # what the export holds, in one line (for a policy: the header's line)
     evaluation: dict[str, Any] | None  # the exported procedure's, when recorded
+    verification: dict[str, Any] | None = None  # its verification: status passed|none, ...
     policy: ExportedPolicy | None = None
 
 
@@ -68,12 +69,14 @@ def export_command(request: ExportRequest) -> str:
 def export(request: ExportRequest, *,
            on_warning: Callable[[str], None] | None = None) -> ExportReport:
     """Warnings go to ``on_warning`` as found, before anything is written (and into the
-    result). Raises SpecError for a bad procedure or scenario file, UsageError for an unknown
-    format, a source that cannot be loaded or an output that cannot be written."""
+    result). Raises SpecError for a bad procedure or scenario file and for a procedure whose
+    header says it failed verification on a real shadow (nothing is written), UsageError
+    for an unknown format, a source that cannot be loaded or an output that cannot be
+    written."""
     from shadowrl.core.atomic import atomic_write_text
     from shadowrl.export.commands import placeholders
     from shadowrl.export.renderers import DEFAULT_IMAGE, FORMATS, render
-    from shadowrl.export.sources import SourceError, load_source
+    from shadowrl.export.sources import SourceError, load_source, verification_refusal
     from shadowrl.integrations.sources import RESOLVERS, is_mlflow_source
 
     fmt = request.format
@@ -83,6 +86,9 @@ def export(request: ExportRequest, *,
         src = load_source(request.source, request.scenario, RESOLVERS)
     except SourceError as exc:
         raise UsageError(_once(str(exc), request.source)) from None
+    refusal = verification_refusal(src)
+    if refusal is not None:
+        raise refusal
     if not Path(request.source).exists() and is_mlflow_source(request.source):
         src.stand_in = policy_stand_in(request.source, src)
     text = render(src, fmt, command=export_command(request),
@@ -117,7 +123,17 @@ def _report(request: ExportRequest, src: ExportSource, fmt: str, text: str,
     return ExportReport(format=fmt, text=text, warnings=warnings, written=written,
                         source=request.source, procedure=src.procedure.name,
                         scenario=src.scenario_name, exported=exported,
-                        evaluation=src.evaluation, policy=policy)
+                        evaluation=src.evaluation, policy=policy,
+                        verification=_verification(src))
+
+
+def _verification(src: ExportSource) -> dict[str, Any]:
+    """``export --json``'s ``verification``: what the header recorded (without where it
+    stood), or ``{"status": "none"}``."""
+    v = src.verification
+    if v is None:
+        return {"status": "none"}
+    return {k: value for k, value in v.items() if k != "line"}
 
 
 def _once(message: str, source: str) -> str:
@@ -168,7 +184,12 @@ def policy_stand_in(source: str, src: ExportSource) -> PolicyStandIn | None:
         src.evaluation = None  # the loader's fallback: the run's (the policy's) metrics
     found = (src.evaluation or {}).get("policy") == "best_static" or (
         (src.command or "").startswith("shadowrl train"))
+    verification = None
+    if run is not None and tracking.VERIFIED_TAG in run.data.tags:
+        verification = (run.data.tags.get(tracking.VERIFICATION_TAG)
+                        or run.data.tags[tracking.VERIFIED_TAG])
     return PolicyStandIn(policy=policy, champion=champion, found_while_training=found,
+                         verification=verification,
                          evaluation=evaluation)
 
 

@@ -23,6 +23,7 @@ from shadowrl.analysis.summary import (
 from shadowrl.core.results import StepStatus
 from shadowrl.core.spec import Problem
 from shadowrl.rehearsal.campaign import OutputFiles
+from shadowrl.rehearsal.verification import Verification
 from shadowrl.rl.results import OptimizeResult, OracleInfo, RlInfo, SearchInfo
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "OptimizeResult", "OracleInfo", "Outcomes", "OutputFiles", "Promotion", "RayInfo",
     "RehearsalAlert", "RehearsalResult", "RehearsalStep", "RehearsalSummary", "ResultModel",
     "RlInfo", "SearchInfo", "Stats", "StepStats", "SweepResult", "SweepTrial", "TrainResult",
-    "ValidateResult",
+    "ValidateResult", "Verification",
 ]
 
 Outcome = Literal["recovered", "rollback_failed", "rollback_ineffective"]
@@ -142,8 +143,10 @@ class Promotion(ResultModel):
     """The champion decision (see ``integrations.mlflow.promote_if_better``): the candidate
     (``new``) against the champion (``old``) and the baselines (the configured procedure,
     ...) on the same held-out seeds: recovered shares, mean budget burns, the paired test on
-    the burns and its p-value, and the reason for the decision."""
+    the burns and its p-value, and the reason for the decision (and, when the experiment
+    names a real backend, the version's verification status: promotion requires passed)."""
 
+    omit_when_empty = frozenset({"verified"})
     metric: str
     new: float
     old: float | None
@@ -156,14 +159,16 @@ class Promotion(ResultModel):
     test: str | None = None  # the paired test on per-seed burns (new vs old or configured)
     p_value: float | None = None
     seeds: str = ""  # "SEED+EPISODES": the held-out incidents compared
+    verified: str | None = None  # passed | failed | none, when the experiment requires it
 
 
 class TrainResult(ResultModel):
     """An experiment run (``train --json``): where it was tracked and registered, the champion
-    decision, the held-out downtime and error-budget burn of every method it compared, and
+    decision, the held-out downtime and error-budget burn of every method it compared, the
+    policy's verification on a real backend (``verified``: passed, failed or none) and
     (when they happened) the checkpoint it resumed and the stale runs it ended."""
 
-    omit_when_empty = frozenset({"sweep", "resumed_from", "stale_runs"})
+    omit_when_empty = frozenset({"sweep", "resumed_from", "stale_runs", "verification"})
     experiment: str
     tracking_uri: str
     out: str
@@ -179,6 +184,8 @@ class TrainResult(ResultModel):
     comparison: str
     resumed_from: int | None = None  # timesteps of the checkpoint the training continued
     stale_runs: list[str] = []  # MLflow runs of dead processes this start ended as FAILED
+    verified: str = "none"  # passed | failed | none: the policy on the experiment's verify
+    verification: Verification | None = None  # that verification, when the experiment asks
 
 
 # --------------------------------------------------------------------------- export

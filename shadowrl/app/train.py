@@ -5,7 +5,9 @@ measures the policy against the configured and best static procedures on held-ou
 logs the policy as a pyfunc model, registers it, and moves the ``champion`` alias only when
 it recovers at least as many held-out incidents as the champion and the configured and best
 static procedures and burns less error budget than the champion by a paired test (p < 0.05).
-Ray and MLflow are imported when it runs.
+An experiment that names a real backend (``verify: {backend: docker}``) also has the policy
+verified there against the configured procedure (``rehearsal.verification``), and only a
+passed verification may be promoted. Ray and MLflow are imported when it runs.
 
 A run can be stopped and rerun (docs/training.md):
 
@@ -40,18 +42,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shadowrl.app.common import LogFn, ProgressFn
+from shadowrl.app.common import LogFn, ProgressFn, check_backend_ready
 from shadowrl.app.errors import UsageError
 from shadowrl.app.experiment import Experiment, load_experiment, run_sweep
 from shadowrl.app.models import Promotion, RayInfo, SweepResult, TrainResult
 from shadowrl.core.atomic import atomic_write_json
 from shadowrl.core.spec import Scenario, load_scenario
+from shadowrl.rehearsal.verification import Verification
 from shadowrl.rl.results import OptimizeResult
 
 if TYPE_CHECKING:
     from shadowrl.rl.agents import AgentConfig
 
 STATE_FILE = "train_run.json"  # in the output folder: what a rerun needs to resume
+VERIFICATION_FILE = "verification.json"  # with the experiment's verify: the policy's
 _CHECKPOINT = re.compile(r"^rl_model_(\d+)_steps\.zip$")  # rl.agents' checkpoint files
 
 
@@ -90,6 +94,8 @@ def train(request: TrainRequest, *, on_progress: ProgressFn | None = None,
     TrainInterrupted when SIGINT or SIGTERM stops it."""
     exp = load_experiment(request.experiment)
     log = on_log or (lambda _m: None)
+    if exp.verify is not None:  # before minutes of training
+        check_backend_ready(exp.verify.backend, load_scenario(exp.path_of(exp.scenario)), log)
     try:
         with _sigterm_interrupts():
             return _run(exp, request, on_progress, log)
@@ -312,6 +318,8 @@ def _tracked(exp: Experiment, request: TrainRequest, work: _Workdir, scenario: S
             compared, per_seed = _compare(exp, scenario, out_dir, policy_zip,
                                           request.experiment, objective, log, progress)
             _rehearse_policy(exp, scenario, config.env, out_dir, request.experiment)
+            verification = _verify_policy(exp, scenario, out_dir, objective, log, progress)
+            verified = tracking.log_verification(verification)
             _log_artifacts(out_dir)
             info = tracking.log_policy_model(out_dir / "policy.zip", scenario_path,
                                              procedure_path=out_dir / "procedure.yaml",
@@ -335,7 +343,8 @@ def _tracked(exp: Experiment, request: TrainRequest, work: _Workdir, scenario: S
     promoted = tracking.promote_if_better(
         exp.tracking.model, version, scenario=scenario, eval_seed=exp.evaluation.seed,
         episodes=exp.evaluation.episodes,
-        baselines={k: v for k, v in per_seed.items() if k != "rl"})
+        baselines={k: v for k, v in per_seed.items() if k != "rl"},
+        require_verification=exp.verify is not None)
     log(f"champion: {promoted['reason']}")
     return TrainResult(experiment=exp.metadata.name, tracking_uri=uri, out=str(out_dir), ray=ray,
                        sweep=sweep, run_id=run.info.run_id, model=exp.tracking.model,
@@ -343,7 +352,33 @@ def _tracked(exp: Experiment, request: TrainRequest, work: _Workdir, scenario: S
                        methods={k: v.downtime_s for k, v in compared.methods.items()},
                        budget_burn={k: v.budget_burn for k, v in compared.methods.items()},
                        objective=objective["objective"], comparison=compared.comparison,
-                       resumed_from=resumed)
+                       resumed_from=resumed, verified=verified, verification=verification)
+
+
+def _verify_policy(exp: Experiment, scenario: Scenario, out_dir: Path,
+                   objective: dict[str, Any], log: LogFn,
+                   progress: ProgressFn | None) -> Verification | None:
+    """With the experiment's ``verify:``, the trained policy against the configured
+    procedure on the first ``verify.runs`` held-out seeds on the real backend (and the
+    simulator): the policy rolled out per incident, as it would act, not a fixed plan.
+    Written to ``verification.json``; None without ``verify:``."""
+    if exp.verify is None:
+        return None
+    from shadowrl.rehearsal.verification import seeds_text, summary_line, verify_procedures
+    from shadowrl.rl.agents import load_policy
+    from shadowrl.rl.evaluate import policy_runner
+
+    seeds = range(exp.evaluation.seed, exp.evaluation.seed + exp.verify.runs)
+    log(f"verifying the policy against the configured procedure on {exp.verify.backend}: "
+        f"{seeds_text(seeds)} (held out), each a real rehearsal of minutes")
+    policy = load_policy(out_dir / "policy.zip", name="rl")
+    verification = verify_procedures(
+        scenario, policy_runner(scenario, policy, **objective), scenario.procedure, seeds,
+        backend=exp.verify.backend, objective=objective["objective"], winner_name="the policy",
+        on_log=log, on_progress=progress)
+    atomic_write_json(out_dir / VERIFICATION_FILE, verification.model_dump(mode="json"))
+    log(f"verification: {summary_line(verification)}")
+    return verification
 
 
 def _run_name(exp: Experiment, resumed: int | None) -> str:

@@ -35,6 +35,7 @@ from shadowrl.core.errors import BackendUnavailable, SnapshotUnsupported
 from shadowrl.core.extras import MissingExtraError
 from shadowrl.core.plan import describe_settings
 from shadowrl.core.spec import Problem, SpecError
+from shadowrl.rehearsal.verification import summary_line
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -240,6 +241,10 @@ def print_train(result: TrainResult) -> None:
         p = "n/a" if champion.p_value is None else f"{champion.p_value:.4f}"
         out.print(f"  paired test on budget burn: {champion.test}, p = {p} "
                   f"(seeds {champion.seeds})", markup=False)
+    v = result.verification
+    out.print(f"verification: {summary_line(v)}" if v is not None else
+              "verification: none (the experiment names no real backend to verify on)",
+              markup=False)
     out.print(f"held-out results (objective: {result.objective}):")
     for name, d in result.methods.items():
         burn = result.budget_burn.get(name)

@@ -2,7 +2,8 @@
 experiment or a shell script.
 
 Every output starts with a header naming the procedure, its evaluation summary (when known),
-the command that produced the procedure and the export, and the source.
+its verification on a real shadow (or, in plain words, that it has none), the command that
+produced the procedure and the export, and the source.
 
 Nothing read from a scenario or procedure is pasted into an output as code: comment lines are
 folded to one line with control characters escaped (:func:`one_line`), every shell word is
@@ -39,6 +40,7 @@ from shadowrl.export.commands import (
     whole_seconds,
 )
 from shadowrl.export.sources import ExportSource, SourceError, outcomes_text
+from shadowrl.rehearsal.verification import not_verified_line
 
 FORMATS = ("yaml", "argo", "chaostoolkit", "shell")
 DEFAULT_IMAGE = "bitnami/kubectl:latest"
@@ -173,9 +175,23 @@ def header_lines(src: ExportSource, command: str | None = None) -> list[str]:
     lines.append(f"evaluation: {ev}" if ev else
                  "evaluation: none recorded (measure it: shadowrl rehearse SCENARIO "
                  "--procedure PROCEDURE.yaml)")
+    lines += verification_lines(src)
     if command:
         lines.append(f"exported by: `{one_line(command)}`")
     return [one_line(line) for line in lines]
+
+
+def verification_lines(src: ExportSource) -> list[str]:
+    """The procedure's verification on a real shadow as its header recorded it (backend,
+    runs, outcomes, downtime, budget burn, sim-vs-real gap), else in plain words that it
+    was not verified."""
+    recorded = (src.verification or {}).get("lines")
+    lines = [str(line) for line in recorded] if recorded else [not_verified_line()]
+    stand = src.stand_in
+    if stand is not None and stand.verification:
+        lines.append(f"policy verification (the policy, not this procedure): "
+                     f"{stand.verification}")
+    return lines
 
 
 def _comment_line(line: str) -> str:
@@ -416,6 +432,8 @@ def to_chaostoolkit(src: ExportSource, command: str | None = None) -> str:
             "produced_by": src.command,
             "exported_by": command,
             "evaluation": src.evaluation,
+            "verification": ({k: v for k, v in src.verification.items() if k != "line"}
+                             if src.verification else {"status": "none"}),
             "exported": exported_line(src),
             "policy": None if src.stand_in is None else {
                 "name": src.stand_in.policy, "champion": src.stand_in.champion,

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shadowrl.core.spec import (
     LineMap,
@@ -30,6 +30,7 @@ from shadowrl.core.spec import (
     procedure_from_data,
     scenario_from_data,
 )
+from shadowrl.rehearsal.verification import read_header_lines
 
 
 class SourceError(ValueError):
@@ -48,6 +49,7 @@ class PolicyStandIn:
     champion: bool = False  # the policy holds the registry's champion alias
     found_while_training: bool = False  # the exported procedure is the best static one found
     evaluation: dict[str, Any] | None = None  # the policy's, shaped like ExportSource's
+    verification: str | None = None  # the policy's verification on a real shadow, in words
 
 
 @dataclass
@@ -64,6 +66,7 @@ class ExportSource:
     warnings: list[str] = field(default_factory=list)
     lines: LineMap | None = None  # field path -> line of ``origin``, when read from a file
     stand_in: PolicyStandIn | None = None  # set when the source names a policy, not a procedure
+    verification: dict[str, Any] | None = None  # read_header's: passed, failed or none
 
     def __post_init__(self) -> None:
         if self.scenario_name is None and self.scenario is not None:
@@ -133,11 +136,11 @@ def load_source(source: str, scenario_path: Path | None = None,
                     f"'{scenario.name}'"]
     else:
         warnings = []
-    command, evaluation = read_header(raw.decode("utf-8", errors="replace"))
+    header = read_header(raw.decode("utf-8", errors="replace"))
     return ExportSource(procedure=proc, scenario=scenario, name=proc.name, origin=file,
-                        evaluation=evaluation, command=command,
+                        evaluation=header.evaluation, command=header.command,
                         scenario_name=scenario.name if scenario else named, warnings=warnings,
-                        lines=lines)
+                        lines=lines, verification=header.verification)
 
 
 def export_error(src: ExportSource, path: PathKey, message: str) -> SpecError:
@@ -167,22 +170,35 @@ _EVAL = re.compile(r"^(?:evaluation: )?(?P<text>(?:held-out )?evaluation \(.*)$"
 _EVAL_LINE = re.compile(r"^evaluation: (?P<text>.+)$")
 
 
-def read_header(text: str) -> tuple[str | None, dict[str, Any] | None]:
-    """The producing command and evaluation summary from a file's leading ``#`` lines.
+class Header(NamedTuple):
+    """What a file's leading ``#`` lines say about its procedure."""
+
+    command: str | None  # the command that produced it
+    evaluation: dict[str, Any] | None  # its held-out evaluation (parse_evaluation)
+    verification: dict[str, Any] | None  # verification.read_header_lines: passed/failed/none
+
+
+def read_header(text: str) -> Header:
+    """The producing command, evaluation summary and verification from a file's leading
+    ``#`` lines.
 
     Understands the header ``optimize`` writes (``found by `CMD```, ``held-out evaluation (N
     incidents): downtime mean Xs p95 Ys; outcomes recovered N, ...``, or the older ``outcomes
-    {...}``) and the one export writes.
+    {...}``, and the ``verification: ...`` lines) and the one export writes.
     """
     command: str | None = None
     evaluation: dict[str, Any] | None = None
-    for raw in text.splitlines():
+    verification_lines: list[tuple[int, str]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
         if not line.startswith("#"):
             break
         body = line.lstrip("#").strip()
+        if body.startswith(("verification:", "verification,")):
+            verification_lines.append((number, body))
+            continue
         match = _FOUND_BY.search(body)
         if match and command is None:
             command = match.group("cmd")
@@ -190,7 +206,22 @@ def read_header(text: str) -> tuple[str | None, dict[str, Any] | None]:
         match = _EVAL.match(body) or _EVAL_LINE.match(body)
         if match and evaluation is None and not body.startswith("evaluation: none"):
             evaluation = parse_evaluation(match.group("text"))
-    return command, evaluation
+    return Header(command, evaluation, read_header_lines(verification_lines))
+
+
+def verification_refusal(src: ExportSource) -> SpecError | None:
+    """Why ``src`` must not be exported: its header says it failed verification on a real
+    shadow (``file:line: verification: ...``); None otherwise."""
+    v = src.verification
+    if v is None or v.get("status") != "failed":
+        return None
+    why = "; ".join(v.get("reasons") or []) or "see its header"
+    backend = v.get("backend", "a real shadow")
+    return SpecError([Problem(src.origin, int(v.get("line") or 1), "verification",
+                              f"this procedure failed verification on the real shadow "
+                              f"({backend}): {why}; export refuses it (change it, then "
+                              f"verify it again: shadowrl optimize SCENARIO --verify "
+                              f"{backend})")])
 
 
 _OUTCOMES_DICT = re.compile(r"outcomes (\{[^}]*\})")

@@ -88,6 +88,7 @@ from shadowrl.core.spec import (
 )
 from shadowrl.export.sources import ExportSource, read_header
 from shadowrl.integrations.sources import RUN_ID
+from shadowrl.rehearsal.verification import Verification, summary_line
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -102,9 +103,9 @@ __all__ = [
     "evaluate_holdout_evidence", "fail_stale_runs", "file_lock", "flatten", "git_commit",
     "holdout_metrics", "holdout_params", "load_export_source", "load_registered_policy",
     "log_eval_history", "log_holdout", "log_params_once", "log_per_seed", "log_policy_model",
-    "log_run_files", "paired_test", "parse_model_uri", "per_seed_record", "process_alive",
-    "process_tags", "promote_if_better", "promotion_lock", "scenario_hash", "tracking_uri",
-    "use_experiment",
+    "log_run_files", "log_verification", "paired_test", "parse_model_uri", "per_seed_record",
+    "process_alive", "process_tags", "promote_if_better", "promotion_lock", "scenario_hash",
+    "tracking_uri", "use_experiment", "verification_metrics",
 ]
 
 CHAMPION = "champion"
@@ -118,6 +119,10 @@ ALPHA = 0.05  # promotion needs p < ALPHA
 BOOTSTRAP_SAMPLES = 10_000
 DB_NAME = "mlflow.db"
 PROBE_TIMEOUT_S = 10  # the first request to a tracking server: one try, this long
+VERIFIED_TAG = "shadowrl.verified"  # passed | failed | none: the run's real-shadow verification
+VERIFICATION_TAG = "shadowrl.verification"  # its headline, in words
+VERIFICATION_ARTIFACT = "verification.json"
+VERIFY_PREFIX = "verify_"
 
 try:  # MLflow's own limits, with the documented values as a fallback
     from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH as _MAX_KEY
@@ -676,6 +681,67 @@ def evaluate_holdout(policy: Any, scenario: str | Path | Scenario, seed: int, ep
     """Run ``policy`` on seeds ``seed .. seed+episodes-1`` and return :func:`holdout_metrics`."""
     return evaluate_holdout_evidence(policy, scenario, seed, episodes, env=env,
                                      env_kwargs=env_kwargs)[0]
+
+
+def verification_metrics(v: Verification) -> dict[str, float]:
+    """A verification's numbers as ``verify_*`` metrics: passed (1/0), runs, the winner's
+    and the configured procedure's recovered rate and mean downtime, bad requests and budget
+    burn on the real backend, the paired difference of the objective's measure and its
+    standard error, and the sim-vs-real gap of the winner."""
+    p = VERIFY_PREFIX
+    out = {f"{p}passed": float(v.passed), f"{p}runs": float(v.runs),
+           f"{p}difference_mean": v.difference.mean,
+           f"{p}difference_se": v.difference.standard_error,
+           f"{p}predicted_difference_mean": v.predicted.mean}
+    for who in ("winner", "configured"):
+        m = v.means[who]
+        out.update({f"{p}{who}_recovered_rate": m.recovered / m.runs,
+                    f"{p}{who}_downtime_mean": m.downtime_s,
+                    f"{p}{who}_bad_requests_mean": m.bad_requests,
+                    f"{p}{who}_budget_burn_mean": m.budget_burn})
+    out.update({f"{p}gap_{k}": float(value) for k, value in v.gap.model_dump().items()})
+    return out
+
+
+def log_verification(v: Verification | None, run_id: str | None = None,
+                     client: MlflowClient | None = None) -> str:
+    """Record the run's verification on a real backend: the tag ``shadowrl.verified``
+    (``passed``, ``failed``, or ``none`` when there was none), its headline in
+    ``shadowrl.verification``, the ``verify_*`` metrics and ``verification.json``. Promotion
+    reads the tag (:func:`promote_if_better` with ``require_verification``). Returns the
+    status."""
+    client = client or MlflowClient()
+    run_id = _active_run_id(run_id)
+    if v is None:
+        client.set_tag(run_id, VERIFIED_TAG, "none")
+        client.set_tag(run_id, VERIFICATION_TAG, "none: not verified on a real shadow (the "
+                                                 "experiment names no real backend to verify "
+                                                 "on: verify: {backend: docker})")
+        return "none"
+    client.set_tag(run_id, VERIFIED_TAG, v.status)
+    client.set_tag(run_id, VERIFICATION_TAG, summary_line(v)[:_MAX_TAG])
+    client.set_tag(run_id, "shadowrl.verify_backend", v.backend)
+    _log_metrics(client, run_id, verification_metrics(v), 0)
+    client.log_dict(run_id, v.model_dump(mode="json"), VERIFICATION_ARTIFACT)
+    return v.status
+
+
+def _verification_gate(client: MlflowClient, mv: Any) -> tuple[str, str | None]:
+    """The version's run's verification status and, unless it passed, why it may not be
+    promoted."""
+    status = "none"
+    if mv.run_id:
+        try:
+            status = client.get_run(mv.run_id).data.tags.get(VERIFIED_TAG) or "none"
+        except MlflowException:
+            status = "none"
+    if status == "passed":
+        return status, None
+    what = ("failed its verification on the real shadow" if status == "failed"
+            else "was not verified on a real shadow")
+    return status, (f"version {mv.version}'s run {what} ({VERIFIED_TAG} = {status}), and "
+                    f"the experiment names a real backend: promotion requires a passed "
+                    f"verification")
 
 
 # --------------------------------------------------------------------------- run files
@@ -1468,7 +1534,8 @@ def promote_if_better(model_name: str, version: int | str, *,
                       metric: str = "budget_burn_mean", client: MlflowClient | None = None,
                       alias: str = CHAMPION,
                       baselines: Mapping[str, Mapping[str, Any]] | None = None,
-                      alpha: float = ALPHA, test: str = "auto") -> dict[str, Any]:
+                      alpha: float = ALPHA, test: str = "auto",
+                      require_verification: bool = False) -> dict[str, Any]:
     """Make ``version`` the ``champion`` only with evidence, on the same incidents.
 
     Everything is compared on seeds ``eval_seed .. eval_seed+episodes-1``, per seed: each
@@ -1489,10 +1556,16 @@ def promote_if_better(model_name: str, version: int | str, *,
     with the champion of the moment and the better one ends up champion. The alias is
     re-read just before it is moved (a change means: decide again) and after.
 
-    The decision, the recovered shares, the mean burns, the test and its p-value are tagged
-    on the version and on its run. ``metric`` (``budget_burn_mean`` or ``downtime_mean``) is
-    what ``new``/``old`` report. Returns ``{"promoted", "champion_version", "new", "old",
-    "metric", "sources", "reason", "recovered", "budget_burn", "test", "p_value", "seeds"}``.
+    With ``require_verification`` (the experiment names a real backend), the version's run
+    must also carry a passed verification (tag ``shadowrl.verified`` = ``passed``, see
+    :func:`log_verification`); without one it is not promoted, whatever the evidence.
+
+    The decision, the recovered shares, the mean burns, the test and its p-value (and the
+    verification status, when required) are tagged on the version and on its run.
+    ``metric`` (``budget_burn_mean`` or ``downtime_mean``) is what ``new``/``old`` report.
+    Returns ``{"promoted", "champion_version", "new", "old", "metric", "sources", "reason",
+    "recovered", "budget_burn", "test", "p_value", "seeds"}`` (plus ``verified`` when
+    required).
     """
     if metric not in PROMOTION_METRICS:
         raise ValueError(f"metric must be one of {', '.join(LOWER_IS_BETTER)}, got {metric!r}")
@@ -1505,6 +1578,8 @@ def promote_if_better(model_name: str, version: int | str, *,
     refs = {name: rec for name, rec in (baselines or {}).items()
             if _record_matches(rec, eval_seed, episodes)}
     sources = {"new": new_src}
+    verified, unverified = (_verification_gate(client, new_mv) if require_verification
+                            else (None, None))
     if "configured" not in refs:
         refs["configured"] = _configured_record(sc, eval_seed, episodes)
         sources["configured"] = "evaluated"
@@ -1513,6 +1588,14 @@ def promote_if_better(model_name: str, version: int | str, *,
             champion = _alias_version(client, model_name, alias)
             result = _decide(client, model_name, version, alias, champion, new, dict(sources),
                              refs, sc, eval_seed, episodes, metric, alpha, test)
+            if verified is not None:
+                result["verified"] = verified
+            if unverified is not None and result["promoted"]:
+                result.update(promoted=False, reason=f"not promoted: {unverified} (the "
+                              f"held-out evidence alone would have promoted it)",
+                              champion_version=str(champion.version) if champion else "")
+            elif unverified is not None:
+                result["reason"] += f"; besides, {unverified}"
             if not result["promoted"]:
                 break
             if _same_version(_alias_version(client, model_name, alias), champion):
@@ -1600,6 +1683,8 @@ def _record_decision(client: MlflowClient, mv: Any, result: Mapping[str, Any]) -
         tags["shadowrl.promotion.test"] = str(result["test"])
     if result.get("p_value") is not None:
         tags["shadowrl.promotion.p_value"] = _tag_number(result["p_value"])
+    if result.get("verified") is not None:
+        tags["shadowrl.promotion.verified"] = str(result["verified"])
     for who, share in (result.get("recovered") or {}).items():
         tags[f"shadowrl.promotion.recovered.{who}"] = _tag_number(share)
     for who, burn in (result.get("budget_burn") or {}).items():
@@ -1765,7 +1850,8 @@ def load_export_source(source: str, client: MlflowClient | None = None) -> Expor
         run, model_dir = _run_and_model(client, source, dst)
         proc_file, scenario = _logged_procedure(client, source, run, model_dir, dst)
         procedure = _procedure_from_file(proc_file, scenario, source)
-        command, header_eval = read_header(proc_file.read_text(errors="replace"))
+        header = read_header(proc_file.read_text(errors="replace"))
+        command, header_eval = header.command, header.evaluation
         evaluation = None
         if run is not None:
             evaluation = _run_summary(client, run.info.run_id, dst / "summary")
@@ -1779,4 +1865,4 @@ def load_export_source(source: str, client: MlflowClient | None = None) -> Expor
         scenario_name = run.data.tags.get("shadowrl.scenario")
     return ExportSource(procedure=procedure, scenario=scenario, name=procedure.name,
                         origin=source, evaluation=evaluation, command=command,
-                        scenario_name=scenario_name)
+                        scenario_name=scenario_name, verification=header.verification)

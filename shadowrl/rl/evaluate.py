@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowrl.core.spec import Scenario
 from shadowrl.rehearsal.runner import Rehearsal
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.policy import Policy
@@ -35,6 +36,21 @@ def run_episode(env: RollbackEnv, policy: Policy, seed: int) -> Episode:
         raise RuntimeError(f"policy '{policy.name}' ended an episode without finishing the "
                            f"procedure (truncated after {len(actions)} actions)")
     return Episode(env.rehearsal, -total, actions, dict(getattr(policy, "last_info", {}) or {}))
+
+
+def policy_runner(scenario: Scenario, policy: Policy,
+                  **env_kwargs: Any) -> Callable[[int, str], Rehearsal]:
+    """``run(seed, backend)``: one episode of ``policy`` on a fresh :class:`RollbackEnv` of
+    that backend, its rehearsal (what ``rehearsal.verification`` pairs with the configured
+    procedure: the plan the policy chooses on each incident, not one fixed plan)."""
+    def run(seed: int, backend: str) -> Rehearsal:
+        env = RollbackEnv(scenario, backend=backend, **env_kwargs)
+        try:
+            return run_episode(env, policy, seed).rehearsal
+        finally:
+            env.close()
+
+    return run
 
 
 def evaluate(env: RollbackEnv, policy: Policy, episodes: int, seed: int,

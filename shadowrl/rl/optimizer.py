@@ -4,7 +4,10 @@
 random, greedy), searches the best static procedure, trains an RL policy, bounds them all with
 the per-incident oracle, and writes ``procedure.yaml``, ``policy.zip``, ``bottlenecks.json``,
 ``comparison.md``, ``episodes.json`` (every method's per-incident outcomes, downtimes and
-budget burns, for paired comparisons) and ``summary.json``.
+budget burns, for paired comparisons) and ``summary.json``. With ``verify_backend`` the
+procedure.yaml procedure is first verified on that real backend against the configured one
+(:mod:`shadowrl.rehearsal.verification`), and ``verification.json`` and procedure.yaml's
+header record the result; without it the header says it was not verified.
 
 Every method minimises the same objective, the :class:`RollbackEnv`'s: the error budget burned
 (``objective="budget"``, the default) or downtime (``"downtime"``), plus an optional
@@ -14,6 +17,7 @@ Every method minimises the same objective, the :class:`RollbackEnv`'s: the error
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +31,14 @@ from shadowrl.analysis.summary import EvaluationSummary, RehearsalSummary, summa
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
 from shadowrl.core.plan import Plan, configured_plan, describe_settings, validate_plan
 from shadowrl.core.spec import Procedure, Scenario, procedure_file_data
+from shadowrl.rehearsal.verification import (
+    Verification,
+    not_verified_line,
+    seeds_text,
+    summary_line,
+    verify_procedures,
+)
+from shadowrl.rehearsal.verification import header_lines as verification_header
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
@@ -145,27 +157,50 @@ def outcomes_text(summary: RehearsalSummary) -> str:
     return "outcomes " + ", ".join(f"{k} {v}" for k, v in summary.outcomes.model_dump().items())
 
 
+def written_procedure(scenario: Scenario, plan: Plan, *,
+                      omitted: Mapping[str, str] | None = None,
+                      searched: bool = True) -> Procedure:
+    """The procedure ``procedure.yaml`` holds: the plan without the steps in ``omitted``,
+    named ``-optimized`` when a search found it (``searched=False``: the configured
+    procedure's name)."""
+    return plan_to_procedure(scenario.procedure, plan, omit=dict(omitted or {}),
+                             name=None if searched else scenario.procedure.name)
+
+
+VERIFY_FLAG = re.compile(r"(?<!\S)--verify(?:=|\s+)\S+")
+
+
+def verify_hint(command: str) -> str:
+    """The command that would verify what ``command`` wrote: itself with ``--verify docker``
+    (an ``optimize``), else the generic ``shadowrl optimize SCENARIO --verify docker``."""
+    if not command.startswith("shadowrl optimize "):
+        return "shadowrl optimize SCENARIO --verify docker"
+    return " ".join(VERIFY_FLAG.sub("", command).split() + ["--verify", "docker"])
+
+
 def procedure_yaml(scenario: Scenario, plan: Plan, summary: RehearsalSummary,
                    command: str, *, omitted: Mapping[str, str] | None = None,
-                   searched: bool = True) -> str:
+                   searched: bool = True, verification: Verification | None = None) -> str:
     """``procedure.yaml``: the plan as a procedure file, without the steps in ``omitted``
-    (name -> why it changes nothing), under a header saying where it came from and how it
-    did on the held-out incidents (``searched=False``: the configured procedure itself)."""
+    (name -> why it changes nothing), under a header saying where it came from, how it
+    did on the held-out incidents (``searched=False``: the configured procedure itself) and
+    its verification on a real shadow, or in plain words that it has none."""
     omitted = dict(omitted or {})
+    proc = written_procedure(scenario, plan, omitted=omitted, searched=searched)
     if searched:
-        proc = plan_to_procedure(scenario.procedure, plan, omit=omitted)
         origin = f"# best static order and settings found by `{command}`\n"
     else:
-        proc = plan_to_procedure(scenario.procedure, plan, omit=omitted,
-                                 name=scenario.procedure.name)
         origin = (f"# the configured procedure as written, produced by `{command}` "
                   f"(no static search ran)\n")
+    verified = (verification_header(verification) if verification is not None
+                else [not_verified_line(verify_hint(command))])
     d = summary.downtime_s
     header = (f"# shadowrl {'optimized ' if searched else ''}procedure '{proc.name}' for "
               f"scenario '{scenario.name}'\n" + origin
               + f"# held-out evaluation ({summary.runs} incidents): downtime mean "
               f"{d.mean:.0f}s p95 {d.p95:.0f}s; {outcomes_text(summary)}; "
               f"error budget burn mean {summary.budget_burn.mean:.3%}\n"
+              + "".join(f"# {line}\n" for line in verified)
               + "".join(f"# left out, changes nothing: {name} ({why})\n"
                         for name, why in omitted.items())
               + "# use it with: shadowrl rehearse SCENARIO --procedure THIS_FILE\n")
@@ -357,6 +392,8 @@ class OptimizeOptions:
     objective: str = "budget"  # budget | downtime: what every method minimises
     full_outage_penalty: float = 0.0  # extra cost per second of full outage
     notes: tuple[str, ...] = ()  # added to comparison.md's notes (e.g. what a caller registers)
+    verify_backend: str | None = None  # a real backend to verify procedure.yaml on first
+    verify_runs: int = 3  # its incidents: the first held-out seeds
 
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, label)
@@ -411,6 +448,8 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         results["oracle"] = _oracle(env, opts, incumbents, tick("oracle"))
 
     described = "best_static" if search is not None else "configured"
+    verification = _verify(scenario, opts, best_plan, omitted, search is not None, log,
+                           progress)
     atomic_write_json(out_dir / "bottlenecks.json", bottlenecks)
     changes = describe_changes(configured_plan(scenario.procedure), best_plan,
                                _per_step_change(scenario, results),
@@ -420,13 +459,18 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         changes += [f"Adopted from the bottleneck advice on {a}." for a in search.adopted]
     summaries = {name: r.summary for name, r in results.items()}
     procedure_file = out_dir / "procedure.yaml"
+    verification_file = out_dir / "verification.json"
+    if verification is not None:
+        atomic_write_json(verification_file, verification.model_dump(mode="json"))
+    else:  # an earlier run's record would stand beside a procedure it did not verify
+        verification_file.unlink(missing_ok=True)
     atomic_write_text(procedure_file, procedure_yaml(
         scenario, best_plan, summaries[described], command, omitted=omitted,
-        searched=search is not None))
+        searched=search is not None, verification=verification))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(
         scenario, results, changes, n, s0, {}, opts.objective, opts.full_outage_penalty,
         findings=finding_lines(bottlenecks["findings"]), described=described,
-        notes=opts.notes))
+        notes=(*opts.notes, *verification_notes(verification))))
     episodes_file = out_dir / "episodes.json"
     atomic_write_json(episodes_file, {
         "scenario": scenario.name, "eval_seed": s0, "episodes": n, "objective": opts.objective,
@@ -449,9 +493,39 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         search=infos.get("best_static"),
         rl=infos.get("rl"),
         oracle=infos.get("oracle"),
+        verification=verification,
+        verification_file=str(verification_file) if verification is not None else None,
     )
     atomic_write_json(out_dir / "summary.json", out.model_dump(mode="json"))
     return out
+
+
+def _verify(scenario: Scenario, opts: OptimizeOptions, plan: Plan, omitted: dict[str, str],
+            searched: bool, log: Callable[[str], None],
+            progress: ProgressFn | None) -> Verification | None:
+    """procedure.yaml's procedure and the configured one on the real backend, on the first
+    ``verify_runs`` held-out seeds (incidents the comparison also measured), before
+    anything is written."""
+    if opts.verify_backend is None:
+        return None
+    winner = written_procedure(scenario, plan, omitted=omitted, searched=searched)
+    seeds = range(opts.eval_seed, opts.eval_seed + opts.verify_runs)
+    log(f"verifying procedure.yaml against the configured procedure on {opts.verify_backend}: "
+        f"{seeds_text(seeds)} (held out), each a real rehearsal of minutes")
+    verification = verify_procedures(scenario, winner, scenario.procedure, seeds,
+                                     backend=opts.verify_backend, objective=opts.objective,
+                                     on_log=log, on_progress=progress)
+    log(f"verification: {summary_line(verification)}")
+    return verification
+
+
+def verification_notes(verification: Verification | None) -> list[str]:
+    """comparison.md's notes about the verification: its header lines, or that there is
+    none."""
+    if verification is None:
+        return ["procedure.yaml was not verified on a real shadow (`--verify docker` "
+                "rehearses it and the configured procedure there before writing it)."]
+    return [f"{line}." for line in verification_header(verification)]
 
 
 ADVICE_ROUNDS = 3  # times the advice may improve the searched plan before it is final

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from shadowrl.analysis.summary import EvaluationSummary, ResultModel
+from shadowrl.rehearsal.verification import Verification
 
 
 class SearchInfo(ResultModel):
@@ -41,7 +42,8 @@ class OracleInfo(ResultModel):
 class OptimizeResult(ResultModel):
     """What ``optimize`` returns and writes to ``summary.json`` (``optimize --json``)."""
 
-    omit_when_empty = frozenset({"search", "rl", "oracle"})
+    omit_when_empty = frozenset({"search", "rl", "oracle", "verification",
+                                 "verification_file"})
     scenario: str
     episodes: int
     eval_seed: int
@@ -56,3 +58,5 @@ class OptimizeResult(ResultModel):
     search: SearchInfo | None = None
     rl: RlInfo | None = None
     oracle: OracleInfo | None = None
+    verification: Verification | None = None  # procedure.yaml on a real backend (--verify)
+    verification_file: str | None = None  # verification.json

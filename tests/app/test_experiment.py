@@ -97,6 +97,19 @@ def test_experiment_objective_overrides_the_agent_env(tmp_path: Path) -> None:
     assert info.value.problems[0].path == "objective"
 
 
+def test_an_experiment_may_name_a_real_backend_to_verify_on(tmp_path: Path) -> None:
+    path = tmp_path / "e.yaml"
+    path.write_text(EXPERIMENT)
+    assert load_experiment(path).verify is None  # no real backend: unverified, as before
+    path.write_text(EXPERIMENT + "verify: {backend: docker}\n")
+    verify = load_experiment(path).verify
+    assert verify is not None and verify.backend == "docker" and verify.runs == 3
+    path.write_text(EXPERIMENT + "verify: {backend: docker, runs: 0}\n")
+    with pytest.raises(SpecError) as info:
+        load_experiment(path)
+    assert info.value.problems[0].path == "verify.runs"
+
+
 def _line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
@@ -110,6 +123,11 @@ BAD = {
     "bad-sweep-range": (EXPERIMENT + "sweep:\n  samples: 2\n  params:\n"
                         "    learning_rate: [1e-3, 1e-4]\n", "params:", "sweep.params",
                         "low <= high"),
+    "bad-verify-backend": (EXPERIMENT + "verify: {backend: kubernetes, runs: 1}\n", "verify:",
+                           "verify.backend", "'docker'"),
+    "verify-runs-beyond-episodes": (EXPERIMENT + "verify:\n  backend: docker\n  runs: 5\n",
+                                    "runs: 5", "verify.runs",
+                                    "5 is more than evaluation.episodes (3)"),
 }
 
 

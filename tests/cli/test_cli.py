@@ -297,6 +297,12 @@ def test_json_is_the_use_case_result_exactly() -> None:
      "error: --objective must be 'budget' or 'downtime', not 'latency'"),
     (["evaluate", ROOT / "envs" / "checkout.yaml", "--policy", "configured", "--objective",
       "uptime"], "error: --objective must be 'budget' or 'downtime', not 'uptime'"),
+    (["optimize", ROOT / "envs" / "checkout.yaml", "--verify", "kubernetes", "--json"],
+     "error: --verify: must be docker or none, got 'kubernetes'"),
+    (["optimize", ROOT / "envs" / "checkout.yaml", "--verify", "docker", "--verify-runs", "5",
+      "--episodes", "2", "--json"],
+     "error: --verify-runs 5 is more than --episodes 2: the verification rehearses the first "
+     "held-out incidents, which the comparison also measured"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[Any], message: str) -> None:
     result = run(*args)
@@ -304,6 +310,15 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[Any], message: str) -> 
     no_traceback(result)
     assert result.stdout == ""
     assert result.stderr == message + "\n"  # nothing else: no progress, no blank line
+
+
+def test_bad_verify_flags_exit_2_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    for flags in (["--verify", "Docker"], ["--verify-runs", "0"], ["--verify-runs", "101"]):
+        result = run("optimize", ROOT / "envs" / "checkout.yaml", *flags, "--out", out)
+        assert result.exit_code == 2, (flags, result.output)
+        no_traceback(result)
+        assert flags[0] in result.stderr and not out.exists()
 
 
 def test_evaluate_objective_chooses_what_the_cost_measures() -> None:

@@ -149,12 +149,13 @@ def test_read_header_stops_at_the_body() -> None:
             "{'recovered': 7}\n"
             "procedure: {name: p}\n"
             "# produced by: `not this one`\n")
-    command, evaluation = read_header(text)
+    command, evaluation, verification = read_header(text)
+    assert verification is None  # no verification line at all (an older file)
     assert command == "shadowrl optimize s.yaml"
     assert evaluation is not None and evaluation["runs"] == 7
     assert evaluation["downtime_s"] == {"mean": 12.0, "p95": 30.0}
     assert evaluation["outcomes"] == {"recovered": 7}
-    assert read_header("procedure: {}\n") == (None, None)
+    assert read_header("procedure: {}\n") == (None, None, None)
 
 
 @pytest.mark.parametrize("outcomes", [
@@ -164,7 +165,7 @@ def test_read_header_stops_at_the_body() -> None:
 def test_header_outcomes_are_read_either_way_and_shown_in_words(outcomes: str) -> None:
     line = (f"# held-out evaluation (51 incidents): downtime mean 188s p95 250s; outcomes "
             f"{outcomes}; error budget burn mean 0.180%\n")
-    _, evaluation = read_header(line + "procedure: {name: p}\n")
+    evaluation = read_header(line + "procedure: {name: p}\n").evaluation
     assert evaluation is not None
     assert evaluation["outcomes"] == {"recovered": 50, "rollback_failed": 1,
                                       "rollback_ineffective": 0}

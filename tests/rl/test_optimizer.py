@@ -74,7 +74,9 @@ def test_procedure_yaml_leaves_noops_out_and_reads_as_yaml(checkout: Any, summar
     assert (f"outcomes recovered {o.recovered}, rollback_failed {o.rollback_failed}, "
             f"rollback_ineffective {o.rollback_ineffective};") in text
     assert "# left out, changes nothing: scale-web (web already runs 6 replicas there)" in text
-    command, evaluation = read_header(text)  # what export reads back
+    command, evaluation, verification = read_header(text)  # what export reads back
+    assert verification is not None and verification["status"] == "none"
+    assert "not verified on a real shadow" in verification["lines"][0]
     assert command == COMMAND and evaluation is not None
     assert evaluation["outcomes"] == summary.outcomes.model_dump()
     assert evaluation["runs"] == summary.runs
