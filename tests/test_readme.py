@@ -283,11 +283,15 @@ PROBES: dict[str, list[str]] = {
 }
 JSON_COVERED = {"train": "tests/app/test_sweep.py::test_train_json_stdout_is_one_object",
                 "docker": "tests/shadow/docker/test_docker_cli.py::"
-                          "test_status_build_and_sweep_print_one_json_object"}
+                          "test_status_build_and_sweep_print_one_json_object",
+                "calibrate": "tests/shadow/docker/test_calibrate.py::"
+                             "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_"
+                             "calibration"}
 BAD_FILE_COVERED = {
     "train": "tests/app/test_experiment.py::test_bad_experiment_names_file_line_and_field",
     # takes no file: its bad input is a bad subcommand or flag
-    "docker": "tests/shadow/docker/test_docker_cli.py::test_a_bad_subcommand_or_flag_exits_2"}
+    "docker": "tests/shadow/docker/test_docker_cli.py::test_a_bad_subcommand_or_flag_exits_2",
+    "calibrate": "tests/app/test_calibrate.py::test_a_bad_scenario_names_its_line"}
 
 
 def test_the_json_claim_is_made() -> None:
@@ -843,7 +847,16 @@ PATH_EXCEPTIONS = {  # path -> (why it is not in the repository, the test that c
     "./shadowrl-alerts.json": ("written only when a webhook fails and there is no --out",
                                "tests/rehearsal/test_campaign.py::"
                                "test_send_alerts_without_out_dir_falls_back_to_cwd"),
+    "verification.json": ("written only by optimize --verify docker (real rehearsals) and "
+                          "train with verify:",
+                          "tests/shadow/docker/test_verification.py::"
+                          "test_optimize_verify_docker_writes_a_verified_procedure"),
 }
+_CALIBRATED = ("written by shadowrl calibrate (real rehearsals)",
+               "tests/shadow/docker/test_calibrate.py::"
+               "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_calibration")
+PATH_EXCEPTIONS.update({name: _CALIBRATED for name in ("params.yaml", "scenario.yaml",
+                                                        "report.json")})
 NOT_PATHS = {"shadowrl/v1": "the scenario format's apiVersion"}
 OUTPUT_DIRS = {".git", "out", "runs", "mlruns", "mlartifacts", "build", "dist", ".venv",
                ".benchmarks", ".hypothesis", ".pytest_cache", ".ruff_cache"}

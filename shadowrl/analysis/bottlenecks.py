@@ -62,7 +62,7 @@ from shadowrl.core.plan import after_closure, ordered_steps, setting_value_text
 from shadowrl.core.results import STOPPED_STATUSES
 from shadowrl.core.spec import Procedure, Scenario, Service, Step, format_duration
 from shadowrl.rehearsal.runner import Rehearsal
-from shadowrl.shadow.sim.params import SimParams
+from shadowrl.shadow.sim.params import SimParams, params_of
 from shadowrl.shadow.sim.topology import (
     LN100,
     compile_topology,
@@ -1315,9 +1315,11 @@ def analyze(scenario: Scenario, rehearsals: Sequence[Rehearsal], *,
             procedure: Procedure | None = None,
             params: SimParams | None = None) -> BottleneckReport:
     """Where the downtime of ``rehearsals`` (runs of ``procedure``, default the scenario's)
-    goes, why, and what to change; ``params`` are the simulator's (default: its defaults)."""
+    goes, why, and what to change; ``params`` are the simulator's (default: the scenario's)."""
     proc = procedure or scenario.procedure
-    model = _Model(scenario, proc, params if params is not None else SimParams())
+    params = params if params is not None else params_of(scenario)
+    scenario = params.apply(scenario)
+    model = _Model(scenario, proc, params)
     n = len(rehearsals)
     steps = _step_shares(proc, rehearsals)
     threshold = _error_threshold(scenario)

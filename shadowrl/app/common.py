@@ -38,6 +38,35 @@ def check_objective(objective: str) -> None:
         raise UsageError(f"--objective must be 'budget' or 'downtime', not {objective!r}")
 
 
+REAL_BACKENDS = ("docker",)  # what a procedure is verified on (shadowrl.shadow.BACKENDS)
+
+
+def check_verify(value: str) -> str | None:
+    """``--verify``: the real backend to verify on, or None for ``none``; UsageError naming
+    the flag otherwise."""
+    if value == "none":
+        return None
+    if value not in REAL_BACKENDS:
+        raise UsageError(f"--verify must be {' or '.join(REAL_BACKENDS)} or none (a real "
+                         f"shadow to rehearse the procedure on), not {value!r}")
+    return value
+
+
+def check_backend_ready(backend: str, scenario: Scenario, on_log: LogFn | None = None) -> None:
+    """Fail now, before minutes of search or training, when ``backend`` cannot run
+    ``scenario``: its extra is missing, the scenario is too big for it, or (Docker) no
+    daemon answers and none can be started. Raises MissingExtraError or
+    BackendUnavailable."""
+    from shadowrl.shadow import make_backend
+
+    with make_backend(backend, scenario):
+        pass
+    if backend == "docker":
+        from shadowrl.shadow.docker.daemon import connect
+
+        connect(start=True, on_progress=on_log)
+
+
 def procedure_for(path: Path | None, scenario: Scenario) -> Procedure:
     """The procedure in ``path`` (checked against ``scenario``), else the scenario's own.
 
@@ -57,12 +86,18 @@ def data_file_problems(scenario: Scenario) -> list[Problem]:
     history = scenario.deviations.history
     for field_path, path in data_files(scenario):
         try:
-            if field_path[0] == "deployment" and isinstance(pattern, CsvPattern):
+            if field_path[0] == "simulator":
+                from shadowrl.shadow.sim.params import SimParams
+
+                SimParams.load(path).check_against(scenario, str(path))
+            elif field_path[0] == "deployment" and isinstance(pattern, CsvPattern):
                 load_pattern(load_series(path, "csv", column=pattern.column))
             elif history is not None:
                 load_series(path, history.format, column=history.column)
         except HistoryError as exc:
             problems += scenario_problem(scenario, field_path, str(exc)).problems
+        except SpecError as exc:  # the simulator's parameter file: its own file and line
+            problems += exc.problems
     return problems
 
 
@@ -73,6 +108,21 @@ def check_data_files(scenario: Scenario) -> None:
     problems = data_file_problems(scenario)
     if problems:
         raise SpecError(problems)
+
+
+def with_params(scenario: Scenario, path: Path | None) -> Scenario:
+    """``scenario`` with the simulator parameters of ``path`` (``--params``), which override
+    the file its ``simulator.params`` names; unchanged without ``path``. Raises SpecError
+    naming the parameter file's line for a bad file or an unknown component."""
+    if path is None:
+        return scenario
+    from shadowrl.shadow.sim.params import SimParams, attach_params
+
+    if not path.is_file():
+        raise UsageError(f"--params: no such file: {path}")
+    params = SimParams.load(path)
+    params.check_against(scenario, str(path))
+    return attach_params(scenario, params)
 
 
 def history_for(path: Path | None, scenario: Scenario) -> HistoryModel | None:

@@ -16,6 +16,7 @@ from shadowrl.app.common import (
     counting,
     procedure_for,
     ray_context,
+    with_params,
 )
 from shadowrl.app.errors import UsageError
 from shadowrl.core.errors import naming
@@ -27,6 +28,7 @@ POLICY_HELP = ("configured, random, greedy, oracle, a procedure .yaml, a policy 
 
 class EvaluateRequest(BaseModel):
     file: Path
+    params: Path | None = None  # simulator parameters (--params); over simulator.params
     policy: str  # configured | random | greedy | oracle | PROC.yaml | POLICY.zip | models:/...
     episodes: int = Field(default=100, ge=1)
     seed: int = 10000
@@ -79,7 +81,7 @@ def evaluate(request: EvaluateRequest, *,
     from shadowrl.rl.env import RollbackEnv
 
     check_objective(request.objective)
-    sc = load_scenario(request.file)
+    sc = with_params(load_scenario(request.file), request.params)
     policy, proc = resolve_policy(request.policy, sc)
     objective = {"objective": request.objective,
                  "full_outage_penalty": request.full_outage_penalty}

@@ -20,6 +20,7 @@ from shadowrl.app.common import (
     history_for,
     procedure_for,
     ray_context,
+    with_params,
 )
 from shadowrl.app.errors import UsageError
 from shadowrl.app.models import CampaignSummary
@@ -36,6 +37,7 @@ FALLBACK_ALERTS = Path("shadowrl-alerts.json")
 
 class RehearseRequest(BaseModel):
     file: Path
+    params: Path | None = None  # simulator parameters (--params); over simulator.params
     runs: int = Field(default=20, ge=1)  # run i uses seed + i
     seed: int = 0
     procedure: Path | None = None  # a file with a `procedure:` block; default: the scenario's
@@ -62,7 +64,7 @@ def rehearse(request: RehearseRequest, *,
     if request.at not in AT:
         raise UsageError(f"--at must be 'now' or 'peak', not {request.at!r}")
     _check_webhook(request.alert_webhook)
-    sc = load_scenario(request.file)
+    sc = with_params(load_scenario(request.file), request.params)
     proc = procedure_for(request.procedure, sc)
     hist = history_for(request.history, sc)
     folder = _open_out(request.out)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from shadowrl.app.common import check_data_files, procedure_for
+from shadowrl.app.common import check_data_files, procedure_for, with_params
 from shadowrl.app.errors import UsageError
 from shadowrl.app.models import RehearsalResult
 from shadowrl.core.errors import NoBreachError
@@ -16,6 +16,7 @@ from shadowrl.core.spec import load_scenario
 
 class SimulateRequest(BaseModel):
     file: Path
+    params: Path | None = None  # simulator parameters (--params); over simulator.params
     incident: str | None = None  # default: drawn by weight
     seed: int = 0  # same seed, same incident and same timings
     # a procedure file, or a scenario file whose procedure is used; default: the scenario's
@@ -29,7 +30,7 @@ def simulate(request: SimulateRequest) -> RehearsalResult:
     never breach."""
     from shadowrl.rehearsal.runner import rehearse
 
-    sc = load_scenario(request.file)
+    sc = with_params(load_scenario(request.file), request.params)
     proc = procedure_for(request.procedure, sc)
     check_data_files(sc)
     known = [i.name for i in sc.incidents]

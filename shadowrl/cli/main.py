@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from shadowrl.cli.calibrate import CALIBRATE_HELP, calibrate_cmd
 from shadowrl.cli.commands import JSON_HELP, Command, Group
 from shadowrl.cli.docker import docker_app
 from shadowrl.cli.render import (
@@ -28,15 +29,25 @@ from shadowrl.cli.render import (
     print_validation,
     progress_bars,
 )
+from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
 
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Rehearse rollbacks in a shadow deployment before they are needed.")
 app.add_typer(docker_app, name="docker", cls=Group)
+app.command("calibrate", cls=Command, help=CALIBRATE_HELP)(calibrate_cmd)
 
 OBJECTIVE_HELP = ("budget | downtime: minimise the SLO objective's error budget burned, or "
                   "downtime plus weighted failed requests.")
 PENALTY_HELP = "Extra cost per second with the edge error rate >= 99 % (a full outage)."
+PARAMS_HELP = ("Simulator parameters (YAML/JSON, e.g. calibrated/params.yaml from `shadowrl "
+               "calibrate`); override the scenario's simulator.params. The real shadow "
+               "ignores them.")
+VERIFY_HELP = ("docker | none: before writing procedure.yaml, rehearse it and the configured "
+               "procedure on the same held-out incidents on the real shadow (and the "
+               "simulator); a failed verification is recorded and exits 1.")
+VERIFY_RUNS_HELP = ("Incidents of the verification: the first N held-out seeds (at most "
+                    "--episodes); each is a real rehearsal of minutes.")
 BACKEND_HELP = ("sim | docker: the simulated shadow, or the deployment as real containers "
                 "(docs/docker-shadow.md).")
 
@@ -89,6 +100,7 @@ def simulate(
     seed: int = typer.Option(0, help="Seed: same seed, same incident and same timings."),
     procedure: Path | None = typer.Option(None, help="YAML file with a `procedure:` block."),
     backend: str = typer.Option("sim", help=BACKEND_HELP),
+    params: Path | None = typer.Option(None, help=PARAMS_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Rehearse one incident in the shadow and report the rollback."""
@@ -97,7 +109,8 @@ def simulate(
 
     with bad_input_exits_2():
         result = run(SimulateRequest(file=file, incident=incident, seed=seed,
-                                     procedure=procedure, backend=_backend(backend)))
+                                     procedure=procedure, backend=_backend(backend),
+                                     params=params))
     if json_out:
         emit_json(result)
     else:
@@ -120,6 +133,7 @@ def rehearse_cmd(
         None, help="Alertmanager-style webhook URL (or SHADOWRL_ALERT_WEBHOOK)."),
     replicas: int = typer.Option(1, min=1, help="Parallel shadow replicas (Ray)."),
     backend: str = typer.Option("sim", help=BACKEND_HELP),
+    params: Path | None = typer.Option(None, help=PARAMS_HELP),
 ) -> None:
     """Rehearse many incidents with the procedure; profile, report and alert."""
     from shadowrl.app.rehearse import RehearseRequest
@@ -128,7 +142,8 @@ def rehearse_cmd(
     request = RehearseRequest(file=file, runs=runs, seed=seed, procedure=procedure,
                               out=out_dir, history=history, at=at,
                               alert_webhook=alert_webhook, replicas=replicas,
-                              command=_command_line(), backend=_backend(backend))
+                              command=_command_line(), backend=_backend(backend),
+                              params=params)
     with bad_input_exits_2(), progress_bars() as on_progress:
         summary = run(request, on_progress=on_progress)
     if json_out:
@@ -156,29 +171,44 @@ def optimize_cmd(
     trials: int = typer.Option(150, min=1, max=10_000,
                                help="Plans best-static search may cost (local search included)."),
     oracle_nodes: int = typer.Option(5000, min=1, help="Oracle node budget per incident."),
+    params: Path | None = typer.Option(None, help=PARAMS_HELP),
     objective: str = typer.Option("budget", help=OBJECTIVE_HELP),
     full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
+    verify: str = typer.Option("none", help=VERIFY_HELP),
+    verify_runs: int = typer.Option(3, min=1, max=MAX_VERIFY_RUNS, help=VERIFY_RUNS_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Find better rollback procedures and compare every method on held-out incidents."""
+    """Find better rollback procedures and compare every method on held-out incidents.
+
+    With --verify docker, procedure.yaml is first rehearsed on the real shadow beside the
+    configured procedure; a failed verification is written down and exits 1."""
     from shadowrl.app.optimize import OptimizeRequest
     from shadowrl.app.optimize import optimize as run
 
+    if verify not in ("none", "docker"):  # before any work
+        fail(f"--verify: must be docker or none, got {verify!r}")
     request = OptimizeRequest(file=file, method=method, agent=agent, timesteps=timesteps,
                               replicas=replicas, seed=seed, out=out_dir, episodes=episodes,
                               eval_seed=eval_seed, trials=trials, oracle_nodes=oracle_nodes,
                               objective=objective, full_outage_penalty=full_outage_penalty,
-                              command=_command_line())
+                              command=_command_line(), verify=verify, verify_runs=verify_runs,
+                              params=params)
     with bad_input_exits_2(), progress_bars() as on_progress:
         result = run(request, on_progress=on_progress, on_log=_log)
     if json_out:
         emit_json(result)
-        return
-    sys.stdout.write(Path(result.comparison).read_text())
-    for key in ("procedure", "policy", "bottlenecks", "comparison"):
-        value = getattr(result, key)
-        if value:
-            out.print(f"{key}: {value}", markup=False)
+    else:
+        sys.stdout.write(Path(result.comparison).read_text())
+        for key in ("procedure", "policy", "bottlenecks", "comparison", "verification_file"):
+            value = getattr(result, key)
+            if value:
+                out.print(f"{key.removesuffix('_file')}: {value}", markup=False)
+    verification = result.verification
+    if verification is not None and not verification.passed:
+        err.print(f"verification FAILED on {verification.backend}: "
+                  f"{'; '.join(verification.reasons)}. {result.procedure} says so in its "
+                  f"header and `shadowrl export` refuses it.", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command("evaluate", cls=Command)
@@ -193,6 +223,7 @@ def evaluate_cmd(
                                                  "measures."),
     full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),
     backend: str = typer.Option("sim", help=BACKEND_HELP),
+    params: Path | None = typer.Option(None, help=PARAMS_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Measure a policy on fixed incidents: the same seeds give every policy the same ones."""
@@ -202,7 +233,7 @@ def evaluate_cmd(
     request = EvaluateRequest(file=file, policy=policy, episodes=episodes, seed=seed,
                               replicas=replicas, objective=objective,
                               full_outage_penalty=full_outage_penalty,
-                              backend=_backend(backend))
+                              backend=_backend(backend), params=params)
     with bad_input_exits_2(), progress_bars() as on_progress:
         summary = run(request, on_progress=on_progress)
     if json_out:

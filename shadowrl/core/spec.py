@@ -421,6 +421,16 @@ class ShadowSettings(Strict):
                     "capacities scale with it, so utilisations match the scenario's.")
 
 
+class SimulatorSettings(Strict):
+    """What the simulated shadow loads beside the scenario; the real shadow ignores these."""
+
+    params: str | None = Field(
+        default=None, min_length=1,
+        description="A simulator parameter file (YAML or JSON, e.g. one `shadowrl calibrate` "
+                    "wrote), relative to this scenario file: the simulator's constants and "
+                    "per-component overrides fitted on the real shadow.")
+
+
 class Metadata(Strict):
     name: Name
     description: str = ""
@@ -436,6 +446,7 @@ class Scenario(Strict):
     deviations: Deviations = Field(default_factory=Deviations)
     procedure: Procedure
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
 
     @property
     def name(self) -> str:
@@ -1225,6 +1236,8 @@ def data_files(sc: Scenario) -> list[tuple[PathKey, Path]]:
         out.append((("deployment", "traffic", "pattern", "csv"), folder / pattern.csv))
     if sc.deviations.history is not None:
         out.append((("deviations", "history", "file"), folder / sc.deviations.history.file))
+    if sc.simulator.params is not None:
+        out.append((("simulator", "params"), folder / sc.simulator.params))
     return out
 
 

@@ -61,6 +61,24 @@ DECISIONS: tuple[Decision, ...] = (
     Decision(r"python benchmarks/sim_vs_real\.py.*", "covered",
              "minutes of real rehearsals; the comparison itself is tested on two simulators",
              ("tests/calibration/test_compare.py::test_the_same_backend_twice_has_no_gap",)),
+    Decision(r"shadowrl calibrate .*", "covered",
+             "a calibration is minutes of real rehearsals; the real-shadow tests run a small "
+             "one (interrupted, resumed) and the fit is tested on simulators",
+             ("tests/shadow/docker/test_calibrate.py::"
+              "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_calibration",
+              "tests/calibration/test_fit.py::"
+              "test_the_queueing_fit_recovers_service_time_and_concurrency")),
+    Decision(r"python benchmarks/calibration\.py.*", "covered",
+             "runs calibrate on two scenarios (an hour of real rehearsals)",
+             ("tests/shadow/docker/test_calibrate.py::"
+              "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_calibration",)),
+    Decision(r"shadowrl optimize .*--verify docker.*", "covered",
+             "real rehearsals on Docker (the real-shadow tests run one); without Docker the "
+             "verification's rule, records and header are tested on the simulator",
+             ("tests/shadow/docker/test_verification.py::"
+              "test_optimize_verify_docker_writes_a_verified_procedure",
+              "tests/rehearsal/test_verification.py::"
+              "test_optimize_writes_the_verification_everywhere")),
     Decision(r"shadowrl .*", "run", "cheap enough with the workspace's substitutions"),
     Decision(r"python -m shadowrl \w.*", "run", "cheap enough with the workspace's "
              "substitutions"),

@@ -26,6 +26,7 @@ DEFAULTS = {
     "diurnal_period_s": 86400.0, "queue_timeout_s": 2.0, "memory_base": 0.35,
     "memory_slope": 0.3, "stop_s": 2.0, "drop_impulse_s": 1.0, "online_migration_load": 0.35,
     "warm_speedup": 4.0, "action_s": 1.0, "flag_toggle_s": 5.0, "failed_migration_s": 5.0,
+    "incompatible_share": 1.0, "components": {},
 }
 
 
@@ -164,3 +165,90 @@ def test_diurnal_parameters_move_the_peak(checkout: Scenario) -> None:
             sim.advance(3600.0)
         assert loads.index(max(loads)) == int(peak // 3600)
         assert max(loads) == pytest.approx(400.0 * (1 + params.diurnal_amplitude), rel=1e-3)
+
+
+# --------------------------------------------------------------------------- per component
+
+
+def test_component_overrides_change_the_simulated_rollback_only(checkout: Scenario,
+                                                                tmp_path: Path) -> None:
+    """A calibrated startup of web lengthens the scale and web rollback steps; the scenario
+    object itself is left as written."""
+    from shadowrl.shadow.sim.params import ComponentParams, attach_params
+
+    slow = attach_params(checkout, SimParams(components={"web": ComponentParams(startup=60)}))
+    base = {s.name: s.end_s - s.start_s for s in rehearse(checkout, 1).steps}
+    calibrated = {s.name: s.end_s - s.start_s for s in rehearse(slow, 1).steps}
+    assert calibrated["scale-web"] > 2.5 * base["scale-web"]
+    assert calibrated["revert-web"] > base["revert-web"] + 100
+    assert calibrated["revert-orders"] == pytest.approx(base["revert-orders"])
+    assert checkout.deployment.services[0].startup == 20.0
+
+
+def test_apply_maps_capacity_and_migration_fields(checkout: Scenario) -> None:
+    from shadowrl.shadow.sim.params import ComponentParams
+
+    params = SimParams(components={
+        "web": ComponentParams(capacity=120, latency=0.05, concurrency=3),
+        "db": ComponentParams(capacity=300, migration_duration=100, online_factor=2),
+        "cache": ComponentParams(warmup=30, hit_ratio=0.9)})
+    sc = params.apply(checkout)
+    web, db, cache = sc.deployment.services[0], sc.deployment.datastores[0], sc.deployment.caches[0]
+    assert (web.capacity_rps, web.latency, web.concurrency) == (120, 0.05, 3)
+    assert (db.capacity_qps, db.migration.duration, db.migration.online_factor) == (300, 100, 2)
+    assert (cache.warmup, cache.hit_ratio) == (30, 0.9)
+
+
+def test_an_override_of_a_missing_component_or_field_names_file_and_line(
+        checkout: Scenario, tmp_path: Path) -> None:
+    path = write(tmp_path, "stop_s: 1\ncomponents:\n  web: {startup: 30s}\n"
+                           "  nope: {latency: 10ms}\n  db:\n    warmup: 10s\n")
+    params = SimParams.load(path)
+    with pytest.raises(SpecError) as info:
+        params.check_against(checkout, str(path))
+    text = str(info.value)
+    assert f"{path}:4: components.nope: scenario 'checkout' has no component 'nope'" in text
+    assert f"{path}:6: components.db.warmup: a datastore has no warmup" in text
+
+
+def test_a_scenario_loads_the_params_file_it_names(checkout: Scenario, tmp_path: Path) -> None:
+    import yaml
+
+    from shadowrl.shadow.sim.params import params_of
+
+    write(tmp_path, "components:\n  web: {startup: 60s}\n", "fitted.yaml")
+    data = yaml.safe_load((ROOT / "envs" / "checkout.yaml").read_text())
+    data["simulator"] = {"params": "fitted.yaml"}
+    (tmp_path / "sc.yaml").write_text(yaml.safe_dump(data))
+    sc = load_scenario(tmp_path / "sc.yaml")
+    assert params_of(sc).components["web"].startup == 60
+    assert SimShadow(sc).scenario.deployment.services[0].startup == 60
+    data["simulator"] = {"params": "missing.yaml"}
+    (tmp_path / "sc.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"simulator.params: no such file"):
+        load_scenario(tmp_path / "sc.yaml")
+
+
+def test_params_flag_on_the_command_line(tmp_path: Path) -> None:
+    """--params changes what simulate reports; a bad file exits 2 naming its line."""
+    import subprocess
+    import sys
+
+    def simulate(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shadowrl", "simulate",
+                               str(ROOT / "envs" / "checkout.yaml"), "--seed", "1", "--json",
+                               *extra], capture_output=True, text=True, cwd=ROOT)
+
+    good = write(tmp_path, "components:\n  web: {startup: 60s}\n")
+    plain, fitted = simulate(), simulate("--params", str(good))
+    assert plain.returncode == fitted.returncode == 0, fitted.stderr
+    steps = {s["name"]: s["end_s"] - s["start_s"] for s in json.loads(fitted.stdout)["steps"]}
+    base = {s["name"]: s["end_s"] - s["start_s"] for s in json.loads(plain.stdout)["steps"]}
+    assert steps["scale-web"] > 2.5 * base["scale-web"]
+    bad = write(tmp_path, "components:\n  web:\n    warmup: 3s\n", "bad.yaml")
+    failed = simulate("--params", str(bad))
+    assert failed.returncode == 2
+    assert f"{bad}:3: components.web.warmup: a service has no warmup" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    missing = simulate("--params", str(tmp_path / "none.yaml"))
+    assert missing.returncode == 2 and "--params: no such file" in missing.stderr

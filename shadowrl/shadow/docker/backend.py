@@ -160,6 +160,10 @@ class DockerShadow:
         self.k = float(time_compression or scenario.shadow.time_compression)
         self.f = float(sample_fraction or scenario.shadow.sample_fraction)
         self.params = SimParams()
+        # what the mechanics took, in scenario seconds, for calibration (kind, component,
+        # seconds): "startup" (create to ready), "stop" (after the drain), "migration_offline"
+        # and "migration_online"; kept from launch to close
+        self.timings: list[tuple[str, str, float]] = []
         self.sample_period_s = TICK_S * self.k  # scenario seconds between SLO samples
         self.sample_window_s = WINDOW_S * self.k  # scenario seconds of requests a sample covers
         self._pattern = pattern
@@ -168,6 +172,10 @@ class DockerShadow:
         self.shadow_id = f"{_slug(scenario.name)[:20]}-{uuid.uuid4().hex[:8]}"
         self._live = self._closed = False
         self._lock = threading.RLock()
+        # containers being created or started: removing one mid-start can leave Docker a
+        # stale network endpoint, so teardown waits for these first
+        self._starting = 0
+        self._started = threading.Condition()
         self._t0 = 0.0
         self._net: Any = None
         self._services: dict[str, _ServiceBox] = {}
@@ -243,6 +251,7 @@ class DockerShadow:
         except BaseException:
             self._teardown()
             raise
+        self.timings.clear()  # the launch's own replicas start with no startup to model
         self._live = True
 
     def _build(self, seed: int) -> None:
@@ -330,8 +339,10 @@ class DockerShadow:
             return
         from shadowrl.shadow.docker.network import NetworkInUse, remove_isolated_network
         from shadowrl.shadow.docker.sweep import sweep
+        with self._started:  # no container is removed while it is still starting
+            self._started.wait_for(lambda: self._starting == 0, timeout=TEARDOWN_TIMEOUT_S)
         # a container a step was creating while the sweep listed them pins the network:
-        # sweep again until the network goes (a bounded wait, then the error)
+        # sweep again until the network goes
         deadline = time.monotonic() + TEARDOWN_TIMEOUT_S
         while True:
             try:
@@ -343,11 +354,21 @@ class DockerShadow:
                         self._net = None
                     except NetworkInUse:
                         if time.monotonic() > deadline:
-                            raise
+                            self._leave_network()
             if self._net is None:
                 break
             time.sleep(0.2)
         self._services, self._stores, self._caches, self._external = {}, {}, {}, None
+
+    def _leave_network(self) -> None:
+        """Docker still counts an endpoint on the network though no container is attached
+        (a stale endpoint, which only a daemon restart clears): say so and leave the network
+        fenced by its host rule rather than fail the run; a later sweep removes both."""
+        self._progress(f"could not remove network {self._net.name}: Docker reports an "
+                       f"endpoint still attached (no container is); it stays fenced off, and "
+                       f"`shadowrl docker sweep` removes it once Docker releases it (a daemon "
+                       f"restart does)")
+        self._net = None
 
     def _check(self) -> None:
         if not self._live:
@@ -373,13 +394,20 @@ class DockerShadow:
             kwargs["user"] = user
         if stop_signal is not None:
             kwargs["stop_signal"] = stop_signal
-        if self._halt.is_set():  # closing: a late step must not add to what close removes
-            raise _Stop()
-        container = self.client.containers.create(**kwargs)
-        if self._halt.is_set():
-            container.remove(force=True)
-            raise _Stop()
-        container.start()
+        with self._started:
+            if self._halt.is_set():  # closing: a late step must not add to what close removes
+                raise _Stop()
+            self._starting += 1
+        try:
+            container = self.client.containers.create(**kwargs)
+            if self._halt.is_set():
+                container.remove(force=True)
+                raise _Stop()
+            container.start()
+        finally:
+            with self._started:
+                self._starting -= 1
+                self._started.notify_all()
         return container, container_ip(container, self._net.name)
 
     def _start_store(self, box: _StoreBox) -> None:
@@ -531,14 +559,21 @@ class DockerShadow:
         return _Replica(container, ip, version_role, config_role)
 
     def _wait_healthy(self, replicas: list[_Replica], path: str, port: int,
-                      check: Callable[[], None] | None) -> None:
-        """Until every replica answers its readiness path with 2xx."""
+                      check: Callable[[], None] | None,
+                      on_ready: Callable[[_Replica], None] | None = None) -> None:
+        """Until every replica answers its readiness path with 2xx (``on_ready`` as each
+        does)."""
         pending = list(replicas)
         deadline = time.time() + READY_TIMEOUT_S
         while pending:
             if check is not None:
                 check()
-            pending = [r for r in pending if not _healthy(r.ip, port, path)]
+            still = [r for r in pending if not _healthy(r.ip, port, path)]
+            if on_ready is not None:
+                for r in pending:
+                    if r not in still:
+                        on_ready(r)
+            pending = still
             if not pending:
                 return
             if time.time() > deadline:
@@ -553,12 +588,17 @@ class DockerShadow:
         put them into service. A stop (``check`` raising) removes the unfinished ones."""
         if count <= 0:
             return []
+        began = time.time()
         started = list(self._pool.map(lambda _: self._new_replica(box, startup_s),
                                       range(count)))
+
+        def ready(replica: _Replica) -> None:
+            self.timings.append(("startup", box.spec.name, (time.time() - began) * self.k))
+
         try:
             runtime = box.spec.runtime
             self._wait_healthy(started, runtime.health if runtime else "/healthz",
-                               runtime.port if runtime else APP_PORT, check)
+                               runtime.port if runtime else APP_PORT, check, on_ready=ready)
         except BaseException:
             self._pool.map(_remove, [r.container for r in started])
             raise
@@ -591,7 +631,13 @@ class DockerShadow:
                 if r in box.replicas:
                     box.replicas.remove(r)
         graceful = drain_s >= box.spec.inflight_time
-        list(self._pool.map(lambda r: _stop(r.container, 10 if graceful else 0), replicas))
+
+        def stop(r: _Replica) -> None:
+            began = time.time()
+            _stop(r.container, 10 if graceful else 0)
+            self.timings.append(("stop", box.spec.name, (time.time() - began) * self.k))
+
+        list(self._pool.map(stop, replicas))
 
     # ------------------------------------------------------------------ traffic
 
@@ -1031,10 +1077,13 @@ class DockerShadow:
             sql = (f"BEGIN; LOCK TABLE items IN EXCLUSIVE MODE; SELECT pg_sleep("
                    f"{mig.duration / self.k:.3f}); ALTER TABLE items DROP COLUMN {column}; "
                    f"COMMIT;")
+        began = time.time()
         code, out = self._psql(box, sql, app="shadowrl-migrate")
         self._checkpoint()
         if code != 0:
             return "failed", f"migrate_down on '{box.spec.name}' failed: {_sql_error(out)}"
+        self.timings.append((f"migration_{'online' if online else 'offline'}", box.spec.name,
+                             (time.time() - began) * self.k))
         box.schema_live = False
         return "ok", ""
 

@@ -46,7 +46,7 @@ from shadowrl.core.results import (
 from shadowrl.core.slo import Clock, Observer
 from shadowrl.core.spec import DAY, Scenario, SpecError, Step, scenario_problem
 from shadowrl.shadow.base import PROFILE_COLUMNS, CancelToken, Phase
-from shadowrl.shadow.sim.params import SimParams
+from shadowrl.shadow.sim.params import SimParams, params_of
 from shadowrl.shadow.sim.topology import (
     EPS,
     LN2,
@@ -204,8 +204,11 @@ class SimShadow:
     def __init__(self, scenario: Scenario, *, params: SimParams | None = None,
                  record_profile: bool = False,
                  pattern: Callable[[float], float] | None = None) -> None:
+        # the scenario's ``simulator.params`` (or ``--params``) unless given: a calibrated
+        # simulator runs the scenario with its measured per-component values in place
+        self.params = params if params is not None else params_of(scenario)
+        scenario = self.params.apply(scenario)
         self.scenario = scenario
-        self.params = params if params is not None else SimParams()
         self.topo = compile_topology(scenario)
         self.record_profile = record_profile
         self.rules = scenario.slo.rules
@@ -572,6 +575,7 @@ class SimShadow:
                     mismatch = 1.0 - live
                 else:
                     mismatch = 0.0
+                mismatch *= p.incompatible_share
                 compat[c] = 1.0 - (1.0 - compat[c]) * (1.0 - mismatch)
                 if locked[d]:
                     lock[c] = 1.0 - (1.0 - lock[c]) * (1.0 - wf)

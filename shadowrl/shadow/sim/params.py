@@ -10,10 +10,51 @@ simulator and the bottleneck analysis can never disagree about them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
-from shadowrl.core.spec import Duration, Problem, SpecError, load_yaml_file, validate_model
+from shadowrl.core.spec import (
+    Cache,
+    Datastore,
+    Duration,
+    LineMap,
+    Problem,
+    Scenario,
+    Service,
+    SpecError,
+    load_yaml_file,
+    validate_model,
+)
+
+# which override applies to which kind of component (the scenario's own field names)
+_FIELDS: dict[type, tuple[str, ...]] = {
+    Service: ("latency", "concurrency", "capacity", "startup", "inflight_time"),
+    Datastore: ("latency", "concurrency", "capacity", "migration_duration", "online_factor"),
+    Cache: ("latency", "warmup", "hit_ratio"),
+}
+
+
+class ComponentParams(BaseModel):
+    """What a calibration measured for one component, overriding the scenario's value in the
+    simulator (the real shadow keeps running the scenario as written). Unset: the scenario's.
+    ``capacity`` is a service's ``capacity_rps`` or a datastore's ``capacity_qps``;
+    ``migration_duration`` and ``online_factor`` a datastore's ``migration``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    latency: Duration | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1)
+    capacity: float | None = Field(default=None, gt=0)
+    startup: Duration | None = Field(default=None, ge=0)
+    inflight_time: Duration | None = Field(default=None, ge=0)
+    warmup: Duration | None = Field(default=None, ge=0)
+    hit_ratio: float | None = Field(default=None, ge=0, le=1)
+    migration_duration: Duration | None = Field(default=None, ge=0)
+    online_factor: float | None = Field(default=None, ge=1)
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class SimParams(BaseModel):
@@ -89,9 +130,23 @@ class SimParams(BaseModel):
     flag_toggle_s: Duration = Field(
         default=5.0,
         description="Seconds for disable_flag to take effect (before jitter).")
+    incompatible_share: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Share of the requests of a replica running against a schema it cannot "
+                    "use that fail (1: every request touches the schema; less when reads "
+                    "served from a cache never do).")
     failed_migration_s: Duration = Field(
         default=5.0,
         description="Seconds until migrate_down fails on an irreversible migration.")
+
+    # per component, what a calibration measured (see ComponentParams)
+    components: dict[str, ComponentParams] = Field(
+        default_factory=dict,
+        description="Per component (by name), values that override the scenario's in the "
+                    "simulator: latency, concurrency, capacity, startup, inflight_time, "
+                    "warmup, hit_ratio, migration_duration, online_factor.")
+
+    _lines: LineMap | None = PrivateAttr(default=None)
 
     @field_validator("drop_impulse_s")
     @classmethod
@@ -110,4 +165,92 @@ class SimParams(BaseModel):
         data, lines = load_yaml_file(path)
         if data is None:
             raise SpecError([Problem(str(path), 1, "", "file is empty")])
-        return validate_model(cls, data, str(path), lines)
+        params = validate_model(cls, data, str(path), lines)
+        params._lines = lines
+        return params
+
+    def check_against(self, scenario: Scenario, file: str) -> None:
+        """SpecError (this file's lines) for an override of a component the scenario does
+        not have, or of a field that kind of component has not."""
+        lines = self._lines or LineMap()
+        components = scenario.components()
+        problems: list[Problem] = []
+        for name, comp in self.components.items():
+            where = ("components", name)
+            if name not in components:
+                problems.append(Problem(file, lines.line(where), f"components.{name}",
+                                        f"scenario '{scenario.name}' has no component "
+                                        f"'{name}' (it has {', '.join(components)})"))
+                continue
+            target = components[name]
+            allowed = _FIELDS[type(target)]
+            for key in comp.overrides():
+                if key not in allowed:
+                    problems.append(Problem(
+                        file, lines.line((*where, key)), f"components.{name}.{key}",
+                        f"a {type(target).__name__.lower()} has no {key} (it takes "
+                        f"{', '.join(allowed)})"))
+                elif key in ("migration_duration", "online_factor") and (
+                        not isinstance(target, Datastore) or target.migration is None):
+                    problems.append(Problem(
+                        file, lines.line((*where, key)), f"components.{name}.{key}",
+                        f"datastore '{name}' has no migration"))
+        if problems:
+            raise SpecError(problems)
+
+    def apply(self, scenario: Scenario) -> Scenario:
+        """``scenario`` as the simulator should run it: every component override in place
+        (a copy; the scenario itself is left alone). Unknown names are ignored here: they
+        are reported by :meth:`check_against` when the file is loaded."""
+        if not self.components:
+            return scenario
+        dep = scenario.deployment
+
+        def patched(comp: Any) -> Any:
+            over = self.components.get(comp.name)
+            if over is None:
+                return comp
+            update = over.overrides()
+            if "capacity" in update:
+                key = "capacity_rps" if isinstance(comp, Service) else "capacity_qps"
+                update[key] = update.pop("capacity")
+            migration: dict[str, Any] = {}
+            if "migration_duration" in update:
+                migration["duration"] = update.pop("migration_duration")
+            if "online_factor" in update:
+                migration["online_factor"] = update.pop("online_factor")
+            if migration and getattr(comp, "migration", None) is not None:
+                update["migration"] = comp.migration.model_copy(update=migration)
+            update = {k: v for k, v in update.items() if k in type(comp).model_fields}
+            return comp.model_copy(update=update)
+
+        new_dep = dep.model_copy(update={
+            "services": [patched(c) for c in dep.services],
+            "datastores": [patched(c) for c in dep.datastores],
+            "caches": [patched(c) for c in dep.caches]})
+        return scenario.model_copy(update={"deployment": new_dep})
+
+
+def attach_params(scenario: Scenario, params: SimParams) -> Scenario:
+    """A copy of ``scenario`` the simulator runs with ``params`` (``--params``)."""
+    out = scenario.model_copy()
+    out.__dict__["_sim_params"] = params
+    return out
+
+
+def params_of(scenario: Scenario) -> SimParams:
+    """The simulator parameters of ``scenario``: those attached with ``--params``, else the
+    file its ``simulator.params`` names (relative to the scenario file), else the defaults."""
+    attached = scenario.__dict__.get("_sim_params")
+    if attached is not None:
+        return attached
+    if scenario.simulator.params is None:
+        return DEFAULT
+    source = scenario.__dict__.get("_source")
+    folder = source.parent if isinstance(source, Path) else Path(".")
+    params = SimParams.load(folder / scenario.simulator.params)
+    scenario.__dict__["_sim_params"] = params
+    return params
+
+
+DEFAULT = SimParams()
