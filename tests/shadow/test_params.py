@@ -252,3 +252,16 @@ def test_params_flag_on_the_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr
     missing = simulate("--params", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "--params: no such file" in missing.stderr
+
+
+def test_attached_params_travel_with_the_scenario_to_other_processes(
+        checkout: Scenario) -> None:
+    """Ray replicas and workers get the scenario pickled: --params must go with it."""
+    import pickle
+
+    from shadowrl.shadow.sim.params import ComponentParams, attach_params, params_of
+
+    params = SimParams(stop_s=3.0, components={"web": ComponentParams(startup=60)})
+    copy = pickle.loads(pickle.dumps(attach_params(checkout, params)))
+    assert params_of(copy) == params
+    assert SimShadow(copy).scenario.deployment.services[0].startup == 60
