@@ -8,7 +8,6 @@ import io
 import re
 import shutil
 import struct
-import subprocess
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from shadowrl.analysis.report import (  # noqa: E402
 from shadowrl.analysis.summary import summarize  # noqa: E402
 from shadowrl.core.spec import Scenario, load_scenario  # noqa: E402
 from shadowrl.rehearsal.runner import Rehearsal, rehearse  # noqa: E402
+from tests.browser import screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
@@ -404,16 +404,7 @@ def test_alert_table_counts_alerts_and_runs(checkout: Scenario, runs: list[Rehea
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt: chromium)")
 def test_report_renders_in_a_browser(tmp_path: Path, checkout: Scenario, html: str) -> None:
     """What a user sees: headless Chromium draws the page with its plots, not a blank."""
-    page = tmp_path / "report.html"
-    page.write_text(html, encoding="utf-8")
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--window-size=1200,6000", f"--screenshot={shot}", page.as_uri()],
-        check=True, capture_output=True, timeout=180)
-    pixels = plt.imread(shot)[:, :, :3]
+    pixels = screenshot(html, tmp_path, 6000)
     height = pixels.shape[0]
     ink = (pixels < 0.9).any(axis=2)  # anything not (near) white
     rows_with_ink = ink.any(axis=1)

@@ -8,12 +8,10 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import subprocess
 from html import escape
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pytest
 
 from shadowrl.app.calibrate import CalibrateRequest, _fit_and_report, _plans
@@ -22,6 +20,7 @@ from shadowrl.calibration.experiments import rehearsal_record
 from shadowrl.calibration.report import fitted_marks, render_report, write_report
 from shadowrl.core.spec import Scenario, load_scenario
 from shadowrl.shadow.sim.params import SimParams, attach_params
+from tests.browser import screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "envs" / "checkout.yaml"
@@ -163,16 +162,7 @@ def test_write_report_writes_the_page(tmp_path: Path, result: dict[str, Any],
 def test_report_renders_in_a_browser(tmp_path: Path, page: str) -> None:
     """What a user sees: headless Chromium draws the page with its plots, not a blank
     (the same check as the rehearsal report's, tests/analysis/test_report.py)."""
-    html_path = tmp_path / "report.html"
-    html_path.write_text(page, encoding="utf-8")
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--window-size=1200,4000", f"--screenshot={shot}", html_path.as_uri()],
-        check=True, capture_output=True, timeout=180)
-    pixels = plt.imread(shot)[:, :, :3]
+    pixels = screenshot(page, tmp_path, 4000)
     height = pixels.shape[0]
     ink = (pixels < 0.9).any(axis=2)  # anything not (near) white
     rows_with_ink = ink.any(axis=1)

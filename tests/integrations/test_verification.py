@@ -25,19 +25,13 @@ from shadowrl.rehearsal.verification import Verification, verify_procedures
 from shadowrl.rl.agents import train
 from shadowrl.rl.optimizer import procedure_yaml
 from shadowrl.rl.search import plan_to_procedure
+from tests.app.test_experiment import TINY_AGENT
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = ROOT / "envs" / "checkout.yaml"
 SEED, N = 20_000, 20
-TINY_AGENT = {
-    "algorithm": "maskable_ppo", "policy": "MlpPolicy", "n_envs": 1, "timesteps": 128,
-    "hyperparameters": {"n_steps": 64, "batch_size": 64, "n_epochs": 1, "gamma": 1.0},
-    "policy_kwargs": {"net_arch": [16]},
-    "eval": {"freq": 1_000_000, "episodes": 1, "seed": 1000},
-    "checkpoint": {"freq": 1_000_000},
-}
 
 
 @pytest.fixture(scope="module")
