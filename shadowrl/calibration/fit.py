@@ -317,19 +317,19 @@ def _startups(scenario: Scenario, start: SimParams) -> dict[str, float]:
 
 KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
     # mismatched app and schema: which share of a replica's requests fail
-    "incompatible_share": ((0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0), lambda sc, st, p, v:
+    "incompatible_share": ((0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0), lambda sc, st, p, v:
                            p.model_copy(update={"incompatible_share": v})),
     # what an overloaded component's answers take
-    "queue_timeout_s": ((0.5, 1.0, 2.0, 4.0), lambda sc, st, p, v:
+    "queue_timeout_s": ((0.25, 0.5, 1.0, 2.0, 4.0), lambda sc, st, p, v:
                         p.model_copy(update={"queue_timeout_s": v})),
     # how long requests stay in flight (what a short drain drops)
     "inflight_scale": ((0.0, 0.25, 1.0), lambda sc, st, p, v: _scale_components(
         sc, p, "inflight_time", {s.name: s.inflight_time for s in sc.deployment.services},
         v)),
     # startups measured one at a time and in parallel: which mean rollouts see
-    "startup_scale": ((0.6, 0.7, 0.8, 0.9, 1.0, 1.1), lambda sc, st, p, v:
+    "startup_scale": ((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25), lambda sc, st, p, v:
                       _scale_components(sc, p, "startup", _startups(sc, st), v)),
-    "stop_scale": ((0.25, 0.5, 0.75, 1.0), lambda sc, st, p, v: p.model_copy(update={
+    "stop_scale": ((0.1, 0.25, 0.5, 0.75, 1.0, 1.5), lambda sc, st, p, v: p.model_copy(update={
         "stop_s": round(st.stop_s * v, 3),
         "drop_impulse_s": min(p.drop_impulse_s, round(st.stop_s * v, 3))})),
 }
