@@ -95,10 +95,12 @@ class Experiments:
         path = self.folder / f"{name}.json"
         if path.exists():
             try:
-                self.reused += 1
-                return json.loads(path.read_text())
+                saved = json.loads(path.read_text())
             except ValueError:
-                self.reused -= 1  # a torn file cannot happen (atomic), but be safe
+                pass  # not a file this wrote (those are whole): run the experiment again
+            else:
+                self.reused += 1
+                return saved
         value = make()
         atomic_write_json(path, value)
         self.run += 1
@@ -252,12 +254,9 @@ def _facts(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pair(real: dict[str, Any], sim_before: dict[str, Any],
-          sim_after: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = {"seed": real["seed"], "plan": real["plan"], "real": _facts(real),
-           "sim_before": _facts(sim_before)}
-    if sim_after is not None:
-        out["sim_after"] = _facts(sim_after)
-    return out
+          sim_after: dict[str, Any]) -> dict[str, Any]:
+    return {"seed": real["seed"], "plan": real["plan"], "real": _facts(real),
+            "sim_before": _facts(sim_before), "sim_after": _facts(sim_after)}
 
 
 MEASURES = ("downtime_s", "bad_requests")

@@ -47,8 +47,8 @@ def check_verify(value: str) -> str | None:
     if value == "none":
         return None
     if value not in REAL_BACKENDS:
-        raise UsageError(f"--verify must be {' or '.join(REAL_BACKENDS)} or none (a real "
-                         f"shadow to rehearse the procedure on), not {value!r}")
+        raise UsageError(f"--verify: must be {' or '.join(REAL_BACKENDS)} or none, got "
+                         f"{value!r}")
     return value
 
 

@@ -296,8 +296,8 @@ def rehearsal_error(scenario: Scenario, params: SimParams,
     return total / max(len(records), 1), sims
 
 
-def _scale_components(scenario: Scenario, params: SimParams, field: str,
-                      base: dict[str, float], value: float) -> SimParams:
+def _scale_components(params: SimParams, field: str, base: dict[str, float],
+                      value: float) -> SimParams:
     out = params
     for name, seconds in base.items():
         out = with_components(out, name, **{field: round(seconds * value, 3)})
@@ -310,9 +310,12 @@ Knob = Callable[[Scenario, SimParams, SimParams, float], SimParams]
 
 
 def _startups(scenario: Scenario, start: SimParams) -> dict[str, float]:
-    return {s.name: (start.components.get(s.name, ComponentParams()).startup
-                     if start.components.get(s.name, ComponentParams()).startup is not None
-                     else s.startup) for s in scenario.deployment.services}
+    """Each service's startup as ``start`` has it (measured), else as the scenario has it."""
+    out = {}
+    for svc in scenario.deployment.services:
+        measured = start.components.get(svc.name, ComponentParams()).startup
+        out[svc.name] = measured if measured is not None else svc.startup
+    return out
 
 
 KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
@@ -324,22 +327,17 @@ KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
                         p.model_copy(update={"queue_timeout_s": v})),
     # how long requests stay in flight (what a short drain drops)
     "inflight_scale": ((0.0, 0.25, 1.0), lambda sc, st, p, v: _scale_components(
-        sc, p, "inflight_time", {s.name: s.inflight_time for s in sc.deployment.services},
+        p, "inflight_time", {s.name: s.inflight_time for s in sc.deployment.services},
         v)),
     # startups measured one at a time and in parallel: which mean rollouts see
     "startup_scale": ((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25), lambda sc, st, p, v:
-                      _scale_components(sc, p, "startup", _startups(sc, st), v)),
+                      _scale_components(p, "startup", _startups(sc, st), v)),
     "stop_scale": ((0.1, 0.25, 0.5, 0.75, 1.0, 1.5), lambda sc, st, p, v: p.model_copy(update={
         "stop_s": round(st.stop_s * v, 3),
         "drop_impulse_s": min(p.drop_impulse_s, round(st.stop_s * v, 3))})),
 }
 START = {"incompatible_share": None, "queue_timeout_s": None, "inflight_scale": 1.0,
          "startup_scale": 1.0, "stop_scale": 1.0}
-
-
-def _with_knob(scenario: Scenario, params: SimParams, knob: str, value: float,
-               start: SimParams | None = None) -> SimParams:
-    return KNOBS[knob][1](scenario, start or params, params, value)
 
 
 def _apply(scenario: Scenario, start: SimParams, chosen: dict[str, float]) -> SimParams:
@@ -349,8 +347,7 @@ def _apply(scenario: Scenario, start: SimParams, chosen: dict[str, float]) -> Si
     return out
 
 
-def fit_rehearsals(scenario: Scenario, params: SimParams, records: Sequence[dict[str, Any]],
-                   on_trial: Callable[[str], None] | None = None
+def fit_rehearsals(scenario: Scenario, params: SimParams, records: Sequence[dict[str, Any]]
                    ) -> tuple[SimParams, dict[str, Any]]:
     """A grid over the two error knobs (they trade off: fewer failing requests of
     mismatched replicas look like faster overload answers), then coordinate search over
@@ -361,26 +358,30 @@ def fit_rehearsals(scenario: Scenario, params: SimParams, records: Sequence[dict
     chosen = {k: (v if v is not None else getattr(params, k)) for k, v in START.items()}
     best_err = start_err
     trials: list[dict[str, Any]] = []
+
+    def better(trial: dict[str, float]) -> bool:
+        """Whether ``trial`` beats the best so far (it then becomes the best)."""
+        nonlocal best_err
+        err, _ = rehearsal_error(scenario, _apply(scenario, params, trial), records)
+        trials.append({**trial, "error": round(err, 5)})
+        if err < best_err - 1e-9:
+            best_err = err
+            return True
+        return False
+
+    grid_best = chosen
     for share in KNOBS["incompatible_share"][0]:
         for timeout in KNOBS["queue_timeout_s"][0]:
             trial = dict(chosen, incompatible_share=share, queue_timeout_s=timeout)
-            err, _ = rehearsal_error(scenario, _apply(scenario, params, trial), records)
-            trials.append({**trial, "error": round(err, 5)})
-            if err < best_err - 1e-9:
-                best_err, best = err, trial
-    chosen = best if best_err < start_err else chosen
+            if better(trial):
+                grid_best = trial
+    chosen = grid_best
     for _ in range(2):
         for knob, (values, _fn) in KNOBS.items():
             for value in values:
-                if value == chosen[knob]:
-                    continue
                 trial = dict(chosen, **{knob: value})
-                err, _ = rehearsal_error(scenario, _apply(scenario, params, trial), records)
-                trials.append({**trial, "error": round(err, 5)})
-                if on_trial is not None:
-                    on_trial(f"{knob}={value:g}")
-                if err < best_err - 1e-9:
-                    best_err, chosen = err, trial
+                if value != chosen[knob] and better(trial):
+                    chosen = trial
     return _apply(scenario, params, chosen), {
         "error_before": round(start_err, 5), "error_after": round(best_err, 5),
         "chosen": chosen, "trials": trials}

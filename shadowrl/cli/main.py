@@ -185,8 +185,6 @@ def optimize_cmd(
     from shadowrl.app.optimize import OptimizeRequest
     from shadowrl.app.optimize import optimize as run
 
-    if verify not in ("none", "docker"):  # before any work
-        fail(f"--verify: must be docker or none, got {verify!r}")
     request = OptimizeRequest(file=file, method=method, agent=agent, timesteps=timesteps,
                               replicas=replicas, seed=seed, out=out_dir, episodes=episodes,
                               eval_seed=eval_seed, trials=trials, oracle_nodes=oracle_nodes,

@@ -337,7 +337,6 @@ class DockerShadow:
             self._worker = None
         if self._client is None:
             return
-        from shadowrl.shadow.docker.network import NetworkInUse, remove_isolated_network
         from shadowrl.shadow.docker.sweep import sweep
         with self._started:  # no container is removed while it is still starting
             self._started.wait_for(lambda: self._starting == 0, timeout=TEARDOWN_TIMEOUT_S)
@@ -348,17 +347,25 @@ class DockerShadow:
             try:
                 sweep(self._client, shadow_id=self.shadow_id, only_dead_owners=False)
             finally:
-                if self._net is not None:
-                    try:
-                        remove_isolated_network(self._client, self._net)
-                        self._net = None
-                    except NetworkInUse:
-                        if time.monotonic() > deadline:
-                            self._leave_network()
+                self._remove_network(deadline)
             if self._net is None:
                 break
             time.sleep(0.2)
         self._services, self._stores, self._caches, self._external = {}, {}, {}, None
+
+    def _remove_network(self, deadline: float) -> None:
+        """Remove the shadow's network and its host rule; while containers still pin it,
+        keep it (for another sweep) until ``deadline``, then leave it fenced."""
+        from shadowrl.shadow.docker.network import NetworkInUse, remove_isolated_network
+
+        if self._net is None:
+            return
+        try:
+            remove_isolated_network(self._client, self._net)
+            self._net = None
+        except NetworkInUse:
+            if time.monotonic() > deadline:
+                self._leave_network()
 
     def _leave_network(self) -> None:
         """Docker still counts an endpoint on the network though no container is attached
