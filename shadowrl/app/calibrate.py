@@ -60,8 +60,14 @@ class CalibrateResult(BaseModel):
     error: dict[str, Any]
 
 
+# how many rehearsals of each kind: growing them in the same --out reuses what is there
+# (each kind's seeds and plans come from its own stream, so the first runs stay the same)
+COUNTS = ("fit_runs", "heldout_runs", "aa_runs")
+
+
 def _settings(request: CalibrateRequest, sc: Scenario) -> dict[str, Any]:
-    """What makes two calibrations the same experiment (resuming needs all of it equal)."""
+    """What makes two calibrations the same experiment (resuming needs all of it but
+    :data:`COUNTS` equal)."""
     text = Path(request.file).read_bytes()
     return {"scenario": sc.name, "scenario_sha256": hashlib.sha256(text).hexdigest()[:16],
             "backend": request.backend, "seed": request.seed, "fit_runs": request.fit_runs,
@@ -69,6 +75,10 @@ def _settings(request: CalibrateRequest, sc: Scenario) -> dict[str, Any]:
             "levels": list(request.levels),
             "time_compression": sc.shadow.time_compression,
             "sample_fraction": sc.shadow.sample_fraction}
+
+
+def _identity(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in COUNTS}
 
 
 class Experiments:
@@ -83,7 +93,7 @@ class Experiments:
                 old = json.loads(manifest.read_text())
             except ValueError:
                 old = None
-            if old != settings:
+            if not isinstance(old, dict) or _identity(old) != _identity(settings):
                 raise UsageError(
                     f"--out {out}: holds a calibration with other settings (see "
                     f"{manifest}); use another --out, or remove the folder to start over")

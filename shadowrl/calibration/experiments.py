@@ -24,6 +24,7 @@ import numpy as np
 from shadowrl.core.injection import Injection
 from shadowrl.core.plan import Plan, order_steps, setting_combinations, validate_plan
 from shadowrl.core.spec import Procedure, Scenario
+from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.shadow.base import ShadowBackend
 
 FAR_FUTURE_S = 1e9  # a load-only injection: its incident never starts
@@ -106,18 +107,53 @@ def plan_from_json(data: Sequence[Sequence[Any]]) -> list[tuple[str, dict[str, A
             for name, settings in data]
 
 
+class ReplayedDraws(DeviationSimulator):
+    """Draws from attempt ``first`` on, remembering the last attempt drawn.
+
+    A shadow redraws a deviation that breaches before its onset or not at all; a real
+    shadow's noise can make it redraw where the simulator would not. Replaying the attempt
+    the real shadow breached on compares the two on the same incident, magnitude and onset.
+    """
+
+    def __init__(self, scenario: Scenario, first: int = 0) -> None:
+        super().__init__(scenario)
+        self.first = first
+        self.last = first
+
+    def draw(self, seed: int, incident: str | None = None, attempt: int = 0) -> Injection:
+        self.last = self.first + attempt
+        return super().draw(seed, incident, self.last)
+
+
+def attempt_of(scenario: Scenario, record: dict[str, Any]) -> int:
+    """The draw a record's rehearsal breached on: recorded, or (records written before it
+    was) the first draw of the record's seed with its incident and magnitude."""
+    if "attempt" in record:
+        return int(record["attempt"])
+    from shadowrl.rehearsal.runner import MAX_DRAWS
+
+    facts = record["facts"]
+    deviation = DeviationSimulator(scenario)
+    for attempt in range(MAX_DRAWS):
+        drawn = deviation.draw(int(record["seed"]), None, attempt)
+        if (drawn.incident == facts["incident"]
+                and round(drawn.magnitude, 4) == facts["magnitude"]):
+            return attempt
+    return 0
+
+
 def rehearsal_record(scenario: Scenario, seed: int, plan: Plan, backend: str, *,
-                     make_shadow: Callable[[Scenario], ShadowBackend] | None = None
-                     ) -> dict[str, Any]:
+                     make_shadow: Callable[[Scenario], ShadowBackend] | None = None,
+                     first_attempt: int = 0) -> dict[str, Any]:
     """One rehearsal of ``plan`` on ``backend`` as a record: the compared facts
-    (:func:`shadowrl.calibration.compare.run_facts`), the plan, and the shadow's timings
-    (a real shadow's replica startups, stops and migrations; none on the simulator)."""
+    (:func:`shadowrl.calibration.compare.run_facts`), the plan, the draw it breached on
+    (``attempt``; ``first_attempt`` replays another record's), and the shadow's timings (a
+    real shadow's replica startups, stops and migrations; none on the simulator)."""
     from shadowrl.calibration.compare import run_facts
-    from shadowrl.rehearsal.deviation import DeviationSimulator
     from shadowrl.rehearsal.runner import rehearse
     from shadowrl.shadow import make_backend
 
-    deviation = DeviationSimulator(scenario)
+    deviation = ReplayedDraws(scenario, first_attempt)
     made: list[ShadowBackend] = []
 
     def factory(sc: Scenario) -> ShadowBackend:
@@ -129,7 +165,7 @@ def rehearsal_record(scenario: Scenario, seed: int, plan: Plan, backend: str, *,
     r = rehearse(scenario, seed, plan=plan, deviation=deviation, backend_factory=factory)
     timings = [list(t) for t in getattr(made[0], "timings", [])] if made else []
     return {"seed": seed, "backend": backend, "plan": plan_to_json(plan),
-            "facts": run_facts(r), "timings": timings,
+            "attempt": deviation.last, "facts": run_facts(r), "timings": timings,
             "steps": [{"name": s.name, "action": s.action, "status": s.status,
                        "settings": s.settings, "seconds": round(s.end_s - s.start_s, 2)}
                       for s in r.steps if s.status != "skipped"]}

@@ -281,16 +281,31 @@ def record_error(sim: dict[str, Any], real: dict[str, Any]) -> float:
     return total
 
 
+REAL_WINDOW_S = 1.0  # wall seconds of requests a real (Docker) shadow's sample holds
+
+
+def observed_share(scenario: Scenario) -> float:
+    """Requests per sample of the real shadow, as a share of the scenario's requests/s
+    (:attr:`SimParams.observed_share`): it sends ``sample_fraction`` of them each wall
+    second."""
+    return scenario.shadow.sample_fraction * REAL_WINDOW_S
+
+
 def rehearsal_error(scenario: Scenario, params: SimParams,
                     records: Sequence[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
     """The mean :func:`record_error` of the simulator (with ``params``) against
-    ``records`` (the real rehearsals: same seeds, same plans), and the simulated records."""
-    from shadowrl.calibration.experiments import plan_from_json
+    ``records`` (the real rehearsals: same seeds, same draws, same plans), and the simulated
+    records. The simulator's downtime is counted as the real shadow's samples see it
+    (:func:`observed_share`)."""
+    from shadowrl.calibration.experiments import attempt_of, plan_from_json
 
-    sc = attach_params(scenario, params)
+    # judged as the real shadow judges: by the few requests its samples hold
+    sc = attach_params(scenario, params.model_copy(
+        update={"observed_share": observed_share(scenario)}))
     total, sims = 0.0, []
     for rec in records:
-        sim = rehearsal_record(sc, rec["seed"], plan_from_json(rec["plan"]), "sim")
+        sim = rehearsal_record(sc, rec["seed"], plan_from_json(rec["plan"]), "sim",
+                               first_attempt=attempt_of(scenario, rec))
         sims.append(sim)
         total += record_error(sim, rec)
     return total / max(len(records), 1), sims
@@ -325,6 +340,9 @@ KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
     # what an overloaded component's answers take
     "queue_timeout_s": ((0.25, 0.5, 1.0, 2.0, 4.0), lambda sc, st, p, v:
                         p.model_copy(update={"queue_timeout_s": v})),
+    # whether an incident's slowdown keeps workers busy (and so overloads), or only waits
+    "service_time_share": ((0.0, 0.25, 0.5, 0.75, 1.0), lambda sc, st, p, v:
+                           p.model_copy(update={"service_time_share": v})),
     # how long requests stay in flight (what a short drain drops)
     "inflight_scale": ((0.0, 0.25, 1.0), lambda sc, st, p, v: _scale_components(
         p, "inflight_time", {s.name: s.inflight_time for s in sc.deployment.services},
@@ -336,7 +354,8 @@ KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
         "stop_s": round(st.stop_s * v, 3),
         "drop_impulse_s": min(p.drop_impulse_s, round(st.stop_s * v, 3))})),
 }
-START = {"incompatible_share": None, "queue_timeout_s": None, "inflight_scale": 1.0,
+START = {"incompatible_share": None, "queue_timeout_s": None, "service_time_share": None,
+         "inflight_scale": 1.0,
          "startup_scale": 1.0, "stop_scale": 1.0}
 
 

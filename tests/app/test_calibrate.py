@@ -61,6 +61,21 @@ def test_experiments_are_saved_once_and_reused(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "experiments" / "x.json").read_text()) == {"n": 1}
     with pytest.raises(UsageError, match="holds a calibration with other settings"):
         Experiments(tmp_path, {"a": 2})
+    # more (or fewer) rehearsals of a kind: the same calibration, extended
+    more = Experiments(tmp_path, {"a": 1, "fit_runs": 10, "heldout_runs": 8})
+    assert more.get("x", make) == {"n": 1} and len(calls) == 1
+    assert json.loads((tmp_path / "calibration.json").read_text())["fit_runs"] == 10
+
+
+def test_more_rehearsals_keep_the_first_ones() -> None:
+    """Growing --fit-runs or --heldout-runs in the same --out reuses the finished runs:
+    the first plans and seeds of each kind do not depend on how many there are."""
+    sc = load_scenario(CHECKOUT)
+    few = _plans(sc, CalibrateRequest(file=CHECKOUT, fit_runs=3, heldout_runs=2, aa_runs=1))
+    many = _plans(sc, CalibrateRequest(file=CHECKOUT, fit_runs=8, heldout_runs=6,
+                                       aa_runs=2))
+    assert {name: many[name] for name in few} == few
+    assert len(many) == 8 + 6 + 2
 
 
 def test_held_out_rehearsals_never_reuse_a_fitting_seed_and_aa_repeats_them() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from shadowrl.calibration.experiments import (
+    attempt_of,
     load_only,
     load_sweep,
     plan_from_json,
@@ -16,9 +17,12 @@ from shadowrl.calibration.experiments import (
     random_plan,
     rehearsal_record,
 )
+from shadowrl.calibration.fit import rehearsal_error
 from shadowrl.core.plan import validate_plan
 from shadowrl.core.spec import Scenario, load_scenario
+from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.shadow.sim.engine import SimShadow
+from shadowrl.shadow.sim.params import SimParams
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +76,24 @@ def test_a_rehearsal_record_carries_the_plan_facts_and_steps(checkout: Scenario)
     assert rec["facts"]["incident"] in [i.name for i in checkout.incidents]
     assert rec["facts"]["steps"] == {s["name"]: round(s["seconds"], 1) for s in rec["steps"]}
     assert rehearsal_record(checkout, 5, plan, "sim")["facts"] == rec["facts"]  # same seed
+
+
+def test_a_replay_starts_from_the_draw_the_real_shadow_breached_on(checkout: Scenario) -> None:
+    """A real shadow may redraw (its healthy noise breached before the onset) where the
+    simulator would not: the simulator then replays that draw, not the seed's first."""
+    plan = random_plan(checkout.procedure, np.random.default_rng(4))
+    first = rehearsal_record(checkout, 9, plan, "sim")
+    later = rehearsal_record(checkout, 9, plan, "sim", first_attempt=2)
+    assert first["attempt"] == 0 and later["attempt"] >= 2
+    drawn = DeviationSimulator(checkout).draw(9, None, later["attempt"])
+    assert (later["facts"]["incident"], later["facts"]["magnitude"]) == (
+        drawn.incident, round(drawn.magnitude, 4))
+    assert later["facts"] != first["facts"]
+    assert attempt_of(checkout, later) == later["attempt"]
+    # records written before the attempt was: found by the incident and magnitude drawn
+    assert attempt_of(checkout, {k: v for k, v in later.items() if k != "attempt"}) == (
+        later["attempt"])
+    _, sims = rehearsal_error(checkout, SimParams(), [later])
+    assert sims[0]["attempt"] == later["attempt"]
+    assert {k: sims[0]["facts"][k] for k in ("incident", "magnitude", "breach_at_s")} == {
+        k: later["facts"][k] for k in ("incident", "magnitude", "breach_at_s")}

@@ -76,7 +76,8 @@ def test_the_rehearsal_fit_finds_the_latency_of_an_overloaded_component(
     """On the "real" side an overloaded component answers after 0.5 s, not 2 s: fewer
     requests cross the SLO's latency bar. The fit finds the queue timeout from whole
     rehearsals of random procedures, and the error falls to nothing."""
-    truth = SimParams(queue_timeout_s=0.5)
+    # the "real" shadow judges its SLO by sparse samples, as the fit assumes it does
+    truth = SimParams(queue_timeout_s=0.5, observed_share=fit.observed_share(checkout))
     real_sc = attach_params(checkout, truth)
     rng = np.random.default_rng(7)
     records = [rehearsal_record(real_sc, 20 + i, random_plan(checkout.procedure, rng), "sim")
@@ -86,3 +87,10 @@ def test_the_rehearsal_fit_finds_the_latency_of_an_overloaded_component(
     assert report["chosen"]["queue_timeout_s"] == 0.5
     assert report["error_after"] < report["error_before"] / 10
     assert fitted.queue_timeout_s == 0.5
+    assert fitted.observed_share == 0.0  # how the real shadow sees, not the physics
+
+
+def test_the_real_shadow_window_is_the_one_the_fit_assumes() -> None:
+    from shadowrl.shadow.docker.backend import WINDOW_S
+
+    assert fit.REAL_WINDOW_S == WINDOW_S

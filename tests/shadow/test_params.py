@@ -26,7 +26,8 @@ DEFAULTS = {
     "diurnal_period_s": 86400.0, "queue_timeout_s": 2.0, "memory_base": 0.35,
     "memory_slope": 0.3, "stop_s": 2.0, "drop_impulse_s": 1.0, "online_migration_load": 0.35,
     "warm_speedup": 4.0, "action_s": 1.0, "flag_toggle_s": 5.0, "failed_migration_s": 5.0,
-    "incompatible_share": 1.0, "components": {},
+    "incompatible_share": 1.0, "service_time_share": 0.0, "observed_share": 0.0,
+    "components": {},
 }
 
 
@@ -265,3 +266,55 @@ def test_attached_params_travel_with_the_scenario_to_other_processes(
     copy = pickle.loads(pickle.dumps(attach_params(checkout, params)))
     assert params_of(copy) == params
     assert SimShadow(copy).scenario.deployment.services[0].startup == 60
+
+
+def test_a_slowdown_costs_capacity_only_with_a_service_time_share() -> None:
+    """fraud-model-v9 triples fraud-check's latency: as pure waiting (share 0, the default)
+    it costs no capacity; as service time (share 1) the four replicas serve a third as much
+    and shed, as the real shadow's fraud-check does; half of it as service time in between."""
+    from shadowrl.rehearsal.deviation import DeviationSimulator
+
+    payments = load_scenario(ROOT / "envs" / "payments.yaml")
+    injection = DeviationSimulator(payments).draw(3, "fraud-model-v9")
+
+    def fraud_check(share: float) -> tuple[float, float]:
+        sim = SimShadow(payments, params=SimParams(noise_sigma=0.0,
+                                                   service_time_share=share))
+        sim.launch(3)
+        sim.inject(injection)
+        sim.advance(injection.onset_s + 600.0)
+        m = sim.sample().components["fraud-check"]
+        return m.error_rate, m.latency_p50_ms
+
+    waiting, half, busy = fraud_check(0.0), fraud_check(0.5), fraud_check(1.0)
+    assert waiting[0] == pytest.approx(0.008 * injection.magnitude, rel=0.05)  # the effect
+    assert waiting[0] < half[0] < busy[0]
+    assert busy[0] > 0.3  # overloaded: it sheds
+    assert waiting[1] < half[1] <= busy[1]
+
+
+def test_an_observed_share_counts_downtime_as_sparse_samples_see_it() -> None:
+    """bad-api-config fails ~2 % of payments: exact rates violate the 0.1 % rule all along,
+    but a sample of 25 requests (a real shadow's 10 % of 250 rps) shows a failure in only
+    about 1 - exp(-25 x 2 %) of its samples; a huge sample sees everything."""
+    from shadowrl.rehearsal.deviation import DeviationSimulator
+    from shadowrl.shadow.sim.topology import poisson_cdf
+
+    payments = load_scenario(ROOT / "envs" / "payments.yaml")
+    injection = DeviationSimulator(payments).draw(1, "bad-api-config")
+
+    def downtime(share: float) -> float:
+        sim = SimShadow(payments, params=SimParams(noise_sigma=0.0, observed_share=share))
+        sim.launch(1)
+        sim.inject(injection)
+        sim.advance(injection.onset_s + 60.0)  # past the 20 s ramp
+        return sim.advance(600.0).downtime_s
+
+    exact = downtime(0.0)
+    assert exact == pytest.approx(600.0)
+    assert downtime(1e4) == pytest.approx(exact)
+    sparse = downtime(0.1)
+    assert 0.2 * exact < sparse < 0.8 * exact
+    assert poisson_cdf(0, 0.5) == pytest.approx(math.exp(-0.5))
+    assert poisson_cdf(2, 1.0) == pytest.approx(2.5 * math.exp(-1.0))
+    assert poisson_cdf(-1, 1.0) == 0.0

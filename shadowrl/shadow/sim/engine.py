@@ -58,6 +58,7 @@ from shadowrl.shadow.sim.topology import (
     latency_curves,
     load_flow,
     online_capacity,
+    poisson_cdf,
     queue_latency_ms,
     rollout_width,
     slow_share,
@@ -147,6 +148,7 @@ class _Rates:
     edge_p99: float
     edge_bad: float  # share of edge requests that fail or are slower than the threshold
     replicas: list[float]  # per component: running replicas (services), 1 (the others)
+    seen: float  # how likely a sample shows a violated rule (1 or 0 unless observed_share)
 
 
 def _copy_state(st: _State) -> _State:
@@ -287,7 +289,8 @@ class SimShadow:
         self._v_key = -1
         self._w_key: tuple[int, int] | None = None
         self._i_key: tuple[int, int] | None = None
-        self._l_key: tuple[int, int, int] | None = None
+        self._l_key: tuple[Any, ...] | None = None
+        self._e_slow: list[float] | None = None
         self._e_key: tuple[Any, ...] | None = None
         self._load_cache: dict[int, float] = {}
         self._effect_list: list[tuple[int, ActiveEffect]] = []
@@ -603,11 +606,16 @@ class SimShadow:
         self._v_m3_any = any(self._v_m3)
         self._i_key = (self._epoch, self._i_epoch)
 
-    def _load_layer(self, key: tuple[int, int, int], load: float) -> None:
+    def _load_layer(self, key: tuple[Any, ...], load: float) -> None:
         """Load flow, utilisation, shedding and the queueing latency multipliers: once per
         state and load block. (A cache never queues: its multipliers are the idle ones.)"""
         p = self.params
-        rps, rho, shed = load_flow(self.topo, load, self._v_factor, self._v_caps, self._v_stores)
+        caps, stores = self._v_caps, self._v_stores
+        slow = self._e_slow
+        if slow is not None:  # slowed components serve fewer requests/s
+            caps = [c / slow[i] for (i, _), c in zip(self._flow, caps)]
+            stores = [(i, c / slow[i]) for i, c in stores]
+        rps, rho, shed = load_flow(self.topo, load, self._v_factor, caps, stores)
         # the error without incident or dropped-request errors (m1 = m3 = 0); the overload
         # error m4 is the shed share (at most 1, so min(1, shed) is itself)
         self._l_err = [1.0 - (1.0 - m2) * (1.0 - e) * (1.0 - m5)
@@ -644,6 +652,12 @@ class SimShadow:
                                cpu_add, mem_add)
         base = self.topo.base_latency_ms
         self._e_lat = [base[i] * lat_factor[i] + lat_add[i] for i in range(n)]
+        # how many times slower each component serves (service_time_share of the added
+        # latency keeps its workers busy); None when nothing is slowed or the share is 0
+        share_busy = self.params.service_time_share
+        slow = [1.0 + share_busy * (lat / b - 1.0) if b > 0 and lat > b else 1.0
+                for lat, b in zip(self._e_lat, base)] if share_busy > 0 else None
+        self._e_slow = slow if slow is not None and any(x > 1.0 for x in slow) else None
         self._e_m1 = m1 = [e if e < 1.0 else 1.0 for e in err_add]
         self._e_m1_any = any(m1)
         # per component, or None when no effect changes cpu or memory
@@ -662,10 +676,11 @@ class SimShadow:
         load = self._load_cache.get(block)
         if load is None:
             load = self._load_cache[block] = self._load(t)
-        lkey = (epoch, self._w_epoch, block)
+        self._effect_layer(t, self._v_share)  # before the load: a slowdown costs capacity
+        slow = self._e_slow
+        lkey = (epoch, self._w_epoch, block, None if slow is None else tuple(slow))
         if self._l_key != lkey:
             self._load_layer(lkey, load)
-        self._effect_layer(t, self._v_share)
         return self._assemble(load)
 
     def _assemble(self, load: float) -> _Rates:
@@ -729,8 +744,28 @@ class SimShadow:
             violated.append(value > above if above is not None else value < below)
         slow = slow_share(p50[edge], p99[edge], self._slow_ms)
         bad = edge_err + (1.0 - edge_err) * slow if slow > 0.0 else edge_err
+        seen = 1.0 if True in violated else 0.0
+        share = self.params.observed_share
+        if share > 0 and seen:
+            seen = self._seen(load, edge_err, comps, violated, share)
         return _Rates(load, edge_err, by_source, tuple(violated), comps, p50[edge], p99[edge],
-                      bad, self._v_replicas)
+                      bad, self._v_replicas, seen)
+
+    def _seen(self, load: float, edge_err: float, comps: list[tuple[float, ...]],
+              violated: list[bool], share: float) -> float:
+        """How likely a sample of ``share`` x rps requests shows some violated rule: an
+        error-rate rule needs more failures than its threshold allows in the sample (Poisson
+        counts); any other violated rule always shows."""
+        unseen = 1.0
+        for (scope, m, above, _below), v in zip(self._rule_eval, violated):
+            if not v:
+                continue
+            if m != 1 or above is None:
+                return 1.0
+            rps, err = (load, edge_err) if scope < 0 else (comps[scope][0], comps[scope][1])
+            n = rps * share
+            unseen *= poisson_cdf(math.floor(n * above + EPS), n * err)
+        return 1.0 - unseen
 
     @staticmethod
     def _apply_effect(eff: ActiveEffect, p: float, i: int, err_add: list[float],
@@ -887,7 +922,7 @@ class SimShadow:
             dt = t1 - t0
             if dt > 0:
                 if True in r.violated:
-                    downtime += dt
+                    downtime += dt * r.seen
                     violated_until = t1
                 edge_rps = r.edge_rps
                 requests += edge_rps * dt

@@ -100,6 +100,24 @@ class SimParams(BaseModel):
                     "an overloaded component (utilisation >= 1) still serves, and the cap on "
                     "the waiting part of any latency quantile.")
 
+    service_time_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of an incident's added latency that is service time (a worker "
+                    "kept busy) rather than waiting: a component slowed by a factor f serves "
+                    "1 + share x (f - 1) times fewer requests/s, so a slow service can "
+                    "overload. 0 (the default): latency effects never cost capacity; "
+                    "calibrations fit it.")
+
+    observed_share: float = Field(
+        default=0.0, ge=0,
+        description="Requests per SLO sample, as a share of the scenario's requests/s, of an "
+                    "instrument that counts requests (a real shadow sampling sample_fraction "
+                    "of the traffic each wall second): downtime then counts an error-rate rule "
+                    "violated only in the share of samples whose few requests show it (a "
+                    "0.1 % threshold cannot be seen in 25 requests without a failure). 0 (the "
+                    "default): the exact rates. Calibration sets it to compare with a real "
+                    "shadow, and leaves it out of the parameters it writes.")
+
     # resource use
     memory_base: float = Field(
         default=0.35, ge=0, le=1,

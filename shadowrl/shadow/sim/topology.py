@@ -324,6 +324,18 @@ def queue_latency_ms(base_ms: Sequence[float], mult: Sequence[float], idle: floa
     return out
 
 
+def poisson_cdf(k: int, mean: float) -> float:
+    """``P(X <= k)`` for a Poisson count of ``mean``: how likely a sample of requests holds
+    at most ``k`` failures (the sparse counts a sampled real shadow judges rules by)."""
+    if k < 0:
+        return 0.0
+    term = total = math.exp(-mean)
+    for j in range(1, k + 1):
+        term *= mean / j
+        total += term
+    return min(1.0, total)
+
+
 def slow_share(p50: float, p99: float, threshold_ms: float | None) -> float:
     """Share of requests slower than ``threshold_ms`` given the latency's median and p99:
     a shifted exponential tail through both quantiles,
