@@ -338,7 +338,7 @@ KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
     "incompatible_share": ((0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0), lambda sc, st, p, v:
                            p.model_copy(update={"incompatible_share": v})),
     # what an overloaded component's answers take
-    "queue_timeout_s": ((0.25, 0.5, 1.0, 2.0, 4.0), lambda sc, st, p, v:
+    "queue_timeout_s": ((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0), lambda sc, st, p, v:
                         p.model_copy(update={"queue_timeout_s": v})),
     # whether an incident's slowdown keeps workers busy (and so overloads), or only waits
     "service_time_share": ((0.0, 0.25, 0.5, 0.75, 1.0), lambda sc, st, p, v:
@@ -350,7 +350,8 @@ KNOBS: dict[str, tuple[Sequence[float], Knob]] = {
     # startups measured one at a time and in parallel: which mean rollouts see
     "startup_scale": ((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25), lambda sc, st, p, v:
                       _scale_components(p, "startup", _startups(sc, st), v)),
-    "stop_scale": ((0.1, 0.25, 0.5, 0.75, 1.0, 1.5), lambda sc, st, p, v: p.model_copy(update={
+    "stop_scale": ((0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0), lambda sc, st, p, v:
+                   p.model_copy(update={
         "stop_s": round(st.stop_s * v, 3),
         "drop_impulse_s": min(p.drop_impulse_s, round(st.stop_s * v, 3))})),
 }
