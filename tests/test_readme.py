@@ -286,12 +286,18 @@ JSON_COVERED = {"train": "tests/app/test_sweep.py::test_train_json_stdout_is_one
                           "test_status_build_and_sweep_print_one_json_object",
                 "calibrate": "tests/shadow/docker/test_calibrate.py::"
                              "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_"
-                             "calibration"}
+                             "calibration",
+                "sync": "tests/live/sync/test_cli.py::test_create_then_in_sync_then_drift",
+                "mirror": "tests/live/test_mirror.py::"
+                          "test_the_mirrored_share_over_10000_requests_is_within_1_point_of_p"}
 BAD_FILE_COVERED = {
     "train": "tests/app/test_experiment.py::test_bad_experiment_names_file_line_and_field",
     # takes no file: its bad input is a bad subcommand or flag
     "docker": "tests/shadow/docker/test_docker_cli.py::test_a_bad_subcommand_or_flag_exits_2",
-    "calibrate": "tests/app/test_calibrate.py::test_a_bad_scenario_names_its_line"}
+    "calibrate": "tests/app/test_calibrate.py::test_a_bad_scenario_names_its_line",
+    "sync": "tests/live/sync/test_cli.py::test_a_bad_scenario_or_source_file_names_its_line",
+    # takes no file: its bad input is a bad flag
+    "mirror": "tests/live/test_mirror.py::test_bad_flags_exit_2_naming_the_flag"}
 
 
 def test_the_json_claim_is_made() -> None:

@@ -92,6 +92,12 @@ def data_file_problems(scenario: Scenario) -> list[Problem]:
                 SimParams.load(path).check_against(scenario, str(path))
             elif field_path[0] == "deployment" and isinstance(pattern, CsvPattern):
                 load_pattern(load_series(path, "csv", column=pattern.column))
+            elif field_path[:3] == ("deployment", "traffic", "replay"):
+                from shadowrl.traffic.recording import load_recording
+
+                replay = scenario.deployment.traffic.replay
+                assert replay is not None
+                load_recording(path, replay.format, percent=replay.percent)
             elif history is not None:
                 load_series(path, history.format, column=history.column)
         except HistoryError as exc:

@@ -16,6 +16,7 @@ import typer
 from shadowrl.cli.calibrate import CALIBRATE_HELP, calibrate_cmd
 from shadowrl.cli.commands import JSON_HELP, Command, Group
 from shadowrl.cli.docker import docker_app
+from shadowrl.cli.mirror import MIRROR_HELP, mirror_cmd
 from shadowrl.cli.render import (
     bad_input_exits_2,
     emit_json,
@@ -29,6 +30,7 @@ from shadowrl.cli.render import (
     print_validation,
     progress_bars,
 )
+from shadowrl.cli.sync import SYNC_HELP, sync_cmd
 from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
 
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
@@ -36,6 +38,8 @@ app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   help="Rehearse rollbacks in a shadow deployment before they are needed.")
 app.add_typer(docker_app, name="docker", cls=Group)
 app.command("calibrate", cls=Command, help=CALIBRATE_HELP)(calibrate_cmd)
+app.command("sync", cls=Command, help=SYNC_HELP)(sync_cmd)
+app.command("mirror", cls=Command, help=MIRROR_HELP)(mirror_cmd)
 
 OBJECTIVE_HELP = ("budget | downtime: minimise the SLO objective's error budget burned, or "
                   "downtime plus weighted failed requests.")

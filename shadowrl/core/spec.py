@@ -130,10 +130,31 @@ class CsvPattern(Strict):
     column: str = "value"
 
 
+def _parse_scale(value: Any) -> Any:
+    """``2x`` as 2.0 (a number is taken as is): how many times faster a replay plays."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*[xX]\s*", value)
+        if m:
+            return float(m.group(1))
+    return value
+
+
+class Replay(Strict):
+    """Recorded traffic instead of synthetic requests (docs/replay.md)."""
+
+    file: str = Field(min_length=1)
+    format: Literal["auto", "mirror", "nginx", "json"] = "auto"
+    scale: Annotated[float, BeforeValidator(_parse_scale)] = Field(default=1.0, gt=0,
+                                                                    le=MAX_LOAD)
+    loop: bool = True
+    percent: float | None = Field(default=None, gt=0, le=100)
+
+
 class Traffic(Strict):
     rps: float = Field(gt=0, le=MAX_RATE)
     write_fraction: float = Field(default=0.1, ge=0, le=1)
     pattern: Literal["constant", "diurnal"] | CsvPattern = "constant"
+    replay: Replay | None = None
 
 
 class Versioned(Strict):
@@ -434,6 +455,11 @@ class SimulatorSettings(Strict):
 class Metadata(Strict):
     name: Name
     description: str = ""
+    annotations: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_ITEMS,
+        description="Free key/value notes for tools, e.g. where `shadowrl sync` read the "
+                    "deployment from (shadowrl.io/synced-from); nothing in shadowrl's "
+                    "rehearsals reads them.")
 
 
 class Scenario(Strict):
@@ -749,9 +775,24 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+def _check_replay(sc: Scenario) -> Problems:
+    """A replay sets the load pattern: no other pattern or history may set it too."""
+    if sc.deployment.traffic.replay is None:
+        return []
+    problems: Problems = []
+    if sc.deployment.traffic.pattern != "constant":
+        problems.append((("deployment", "traffic", "pattern"), "a replay sets the load "
+                         "pattern: leave 'pattern' out (or drop the replay)"))
+    if sc.deviations.history is not None:
+        problems.append((("deviations", "history"), "deployment.traffic.replay sets the load "
+                         "pattern: a history cannot set it too (drop one of them)"))
+    return problems
+
+
 def _check_references(sc: Scenario) -> Problems:
     """Cross-references a field-by-field validation cannot see, in file order."""
     problems, components = _check_components(sc.deployment)
+    problems = _check_replay(sc) + problems
     problems += _check_slo(sc.slo, components)
     problems += _check_incidents(sc)
     problems += check_procedure(sc.procedure, sc)
@@ -1234,6 +1275,9 @@ def data_files(sc: Scenario) -> list[tuple[PathKey, Path]]:
     pattern = sc.deployment.traffic.pattern
     if isinstance(pattern, CsvPattern):
         out.append((("deployment", "traffic", "pattern", "csv"), folder / pattern.csv))
+    if sc.deployment.traffic.replay is not None:
+        out.append((("deployment", "traffic", "replay", "file"),
+                    folder / sc.deployment.traffic.replay.file))
     if sc.deviations.history is not None:
         out.append((("deviations", "history", "file"), folder / sc.deviations.history.file))
     if sc.simulator.params is not None:

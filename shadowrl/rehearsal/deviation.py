@@ -117,6 +117,8 @@ class DeviationSimulator:
             if self.at == "peak":
                 onset = min(onset, PEAK_LEAD_S)  # start the shadow shortly before the peak
                 start = self.history.peak_offset_s - onset
+        elif self.scenario.deployment.traffic.replay is not None:
+            start = 0.0  # a replay plays its recording from its first request (docs/replay.md)
         elif self.at == "peak" and self.scenario.deployment.traffic.pattern == "diurnal":
             onset = min(onset, PEAK_LEAD_S)
             start = (self.diurnal_peak_s - onset) % DAY_S

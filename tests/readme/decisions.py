@@ -61,6 +61,19 @@ DECISIONS: tuple[Decision, ...] = (
     Decision(r"python benchmarks/sim_vs_real\.py.*", "covered",
              "minutes of real rehearsals; the comparison itself is tested on two simulators",
              ("tests/calibration/test_compare.py::test_the_same_backend_twice_has_no_gap",)),
+    Decision(r"shadowrl sync .*", "covered",
+             "reads a live deployment (a compose project on a Docker daemon, or a cluster): "
+             "the tests run sync on a compose file and on a real compose-style deployment",
+             ("tests/live/sync/test_cli.py::test_create_then_in_sync_then_drift",
+              "tests/shadow/docker/test_sync_live.py::"
+              "test_sync_rehearses_on_both_backends_and_reports_a_new_version")),
+    Decision(r"shadowrl mirror .*", "covered",
+             "a proxy that runs until stopped, in front of a live service: the tests run it "
+             "between real HTTP servers",
+             ("tests/live/test_mirror.py::"
+              "test_the_mirrored_share_over_10000_requests_is_within_1_point_of_p",
+              "tests/live/test_mirror.py::"
+              "test_live_p50_through_the_mirror_stays_within_2_ms_with_a_paused_shadow")),
     Decision(r"shadowrl calibrate .*", "covered",
              "a calibration is minutes of real rehearsals; the real-shadow tests run a small "
              "one (interrupted, resumed) and the fit is tested on simulators",
@@ -68,6 +81,11 @@ DECISIONS: tuple[Decision, ...] = (
               "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_calibration",
               "tests/calibration/test_fit.py::"
               "test_the_queueing_fit_recovers_service_time_and_concurrency")),
+    Decision(r"python benchmarks/mirror\.py.*", "covered",
+             "a minute of load against real HTTP servers on both cores; the mirror's latency "
+             "and share claims are the mirror tests'",
+             ("tests/live/test_mirror.py::"
+              "test_live_p50_through_the_mirror_stays_within_2_ms_with_a_paused_shadow",)),
     Decision(r"python benchmarks/calibration\.py.*", "covered",
              "runs calibrate on two scenarios (an hour of real rehearsals)",
              ("tests/shadow/docker/test_calibrate.py::"

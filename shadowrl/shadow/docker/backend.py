@@ -649,7 +649,7 @@ class DockerShadow:
     # ------------------------------------------------------------------ traffic
 
     def _start_traffic(self, seed: int) -> None:
-        from shadowrl.shadow.docker.loadgen import LoadGenerator
+        from shadowrl.shadow.docker.loadgen import LoadGenerator, replay_plan
         edge = self._services[self.scenario.edge.name]
         # the edge service is seen by the generator alone: its view is the edge's
         logs = (self._logs["edge"], self._logs[edge.spec.name])
@@ -659,12 +659,17 @@ class DockerShadow:
             for log in logs:
                 log.add(rec.t, rec.ms, failed, (rec.src or "overload") if failed else None)
 
+        # recorded traffic (deployment.traffic.replay) instead of Poisson arrivals
+        replay = replay_plan(self.scenario, self.k, self.f, seed=seed,
+                             max_wall_rps=MAX_WALL_RPS, on_progress=self._progress)
         self._generator = LoadGenerator(
             f"http://{edge.lb_ip}:{LB_PORT}/",
             write_fraction=self.scenario.deployment.traffic.write_fraction,
-            on_record=record)
+            on_record=record, replay=replay)
         self._rate = self._wall_rate(0.0)
         self._generator.set_rate(self._rate)
+        # the recording starts at scenario time 0, one window from now (launch sets _t0 then)
+        self._generator.replay_from(time.time() + WINDOW_S, 0.0)
 
     def _wall_rate(self, t: float) -> float:
         """Requests per wall second at scenario time ``t``."""
@@ -681,6 +686,8 @@ class DockerShadow:
         self._phase = "incident"
         self._rate = self._wall_rate(self.now())
         self._generator.set_rate(self._rate)
+        self._generator.replay_from(self._t0, injection.start_offset_s,
+                                    injection.load_multiplier)
 
     # ------------------------------------------------------------------ time and metrics
 
@@ -1067,6 +1074,66 @@ class DockerShadow:
             for job in jobs:
                 job.result()
 
+    def roll_to(self, service: str, *, version: str | None = None, config: str | None = None,
+                image: str | None = None, batch: int = 1,
+                drain_s: float | None = None) -> StepResult:
+        """Roll ``service`` forward to a new live ``version`` and/or ``config`` (and, for a
+        service with ``runtime:`` images, to ``image``), as the live deployment just did
+        (``shadowrl sync --watch``): a rolling update that starts ``batch`` replicas of the
+        new release, puts them into service once ready, then drains (``drain_s`` scenario
+        seconds, by default the service's ``inflight_time``: no request is dropped) and
+        stops as many old ones (maxSurge ``batch``, maxUnavailable 0), until
+        no old one is left. What ran live becomes ``previous``, so a later
+        ``rollback_version`` or ``revert_config`` returns to it. Not while a step runs."""
+        self._check()
+        if self._worker is not None and self._worker.is_alive():
+            raise BackendUnavailable("roll_to: a step is running on this shadow")
+        if service not in self._services:
+            raise KeyError(f"no service {service!r} in this shadow")
+        box = self._services[service]
+        spec = box.spec
+        start = self.now()
+        settings: dict[str, Any] = {"version": version, "config": config, "batch": batch}
+        updates = _forward(spec, version, config, image)
+        dims = sorted({0 if key in ("version", "runtime") else 1 for key in updates})
+        if not dims:
+            return StepResult(f"roll-{service}", "roll_to", "ok", settings, Span(start, start),
+                              "already at that version and config")
+        with self._lock:
+            box.spec = spec.model_copy(update=updates)
+            stale = list(box.replicas)  # every replica runs the release that is now previous
+            for r in stale:
+                if 0 in dims:
+                    r.version_role = "previous"
+                if 1 in dims:
+                    r.config_role = "previous"
+            for dim in dims:
+                box.template[dim] = "live"
+
+        drain = spec.inflight_time if drain_s is None else drain_s
+        status, message = self._roll_replicas(box, stale, batch, drain)
+        return StepResult(f"roll-{service}", "roll_to", status, settings,
+                          Span(start, self.now()), message)
+
+    def _roll_replicas(self, box: _ServiceBox, stale: list[_Replica], batch: int,
+                       drain_s: float) -> tuple[StepStatus, str]:
+        """Replace ``stale`` replicas by ones of the current template, ``batch`` at a time,
+        each batch started and ready before as many old ones leave (``roll_to``)."""
+        def check() -> None:
+            if self._halt.is_set():
+                raise _Stop
+
+        try:
+            while old := [r for r in stale if r in box.replicas]:
+                n = min(max(1, batch), len(old))
+                self._add_replicas(box, n, startup_s=box.spec.startup / self.k, check=check)
+                self._retire(box, old[:n], drain_s, check)
+        except _Stop:
+            return "cancelled", "the shadow was closed"
+        except Exception as exc:  # noqa: BLE001 - a failed rollout is its result
+            return "failed", _reason(exc)
+        return "ok", ""
+
     def _migrate_down(self, box: _StoreBox, online: bool) -> tuple[StepStatus, str]:
         mig = box.spec.migration
         if box.spec.schema_ is None or mig is None:
@@ -1237,6 +1304,27 @@ def _to_stderr(message: str) -> None:
     """The default progress display: one line per stage on stderr."""
     sys.stderr.write(f"docker shadow: {message}\n")
     sys.stderr.flush()
+
+
+def _forward(spec: Service, version: str | None, config: str | None,
+             image: str | None) -> dict[str, Any]:
+    """The fields of ``spec`` a roll forward to ``version``/``config``/``image`` changes:
+    each new value becomes live and the old live one previous (``roll_to``)."""
+    from shadowrl.core.spec import Versioned
+
+    def moved(current: Versioned | None, new: str | None) -> Versioned | None:
+        if new is None or (current is not None and str(current.live) == new):
+            return None
+        return Versioned(live=new, previous=current.live if current else new)
+
+    updates: dict[str, Any] = {}
+    if (new_version := moved(spec.version, version)) is not None:
+        updates["version"] = new_version
+    if (new_config := moved(spec.config, config)) is not None:
+        updates["config"] = new_config
+    if spec.runtime is not None and (new_image := moved(spec.runtime.image, image)):
+        updates["runtime"] = spec.runtime.model_copy(update={"image": new_image})
+    return updates
 
 
 def _most_replicas(sc: Scenario, svc: Service) -> int:

@@ -10,6 +10,14 @@ later). It prints ``ready`` before the first request, then one line per finished
 ``<t> <ms> <status> <src>`` (``t`` = ``time.time()`` at completion, status 0 = no response,
 src ``-`` below 500), flushed every 0.1 s.
 
+Replay mode (``--replay FILE --speed S --duration D [--loop]``) sends recorded requests
+instead (docs/replay.md): FILE holds one ``<offset> <method> <path> <body base64 or ->`` per
+line, offsets in recording seconds, sorted; stdin's ``replay <wall> <position> <keep>``
+anchors the recording (at unix time ``wall`` it is at ``position``, advancing ``S`` recording
+seconds per wall second, repeating every ``D`` with ``--loop``) and sends each request with
+probability ``keep`` (``rate`` is ignored). Still open loop: a request is sent at its time
+whether or not the earlier ones were answered. Its lines end with `` <method> <path>``.
+
 :class:`LoadGenerator` runs that process for the backend and hands over :class:`Record` s.
 The process side imports only the standard library and aiohttp (the file also runs as a
 plain script, which skips importing shadowrl and starts faster).
@@ -19,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import bisect
 import contextlib
+import math
 import os
 import queue
 import random
@@ -27,10 +38,12 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -41,12 +54,14 @@ MAX_LAG_S = 1.0  # arrivals further behind than this (a stalled loop) are skippe
 
 class Record(NamedTuple):
     """One finished request: completion time (``time.time()``), latency, HTTP status (0: no
-    response) and error source (None below 500)."""
+    response) and error source (None below 500); in replay mode also what was sent."""
 
     t: float
     ms: float
     status: int
     src: str | None
+    method: str | None = None
+    path: str | None = None
 
 
 def error_source(status: int, header: str | None) -> str | None:
@@ -60,19 +75,61 @@ def error_source(status: int, header: str | None) -> str | None:
 
 
 def format_record(r: Record) -> str:
-    return f"{r.t:.6f} {r.ms:.3f} {r.status} {r.src or '-'}\n"
+    sent = f" {r.method} {r.path}" if r.method is not None and r.path is not None else ""
+    return f"{r.t:.6f} {r.ms:.3f} {r.status} {r.src or '-'}{sent}\n"
 
 
 def parse_record(line: str) -> Record | None:
     """A record from an output line, or None for other lines (``ready``)."""
     parts = line.split()
-    if len(parts) != 4:
+    if len(parts) not in (4, 6):
         return None
     try:
         return Record(float(parts[0]), float(parts[1]), int(parts[2]),
-                      None if parts[3] == "-" else parts[3])
+                      None if parts[3] == "-" else parts[3], *parts[4:])
     except ValueError:
         return None
+
+
+# ------------------------------------------------------------------------ replay arrivals
+
+
+def replay_window(offsets: Sequence[float], duration: float, loop: bool, start: float,
+                  end: float) -> Iterator[int]:
+    """Indices of the recorded arrivals at recording positions in [start, end), in order.
+
+    Position p is offset ``p - c * duration`` of cycle ``c = floor(p / duration)``; cycles
+    past the first exist only with ``loop``, and negative positions always wrap (a replay
+    anchored ahead of its start plays the recording's tail first). The simulator's replay
+    pattern counts arrivals the same way (``Recording.count_before``).
+    """
+    if end <= start or not offsets:
+        return
+    c = math.floor(start / duration)
+    while True:
+        base = c * duration
+        if base >= end or (c > 0 and not loop):
+            return
+        lo = bisect.bisect_left(offsets, start - base) if start > base else 0
+        hi = bisect.bisect_left(offsets, end - base) if end - base < duration else len(offsets)
+        yield from range(lo, hi)
+        c += 1
+
+
+def next_arrival(offsets: Sequence[float], duration: float, loop: bool,
+                 position: float) -> float | None:
+    """The recording position of the first arrival at or after ``position`` (None: no more)."""
+    if not offsets:
+        return None
+    c = math.floor(position / duration)
+    if c > 0 and not loop:
+        return None
+    i = bisect.bisect_left(offsets, position - c * duration)
+    if i < len(offsets):
+        return c * duration + offsets[i]
+    if c + 1 > 0 and not loop:
+        return None
+    return (c + 1) * duration + offsets[0]
 
 
 # ------------------------------------------------------------------------ the process side
@@ -81,9 +138,12 @@ def parse_record(line: str) -> Record | None:
 class _Generator:
     """The event-loop side: schedule arrivals, run requests, batch output lines."""
 
-    def __init__(self, url: str, write_fraction: float, timeout_s: float, out: IO[str]) -> None:
+    def __init__(self, url: str, write_fraction: float, timeout_s: float, out: IO[str],
+                 replay: _Replay | None = None) -> None:
         self.url, self.write_fraction, self.timeout_s, self.out = (url, write_fraction,
                                                                    timeout_s, out)
+        self.replay = replay
+        self.anchor: tuple[float, float, float] | None = None  # replay: wall, position, keep
         self.rate = 0.0
         self.generation = 0  # bumped by every rate command: the next arrival is redrawn
         self.stopping = False
@@ -102,6 +162,14 @@ class _Generator:
             except ValueError:
                 return
             self.generation += 1
+        elif words[0] == "replay" and len(words) == 4:
+            try:
+                wall, position, keep = (float(w) for w in words[1:])
+            except ValueError:
+                return
+            if all(math.isfinite(x) for x in (wall, position, keep)):
+                self.anchor = (wall, position, max(0.0, keep))
+                self.generation += 1
         elif words[0] == "stop":
             self.stopping = True
 
@@ -109,14 +177,24 @@ class _Generator:
         """SIGTERM: stop now, without waiting for in-flight requests."""
         self.stopping = self.aborting = True
 
-    async def request(self, post: bool) -> None:
+    async def request(self, post: bool, sent: tuple[str, str, bytes | None] | None = None
+                      ) -> None:
+        """One request: a synthetic GET or POST, or the recorded ``sent`` (method, path,
+        body), whose record then names it."""
         import aiohttp
 
         t0 = time.perf_counter()
         status, src = 0, "dropped"
+        if sent is None:
+            method, url, data = "POST" if post else "GET", self.url, b"" if post else None
+        else:
+            from yarl import URL
+
+            assert self.replay is not None
+            method, data = sent[0], sent[2]
+            url = URL(self.replay.origin + sent[1], encoded=True)
         try:
-            async with self.session.request("POST" if post else "GET", self.url,
-                                            data=b"" if post else None) as resp:
+            async with self.session.request(method, url, data=data) as resp:
                 await resp.read()
                 status = resp.status
                 src = error_source(status, resp.headers.get("X-Shadow-Error"))
@@ -125,10 +203,12 @@ class _Generator:
         except (aiohttp.ClientError, OSError):
             src = "dropped"
         ms = (time.perf_counter() - t0) * 1000.0
-        self.lines.append(format_record(Record(time.time(), ms, status, src)))
+        self.lines.append(format_record(Record(time.time(), ms, status, src,
+                                               *(sent[:2] if sent else ()))))
 
-    def spawn(self) -> None:
-        task = asyncio.ensure_future(self.request(random.random() < self.write_fraction))
+    def spawn(self, sent: tuple[str, str, bytes | None] | None = None) -> None:
+        post = sent is None and random.random() < self.write_fraction
+        task = asyncio.ensure_future(self.request(post, sent))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -161,6 +241,33 @@ class _Generator:
                 next_t += random.expovariate(self.rate)
             await asyncio.sleep(min(next_t - now, POLL_S))
 
+    async def schedule_replay(self) -> None:
+        """The recorded arrivals at their (compressed, scaled) times, each kept with the
+        anchor's probability, until ``stop``. Arrivals further behind than ``MAX_LAG_S``
+        (a stalled loop) are skipped, not burst."""
+        rp = self.replay
+        assert rp is not None
+        rng = random.Random(rp.seed)
+        generation, cursor = -1, 0.0
+        while not self.stopping:
+            if self.anchor is None:
+                await asyncio.sleep(POLL_S)
+                continue
+            wall, position, keep = self.anchor
+            now = time.time()
+            pos = position + (now - wall) * rp.speed
+            if generation != self.generation:  # a new anchor: start from its present
+                generation, cursor = self.generation, pos
+            cursor = max(cursor, pos - MAX_LAG_S * rp.speed)
+            if pos > cursor:
+                for i in replay_window(rp.offsets, rp.duration, rp.loop, cursor, pos):
+                    if keep >= 1.0 or rng.random() < keep:
+                        self.spawn((rp.methods[i], rp.paths[i], rp.body(i)))
+                cursor = pos
+            nxt = next_arrival(rp.offsets, rp.duration, rp.loop, cursor)
+            delay = POLL_S if nxt is None else (nxt - pos) / rp.speed
+            await asyncio.sleep(max(0.0, min(delay, POLL_S)))
+
     async def run(self) -> None:
         import aiohttp
 
@@ -174,7 +281,7 @@ class _Generator:
         try:
             self.out.write("ready\n")
             self.out.flush()
-            await self.schedule()
+            await (self.schedule() if self.replay is None else self.schedule_replay())
             if self.tasks and not self.aborting:
                 await asyncio.wait(set(self.tasks), timeout=self.timeout_s + 0.5)
         finally:
@@ -183,6 +290,37 @@ class _Generator:
             flusher.cancel()
             self.flush()
             await self.session.close()
+
+
+class _Replay:
+    """The process side's recording (read from ``--replay``'s file)."""
+
+    def __init__(self, path: str, url: str, speed: float, duration: float, loop: bool,
+                 seed: int) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.speed, self.duration, self.loop, self.seed = speed, duration, loop, seed
+        self.offsets: list[float] = []
+        self.methods: list[str] = []
+        self.paths: list[str] = []
+        self.bodies: dict[int, str] = {}
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                offset, method, target, body = line.split()
+                if body != "-":
+                    self.bodies[len(self.offsets)] = body
+                self.offsets.append(float(offset))
+                self.methods.append(method)
+                self.paths.append(target)
+
+    def body(self, i: int) -> bytes | None:
+        """The recorded body, else the synthetic requests' (empty for writes)."""
+        raw = self.bodies.get(i)
+        if raw is not None:
+            return base64.b64decode(raw)
+        return None if self.methods[i] in ("GET", "HEAD", "OPTIONS") else b""
 
 
 def _read_commands(gen: _Generator, loop: asyncio.AbstractEventLoop) -> None:
@@ -218,11 +356,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--write-fraction", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
+    parser.add_argument("--replay", help="recorded arrivals to send instead of Poisson ones")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="recording seconds per wall second (replay)")
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="the recording's loop period, seconds (replay)")
+    parser.add_argument("--loop", action="store_true", help="repeat the recording (replay)")
+    parser.add_argument("--seed", type=int, default=0, help="of the replay's sampling")
     args = parser.parse_args(argv)
     _raise_fd_limit()
+    replay = None
+    if args.replay:
+        if args.speed <= 0 or args.duration <= 0:
+            parser.error("--replay needs a positive --speed and --duration")
+        replay = _Replay(args.replay, args.url, args.speed, args.duration, args.loop,
+                         args.seed)
 
     async def go() -> None:
-        gen = _Generator(args.url, args.write_fraction, args.timeout, sys.stdout)
+        gen = _Generator(args.url, args.write_fraction, args.timeout, sys.stdout, replay)
         threading.Thread(target=_read_commands, args=(gen, asyncio.get_running_loop()),
                          daemon=True).start()
         await gen.run()
@@ -238,6 +389,120 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- the host side
 
 
+@dataclass
+class ReplayPlan:
+    """What a replaying generator sends (built from a scenario by :func:`replay_plan`).
+
+    ``offsets`` (recording seconds from the first request, sorted), ``methods``, ``paths``
+    and ``bodies`` (by index) are the arrivals, already thinned once on the host (see
+    :func:`replay_plan`); ``scale`` recording seconds pass per scenario second and
+    ``time_compression`` scenario seconds per wall second; ``keep`` is the share of these
+    arrivals sent at load 1 (more than 1: the recording is too sparse, everything is sent
+    and ``1 - 1/keep`` of the wanted requests are missing).
+    """
+
+    offsets: Sequence[float]
+    methods: Sequence[str]
+    paths: Sequence[str]
+    duration_s: float
+    scale: float = 1.0
+    time_compression: float = 1.0
+    keep: float = 1.0
+    loop: bool = True
+    seed: int = 0
+    bodies: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def speed(self) -> float:
+        """Recording seconds per wall second."""
+        return self.scale * self.time_compression
+
+    def shortfall(self, load: float = 1.0) -> float:
+        """The share of the wanted requests the recording cannot supply at ``load``."""
+        want = self.keep * load
+        return 0.0 if want <= 1.0 else 1.0 - 1.0 / want
+
+    def write(self, fh: IO[str]) -> None:
+        """The arrivals file the process reads (``--replay``)."""
+        for i, (t, method, target) in enumerate(zip(self.offsets, self.methods, self.paths)):
+            body = self.bodies.get(i)
+            b64 = base64.b64encode(body).decode() if body else "-"
+            fh.write(f"{t!r} {method} {target} {b64}\n")
+
+
+def replay_plan(scenario: Any, time_compression: float, sample_fraction: float, *,
+                seed: int = 0, max_wall_rps: float | None = None,
+                on_progress: Callable[[str], None] | None = None) -> ReplayPlan | None:
+    """The real shadow's replay of the scenario's ``deployment.traffic.replay`` (None
+    without one), for a generator aimed at the edge service.
+
+    A recording holding P % of live traffic, replayed ``scale`` times faster with time
+    compressed k-fold, offers k x scale x (recorded rate) requests per wall second, while
+    the shadow sends the live rate x scale x ``sample_fraction`` x the drawn load: each
+    recorded request is sent with probability ``sample_fraction x 100 / (k x P)`` (x load).
+    Arrivals are thinned here once, at the highest load ``deviations.load`` may draw, so the
+    process holds only what it may send. The reference app serves only ``GET /`` and
+    ``POST /``: for it paths become ``/`` (keeping the query) and methods GET (GET, HEAD,
+    OPTIONS) or POST (any other); a ``runtime:`` image gets them as recorded.
+    """
+    import numpy as np
+
+    from shadowrl.core.errors import BackendUnavailable
+    from shadowrl.traffic.recording import describe, replay_pattern, scenario_recording
+
+    spec = scenario.deployment.traffic.replay
+    rec = scenario_recording(scenario)
+    if spec is None or rec is None:
+        return None
+    k, f = float(time_compression), float(sample_fraction)
+    load_max = max(1.0, *scenario.deviations.load)
+    keep = f * 100.0 / (k * rec.percent)
+    if max_wall_rps is not None:
+        pattern = replay_pattern(rec, 1.0, scale=spec.scale, loop=spec.loop)
+        horizon = rec.duration_s / spec.scale
+        grid = np.arange(max(1, math.ceil(horizon / 60.0))) * 60.0 + 30.0
+        peak = float(np.max(pattern(grid))) * f * load_max  # type: ignore[arg-type]
+        if peak > max_wall_rps:
+            raise BackendUnavailable(
+                f"the replay would send up to {peak:.0f} requests/s (its busiest minute x "
+                f"scale {spec.scale:g} x shadow.sample_fraction {f:g}"
+                + (f" x load {load_max:g}" if load_max > 1 else "") + f"); at most "
+                f"{max_wall_rps:.0f} keep latencies honest on this machine: lower "
+                "shadow.sample_fraction or the replay's scale")
+    pre = min(1.0, keep * load_max)
+    draws = np.random.default_rng(seed).random(len(rec))
+    chosen = np.flatnonzero(draws < pre).tolist() if pre < 1.0 else range(len(rec))
+    reference = scenario.edge.runtime is None
+    methods, paths = [], []
+    for i in chosen:
+        method, target = rec.methods[i], rec.paths[i]
+        if reference:
+            method = "GET" if method in ("GET", "HEAD", "OPTIONS") else "POST"
+            target = "/" + target[target.index("?"):] if "?" in target else "/"
+        methods.append(method)
+        paths.append(target)
+    bodies = {j: rec.bodies[i] for j, i in enumerate(chosen) if i in rec.bodies}
+    plan = ReplayPlan([float(rec.offsets[i]) for i in chosen], methods, paths, rec.duration_s,
+                      scale=spec.scale, time_compression=k, keep=keep / pre, loop=spec.loop,
+                      seed=seed, bodies=bodies if not reference else {})
+    if on_progress is not None:
+        how = f"x{spec.scale:g}{', looped' if spec.loop else ''}"
+        if keep <= 1.0:
+            sent = f"one recorded request in {1 / keep:,.1f} is sent"
+        else:
+            sent = (f"the recording holds only {100 / keep:.0f} % of the requests the shadow "
+                    f"should send: all are sent, {1 - 1 / keep:.0%} short")
+        if keep <= 1.0 < keep * load_max:
+            sent += (f" (at a drawn load above {1 / keep:.2f} the recording runs short: "
+                     "all its requests are sent)")
+        writes = sum(m not in ("GET", "HEAD", "OPTIONS") for m in rec.methods) / len(rec)
+        on_progress(f"replaying {describe(rec)}; {how}: {sent}; writes: {writes:.0%} "
+                    f"(traffic.write_fraction {scenario.deployment.traffic.write_fraction:g})")
+        for note in rec.notes:
+            on_progress(f"replay: {note}")
+    return plan
+
+
 class LoadGenerator:
     """The load generator process, seen from the backend: ``set_rate``, records out.
 
@@ -249,17 +514,30 @@ class LoadGenerator:
 
     def __init__(self, url: str, write_fraction: float = 0.0, *, timeout_s: float = 5.0,
                  on_record: Callable[[Record], None] | None = None,
-                 start_timeout_s: float = 15.0, kill_after_s: float = 2.0) -> None:
+                 start_timeout_s: float = 15.0, kill_after_s: float = 2.0,
+                 replay: ReplayPlan | None = None) -> None:
         self.url, self.timeout_s, self.kill_after_s = url, timeout_s, kill_after_s
         self.on_record = on_record
         self.records: queue.SimpleQueue[Record] = queue.SimpleQueue()
         self.callback_errors = 0
+        self.replay = replay
+        # replay mode: (method, path) -> requests sent and answered (a bounded tally)
+        self.sent: Counter[tuple[str, str]] = Counter()
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._stderr: deque[str] = deque(maxlen=40)
         self._closed = False
+        self._arrivals: str | None = None
         cmd = [sys.executable, str(Path(__file__).resolve()), "--url", url,
                "--write-fraction", repr(float(write_fraction)), "--timeout", repr(timeout_s)]
+        if replay is not None:
+            with tempfile.NamedTemporaryFile("w", prefix="shadowrl-replay-", suffix=".txt",
+                                             delete=False, encoding="utf-8") as fh:
+                self._arrivals = fh.name
+                replay.write(fh)
+            cmd += ["--replay", self._arrivals, "--speed", repr(replay.speed),
+                    "--duration", repr(replay.duration_s), "--seed", str(replay.seed)]
+            cmd += ["--loop"] if replay.loop else []
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True)
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True,
@@ -299,6 +577,10 @@ class LoadGenerator:
                 if line.strip() == "ready":
                     self._ready.set()
                 continue
+            if record.method is not None:
+                key = (record.method, record.path or "")
+                if key in self.sent or len(self.sent) < 1000:
+                    self.sent[key] += 1
             if self.on_record is None:
                 self.records.put(record)
                 continue
@@ -323,8 +605,19 @@ class LoadGenerator:
                 raise _unavailable(f"the load generator is not running: {exc}") from exc
 
     def set_rate(self, rate: float) -> None:
-        """Requests per wall second from now on (0 pauses)."""
+        """Requests per wall second from now on (0 pauses); ignored while replaying, whose
+        rate is the recording's (:meth:`replay_from`)."""
         self._send(f"rate {max(0.0, float(rate))!r}")
+
+    def replay_from(self, wall: float, scenario_s: float, load: float = 1.0) -> None:
+        """Replay so that at unix time ``wall`` the shadow is at scenario second
+        ``scenario_s`` (the recording at ``scenario_s x scale``), with ``load`` times the
+        recorded rate; a no-op without a replay, so the backend calls it unconditionally."""
+        plan = self.replay
+        if plan is None:
+            return
+        keep = plan.keep * max(0.0, float(load))
+        self._send(f"replay {float(wall)!r} {float(scenario_s) * plan.scale!r} {keep!r}")
 
     def drain(self) -> list[Record]:
         """Every queued record (only without ``on_record``)."""
@@ -370,6 +663,9 @@ class LoadGenerator:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        if self._arrivals is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._arrivals)
 
     def __enter__(self) -> LoadGenerator:
         return self

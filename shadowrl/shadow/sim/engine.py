@@ -300,6 +300,12 @@ class SimShadow:
 
     @staticmethod
     def _builtin_pattern(sc: Scenario, params: SimParams) -> Callable[[float], float]:
+        if sc.deployment.traffic.replay is not None:  # recorded traffic (docs/replay.md)
+            from shadowrl.traffic.recording import scenario_pattern
+
+            replayed = scenario_pattern(sc, window_s=params.block_s)
+            assert replayed is not None
+            return replayed
         pattern = sc.deployment.traffic.pattern
         if pattern == "diurnal":
             return lambda t: diurnal_factor(t, params)

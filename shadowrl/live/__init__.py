@@ -1,0 +1,1 @@
+"""The live link: config sync, the traffic mirror and recordings of live traffic."""
