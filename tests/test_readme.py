@@ -863,7 +863,9 @@ _CALIBRATED = ("written by shadowrl calibrate (real rehearsals)",
                "test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_calibration")
 PATH_EXCEPTIONS.update({name: _CALIBRATED for name in ("params.yaml", "scenario.yaml",
                                                         "report.json")})
-NOT_PATHS = {"shadowrl/v1": "the scenario format's apiVersion"}
+NOT_PATHS = {"shadowrl/v1": "the scenario format's apiVersion",
+             "shadowrl.io/": "the prefix of the Kubernetes annotations sync reads",
+             "/__mirror/metrics": "the traffic mirror's metrics endpoint (a URL path)"}
 OUTPUT_DIRS = {".git", "out", "runs", "mlruns", "mlartifacts", "build", "dist", ".venv",
                ".benchmarks", ".hypothesis", ".pytest_cache", ".ruff_cache"}
 EXTENSIONS = r"py|md|yaml|yml|csv|json|html|parquet|zip|db|toml|txt"

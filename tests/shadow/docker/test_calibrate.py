@@ -34,8 +34,11 @@ def test_calibrate_resumes_after_an_interrupt_and_writes_a_loadable_calibration(
     out = tmp_path / "cal"
     argv = [sys.executable, "-m", "shadowrl", "calibrate", str(scenario), "--out", str(out),
             *ARGS]
+    # Ctrl-C as at a terminal, even when pytest was started where SIGINT is ignored (a
+    # background job of a script): Python leaves an inherited SIG_IGN in place
     first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "DOCKER_HOST": docker_host()})
+                             text=True, env={**os.environ, "DOCKER_HOST": docker_host()},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "experiments" / "fit-0.json").exists():
         assert first.poll() is None, first.communicate()
