@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from shadowrl.core.errors import BackendUnavailable
 from shadowrl.shadow.docker.loadgen import LoadGenerator, Record, error_source, parse_record
+from tests.local_server import serve
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -44,7 +44,6 @@ def server() -> Iterator[Server]:
     from aiohttp import web
 
     srv = Server()
-    loop = asyncio.new_event_loop()
 
     async def handle(request: web.Request) -> web.Response:
         n = len(srv.arrivals)
@@ -55,21 +54,9 @@ def server() -> Iterator[Server]:
         headers = {"X-Shadow-Error": source} if source else {}
         return web.Response(status=status, headers=headers, text="x")
 
-    app = web.Application()
-    app.router.add_route("*", "/", handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    srv.url = f"http://127.0.0.1:{port}/"
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield srv
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serve(handle, handler_cancellation=True) as url:
+        srv.url = url
+        yield srv
 
 
 def test_open_loop_rate_and_write_fraction(server: Server) -> None:

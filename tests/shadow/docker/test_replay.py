@@ -8,10 +8,8 @@ and query strings sent are the recorded ones (mapped for the reference app)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from shadowrl.core.injection import Injection
 from shadowrl.core.spec import load_scenario
 from shadowrl.shadow.docker.loadgen import LoadGenerator, ReplayPlan, replay_window
 from shadowrl.traffic.recording import load_recording
+from tests.local_server import serve
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPRESSION = 60
@@ -45,27 +44,15 @@ def server() -> Iterator[Server]:
     from aiohttp import web
 
     srv = Server()
-    loop = asyncio.new_event_loop()
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         srv.arrivals.append((time.time(), request.method, request.raw_path, body))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    srv.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield srv
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serve(handle, "/{tail:.*}") as url:
+        srv.url = url
+        yield srv
 
 
 def _plan(n: int = 40, **kw: Any) -> ReplayPlan:
