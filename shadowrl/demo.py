@@ -7,8 +7,11 @@ budgets (training follows the experiment file).
 
 Last, when Docker is reachable or can be started here, the real-shadow stage: the configured
 and the optimized procedure rehearsed on the real (Docker) shadow on the same incidents,
-beside the simulator's figures for the same seeds (``--no-real`` skips it; without Docker
-it says how to enable it).
+beside the simulator's figures for the same seeds; then the live-link stage: ``shadowrl
+sync`` reads a stand-in "live" deployment (idle containers with compose's labels on the same
+daemon, apart from the shadow) into a new scenario, the simulator rehearses it, and after a
+new live release ``sync --check`` reports the drift (exit 1, the expected outcome). Both
+Docker stages are skipped by ``--no-real``; without Docker they say how to enable them.
 """
 
 from __future__ import annotations
@@ -16,10 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shadowrl.live.sync.demo_deployment import DemoDeployment
 
 
 def stages(scenario: str, experiment: str, out: Path, quick: bool) -> list[list[str]]:
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: out/demo/SCENARIO-NAME)")
     parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run)")
     parser.add_argument("--no-real", action="store_true",
-                        help="skip the real-shadow stage (Docker)")
+                        help="skip the real-shadow and live-link stages (Docker)")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.scenario)
     if out.exists() and any(out.iterdir()):
@@ -90,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             return code
     if not args.no_real:
         code = real_shadow_stage(args.scenario, out, exe)
+        if code != 0:
+            return code
+        code = live_link_stage(out, exe)
         if code != 0:
             return code
     print(closing_message(out, model_uri))
@@ -125,14 +137,19 @@ def docker_reachable() -> str | None:
     return None
 
 
+def skipping(stage: str, why: str) -> str:
+    """Why a Docker stage is skipped, and how to enable it."""
+    return (f"\nSkipping the {stage} stage: {why}\nTo enable it: on Debian, as root, "
+            f"`apt-get install -y docker.io debootstrap` (or point DOCKER_HOST at a daemon), "
+            f"then run `make demo` again; see docs/docker-shadow.md.")
+
+
 def real_shadow_stage(scenario: str, out: Path, exe: list[str]) -> int:
     """Rehearse both procedures on the real shadow and on the simulator, same seeds, and
     print their figures side by side."""
     why = docker_reachable()
     if why is not None:
-        print(f"\nSkipping the real-shadow stage: {why}\nTo enable it: on Debian, as root, "
-              f"`apt-get install -y docker.io debootstrap` (or point DOCKER_HOST at a "
-              f"daemon), then run `make demo` again; see docs/docker-shadow.md.", flush=True)
+        print(skipping("real-shadow", why), flush=True)
         return 0
     print("\nThe real shadow: the configured and the optimized procedure on the same "
           "incidents, in Docker and in the simulator (the first real run builds the images, "
@@ -164,6 +181,86 @@ def real_vs_sim_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+LIVE_RUNS = "3"
+DRIFT_EXIT = 1  # what `shadowrl sync --check` exits with on drift
+LIVE_SHOP = "web v1 (2 replicas, the edge) -> api v7 (2) -> db"
+LIVE_RELEASE = "v2"
+
+
+def live_stages(out: Path, project: str) -> list[list[str]]:
+    """Sync a new scenario from the live project, rehearse it on the simulator, and check
+    it against live again (after a release: drift)."""
+    live = out / "live"
+    scenario = str(live / "scenario.yaml")
+    source = f"docker:{project}"
+    return [
+        ["sync", source, "--scenario", scenario],
+        ["rehearse", scenario, "--runs", LIVE_RUNS, "--out", str(live / "rehearsal")],
+        ["sync", source, "--scenario", scenario, "--check"],
+    ]
+
+
+def expected_exit(stage: list[str]) -> int:
+    """The exit code that means the stage worked: drift for `sync --check` (it runs after a
+    live release), else 0."""
+    return DRIFT_EXIT if stage[0] == "sync" and "--check" in stage else 0
+
+
+def open_live_deployment() -> tuple[DemoDeployment, str]:
+    """An empty stand-in live deployment on the daemon the real shadow uses (its app image is
+    cached by then), and that daemon's address for the commands to read it through."""
+    from shadowrl.live.sync.demo_deployment import DemoDeployment
+    from shadowrl.shadow.docker.daemon import connect, docker_host
+    from shadowrl.shadow.docker.images import ensure_images
+
+    client = connect(start=True)
+    try:
+        image = ensure_images(client).app
+        live = DemoDeployment(client, image, f"demo-{secrets.token_hex(3)}")
+    except BaseException:
+        client.close()
+        raise
+    return live, docker_host(client)
+
+
+def live_link_stage(out: Path, exe: list[str]) -> int:
+    """`shadowrl sync` against a stand-in live deployment: a new scenario, rehearsed on the
+    simulator; a live release, reported as drift by `sync --check`. The live containers are
+    removed at the end, also on failure or Ctrl-C."""
+    why = docker_reachable()
+    if why is not None:
+        print(skipping("live-link", why), flush=True)
+        return 0
+    print(f"\nThe live link: `shadowrl sync` reads a live deployment (idle containers with "
+          f"compose's labels, apart from the shadow: {LIVE_SHOP}) into a new scenario, the "
+          f"simulator rehearses it, then a new web release shows as drift.", flush=True)
+    started = time.monotonic()
+    (out / "live").mkdir(parents=True, exist_ok=True)
+    (out / "live" / "scenario.yaml").unlink(missing_ok=True)  # created anew on each demo
+    live, host = open_live_deployment()
+    try:
+        live.start_shop("v1")
+        print(f"live: compose project {live.project}: {LIVE_SHOP}", flush=True)
+        for stage in live_stages(out, live.project):
+            expected = expected_exit(stage)
+            if expected == DRIFT_EXIT:
+                live.release_web(LIVE_RELEASE)
+                print(f"\nlive: web released at {LIVE_RELEASE} (its containers recreated); "
+                      f"drift is the expected outcome (exit {DRIFT_EXIT})", flush=True)
+            print(f"\n$ shadowrl {shlex.join(stage)}", flush=True)
+            code = subprocess.call([*exe, *stage], env={**os.environ, "DOCKER_HOST": host})
+            if code != expected:
+                print(f"stage failed with exit code {code} (expected {expected})",
+                      file=sys.stderr)
+                return code or 1
+    finally:
+        live.close()
+        live.client.close()
+    print(f"\nlive link: done in {time.monotonic() - started:.0f}s; the live containers are "
+          f"removed", flush=True)
+    return 0
+
+
 def closing_message(out: Path, model_uri: str) -> str:
     """Where the demo's outputs are and what each holds; the workflow is said to be the
     best static procedure, not the (adaptive) policy it was trained beside."""
@@ -174,8 +271,10 @@ def closing_message(out: Path, model_uri: str) -> str:
             f"best static procedure found while training {model_uri}, as an Argo Workflow: "
             f"the policy itself is adaptive and cannot be exported as a fixed procedure yet "
             f"(its header compares the two). Browse the run with "
-            f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`. The real-shadow "
-            f"rehearsals (when Docker was reachable) are in {out / 'real'}.")
+            f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`. When Docker was reachable, the "
+            f"real-shadow rehearsals are in {out / 'real'}, and the live link's synced "
+            f"scenario (scenario.yaml, with its drift check) and its rehearsal are in "
+            f"{out / 'live'}.")
 
 
 def default_out(scenario: str) -> Path:

@@ -3,7 +3,8 @@ shadow: the synced scenario validates and rehearses on both backends, a new live
 drift, ``--watch --shadow`` rolls a real shadow to it, and SIGTERM ends the watch and
 removes the shadow.
 
-The live deployment is a few idle containers of the app image carrying compose's labels
+The live deployment (``shadowrl.live.sync.demo_deployment``, which ``make demo`` uses too)
+is a few idle containers of the app image carrying compose's labels
 (``com.docker.compose.project``/``service``) and ``shadowrl.*`` labels, on their own
 network; everything is labelled with the module's id and removed by label at the end.
 """
@@ -31,6 +32,7 @@ from shadowrl.app.sync import SyncRequest, sync, watch
 from shadowrl.cli.commands import Command
 from shadowrl.cli.sync import SYNC_HELP, sync_cmd
 from shadowrl.core.spec import load_scenario
+from shadowrl.live.sync.demo_deployment import DemoDeployment
 from shadowrl.rehearsal.runner import rehearse
 from shadowrl.shadow.docker import labels as lbl
 from shadowrl.shadow.docker.daemon import docker_host
@@ -38,46 +40,14 @@ from shadowrl.shadow.docker.daemon import docker_host
 SHADOW_SETTINGS = "\nshadow: {time_compression: 60, sample_fraction: 0.4}  # by hand: kept\n"
 
 
-class Live:
-    """A compose-style "live" deployment: web (2) -> api (2) -> db."""
-
-    def __init__(self, client: Any, image: str, live_id: str) -> None:
-        self.client, self.image, self.id = client, image, live_id
-        self.project = f"live-{live_id}"
-        self.network = client.networks.create(f"shd-{live_id}", driver="bridge",
-                                              internal=True, labels=lbl.labels(live_id))
-        self.containers: dict[str, list[Any]] = {}
-
-    def run(self, service: str, replicas: int, feature: str = "a", **labels: str) -> None:
-        for old in self.containers.pop(service, []):
-            old.remove(force=True)
-        self.containers[service] = [self.client.containers.run(
-            self.image, ["sleep", "3600"], detach=True, init=True,
-            name=f"{self.project}-{service}-{i + 1}-{secrets.token_hex(2)}",
-            network=self.network.name, environment={"FEATURE": feature},
-            labels={**lbl.labels(self.id, "live-test"),
-                    "com.docker.compose.project": self.project,
-                    "com.docker.compose.service": service, **labels})
-            for i in range(replicas)]
-
-
 @pytest.fixture(scope="module")
-def live(docker_client: Any, image: str) -> Iterator[Live]:
-    from shadowrl.shadow.docker.sweep import sweep
-
-    deployment = Live(docker_client, image, f"sync-{secrets.token_hex(3)}")
+def live(docker_client: Any, image: str) -> Iterator[DemoDeployment]:
+    deployment = DemoDeployment(docker_client, image, f"sync-{secrets.token_hex(3)}")
     try:
-        deployment.run("web", 2, **{"shadowrl.version": "v1", "shadowrl.calls": "api",
-                                    "shadowrl.edge": "true"})
-        deployment.run("api", 2, **{"shadowrl.version": "v7", "shadowrl.calls": "db"})
-        deployment.run("db", 1, **{"shadowrl.kind": "datastore"})
+        deployment.start_shop("v1")
         yield deployment
     finally:
-        sweep(docker_client, shadow_id=deployment.id, only_dead_owners=False)
-        try:
-            deployment.network.remove()
-        except Exception:  # noqa: BLE001 - the sweep removed it already
-            pass
+        deployment.close()
 
 
 def cli_check(source: str, scenario: Path) -> Any:
@@ -88,7 +58,7 @@ def cli_check(source: str, scenario: Path) -> Any:
                                     "--json"])
 
 
-def test_sync_rehearses_on_both_backends_and_reports_a_new_version(live: Live,
+def test_sync_rehearses_on_both_backends_and_reports_a_new_version(live: DemoDeployment,
                                                                    tmp_path: Path) -> None:
     path = tmp_path / "shop.yaml"
     source = f"docker:{live.project}"
@@ -118,7 +88,7 @@ def test_sync_rehearses_on_both_backends_and_reports_a_new_version(live: Live,
         ("web", "version", "v1", "v2")]
 
 
-def test_watch_rolls_the_shadow_to_the_new_live_version(live: Live, tmp_path: Path,
+def test_watch_rolls_the_shadow_to_the_new_live_version(live: DemoDeployment, tmp_path: Path,
                                                         docker_client: Any) -> None:
     live.run("web", 2, **{"shadowrl.version": "v1", "shadowrl.calls": "api",
                           "shadowrl.edge": "true"})
@@ -197,7 +167,7 @@ watch(request, on_log=lambda m: print(m, file=sys.stderr, flush=True))
 """
 
 
-def test_sigterm_ends_the_watch_and_removes_its_shadow(live: Live, tmp_path: Path,
+def test_sigterm_ends_the_watch_and_removes_its_shadow(live: DemoDeployment, tmp_path: Path,
                                                        docker_client: Any) -> None:
     path = tmp_path / "shop.yaml"
     source = f"docker:{live.project}"
