@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "shadowrl"
 LAYERS = ("core", "shadow", "traffic", "rehearsal", "analysis", "calibration", "live", "rl",
-          "integrations", "app", "cli", "export")
+          "integrations", "app", "service", "cli", "export")
 EXTRAS = ("gymnasium", "torch", "stable_baselines3", "sb3_contrib", "ray", "mlflow", "optuna")
 UI = ("rich", "typer")
 
@@ -118,6 +118,16 @@ def test_shadow_imports_only_core_and_traffic() -> None:
     not_below = tuple(x for x in LAYERS if x not in ("core", "traffic"))
     bad += [where(p, i) for p in MODULES if layer(p) == "traffic" for i in IMPORTS[p]
             if in_layers(i.module, not_below) or top_package(i.module) in (*EXTRAS, *UI)]
+    assert not bad
+
+
+def test_service_sits_below_the_cli() -> None:
+    """``service`` (``shadowrl serve``) runs the application layer's use cases; only the CLI
+    and the application layer's ``serve`` use case import it."""
+    bad = [where(p, i) for p in MODULES if layer(p) == "service" for i in IMPORTS[p]
+           if in_layers(i.module, ("cli",))]
+    bad += [where(p, i) for p in MODULES if layer(p) not in ("service", "cli", "app")
+            for i in IMPORTS[p] if in_layers(i.module, ("service",))]
     assert not bad
 
 

@@ -289,7 +289,8 @@ JSON_COVERED = {"train": "tests/app/test_sweep.py::test_train_json_stdout_is_one
                              "calibration",
                 "sync": "tests/live/sync/test_cli.py::test_create_then_in_sync_then_drift",
                 "mirror": "tests/live/test_mirror.py::"
-                          "test_the_mirrored_share_over_10000_requests_is_within_1_point_of_p"}
+                          "test_the_mirrored_share_over_10000_requests_is_within_1_point_of_p",
+                "serve": "tests/service/test_cli.py::test_json_prints_one_object_when_it_stops"}
 BAD_FILE_COVERED = {
     "train": "tests/app/test_experiment.py::test_bad_experiment_names_file_line_and_field",
     # takes no file: its bad input is a bad subcommand or flag
@@ -297,7 +298,8 @@ BAD_FILE_COVERED = {
     "calibrate": "tests/app/test_calibrate.py::test_a_bad_scenario_names_its_line",
     "sync": "tests/live/sync/test_cli.py::test_a_bad_scenario_or_source_file_names_its_line",
     # takes no file: its bad input is a bad flag
-    "mirror": "tests/live/test_mirror.py::test_bad_flags_exit_2_naming_the_flag"}
+    "mirror": "tests/live/test_mirror.py::test_bad_flags_exit_2_naming_the_flag",
+    "serve": "tests/service/test_cli.py::test_a_bad_config_names_file_line_and_field"}
 
 
 def test_the_json_claim_is_made() -> None:

@@ -30,6 +30,7 @@ from shadowrl.cli.render import (
     print_validation,
     progress_bars,
 )
+from shadowrl.cli.serve import SERVE_HELP, serve_cmd
 from shadowrl.cli.sync import SYNC_HELP, sync_cmd
 from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
 
@@ -40,6 +41,7 @@ app.add_typer(docker_app, name="docker", cls=Group)
 app.command("calibrate", cls=Command, help=CALIBRATE_HELP)(calibrate_cmd)
 app.command("sync", cls=Command, help=SYNC_HELP)(sync_cmd)
 app.command("mirror", cls=Command, help=MIRROR_HELP)(mirror_cmd)
+app.command("serve", cls=Command, help=SERVE_HELP)(serve_cmd)
 
 OBJECTIVE_HELP = ("budget | downtime: minimise the SLO objective's error budget burned, or "
                   "downtime plus weighted failed requests.")
