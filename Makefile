@@ -20,7 +20,8 @@ install:
 	$(PIP) install -q -e ".[all,dev]"
 
 # What the tests need beyond Python: a headless Chromium to look at the HTML report as a user
-# would. Installed from Debian's packages when missing and we may (root with apt-get).
+# would, and its chromedriver for the service dashboard's browser test (Selenium drives it).
+# Installed from Debian's packages when missing and we may (root with apt-get).
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -29,6 +30,13 @@ system-deps:
 			|| { apt-get update -q >/dev/null 2>&1 && \
 			     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
 		else echo "chromium missing and cannot be installed here: the browser test will skip"; fi; }
+	@command -v chromedriver >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing chromium-driver (Debian package) for the dashboard's browser test"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-driver >/dev/null 2>&1 \
+			|| { apt-get update -q >/dev/null 2>&1 && \
+			     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium-driver >/dev/null; }; \
+		else echo "chromedriver missing and cannot be installed here: the dashboard's browser test will skip"; fi; }
 
 # What the Docker shadow's tests need beyond Python: dockerd (the tests start a private daemon
 # when none answers; no systemd needed) and debootstrap (builds the base image from the Debian
