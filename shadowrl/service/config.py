@@ -179,6 +179,9 @@ class ServiceConfig(_Strict):
         return next((d for d in self.deployments if d.name == name), None)
 
 
+PathKey = tuple[str | int, ...]
+
+
 def load_service_config(path: str | Path) -> ServiceConfig:
     """Load and check a service config: its own fields, unique deployment names, every
     scenario and history file it names, and the token sources (an unset variable or an
@@ -187,47 +190,62 @@ def load_service_config(path: str | Path) -> ServiceConfig:
     data, lines = load_yaml_file(path)
     cfg = validate_model(ServiceConfig, data, file, lines)
     cfg.__dict__["_base"] = Path(path).resolve().parent
-    problems: list[Problem] = []
+    found = _deployment_problems(cfg) + _token_problems(cfg)
+    if found:
+        raise SpecError([Problem(file, lines.line(where), format_path(where), message)
+                         for where, message in found])
+    return cfg
 
-    def problem(where: tuple[str | int, ...], message: str) -> None:
-        problems.append(Problem(file, lines.line(where), format_path(where), message))
 
+def _deployment_problems(cfg: ServiceConfig) -> list[tuple[PathKey, str]]:
+    from shadowrl.rehearsal.alerts import check_webhook_url
+
+    out: list[tuple[PathKey, str]] = []
     seen: set[str] = set()
     for i, dep in enumerate(cfg.deployments):
+        at: PathKey = ("deployments", i)
         if dep.name in seen:
-            problem(("deployments", i, "name"), f"deployment {dep.name!r} is named twice")
+            out.append(((*at, "name"), f"deployment {dep.name!r} is named twice"))
         seen.add(dep.name)
         try:
             load_scenario(cfg.path_of(dep.scenario))
         except SpecError as exc:
-            problem(("deployments", i, "scenario"), f"{dep.scenario}: "
-                    + "; ".join(str(p) for p in exc.problems[:3]))
+            out.append(((*at, "scenario"), f"{dep.scenario}: "
+                        + "; ".join(str(p) for p in exc.problems[:3])))
         if dep.history is not None and dep.history.file is not None \
                 and not cfg.path_of(dep.history.file).is_file():
-            problem(("deployments", i, "history", "file"), f"no such file: {dep.history.file}")
-        if dep.rehearse.at == "peak" and dep.history is None:
-            sc_has_history = _scenario_has_history(cfg, dep)
-            if not sc_has_history:
-                problem(("deployments", i, "rehearse", "at"), "peak needs a history (this "
-                        "deployment's history, or the scenario's deviations.history)")
+            out.append(((*at, "history", "file"), f"no such file: {dep.history.file}"))
+        if dep.alert_webhook is not None:
+            try:
+                check_webhook_url(dep.alert_webhook)
+            except ValueError as exc:
+                out.append(((*at, "alert_webhook"), str(exc)))
+        if dep.rehearse.at == "peak" and dep.history is None \
+                and not _scenario_has_history(cfg, dep):
+            out.append(((*at, "rehearse", "at"), "peak needs a history (this deployment's "
+                        "history, or the scenario's deviations.history)"))
+    return out
+
+
+def _token_problems(cfg: ServiceConfig) -> list[tuple[PathKey, str]]:
+    out: list[tuple[PathKey, str]] = []
     names: set[str] = set()
     for i, token in enumerate(cfg.auth.tokens):
+        at: PathKey = ("auth", "tokens", i)
         if token.name in names:
-            problem(("auth", "tokens", i, "name"), f"token {token.name!r} is named twice")
+            out.append(((*at, "name"), f"token {token.name!r} is named twice"))
         names.add(token.name)
         if token.env is not None and not os.environ.get(token.env):
-            problem(("auth", "tokens", i, "env"), f"environment variable {token.env} is not "
-                    "set (or empty)")
+            out.append(((*at, "env"), f"environment variable {token.env} is not set "
+                        "(or empty)"))
         if token.file is not None:
             try:
                 if not cfg.path_of(token.file).read_text().strip():
-                    problem(("auth", "tokens", i, "file"), f"{token.file} is empty")
+                    out.append(((*at, "file"), f"{token.file} is empty"))
             except OSError as exc:
-                problem(("auth", "tokens", i, "file"), f"{token.file}: cannot read: "
-                        f"{exc.strerror or exc}")
-    if problems:
-        raise SpecError(problems)
-    return cfg
+                out.append(((*at, "file"), f"{token.file}: cannot read: "
+                            f"{exc.strerror or exc}"))
+    return out
 
 
 def _scenario_has_history(cfg: ServiceConfig, dep: DeploymentConfig) -> bool:

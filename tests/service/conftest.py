@@ -52,15 +52,17 @@ class Service:
     """A running ``shadowrl serve``; ``log`` collects its stderr."""
 
     config: Path
+    args: tuple[str, ...] = ()  # more `shadowrl serve` flags
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     log: list[str] = field(default_factory=list)
 
     def start(self, timeout_s: float = 60.0) -> Service:
-        env = {**os.environ, "SHADOWRL_TEST_READ": READ_TOKEN,
-               "SHADOWRL_TEST_WRITE": WRITE_TOKEN}
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+               "SHADOWRL_TEST_READ": READ_TOKEN, "SHADOWRL_TEST_WRITE": WRITE_TOKEN}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shadowrl", "serve", str(self.config), "--port", "0"],
+            [sys.executable, "-m", "shadowrl", "serve", str(self.config), "--port", "0",
+             *self.args],
             cwd=self.config.parent, env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         found = threading.Event()

@@ -187,3 +187,44 @@ def test_peak_rehearsals_use_the_forecast_of_a_fetched_history(tmp_path: Path,
         assert job["result"]["history"].endswith("-history.json")
     finally:
         svc.stop()
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """An Alertmanager-style webhook receiver: keeps every JSON body posted to it."""
+
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        length = int(self.headers.get("Content-Length", 0))
+        Receiver.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_rehearsal_alerts_reach_the_configured_webhook(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Receiver.bodies = []
+    config = tmp_path / "service.yaml"
+    config.write_text(HEAD + f"""  - name: checkout
+    scenario: {ROOT / 'envs' / 'checkout.yaml'}
+    alert_webhook: http://127.0.0.1:{server.server_address[1]}/alerts
+    rehearse: {{every: null, runs: 2}}
+    optimize: {{on_change: false}}
+""")
+    svc = Service(config).start()
+    try:
+        job = svc.wait_job(svc.get("/api/v1/jobs")[0]["id"])
+        assert job["status"] == "succeeded" and not job["result"].get("alert_errors")
+        raised = sum(group["count"] for group in job["result"]["alerts"])
+        assert raised > 0  # checkout's configured procedure raises alerts
+        posted = [a for body in Receiver.bodies for a in body["alerts"]]
+        assert len(posted) == raised
+        assert {a["labels"]["scenario"] for a in posted} == {"checkout"}
+    finally:
+        svc.stop()
+        server.shutdown()
