@@ -183,6 +183,8 @@ def _help_of(segment: list[str]) -> tuple[str, list[str]]:
         prog, args = [sys.executable, "-m", "mlflow", "ui"], words[2:]
     elif words[:2] == ["ray", "start"]:
         prog, args = [sys.executable, "-m", "ray.scripts.scripts", "start"], words[2:]
+    elif words[0] == "curl":  # its plain --help lists only the most used options
+        return external_help(("curl", "--help", "all")), words[1:]
     else:
         raise AssertionError(f"no way to get the help of `{shlex.join(segment)}`")
     return external_help(tuple(prog)), args
@@ -190,7 +192,8 @@ def _help_of(segment: list[str]) -> tuple[str, list[str]]:
 
 @cache
 def external_help(prog: tuple[str, ...]) -> str:
-    done = subprocess.run([*prog, "--help"], cwd=ROOT, capture_output=True, text=True,
+    argv = list(prog) if "--help" in prog else [*prog, "--help"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, f"{prog} --help: {done.stderr[-2000:]}"
     return done.stdout
@@ -663,6 +666,7 @@ def test_the_demo_prints_the_files_the_readme_names(
 
     import shadowrl.demo as demo
 
+    produced = ws_produced(ws)  # runs README commands: before processes are refused below
     stages: list[list[str]] = []
 
     def fake_run(argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
@@ -698,7 +702,6 @@ def test_the_demo_prints_the_files_the_readme_names(
     positions = [comment.find(f" {n}") for n in names]
     assert -1 not in positions and positions == sorted(positions), (names, comment)
     outs = [argv[argv.index("--out") + 1] for argv in stages if "--out" in argv]
-    produced = ws_produced(ws)
     for path, _ in md.inline_spans(README):
         if path.startswith("out/demo/"):  # out/demo/NAME/...: the default scenario's outputs
             under = [o for o in outs if path.rstrip("/") == o or path.startswith(o + "/")]

@@ -16,7 +16,8 @@ SERVE_HELP = (
     "with rehearse.at: peak), re-optimize and publish verified procedures, alert, and serve "
     "the HTTP API (verdicts for Argo Rollouts and Flagger, jobs, procedures, /metrics) and "
     "the dashboard at /dashboard/. State lives in a database (SQLite by default). Ctrl-C or "
-    "SIGTERM stops it; a restart resumes the schedules.")
+    "SIGTERM stops it (with --json, printing what the session did); a restart resumes the "
+    "schedules.")
 
 
 def serve_cmd(
@@ -26,10 +27,9 @@ def serve_cmd(
     port: int = typer.Option(8080, min=0, max=65535, help="Port to listen on (0: any free)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="A Ray cluster for "
                                            "the jobs' shadow replicas (default: local)."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log",
-                                    help="Log every request (never its token)."),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP + " (When it stops: what "
-                                  "the session did.)"),
+    no_access_log: bool = typer.Option(False, "--no-access-log",
+                                       help="Do not log each request (tokens never are)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run the service (SERVE_HELP)."""
     from shadowrl.app.serve import ServeRequest, serve
@@ -37,7 +37,7 @@ def serve_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     request = ServeRequest(config=config, host=host, port=port, ray_address=ray_address,
-                           access_log=access_log)
+                           access_log=not no_access_log)
     try:
         with bad_input_exits_2():
             result = serve(request, on_log=lambda m: err.print(m, markup=False,

@@ -36,6 +36,11 @@ Name = Annotated[str, PathParam(pattern=r"^[a-z0-9]([a-z0-9-]{0,62})$",
                                 description="a deployment's name from the config")]
 JobId = Annotated[int, PathParam(ge=1, le=2**62)]
 bearer_scheme = HTTPBearer(auto_error=False, description="a read or write token")
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no bearer token, or one the service does not know"}}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **READ_ERRORS, 403: {"description": "a read token where a write token is needed"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such deployment or job"}}
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
@@ -135,7 +140,8 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
     def root() -> RedirectResponse:
         return RedirectResponse("/dashboard/")
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+             responses=READ_ERRORS)
     def metrics(request: Request, credentials: Credentials) -> Response:
         """Prometheus text format (a read token unless ``auth.public_metrics``)."""
         if not state.cfg.auth.public_metrics:
@@ -145,32 +151,34 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
     # ------------------------------------------------------------------ deployments
 
     @app.get("/api/v1/deployments", response_model=list[schemas.Deployment],
-             tags=["deployments"])
+             tags=["deployments"], responses=READ_ERRORS)
     def deployments(_who: Read) -> Any:
         return state.deployments()
 
     @app.get("/api/v1/deployments/{name}", response_model=schemas.DeploymentDetail,
-             tags=["deployments"], responses={404: {}})
+             tags=["deployments"], responses={**READ_ERRORS, **NOT_FOUND})
     def deployment(name: Name, _who: Read) -> Any:
         return state.describe(name)
 
     @app.get("/api/v1/deployments/{name}/verdict", response_model=schemas.Verdict,
-             tags=["verdicts"], responses={404: {}})
+             tags=["verdicts"], responses={**READ_ERRORS, **NOT_FOUND})
     def verdict(name: Name, _who: Read) -> Any:
         """The latest stored verdict (for Argo Rollouts' web metric: ``{$.healthy}``)."""
         return state.verdict(name)
 
     @app.get("/api/v1/deployments/{name}/verdicts", response_model=list[schemas.Verdict],
-             tags=["verdicts"], responses={404: {}})
+             tags=["verdicts"], responses={**READ_ERRORS, **NOT_FOUND})
     def verdicts(name: Name, _who: Read,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
         """The rehearsal history, newest first."""
         return state.verdicts(name, limit)
 
     @app.post("/api/v1/deployments/{name}/gate", response_model=schemas.Verdict,
-              tags=["verdicts"], responses={404: {}, 412: {"model": schemas.GateRefusal}})
+              tags=["verdicts"], responses={**READ_ERRORS, **NOT_FOUND,
+                         412: {"model": schemas.GateRefusal}})
     def gate(name: Name, _who: Read, payload: schemas.FlaggerPayload | None = None) -> Any:
         """A Flagger webhook: 200 when the rollback is rehearsed and healthy, 412 when not."""
+        state.check_deployment(name)
         try:
             found = state.verdict(name)
         except NotFound as exc:
@@ -182,7 +190,9 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
         return found
 
     @app.get("/api/v1/deployments/{name}/procedure", tags=["deployments"],
-             response_class=PlainTextResponse, responses={404: {}})
+             response_class=PlainTextResponse,
+             responses={**READ_ERRORS, **NOT_FOUND, 200: {"content": {
+                 t: {} for t in sorted(set(FORMAT_TYPES.values()))}}})
     def procedure(name: Name, _who: Read,
                   format: Annotated[str, Query(pattern="^(yaml|argo|chaostoolkit|shell)$")]
                   = "yaml") -> Response:
@@ -193,11 +203,11 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
 
     @app.post("/api/v1/deployments/{name}/rehearsals", status_code=202,
               response_model=schemas.Job, tags=["jobs"],
-              responses={404: {}, 409: {}, 429: {}})
+              responses={**WRITE_ERRORS, **NOT_FOUND, 409: {}, 429: {}})
     def trigger_rehearsal(name: Name, who: Write, request: Request,
                           body: schemas.RehearsalTrigger | None = None) -> Any:
         body = body or schemas.RehearsalTrigger()
-        state.check_deployment(name)
+        state.check_rehearsal(name, body.at)
         take_trigger(request, who)
         job = state.trigger_rehearsal(name, body.runs, body.seed, body.at)
         log.info("job %s: rehearsal of %s triggered by token %s", job["id"], name, who.name)
@@ -205,18 +215,19 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
 
     @app.post("/api/v1/deployments/{name}/optimizations", status_code=202,
               response_model=schemas.Job, tags=["jobs"],
-              responses={404: {}, 409: {}, 429: {}})
+              responses={**WRITE_ERRORS, **NOT_FOUND, 409: {}, 429: {}})
     def trigger_optimization(name: Name, who: Write, request: Request,
                              body: schemas.OptimizationTrigger | None = None) -> Any:
         body = body or schemas.OptimizationTrigger()
-        state.check_deployment(name)
+        state.check_optimization(name)
         take_trigger(request, who)
         job = state.trigger_optimization(name, body.method, body.episodes)
         log.info("job %s: optimization of %s triggered by token %s", job["id"], name,
                  who.name)
         return job
 
-    @app.get("/api/v1/jobs", response_model=list[schemas.Job], tags=["jobs"])
+    @app.get("/api/v1/jobs", response_model=list[schemas.Job], tags=["jobs"],
+             responses={**READ_ERRORS, **NOT_FOUND})
     def jobs(_who: Read,
              deployment: Annotated[str | None, Query(pattern=r"^[a-z0-9-]{1,63}$")] = None,
              status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|"
@@ -225,7 +236,7 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
         return state.jobs(deployment, status, limit)
 
     @app.get("/api/v1/jobs/{job_id}", response_model=schemas.Job, tags=["jobs"],
-             responses={404: {}})
+             responses={**READ_ERRORS, **NOT_FOUND})
     async def job(job_id: JobId, _who: Read,
                   since: Annotated[int | None, Query(ge=0, le=2**62)] = None,
                   wait: Annotated[float, Query(ge=0, le=30)] = 0.0) -> Any:
@@ -234,20 +245,20 @@ def create_app(state: ServiceState, *,  # noqa: C901 (one short function per rou
         return await state.wait_job(job_id, since=since, wait_s=wait)
 
     @app.post("/api/v1/jobs/{job_id}/cancel", status_code=202, response_model=schemas.Job,
-              tags=["jobs"], responses={404: {}})
+              tags=["jobs"], responses={**WRITE_ERRORS, **NOT_FOUND})
     def cancel(job_id: JobId, who: Write) -> Any:
         job = state.cancel(job_id)
         log.info("job %s: cancel asked by token %s", job_id, who.name)
         return job
 
     @app.get("/api/v1/jobs/{job_id}/timeline", response_model=schemas.Timeline,
-             tags=["jobs"], responses={404: {}})
+             tags=["jobs"], responses={**READ_ERRORS, **NOT_FOUND})
     def timeline(job_id: JobId, _who: Read,
                  run: Annotated[int | None, Query(ge=0, le=100_000)] = None) -> Any:
         """One run's edge timeline (default: the run with the most failed requests)."""
         return state.timeline(job_id, run)
 
-    DASHBOARD.mkdir(exist_ok=True)
-    app.mount("/dashboard", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD, html=True, check_dir=False),
+              name="dashboard")
     app.add_middleware(BodyLimit, max_bytes=state.cfg.limits.max_request_bytes)
     return app

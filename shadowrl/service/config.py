@@ -151,6 +151,7 @@ class ServiceConfig(_Strict):
     kind: Literal["Service"]
     metadata: Metadata = Field(default_factory=Metadata)
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<data>/shadowrl.db
+    database_env: str | None = None  # or: the variable holding the URL (keeps passwords out)
     data: str = "shadowrl-data"  # job outputs (rehearsal reports, procedures)
     auth: Auth = Field(default_factory=Auth)
     limits: Limits = Field(default_factory=Limits)
@@ -171,6 +172,8 @@ class ServiceConfig(_Strict):
 
     @property
     def database_url(self) -> str:
+        if self.database_env is not None:
+            return os.environ[self.database_env]
         if self.database is not None:
             return self.database
         return f"sqlite:///{(self.data_dir / 'shadowrl.db').resolve()}"
@@ -229,6 +232,11 @@ def _deployment_problems(cfg: ServiceConfig) -> list[tuple[PathKey, str]]:
 
 def _token_problems(cfg: ServiceConfig) -> list[tuple[PathKey, str]]:
     out: list[tuple[PathKey, str]] = []
+    if cfg.database is not None and cfg.database_env is not None:
+        out.append((("database_env",), "give database or database_env, not both"))
+    if cfg.database_env is not None and not os.environ.get(cfg.database_env):
+        out.append((("database_env",), f"environment variable {cfg.database_env} is not set "
+                    "(or empty)"))
     names: set[str] = set()
     for i, token in enumerate(cfg.auth.tokens):
         at: PathKey = ("auth", "tokens", i)

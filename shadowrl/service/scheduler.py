@@ -247,7 +247,7 @@ class Scheduler:
             if not self.store.start_job(job.id, os.getpid(), str(out_dir)):
                 continue
             argv = [sys.executable, "-m", "shadowrl.service.worker", "--config",
-                    str(self.config_path), "--job", str(job.id)]
+                    str(self.config_path), "--job", str(job.id), "--parent", str(os.getpid())]
             if self.ray_address:
                 argv += ["--ray-address", self.ray_address]
             log = open(jobs_dir / f"{job.id}.log", "ab")  # noqa: SIM115 (closed when reaped)

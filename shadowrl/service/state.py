@@ -69,6 +69,18 @@ class ServiceState:
     def check_deployment(self, name: str) -> None:
         self._dep(name)
 
+    def check_rehearsal(self, name: str, at: str | None) -> None:
+        """What makes a rehearsal trigger fail, checked before it counts against the rate
+        limit: an unknown deployment (404), a full queue or a peak without history (409)."""
+        dep = self._dep(name)
+        self._room()
+        if at == "peak" and dep.history is None and not self._scenario_history(dep):
+            raise Conflict(f"{name!r} has no history to forecast a peak from")
+
+    def check_optimization(self, name: str) -> None:
+        self._dep(name)
+        self._room()
+
     # ------------------------------------------------------------------ deployments
 
     def deployments(self) -> list[dict[str, Any]]:
@@ -179,10 +191,8 @@ class ServiceState:
 
     def trigger_rehearsal(self, name: str, runs: int | None, seed: int | None,
                           at: str | None) -> dict[str, Any]:
+        self.check_rehearsal(name, at)
         dep = self._dep(name)
-        self._room()
-        if at == "peak" and dep.history is None and not self._scenario_history(dep):
-            raise Conflict(f"{name!r} has no history to forecast a peak from")
         with self.scheduler.lock:
             job_id = self.scheduler.queue_rehearsal(dep, "trigger", runs=runs, seed=seed,
                                                     at=at, force=True)
@@ -191,8 +201,8 @@ class ServiceState:
 
     def trigger_optimization(self, name: str, method: str | None, episodes: int | None
                              ) -> dict[str, Any]:
+        self.check_optimization(name)
         dep = self._dep(name)
-        self._room()
         with self.scheduler.lock:
             job_id = self.scheduler.queue_optimization(dep, "trigger", method=method,
                                                        episodes=episodes, force=True)

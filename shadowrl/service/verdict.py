@@ -38,11 +38,12 @@ def judge(summary: dict[str, Any], healthy: Healthy) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-CRITICAL_KINDS = ("rollback_failed", "rollback_ineffective", "new_errors")
+CRITICAL_KINDS = ("rollback_failed", "rollback_ineffective")  # the runner's critical alerts
 
 
 def alert_counts(summary: dict[str, Any]) -> dict[str, int]:
-    """Alerts by severity (``new_errors`` and failures are critical; ``too_slow`` warns)."""
+    """Alerts by severity, as the rehearsal raised them: a failed or ineffective rollback is
+    critical; ``too_slow`` and ``new_errors`` warn."""
     counts = {"critical": 0, "warning": 0}
     for group in summary.get("alerts", []):
         key = "critical" if group.get("kind") in CRITICAL_KINDS else "warning"

@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shadowrl.service.config import DeploymentConfig, ServiceConfig, load_service_config
-from shadowrl.service.store import Store, loads
-from shadowrl.service.verdict import verdict
+if TYPE_CHECKING:  # imported where used: a job must take its signals before anything slow
+    from shadowrl.service.config import DeploymentConfig, ServiceConfig
+    from shadowrl.service.store import Store
 
 PR_SET_PDEATHSIG = 1
 PROGRESS_EVERY_S = 0.5
@@ -85,6 +86,8 @@ def run_rehearse(cfg: ServiceConfig, store: Store, job: Any, out_dir: Path,
                  ray_address: str | None) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     from shadowrl.app.rehearse import RehearseRequest, rehearse
     from shadowrl.service.forecast import forecast_peak
+    from shadowrl.service.store import loads
+    from shadowrl.service.verdict import verdict
 
     dep = cfg.deployment(job.deployment)
     assert dep is not None
@@ -120,6 +123,7 @@ def run_optimize(cfg: ServiceConfig, store: Store, job: Any, out_dir: Path,
     the held-out incidents and passed the real-shadow verification when one is asked; a
     rehearsal of the published procedure follows, so the verdict is about it."""
     from shadowrl.app.optimize import OptimizeRequest, optimize
+    from shadowrl.service.store import loads
 
     dep = cfg.deployment(job.deployment)
     assert dep is not None
@@ -160,19 +164,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one job of `shadowrl serve`.")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--job", type=int, required=True)
+    parser.add_argument("--parent", type=int, default=None, help="the service's pid")
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args(argv)
+    # First of all, before anything slow: Ctrl-C semantics even when the service was started
+    # with SIGINT ignored, and SIGINT when the service dies (or at once if it already has).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     die_with_parent()
-    cfg = load_service_config(args.config)
+    try:
+        if args.parent is not None and os.getppid() != args.parent:
+            raise KeyboardInterrupt
+        return run_job(args.config, args.job, args.ray_address)
+    except KeyboardInterrupt:  # before the job could record anything of its own
+        return interrupted_early(args.config, args.job)
+
+
+def run_job(config: Path, job_id: int, ray_address: str | None) -> int:
+    from shadowrl.service.config import load_service_config
+    from shadowrl.service.store import Store
+
+    cfg = load_service_config(config)
     store = Store(cfg.database_url)
-    job = store.job(args.job)
+    job = store.job(job_id)
     if job is None or job.status != "running" or job.out_dir is None:
-        print(f"job {args.job} is not running", file=sys.stderr)
+        print(f"job {job_id} is not running", file=sys.stderr)
         return 2
     out_dir = Path(job.out_dir)
     runner = {"rehearse": run_rehearse, "optimize": run_optimize}[job.kind]
     try:
-        status, result, found = runner(cfg, store, job, out_dir, args.ray_address)
+        status, result, found = runner(cfg, store, job, out_dir, ray_address)
     except KeyboardInterrupt:
         status, result, found = "interrupted", None, None
     except Exception as exc:  # the job fails; the service and other jobs go on
@@ -186,6 +206,20 @@ def main(argv: list[str] | None = None) -> int:
              "cancelled": "cancelled"}.get(status)
     store.finish_job(job.id, status, result=result, error=error, verdict=found)
     return 0
+
+
+def interrupted_early(config: Path, job_id: int) -> int:
+    """SIGINT before the job ran: record it (cancelled when asked), unless it has an end."""
+    from shadowrl.service.config import load_service_config
+    from shadowrl.service.store import Store
+
+    cfg = load_service_config(config)
+    store = Store(cfg.database_url)
+    job = store.job(job_id)
+    if job is not None and job.status == "running":
+        status = "cancelled" if job.cancel_requested else "interrupted"
+        store.finish_job(job_id, status, error=f"{status} before it started running")
+    return 130
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ DECISIONS: tuple[Decision, ...] = (
              ("tests/live/sync/test_cli.py::test_create_then_in_sync_then_drift",
               "tests/shadow/docker/test_sync_live.py::"
               "test_sync_rehearses_on_both_backends_and_reports_a_new_version")),
+    Decision(r"shadowrl serve .*", "covered",
+             "a service that runs until stopped: the tests run it on a free port with a real "
+             "SQLite file and call its API",
+             ("tests/service/test_api.py::"
+              "test_triggered_rehearsal_completes_and_its_verdict_is_served",
+              "tests/docs/test_service_examples.py::test_the_example_config_loads")),
+    Decision(r"curl .*/api/v1/.*", "covered", "a call of a running service's API",
+             ("tests/service/test_api.py::"
+              "test_triggered_rehearsal_completes_and_its_verdict_is_served",)),
     Decision(r"shadowrl mirror .*", "covered",
              "a proxy that runs until stopped, in front of a live service: the tests run it "
              "between real HTTP servers",

@@ -35,7 +35,9 @@ def test_sigkill_and_restart_lose_nothing(tmp_path: Path) -> None:
 
     second = Service(config).start()
     try:
-        assert second.get("/api/v1/deployments/checkout/verdict")["job"] == verdict["job"]
+        jobs = {j["id"]: j for j in second.get("/api/v1/jobs")}
+        assert second.get("/api/v1/deployments/checkout/verdict")["job"] == verdict["job"], \
+            (jobs, (tmp_path / "data" / "jobs" / f"{job['id']}.log").read_text()[-3000:])
         assert second.get("/api/v1/deployments/checkout/verdict")["downtime_s"] == \
             verdict["downtime_s"]
         jobs = {j["id"]: j for j in second.get("/api/v1/jobs")}
