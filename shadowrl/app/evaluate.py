@@ -29,7 +29,8 @@ POLICY_HELP = ("configured, random, greedy, oracle, a procedure .yaml, a policy 
 class EvaluateRequest(BaseModel):
     file: Path
     params: Path | None = None  # simulator parameters (--params); over simulator.params
-    policy: str  # configured | random | greedy | oracle | PROC.yaml | POLICY.zip | models:/...
+    policy: str  # configured | random | greedy | oracle | PROC.yaml | RUNBOOK.yaml | POLICY.zip
+    #              | models:/...
     episodes: int = Field(default=100, ge=1)
     seed: int = 10000
     replicas: int = Field(default=1, ge=1)  # parallel shadow replicas (Ray)
@@ -45,7 +46,13 @@ def resolve_policy(spec: str, scenario: Scenario) -> tuple[Any, Procedure | None
     A YAML file is a procedure file or a scenario file; either way the policy runs its
     procedure as configured (a scenario file's is its ``procedure:``, so ``--policy
     envs/checkout.yaml`` on checkout is ``--policy configured``), checked against ``scenario``
-    with file:line errors."""
+    with file:line errors.
+
+    A runbook file (``kind: Runbook``, docs/runbooks.md) is checked against ``scenario`` the
+    same way and plays as a :class:`RunbookPolicy`: the branch is chosen from what is seen
+    at the breach, then its procedure runs. It brings no procedure: the environment keeps
+    the scenario's, whose steps every branch's procedure orders, sets or skips (so the
+    scenario's ``verify`` and ``budget`` apply)."""
     from shadowrl.rl.search import BUILTIN_POLICIES, builtin_policy
 
     if spec in BUILTIN_POLICIES:
@@ -67,6 +74,13 @@ def resolve_policy(spec: str, scenario: Scenario) -> tuple[Any, Procedure | None
             return load_policy(path, name=path.name), None
         except Exception as exc:  # noqa: BLE001 - any load failure is a bad input file
             raise UsageError(f"{path}: cannot load policy: {exc}") from None
+    from shadowrl.core.runbook import is_runbook_file
+
+    if is_runbook_file(path):
+        from shadowrl.core.runbook import load_runbook
+        from shadowrl.rl.runbook_policy import RunbookPolicy
+
+        return RunbookPolicy(load_runbook(path, scenario), name=str(path)), None
     from shadowrl.core.plan import configured_plan
     from shadowrl.rl.policy import StaticPolicy
 

@@ -25,7 +25,7 @@ from shadowrl.export.sources import ExportSource, PolicyStandIn
 
 
 class ExportRequest(BaseModel):
-    source: str  # procedure.yaml, scenario YAML, MLflow run id or models:/NAME@ALIAS
+    source: str  # procedure.yaml, runbook.yaml, scenario YAML, MLflow run id or models:/...
     format: str  # yaml | argo | chaostoolkit | shell
     out: Path | None = None  # written atomically; None: the caller prints the text
     scenario: Path | None = None  # checks a procedure file against this scenario
@@ -74,7 +74,6 @@ def export(request: ExportRequest, *,
     for an unknown format, a source that cannot be loaded or an output that cannot be
     written."""
     from shadowrl.core.atomic import atomic_write_text
-    from shadowrl.export.commands import placeholders
     from shadowrl.export.renderers import DEFAULT_IMAGE, FORMATS, render
     from shadowrl.export.sources import SourceError, load_source, verification_refusal
     from shadowrl.integrations.sources import RESOLVERS, is_mlflow_source
@@ -93,7 +92,7 @@ def export(request: ExportRequest, *,
         src.stand_in = policy_stand_in(request.source, src)
     text = render(src, fmt, command=export_command(request),
                   image=request.image or DEFAULT_IMAGE)
-    warnings = list(src.warnings) + (placeholders(src) if fmt != "yaml" else [])
+    warnings = list(src.warnings) + (_placeholders(src) if fmt != "yaml" else [])
     for warning in warnings:
         if on_warning is not None:
             on_warning(warning)
@@ -109,15 +108,28 @@ def export(request: ExportRequest, *,
     return _report(request, src, fmt, text, warnings, written)
 
 
+def _placeholders(src: ExportSource) -> list[str]:
+    """The steps to fill in before running the export (a runbook: in any branch)."""
+    from shadowrl.export.commands import placeholders
+    from shadowrl.export.runbook_renderers import runbook_placeholders
+
+    return runbook_placeholders(src) if src.runbook is not None else placeholders(src)
+
+
 def _report(request: ExportRequest, src: ExportSource, fmt: str, text: str,
             warnings: list[str], written: str | None) -> ExportReport:
     from shadowrl.export.renderers import exported_line
 
     stand = src.stand_in
     configured = src.scenario is not None and src.procedure is src.scenario.procedure
-    exported = exported_line(src) or (
-        f"the configured procedure '{src.procedure.name}' of scenario {src.origin}"
-        if configured else f"the procedure '{src.procedure.name}' in {src.origin}")
+    if src.runbook is not None:
+        from shadowrl.export.runbook_renderers import runbook_exported_line
+
+        exported = runbook_exported_line(src)
+    else:
+        exported = exported_line(src) or (
+            f"the configured procedure '{src.procedure.name}' of scenario {src.origin}"
+            if configured else f"the procedure '{src.procedure.name}' in {src.origin}")
     policy = None if stand is None else ExportedPolicy(
         name=stand.policy, champion=stand.champion, evaluation=stand.evaluation)
     return ExportReport(format=fmt, text=text, warnings=warnings, written=written,

@@ -541,7 +541,12 @@ def _step_comments(c: StepCommand, i: int, n: int) -> list[str]:
 
 def render(src: ExportSource, fmt: str, command: str | None = None,
            image: str = DEFAULT_IMAGE) -> str:
-    """Render ``src`` in one of :data:`FORMATS`."""
+    """Render ``src`` in one of :data:`FORMATS` (a runbook source: every branch, and how
+    one is chosen: :mod:`shadowrl.export.runbook_renderers`)."""
+    if src.runbook is not None:
+        from shadowrl.export.runbook_renderers import render_runbook
+
+        return render_runbook(src, fmt, command, image=image)
     if fmt == "yaml":
         return to_yaml(src, command)
     if fmt == "argo":

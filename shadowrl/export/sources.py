@@ -1,9 +1,11 @@
-"""What an export starts from: a procedure file, a scenario file, or a source that a caller's
+"""What an export starts from: a procedure file, a scenario file, a runbook file, or a source
+that a caller's
 :class:`SourceResolver` loads (the CLI passes :data:`shadowrl.integrations.sources.RESOLVERS`
 for MLflow runs and registered models), and what a file's header says about its procedure.
 
 A procedure file is checked like a ``--procedure`` file: against ``--scenario`` when given,
-else on its own (types, settings, step names, ``after``). Export never imports an
+else on its own (types, settings, step names, ``after``); a runbook file (``kind: Runbook``)
+likewise, like ``evaluate --policy RUNBOOK.yaml``. Export never imports an
 integration: sources it cannot read as files come only through the resolvers it is handed.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from shadowrl.core.runbook import Runbook, runbook_from_data
 from shadowrl.core.spec import (
     LineMap,
     PathKey,
@@ -67,6 +70,7 @@ class ExportSource:
     lines: LineMap | None = None  # field path -> line of ``origin``, when read from a file
     stand_in: PolicyStandIn | None = None  # set when the source names a policy, not a procedure
     verification: dict[str, Any] | None = None  # read_header's: passed, failed or none
+    runbook: Runbook | None = None  # a runbook file's; ``procedure`` is then its default's
 
     def __post_init__(self) -> None:
         if self.scenario_name is None and self.scenario is not None:
@@ -121,13 +125,16 @@ def load_source(source: str, scenario_path: Path | None = None,
         sc.__dict__["_source"] = path
         return ExportSource(procedure=sc.procedure, scenario=sc, name=sc.procedure.name,
                             origin=file, lines=lines)
-    if not isinstance(data, dict) or "procedure" not in data:
-        raise SpecError([Problem(file, 1, "", "expected a scenario (kind: Scenario) or a "
-                                             "procedure file (a mapping with 'procedure:')")])
+    is_runbook = isinstance(data, dict) and data.get("kind") == "Runbook"
+    if not isinstance(data, dict) or ("procedure" not in data and not is_runbook):
+        raise SpecError([Problem(file, 1, "", "expected a scenario (kind: Scenario), a "
+                                             "procedure file (a mapping with 'procedure:') "
+                                             "or a runbook (kind: Runbook)")])
     meta = data.get("metadata")
     named = meta.get("scenario") if isinstance(meta, dict) else None
     named = named if isinstance(named, str) else None
-    proc = procedure_from_data(data, file, lines, scenario)
+    book = runbook_from_data(data, file, lines, scenario) if is_runbook else None
+    proc = book.default.procedure if book else procedure_from_data(data, file, lines, scenario)
     if scenario is None:
         warnings = [f"{file}: not checked against a scenario (targets, flags and previous "
                     f"configs unknown); give --scenario FILE to check it"]
@@ -140,7 +147,7 @@ def load_source(source: str, scenario_path: Path | None = None,
     return ExportSource(procedure=proc, scenario=scenario, name=proc.name, origin=file,
                         evaluation=header.evaluation, command=header.command,
                         scenario_name=scenario.name if scenario else named, warnings=warnings,
-                        lines=lines, verification=header.verification)
+                        lines=lines, verification=header.verification, runbook=book)
 
 
 def export_error(src: ExportSource, path: PathKey, message: str) -> SpecError:
