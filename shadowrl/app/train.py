@@ -323,6 +323,7 @@ def _tracked(exp: Experiment, request: TrainRequest, work: _Workdir, scenario: S
             _log_artifacts(out_dir)
             info = tracking.log_policy_model(out_dir / "policy.zip", scenario_path,
                                              procedure_path=out_dir / "procedure.yaml",
+                                             runbook_path=out_dir / "runbook.yaml",
                                              registered_model_name=exp.tracking.model)
             version = str(info.registered_model_version)
         except KeyboardInterrupt as exc:
@@ -525,7 +526,8 @@ def _log_artifacts(out_dir: Path) -> None:
     import mlflow
 
     for artifact in (out_dir / "bottlenecks.json", out_dir / "comparison.md",
-                     out_dir / "procedure.yaml", out_dir / "summary.json",
+                     out_dir / "procedure.yaml", out_dir / "runbook.yaml",
+                     out_dir / "runbook.json", out_dir / "summary.json",
                      out_dir / "episodes.json",
                      out_dir / "rehearsal" / "report.html",
                      out_dir / "rehearsal" / "profiles.parquet"):

@@ -93,6 +93,7 @@ from shadowrl.rehearsal.verification import Verification, summary_line
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
+    from shadowrl.core.runbook import Runbook
     from shadowrl.rl.agents import SB3Policy
     from shadowrl.rl.env import RollbackEnv
     from shadowrl.rl.evaluate import Episode
@@ -1148,6 +1149,7 @@ mlflow.models.set_model(RollbackPolicyModel())
 
 def log_policy_model(policy_zip: str | Path, scenario_path: str | Path, *,
                      procedure_path: str | Path | None = None,
+                     runbook_path: str | Path | None = None,
                      registered_model_name: str | None = None, name: str = "policy",
                      library_size: int = 64, await_registration_for: int = 300) -> ModelInfo:
     """Log the policy as a :class:`RollbackPolicyModel` into the active run (and register it
@@ -1193,6 +1195,9 @@ def log_policy_model(policy_zip: str | Path, scenario_path: str | Path, *,
         if procedure_path is not None:
             shutil.copy2(procedure_path, stage / "procedure.yaml")
             artifacts["procedure"] = str(stage / "procedure.yaml")
+        if runbook_path is not None:  # the policy distilled: what the champion exports
+            shutil.copy2(runbook_path, stage / "runbook.yaml")
+            artifacts["runbook"] = str(stage / "runbook.yaml")
         code = stage / "rollback_policy_model.py"  # models from code: nothing pickled
         code.write_text(_MODEL_CODE)
         meta = read_sidecar(policy_file)
@@ -1860,9 +1865,39 @@ def load_export_source(source: str, client: MlflowClient | None = None) -> Expor
             evaluation = _metrics_summary(run.data.metrics, run.data.params)
         if command is None and run is not None:
             command = run.data.tags.get("shadowrl.command")
+        book = _logged_runbook(client, run, model_dir, scenario, dst, source)
     scenario_name = scenario.name if scenario is not None else None
     if scenario_name is None and run is not None:
         scenario_name = run.data.tags.get("shadowrl.scenario")
+    if book is not None:  # an adaptive runbook was distilled: it is what the model exports
+        return ExportSource(procedure=book.default.procedure, scenario=scenario,
+                            name=book.name, origin=source, command=command,
+                            scenario_name=scenario_name, verification=header.verification,
+                            runbook=book)
     return ExportSource(procedure=procedure, scenario=scenario, name=procedure.name,
                         origin=source, evaluation=evaluation, command=command,
                         scenario_name=scenario_name, verification=header.verification)
+
+
+def _logged_runbook(client: MlflowClient, run: Any, model_dir: Path | None,
+                    scenario: Scenario | None, dst: Path, origin: str) -> Runbook | None:
+    """The runbook logged with the run (else the model version) when it has branches: a
+    runbook that is one procedure alone adds nothing to procedure.yaml."""
+    from shadowrl.core.runbook import runbook_from_data
+    from shadowrl.core.spec import load_yaml
+
+    path: Path | None = None
+    if run is not None:
+        found = _find_run_artifact(client, run.info.run_id, "runbook.yaml", depth=1)
+        if found is not None:
+            path = _download_run_file(client, run.info.run_id, found, dst / "runbook")
+    if path is None and model_dir is not None:
+        path = _model_artifact(model_dir, "runbook")
+    if path is None or not path.is_file():
+        return None
+    try:
+        data, lines = load_yaml(path.read_bytes(), f"{origin}: runbook.yaml")
+        book = runbook_from_data(data, f"{origin}: runbook.yaml", lines, scenario)
+    except SpecError as exc:
+        raise ValueError(f"{origin}: invalid runbook.yaml: {exc}") from None
+    return book if book.branches else None

@@ -467,6 +467,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     atomic_write_text(procedure_file, procedure_yaml(
         scenario, best_plan, summaries[described], command, omitted=omitted,
         searched=search is not None, verification=verification))
+    runbook = _runbook(env, opts, results, best_plan, out_dir, command, log)
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(
         scenario, results, changes, n, s0, {}, opts.objective, opts.full_outage_penalty,
         findings=finding_lines(bottlenecks["findings"]), described=described,
@@ -495,9 +496,38 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         oracle=infos.get("oracle"),
         verification=verification,
         verification_file=str(verification_file) if verification is not None else None,
+        runbook=str(out_dir / "runbook.yaml"),
+        runbook_summary=runbook,
     )
     atomic_write_json(out_dir / "summary.json", out.model_dump(mode="json"))
     return out
+
+
+def _runbook(env: RollbackEnv, opts: OptimizeOptions, results: dict[str, MethodResult],
+             best_plan: Plan, out_dir: Path, command: str,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """runbook.yaml (and runbook.json): the RL policy distilled into a decision tree when it
+    beats the best static procedure, else procedure.yaml's procedure alone."""
+    from shadowrl.rl.distill import runbook_of_run, runbook_yaml
+    from shadowrl.rl.policy import actions_to_plan
+
+    policy: Policy | None = None
+    plans = None
+    if "rl" in results:
+        from shadowrl.rl.agents import load_policy
+
+        policy = load_policy(out_dir / "policy.zip")
+        plans = [actions_to_plan(env, e.actions) for e in results["rl"].episodes]
+    costs = {k: results[k].costs.tolist() for k in ("rl", "best_static", "oracle",
+                                                     "configured") if k in results}
+    distilled = runbook_of_run(env, policy=policy, best_plan=best_plan,
+                               eval_seed=opts.eval_seed, costs=costs, policy_plans=plans,
+                               log=log)
+    atomic_write_text(out_dir / "runbook.yaml", runbook_yaml(distilled, env.scenario, command))
+    report = distilled.report()
+    atomic_write_json(out_dir / "runbook.json", report)
+    return {k: v for k, v in report.items() if k != "heldout"} | {
+        "heldout": {k: v for k, v in report["heldout"].items() if k != "per_incident_cost"}}
 
 
 def _verify(scenario: Scenario, opts: OptimizeOptions, plan: Plan, omitted: dict[str, str],

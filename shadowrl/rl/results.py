@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from shadowrl.analysis.summary import EvaluationSummary, ResultModel
 from shadowrl.rehearsal.verification import Verification
 
@@ -43,7 +45,7 @@ class OptimizeResult(ResultModel):
     """What ``optimize`` returns and writes to ``summary.json`` (``optimize --json``)."""
 
     omit_when_empty = frozenset({"search", "rl", "oracle", "verification",
-                                 "verification_file"})
+                                 "verification_file", "runbook", "runbook_summary"})
     scenario: str
     episodes: int
     eval_seed: int
@@ -60,3 +62,5 @@ class OptimizeResult(ResultModel):
     oracle: OracleInfo | None = None
     verification: Verification | None = None  # procedure.yaml on a real backend (--verify)
     verification_file: str | None = None  # verification.json
+    runbook: str | None = None  # runbook.yaml: the policy distilled (docs/runbooks.md)
+    runbook_summary: dict[str, Any] | None = None  # how it was made and did (runbook.json)
