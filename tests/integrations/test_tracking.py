@@ -593,6 +593,50 @@ def test_load_export_source(mlflow_store, policy_zip, tmp_path) -> None:
         tracking.load_export_source("models:/checkout-rollback@nope")
 
 
+def _runbook_file(folder: Path, branches: int) -> Path:
+    """A runbook for checkout: ``branches`` branches (on web's error rate), then the default."""
+    sc = load_scenario(CHECKOUT)
+    proc = procedure_to_data(sc.procedure)
+    data = {"apiVersion": "shadowrl/v1", "kind": "Runbook",
+            "metadata": {"name": f"checkout-runbook-{branches}", "scenario": "checkout"},
+            "branches": [{"name": f"web-errors-{i}",
+                          "when": [{"component": "web", "metric": "error_rate",
+                                    "above": 0.05 * (i + 1)}],
+                          "procedure": {**proc, "name": f"branch-{i}"}}
+                         for i in range(branches)],
+            "default": {"procedure": proc}}
+    path = folder / f"runbook-{branches}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_a_model_exports_its_runbook_when_it_branches(mlflow_store, policy_zip,
+                                                      tmp_path) -> None:
+    from shadowrl.export.renderers import render
+
+    client = mlflow_store.client
+    proc = _procedure_file(tmp_path)
+    for name, branches in (("with-branches", 2), ("one-procedure", 0)):
+        with mlflow.start_run(experiment_id=mlflow_store.experiment_id):
+            info = tracking.log_policy_model(policy_zip, CHECKOUT, procedure_path=proc,
+                                             runbook_path=_runbook_file(tmp_path, branches),
+                                             registered_model_name=name)
+        client.set_registered_model_alias(name, "champion", "1")
+        src = load_source(f"models:/{name}@champion", resolvers=RESOLVERS)
+        if branches:
+            assert src.runbook is not None and len(src.runbook.branches) == 2
+            argo = yaml.safe_load(render(src, "argo"))
+            whens = [t.get("when", "") for tmpl in argo["spec"]["templates"]
+                     for t in tmpl.get("dag", {}).get("tasks", [])]
+            assert any("0.1" in w for w in whens), whens  # the second branch's threshold
+        else:  # a runbook that is one procedure alone: the procedure is exported
+            assert src.runbook is None and src.procedure.name == "checkout-rollback"
+        # a version without a run reads the model's own runbook artifact
+        client.create_model_version(name, info.model_uri)
+        bare = tracking.load_export_source(f"models:/{name}/2")
+        assert (bare.runbook is not None) == bool(branches)
+
+
 # --------------------------------------------------------------------------- server
 
 
