@@ -169,16 +169,22 @@ def header_lines(src: ExportSource, command: str | None = None) -> list[str]:
     exported = exported_line(src)
     if exported:
         lines.append(f"exported: {exported}")
-    if src.command:
-        lines.append(f"produced by: `{one_line(src.command)}`")
+    lines += provenance_lines(src, command, "shadowrl rehearse SCENARIO --procedure "
+                                            "PROCEDURE.yaml")
+    return [one_line(line) for line in lines]
+
+
+def provenance_lines(src: ExportSource, command: str | None, measure: str) -> list[str]:
+    """What produced the source, its evaluation (or the command that would ``measure`` it),
+    its verification and the export's own command: header lines every export shares."""
+    lines = [f"produced by: `{one_line(src.command)}`"] if src.command else []
     ev = evaluation_line(src.evaluation)
-    lines.append(f"evaluation: {ev}" if ev else
-                 "evaluation: none recorded (measure it: shadowrl rehearse SCENARIO "
-                 "--procedure PROCEDURE.yaml)")
+    lines.append(f"evaluation: {ev}" if ev else f"evaluation: none recorded (measure it: "
+                 f"{measure})")
     lines += verification_lines(src)
     if command:
         lines.append(f"exported by: `{one_line(command)}`")
-    return [one_line(line) for line in lines]
+    return lines
 
 
 def verification_lines(src: ExportSource) -> list[str]:

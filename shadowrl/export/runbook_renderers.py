@@ -53,11 +53,11 @@ from shadowrl.export.renderers import (
     evaluation_line,
     k8s_literal,
     one_line,
+    provenance_lines,
     safe_line,
     to_argo,
     to_chaostoolkit,
     to_shell,
-    verification_lines,
 )
 from shadowrl.export.sources import ExportSource, SourceError
 
@@ -259,15 +259,8 @@ def header_lines(src: ExportSource, command: str | None = None) -> list[str]:
     lines = [f"shadowrl runbook '{book.name}'{scenario}", f"source: {src.origin}"]
     if book.metadata.description:
         lines.append(f"description: {book.metadata.description}")
-    if src.command:
-        lines.append(f"produced by: `{one_line(src.command)}`")
-    ev = evaluation_line(src.evaluation)
-    lines.append(f"evaluation: {ev}" if ev else
-                 "evaluation: none recorded (measure it: shadowrl evaluate SCENARIO --policy "
-                 "RUNBOOK.yaml)")
-    lines += verification_lines(src)
-    if command:
-        lines.append(f"exported by: `{one_line(command)}`")
+    lines += provenance_lines(src, command, "shadowrl evaluate SCENARIO --policy "
+                                            "RUNBOOK.yaml")
     lines.append("decided once, at the breach: the first branch whose conditions all hold "
                  "runs its procedure, else the default's")
     every = parts(src)
