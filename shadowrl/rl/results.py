@@ -39,6 +39,10 @@ class OracleInfo(ResultModel):
     exact: int
     max_nodes: int
     mean_nodes: float
+    # over the incidents it could not finish: the mean proven lower bound's gap to the best
+    # found, as a share of the best found (0: every search finished)
+    mean_gap: float = 0.0
+    max_gap: float = 0.0
 
 
 class OptimizeResult(ResultModel):

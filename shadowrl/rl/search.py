@@ -110,7 +110,8 @@ class OracleResult:
     cost: float
     actions: list[int]
     nodes: int
-    exact: bool  # False when the node budget ran out: then the best found, not a bound
+    exact: bool  # False when the node budget ran out: then the best found, not the optimum
+    bound: float = 0.0  # a proven lower bound of the optimum (== cost when exact)
 
 
 def rollout(env: RollbackEnv, actions: Sequence[int]) -> float:
@@ -153,6 +154,9 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
             best.cost, best.actions = c, list(candidate)
     env_restore(env, root)
     nodes = 0
+    # Lower bounds of the subtrees left unexplored when the budget runs out: costs only
+    # accumulate, so a node's cost so far bounds every completion through it.
+    frontier: list[float] = []
     # Transpositions: a node reached later and at higher cost than an earlier node with the
     # same steps done and the same shadow state is dominated (its future is the same future,
     # shifted in time), so it is pruned.
@@ -174,6 +178,8 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
         for a in np.flatnonzero(env.action_masks()):
             if nodes >= max_nodes:
                 best.exact = False
+                frontier.append(cost_so_far)  # this node was not fully expanded
+                env_restore(env, snap)
                 return
             nodes += 1
             _, reward, term, _, _ = env.step(int(a))
@@ -185,19 +191,22 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
                 children.append((c, int(a), env_snapshot(env)))
             env_restore(env, snap)
         children.sort(key=lambda x: x[0])
-        for c, a, child in children:
+        for k, (c, a, child) in enumerate(children):
             if c >= best.cost - 1e-9:
                 break
             env_restore(env, child)
             dfs(c, [*path, a])
             if nodes >= max_nodes:
                 best.exact = False
+                # sorted by cost: the next child bounds the rest
+                frontier.extend(cost for cost, _, _ in children[k + 1:k + 2])
                 break
         env_restore(env, snap)
 
     dfs(0.0, [])
     env_restore(env, root)
     best.nodes = nodes
+    best.bound = best.cost if best.exact else min([best.cost, *frontier])
     return best
 
 
@@ -224,7 +233,8 @@ class OraclePolicy:
         incumbents = [plan_actions(env, p) for p in self.incumbent_plans]
         result = branch_and_bound(env, self.max_nodes, incumbents)
         self.results.append(result)
-        self.last_info = {"exact": result.exact, "nodes": result.nodes}
+        self.last_info = {"exact": result.exact, "nodes": result.nodes,
+                          "bound": result.bound, "cost": result.cost}
         self._queue = list(result.actions)
 
     def act(self, env: RollbackEnv, obs: np.ndarray) -> int:

@@ -362,7 +362,7 @@ def test_branch_and_bound_is_exact_on_a_tiny_procedure(tiny_path: Path, tiny_bru
         assert count == 144
         obs, _ = env.reset(seed=seed)
         result = branch_and_bound(env, max_nodes=100_000)
-        assert result.exact
+        assert result.exact and result.bound == result.cost
         assert 0 < result.nodes <= 100_000
         assert result.cost == pytest.approx(optimum, rel=1e-9, abs=1e-12)
         # the env is back at the root, and the actions replay to the reported cost
@@ -402,6 +402,7 @@ def test_branch_and_bound_with_a_tiny_budget(tiny_path: Path, tiny_brute) -> Non
         assert result.nodes <= 3
         assert result.cost <= min(costs) + 1e-9
         assert result.cost >= optimum - 1e-9  # a real sequence, not a bound
+        assert 0 <= result.bound <= optimum + 1e-9  # a proven lower bound: never above it
         assert rollout(env, result.actions) == pytest.approx(result.cost, rel=1e-9)
         # the optimum as an incumbent is kept even when the search stops at once
         env.reset(seed=seed)
@@ -457,3 +458,17 @@ def test_oracle_policy_replays_and_keeps_incumbents(checkout, checkout_static) -
         assert not r.exact and e.extra == {"exact": False, "nodes": r.nodes}
         assert e.cost <= s.cost + 1e-9
         assert actions_to_plan(env, e.actions) == actions_to_plan(env, r.actions)
+
+
+def test_an_unfinished_search_proves_a_lower_bound_of_the_optimum(
+        tiny_path: Path, tiny_brute) -> None:
+    env = RollbackEnv(tiny_path)
+    for seed, (optimum, _, _) in tiny_brute.items():
+        bounds = []
+        for budget in (5, 20, 60, 100_000):
+            env.reset(seed=seed)
+            result = branch_and_bound(env, max_nodes=budget)
+            assert result.bound <= optimum + 1e-9 <= result.cost + 2e-9
+            bounds.append(result.bound)
+        assert bounds[-1] == pytest.approx(optimum, rel=1e-9, abs=1e-12)
+        assert max(bounds[:-1]) <= optimum + 1e-9
