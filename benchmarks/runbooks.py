@@ -52,13 +52,32 @@ def redistill(scenario: str, out: Path) -> dict[str, Any]:
     seed, n = episodes["eval_seed"], episodes["episodes"]
     policy = load_policy(out / "policy.zip")
     plans = [actions_to_plan(env, e.actions) for e in evaluate(env, policy, n, seed)]
-    best = procedure_plan(sc.procedure, load_procedure(out / "procedure.yaml", sc))
+    best = complete(sc, procedure_plan(sc.procedure, load_procedure(out / "procedure.yaml",
+                                                                     sc)))
     result = runbook_of_run(env, policy=policy, best_plan=best, eval_seed=seed, costs=costs,
                             policy_plans=plans)
     atomic_write_text(out / "runbook.yaml", runbook_yaml(result, sc, "benchmarks/runbooks.py"))
     report = result.report()
     atomic_write_json(out / "runbook.json", report)
     return report
+
+
+def complete(sc: Any, plan: list[Any]) -> list[Any]:
+    """procedure.yaml leaves out steps that changed nothing where they ran; put them back
+    (their defaults, where the order allows) so the plan is one over the whole procedure."""
+    from shadowrl.core.plan import validate_plan
+
+    required = {s.name for s in sc.procedure.steps if not s.optional}
+    missing = [(s.name, s.default_settings()) for s in sc.procedure.steps
+               if any(n == s.name and st is None for n, st in plan) and s.name in required]
+    plan = [(n, st) for n, st in plan if not (st is None and n in required)]
+    for candidate in ([*plan, *missing], [*missing, *plan]):
+        try:
+            validate_plan(sc.procedure, candidate)
+            return candidate
+        except ValueError:
+            continue
+    raise ValueError(f"cannot complete the plan of {sc.name}: {missing}")
 
 
 def row(scenario: str, report: dict[str, Any], wall_s: float | None) -> dict[str, Any]:

@@ -5,9 +5,10 @@ an engineer (or a probe) can observe when the SLO breaches, and a procedure; the
 branch whose conditions all hold is run, else the default's procedure. Observables:
 
 - ``{rule: NAME, firing: true|false}``: whether the SLO rule is violated;
-- ``{component: NAME, metric: error_rate|latency_ratio, above: X}`` (or ``at_most: X``): a
-  component's error rate (0..1) or p99 latency over its healthy p99 (``edge`` is the
-  entry point as users see it);
+- ``{component: NAME, metric: error_rate|latency_ratio|cpu|load_ratio, above: X}`` (or
+  ``at_most: X``): a component's error rate (0..1), p99 latency over its healthy p99, CPU
+  utilisation (0..1 of its replicas' capacity) or request rate over its healthy rate
+  (``edge`` is the entry point as users see it);
 - ``{step: NAME, ran: true|false}``: whether a step of the procedure already ran (at the
   breach none has; this matters when a runbook is consulted part-way).
 
@@ -45,7 +46,7 @@ from shadowrl.core.spec import (
 
 MAX_BRANCHES = 64
 MAX_CONDITIONS = 16
-METRICS = ("error_rate", "latency_ratio")
+METRICS = ("error_rate", "latency_ratio", "cpu", "load_ratio")
 EDGE = "edge"
 
 
@@ -55,7 +56,7 @@ class Condition(Strict):
     rule: Name | None = None
     firing: bool | None = None
     component: Name | None = None
-    metric: Literal["error_rate", "latency_ratio"] | None = None
+    metric: Literal["error_rate", "latency_ratio", "cpu", "load_ratio"] | None = None
     above: float | None = Field(default=None, ge=0)
     at_most: float | None = Field(default=None, ge=0)
     step: Name | None = None
@@ -88,7 +89,7 @@ class Condition(Strict):
         if self.step is not None:
             return (self.step in seen.ran) == self.ran
         assert self.component is not None and self.metric is not None
-        values = seen.error_rate if self.metric == "error_rate" else seen.latency_ratio
+        values = seen.metric(self.metric)
         value = float(values.get(self.component, 0.0))
         return value > self.above if self.above is not None else value <= float(self.at_most
                                                                                or 0.0)
@@ -149,13 +150,20 @@ class Runbook(Strict):
 
 @dataclass(frozen=True)
 class Observation:
-    """What is seen when a runbook decides: rules firing, each component's error rate and
-    latency ratio (``edge`` included), and the steps that already ran."""
+    """What is seen when a runbook decides: rules firing, each component's error rate,
+    latency ratio, CPU and load ratio (``edge`` included), and the steps that already ran."""
 
     firing: Set[str] = frozenset()
     error_rate: Mapping[str, float] = field(default_factory=dict)
     latency_ratio: Mapping[str, float] = field(default_factory=dict)
     ran: Set[str] = frozenset()
+    cpu: Mapping[str, float] = field(default_factory=dict)
+    load_ratio: Mapping[str, float] = field(default_factory=dict)
+
+    def metric(self, name: str) -> Mapping[str, float]:
+        """Every component's value of one metric (one of :data:`METRICS`)."""
+        return {"error_rate": self.error_rate, "latency_ratio": self.latency_ratio,
+                "cpu": self.cpu, "load_ratio": self.load_ratio}[name]
 
 
 # --------------------------------------------------------------------------- files

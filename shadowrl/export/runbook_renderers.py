@@ -131,6 +131,13 @@ def default_query(key: tuple[str, ...]) -> str | None:
     if key[2] == "error_rate":
         return (f'sum(rate(http_requests_total{{service="{key[1]}",code=~"5.."}}[1m])) / '
                 f"sum(rate(http_requests_total{sel}[1m]))")
+    if key[2] == "cpu":
+        return (f'sum(rate(container_cpu_usage_seconds_total{{container="{key[1]}"}}[1m])) / '
+                f'sum(kube_pod_container_resource_limits{{container="{key[1]}",'
+                f'resource="cpu"}})')
+    if key[2] == "load_ratio":
+        return (f"sum(rate(http_requests_total{sel}[1m])) / "
+                f"sum(rate(http_requests_total{sel}[1m] offset 1h))")
     bucket = f"rate(http_request_duration_seconds_bucket{sel}[5m]"
     return (f"histogram_quantile(0.99, sum by (le) ({bucket}))) / "
             f"histogram_quantile(0.99, sum by (le) ({bucket} offset 1h)))")

@@ -3,7 +3,8 @@
 The RL policy is adaptive: it recognises the incident from what it sees and picks an order
 and settings for it. A runbook keeps that adaptivity in a form engineers can read and
 deployment tools can run: a shallow decision tree over what is observable at the breach
-(rules firing, components' error rates and latency ratios), whose leaves are plans.
+(rules firing, components' error rates, latency ratios, CPU and load ratios), whose leaves
+are plans.
 
 How (docs/runbooks.md, Distillation):
 
@@ -36,7 +37,15 @@ from typing import Any
 import numpy as np
 
 from shadowrl.core.plan import Plan
-from shadowrl.core.runbook import EDGE, Branch, Condition, Default, Runbook, RunbookMetadata
+from shadowrl.core.runbook import (
+    EDGE,
+    METRICS,
+    Branch,
+    Condition,
+    Default,
+    Runbook,
+    RunbookMetadata,
+)
 from shadowrl.core.spec import Procedure, Scenario
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import run_episode
@@ -56,7 +65,7 @@ FOLDS = 5
 class Feature:
     """One observable: a rule firing (0/1) or a component's metric."""
 
-    kind: str  # rule | error_rate | latency_ratio
+    kind: str  # rule, or one of the runbook's METRICS
     name: str  # rule or component name
 
     def condition(self, threshold: float, above: bool) -> Condition:
@@ -69,8 +78,7 @@ class Feature:
 def features_of(scenario: Scenario) -> list[Feature]:
     comps = [*scenario.components(), EDGE]
     return ([Feature("rule", r.name) for r in scenario.slo.rules]
-            + [Feature("error_rate", c) for c in comps]
-            + [Feature("latency_ratio", c) for c in comps])
+            + [Feature(metric, c) for metric in METRICS for c in comps])
 
 
 def feature_row(env: RollbackEnv, features: Sequence[Feature]) -> list[float]:
@@ -79,10 +87,8 @@ def feature_row(env: RollbackEnv, features: Sequence[Feature]) -> list[float]:
     for f in features:
         if f.kind == "rule":
             row.append(1.0 if f.name in seen.firing else 0.0)
-        elif f.kind == "error_rate":
-            row.append(float(seen.error_rate.get(f.name, 0.0)))
         else:
-            row.append(float(seen.latency_ratio.get(f.name, 0.0)))
+            row.append(float(seen.metric(f.kind).get(f.name, 0.0)))
     return row
 
 
@@ -340,7 +346,8 @@ def _slug(text: str) -> str:
 def _branch_name(cond: Condition) -> str:
     if cond.rule is not None:
         return _slug(f"{cond.rule}-{'firing' if cond.firing else 'quiet'}")
-    metric = "errors" if cond.metric == "error_rate" else "slow"
+    metric = {"error_rate": "errors", "latency_ratio": "slow", "cpu": "cpu",
+              "load_ratio": "load"}[str(cond.metric)]
     level = "high" if cond.above is not None else "low"
     return _slug(f"{cond.component}-{metric}-{level}")
 

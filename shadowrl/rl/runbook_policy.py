@@ -15,8 +15,9 @@ from shadowrl.rl.policy import plan_actions
 
 
 def observe(env: RollbackEnv) -> Observation:
-    """What a runbook can see now: rules firing, each component's and the edge's error rate
-    and p99 latency over healthy, and the steps that ran."""
+    """What a runbook can see now: rules firing, each component's and the edge's error rate,
+    p99 latency over healthy, CPU and request rate over healthy, and the steps that ran (the
+    RL policy sees the same, and the incident's hidden cause is never seen)."""
     healthy = env.healthy_metrics()
     m = env.shadow.sample()
     errors = {name: float(c.error_rate) for name, c in m.components.items()}
@@ -24,9 +25,14 @@ def observe(env: RollbackEnv) -> Observation:
               for name, c in m.components.items()}
     errors[EDGE] = float(m.edge.error_rate)
     ratios[EDGE] = healthy_ratio(m.edge.latency_p99_ms, healthy.edge.latency_p99_ms)
+    cpu = {name: float(c.cpu) for name, c in m.components.items()}
+    cpu[EDGE] = float(m.edge.cpu)
+    load = {name: healthy_ratio(c.rps, healthy.components[name].rps)
+            for name, c in m.components.items()}
+    load[EDGE] = healthy_ratio(m.edge.rps, healthy.edge.rps)
     ran = frozenset(env.steps[i].name for i, s in enumerate(env.status.tolist()) if s == 1)
     return Observation(firing=frozenset(m.failing_rules), error_rate=errors,
-                       latency_ratio=ratios, ran=ran)
+                       latency_ratio=ratios, ran=ran, cpu=cpu, load_ratio=load)
 
 
 def procedure_plan(env_procedure: Procedure, branch: Procedure) -> Plan:

@@ -256,3 +256,12 @@ def test_round_trip(tmp_path, checkout) -> None:
     path.write_text(yaml.safe_dump(runbook_to_data(book), sort_keys=False))
     assert load_runbook(path, checkout) == book
     assert isinstance(book, Runbook)
+
+
+def test_cpu_and_load_conditions_hold() -> None:
+    obs = Observation(cpu={"web": 0.9, "edge": 0.4}, load_ratio={"orders": 1.8})
+    assert Condition(component="web", metric="cpu", above=0.8).holds(obs)
+    assert not Condition(component="edge", metric="cpu", above=0.5).holds(obs)
+    assert Condition(component="orders", metric="load_ratio", above=1.5).holds(obs)
+    assert Condition(component="web", metric="load_ratio", at_most=0).holds(obs)  # unseen: 0
+    assert obs.metric("cpu") is obs.cpu and obs.metric("load_ratio") is obs.load_ratio

@@ -498,3 +498,12 @@ def test_argo_refuses_a_template_tag_in_the_header(tmp_path) -> None:
     with pytest.raises(SpecError, match="shadowrl/produced-by .* template tag"):
         render(src, "argo")
     assert "shadowrl optimize {{x}}" in render(src, "shell")  # a comment there
+
+
+def test_cpu_and_load_probes_have_query_templates() -> None:
+    from shadowrl.export.runbook_renderers import default_query
+
+    cpu = default_query(("metric", "web", "cpu"))
+    load = default_query(("metric", "orders", "load_ratio"))
+    assert cpu is not None and 'container="web"' in cpu and "cpu" in cpu
+    assert load is not None and 'service="orders"' in load and "offset 1h" in load

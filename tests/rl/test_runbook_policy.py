@@ -221,3 +221,19 @@ def test_a_runbook_policy_pickles(checkout, book_file) -> None:
     assert again.book == policy.book and again.name == "runbook:checkout-runbook"
     again.reset(env)
     assert again.branch == policy.branch
+
+
+def test_observe_sees_every_metric_of_every_component_and_the_edge() -> None:
+    from shadowrl.core.runbook import EDGE, METRICS
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.runbook_policy import observe
+
+    env = RollbackEnv(CHECKOUT)
+    env.reset(seed=3)
+    seen = observe(env)
+    components = {*env.scenario.components(), EDGE}
+    for metric in METRICS:
+        assert set(seen.metric(metric)) == components, metric
+    assert seen.error_rate[EDGE] > 0 and seen.load_ratio[EDGE] > 0.3  # a breach, under load
+    assert 0 <= min(seen.cpu.values()) and max(seen.cpu.values()) <= 1.5
+    assert seen.firing and not seen.ran
