@@ -75,7 +75,8 @@ def test_evaluate_is_reproducible_across_envs(checkout) -> None:
 def test_episode_extra_carries_the_policys_info(env: RollbackEnv) -> None:
     oracle = OraclePolicy(max_nodes=30, incumbent_plans=[configured_plan(env.procedure)])
     episodes = evaluate(env, oracle, 2, 10_000)
-    assert [e.extra for e in episodes] == [{"exact": r.exact, "nodes": r.nodes}
+    assert [e.extra for e in episodes] == [{"exact": r.exact, "nodes": r.nodes,
+                                            "bound": r.bound, "cost": r.cost}
                                            for r in oracle.results]
     assert evaluate(env, configured_policy(env), 1, 10_000)[0].extra == {}
 

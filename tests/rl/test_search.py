@@ -455,7 +455,9 @@ def test_oracle_policy_replays_and_keeps_incumbents(checkout, checkout_static) -
     static = evaluate(env, StaticPolicy(found.plan), 3, ORACLE_SEEDS)
     episodes = evaluate(env, oracle, 3, ORACLE_SEEDS)
     for e, s, r in zip(episodes, static, oracle.results):
-        assert not r.exact and e.extra == {"exact": False, "nodes": r.nodes}
+        assert not r.exact and e.extra == {"exact": False, "nodes": r.nodes,
+                                           "bound": r.bound, "cost": r.cost}
+        assert 0 <= r.bound <= r.cost
         assert e.cost <= s.cost + 1e-9
         assert actions_to_plan(env, e.actions) == actions_to_plan(env, r.actions)
 
