@@ -22,13 +22,13 @@ pytestmark = pytest.mark.docker
 @pytest.fixture
 def postgres(docker_client: Any, image: str, shadow_id: str) -> Iterator[str]:
     """A PostgreSQL server's SQLAlchemy URL (pg8000, a pure-Python driver)."""
-    # its own bridge (the test daemon may have no default one), reachable from this host
-    network = docker_client.networks.create(f"shadowrl-pg-{shadow_id}", driver="bridge",
-                                            labels=lbl.labels(shadow_id, "network"))
-    container = docker_client.containers.run(
-        image, [*POSTGRES_COMMAND], user="postgres", detach=True, stop_signal="SIGINT",
-        network=network.name, labels=lbl.labels(shadow_id, "datastore"))
     try:
+        # its own bridge (the test daemon may have no default one), reachable from this host
+        network = docker_client.networks.create(f"shadowrl-pg-{shadow_id}", driver="bridge",
+                                                labels=lbl.labels(shadow_id, "network"))
+        container = docker_client.containers.run(
+            image, [*POSTGRES_COMMAND], user="postgres", detach=True, stop_signal="SIGINT",
+            network=network.name, labels=lbl.labels(shadow_id, "datastore"))
         deadline = time.monotonic() + 60
         while True:
             code, _ = container.exec_run(["psql", "-X", "-q", "-U", "postgres", "-d",
