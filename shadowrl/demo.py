@@ -262,15 +262,24 @@ def live_link_stage(out: Path, exe: list[str]) -> int:
 
 
 def closing_message(out: Path, model_uri: str) -> str:
-    """Where the demo's outputs are and what each holds; the workflow is said to be the
-    best static procedure, not the (adaptive) policy it was trained beside."""
+    """Where the demo's outputs are and what each holds. The workflow is the policy's
+    runbook when training distilled one with branches (train/runbook.json says), else the
+    best static procedure found beside the policy."""
+    runbook = out / "train" / "runbook.yaml"
+    try:
+        branches = int(json.loads((out / "train" / "runbook.json").read_text())["branches"])
+    except (OSError, ValueError, KeyError, TypeError):
+        branches = 0
+    workflow = (f"{out / 'rollback-workflow.yaml'} is the runbook {runbook} distilled from "
+                f"{model_uri} ({branches} branches on what is seen at the breach), as an Argo "
+                f"Workflow" if branches else
+                f"{out / 'rollback-workflow.yaml'} is the best static procedure found while "
+                f"training {model_uri}, as an Argo Workflow (its header compares it with the "
+                f"policy); {runbook} says why the policy's runbook is that procedure alone")
     return (f"\nDone. Open {out / 'rehearsal' / 'report.html'}; read "
             f"{out / 'optimize' / 'comparison.md'} (the search methods against the configured "
             f"procedure) and {out / 'train' / 'comparison.md'} (the trained policy against the "
-            f"configured and best static procedures). {out / 'rollback-workflow.yaml'} is the "
-            f"best static procedure found while training {model_uri}, as an Argo Workflow: "
-            f"the policy itself is adaptive and cannot be exported as a fixed procedure yet "
-            f"(its header compares the two). Browse the run with "
+            f"configured and best static procedures). {workflow}. Browse the run with "
             f"`mlflow ui --backend-store-uri sqlite:///mlflow.db`. When Docker was reachable, the "
             f"real-shadow rehearsals are in {out / 'real'}, and the live link's synced "
             f"scenario (scenario.yaml, with its drift check) and its rehearsal are in "

@@ -44,12 +44,19 @@ def test_the_champion_is_used_when_there_is_one_else_the_new_version() -> None:
     assert trained_model_uri(result("")) == "models:/checkout-rollback/4"
 
 
-def test_the_closing_message_says_the_workflow_is_the_best_static_procedure() -> None:
-    out = Path("out/demo/payments")
+def test_the_closing_message_says_the_workflow_is_the_best_static_procedure(
+        tmp_path: Path) -> None:
+    out = tmp_path / "out/demo/payments"
     text = closing_message(out, "models:/payments-rollback@champion")
     assert (f"{out / 'rollback-workflow.yaml'} is the best static procedure found while "
             f"training models:/payments-rollback@champion") in text
-    assert "cannot be exported as a fixed procedure yet" in text
+    assert f"{out / 'train' / 'runbook.yaml'} says why" in text
+    # a runbook with branches is what the champion exports, and the message says so
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "runbook.json").write_text(json.dumps({"branches": 4}))
+    text = closing_message(out, "models:/payments-rollback@champion")
+    assert (f"{out / 'rollback-workflow.yaml'} is the runbook {out / 'train' / 'runbook.yaml'}"
+            f" distilled from models:/payments-rollback@champion (4 branches") in text
 
 
 def _fake_summaries(argv: list[str]) -> int:

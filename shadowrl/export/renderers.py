@@ -118,8 +118,8 @@ def exported_line(src: ExportSource) -> str | None:
         if theirs and n:
             theirs_text += f" on {n} held-out incidents"
     return one_line(f"{what} {who}, not the policy itself (this procedure: {ours_text}; "
-                    f"{policy}, which is adaptive and cannot be exported as a fixed procedure "
-                    f"yet: {theirs_text})")
+                    f"{policy}, which is adaptive and has no runbook with branches to export "
+                    f"instead: {theirs_text})")
 
 
 _PRINTABLE = re.compile("[\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

@@ -503,7 +503,7 @@ def test_a_registered_policy_exports_its_best_static_procedure_and_says_so(
     expected = (f"the best static procedure found while training champion "
                 f"models:/{MODEL}/{champion}, not the policy itself (this procedure: {static}"
                 f", error budget burn mean {summary.budget_burn.mean:.3%}; the champion "
-                f"policy, which is adaptive and cannot be exported as a fixed procedure yet: "
+                f"policy, which is adaptive and has no runbook with branches to export instead: "
                 f"downtime mean 87s, error budget burn mean 0.160%, on the same 2 held-out "
                 f"incidents)")
 
