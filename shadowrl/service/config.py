@@ -223,8 +223,7 @@ def _deployment_problems(cfg: ServiceConfig) -> list[tuple[PathKey, str]]:
                 check_webhook_url(dep.alert_webhook)
             except ValueError as exc:
                 out.append(((*at, "alert_webhook"), str(exc)))
-        if dep.rehearse.at == "peak" and dep.history is None \
-                and not _scenario_has_history(cfg, dep):
+        if dep.rehearse.at == "peak" and not has_history(cfg, dep):
             out.append(((*at, "rehearse", "at"), "peak needs a history (this deployment's "
                         "history, or the scenario's deviations.history)"))
     return out
@@ -256,8 +255,11 @@ def _token_problems(cfg: ServiceConfig) -> list[tuple[PathKey, str]]:
     return out
 
 
-def _scenario_has_history(cfg: ServiceConfig, dep: DeploymentConfig) -> bool:
+def has_history(cfg: ServiceConfig, dep: DeploymentConfig) -> bool:
+    """Whether a peak can be forecast for ``dep``: its own history, or its scenario's."""
+    if dep.history is not None:
+        return True
     try:
         return load_scenario(cfg.path_of(dep.scenario)).deviations.history is not None
     except SpecError:
-        return True  # already reported
+        return True  # a broken scenario is reported as such, not as a missing history

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shadowrl.service.config import DeploymentConfig, ServiceConfig
+from shadowrl.service.config import DeploymentConfig, ServiceConfig, has_history
 from shadowrl.service.scheduler import Scheduler
 from shadowrl.service.store import FINAL, JobRow, Store, loads
 
@@ -74,7 +74,7 @@ class ServiceState:
         limit: an unknown deployment (404), a full queue or a peak without history (409)."""
         dep = self._dep(name)
         self._room()
-        if at == "peak" and dep.history is None and not self._scenario_history(dep):
+        if at == "peak" and not has_history(self.cfg, dep):
             raise Conflict(f"{name!r} has no history to forecast a peak from")
 
     def check_optimization(self, name: str) -> None:
@@ -219,11 +219,6 @@ class ServiceState:
         queued = self.store.count_by_status().get("queued", 0)
         if queued >= self.cfg.limits.max_queued_jobs:
             raise Conflict(f"{queued} jobs are queued already (limits.max_queued_jobs)")
-
-    def _scenario_history(self, dep: DeploymentConfig) -> bool:
-        from shadowrl.core.spec import load_scenario
-
-        return load_scenario(self.cfg.path_of(dep.scenario)).deviations.history is not None
 
     # ------------------------------------------------------------------ timeline
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import os
 import signal
 import sys
@@ -51,10 +50,6 @@ class Progress:
         if done >= total or now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             self.store.update_job(self.job_id, done=done, total=total)
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def history_for_job(cfg: ServiceConfig, dep: DeploymentConfig, out_dir: Path) -> Path | None:
