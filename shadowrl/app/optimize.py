@@ -19,7 +19,7 @@ from shadowrl.app.common import (
 from shadowrl.app.errors import UsageError
 from shadowrl.core.spec import load_scenario
 from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
-from shadowrl.rl.results import OptimizeResult
+from shadowrl.rl.results import ORACLE_NODES, OptimizeResult
 
 
 class OptimizeRequest(BaseModel):
@@ -35,7 +35,7 @@ class OptimizeRequest(BaseModel):
     episodes: int = Field(default=100, ge=1)  # held-out incidents per method
     eval_seed: int = 10000  # first held-out seed
     trials: int = Field(default=150, ge=1)  # best-static search trials
-    oracle_nodes: int = Field(default=5000, ge=1)  # oracle node budget per incident
+    oracle_nodes: int = Field(default=ORACLE_NODES, ge=1)  # oracle node budget per incident
     objective: str = "budget"  # budget | downtime: what every method minimises
     full_outage_penalty: float = Field(default=0.0, ge=0)  # cost per second of full outage
     command: str | None = None  # recorded in procedure.yaml; default: the equivalent command

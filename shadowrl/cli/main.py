@@ -33,6 +33,7 @@ from shadowrl.cli.render import (
 from shadowrl.cli.serve import SERVE_HELP, serve_cmd
 from shadowrl.cli.sync import SYNC_HELP, sync_cmd
 from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
+from shadowrl.rl.results import ORACLE_NODES
 
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
@@ -176,7 +177,9 @@ def optimize_cmd(
     eval_seed: int = typer.Option(10000, help="First held-out seed."),
     trials: int = typer.Option(150, min=1, max=10_000,
                                help="Plans best-static search may cost (local search included)."),
-    oracle_nodes: int = typer.Option(5000, min=1, help="Oracle node budget per incident."),
+    oracle_nodes: int = typer.Option(
+        ORACLE_NODES, min=1, help="Oracle node budget per incident (a cap: a search stops once "
+        "it has proven its optimum)."),
     params: Path | None = typer.Option(None, help=PARAMS_HELP),
     objective: str = typer.Option("budget", help=OBJECTIVE_HELP),
     full_outage_penalty: float = typer.Option(0.0, min=0.0, help=PENALTY_HELP),

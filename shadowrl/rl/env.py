@@ -136,6 +136,9 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         self._mask_cache: dict[tuple[Any, ...], np.ndarray] = {}
         self._obs_ref: tuple[Any, ...] | None = None  # healthy yardsticks, flattened
         self._sig_clean: tuple[np.ndarray, list[float]] | None = None
+        # search methods branch through thousands of steps whose observations nobody reads:
+        # they turn this off (see :meth:`searching`) and steps return a zero observation
+        self.observing = True
         self._reset_state()
         self.healthy_metrics()  # the yardstick of observations and of the cost
 
@@ -189,6 +192,11 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         return f"{self.steps[i].name}({describe_settings(settings)})"
 
     def _observe(self) -> np.ndarray:
+        if not self.observing:
+            return np.zeros(self.observation_space.shape, dtype=np.float32)
+        return self._observation()
+
+    def _observation(self) -> np.ndarray:
         # Same values as clip(nan_to_num(float32(parts), nan=0, posinf=CAP), 0, CAP), with the
         # clamp done on Python floats (NaN and negatives -> 0, above CAP and +inf -> CAP):
         # clamping before or after the float32 cast gives the same float32.

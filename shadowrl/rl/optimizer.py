@@ -42,7 +42,7 @@ from shadowrl.rehearsal.verification import header_lines as verification_header
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
-from shadowrl.rl.results import OptimizeResult, OracleInfo, RlInfo, SearchInfo
+from shadowrl.rl.results import ORACLE_NODES, OptimizeResult, OracleInfo, RlInfo, SearchInfo
 from shadowrl.rl.search import (
     GreedyPolicy,
     OraclePolicy,
@@ -80,8 +80,16 @@ class MethodResult:
 
     def per_seed(self, seed: int) -> dict[str, Any]:
         """The per-incident results on seeds ``seed, seed+1, ...`` (``episodes.json``)."""
-        return per_seed_record([e.rehearsal for e in self.episodes], seed,
-                               [e.cost for e in self.episodes])
+        out = per_seed_record([e.rehearsal for e in self.episodes], seed,
+                              [e.cost for e in self.episodes])
+        if self.episodes and all("nodes" in e.extra for e in self.episodes):
+            # a search per incident (the oracle): whether it proved its optimum, the nodes
+            # it took, and the lower bound it proved
+            out["search"] = {"exact": [bool(e.extra.get("exact")) for e in self.episodes],
+                             "nodes": [int(e.extra["nodes"]) for e in self.episodes],
+                             "bound": [float(e.extra.get("bound", 0.0))
+                                       for e in self.episodes]}
+        return out
 
 
 def per_seed_record(runs: Sequence[Any], seed: int,
@@ -339,7 +347,10 @@ def comparison_markdown(scenario: Scenario, results: dict[str, MethodResult],
                 f"{oracle.mean_gap:.1%} of a proven lower bound on average "
                 f"({oracle.max_gap:.1%} at most)" if oracle.exact < episodes else "")
         lines.append(f"The oracle searched each incident by branch and bound: {oracle.exact} of "
-                     f"{episodes} searches finished (exact optimum){rest}.")
+                     f"{episodes} searches finished (exact optimum){rest}; they took "
+                     f"{oracle.median_nodes:.0f} nodes at the median and {oracle.most_nodes} at "
+                     f"most, of a budget of {oracle.max_nodes} per incident (episodes.json has "
+                     f"each incident's).")
     if "rl" in results and "best_static" in results:
         rl, bs = results["rl"], results["best_static"]
         wins = int(np.sum(rl.costs < bs.costs - 1e-9))
@@ -386,7 +397,7 @@ class OptimizeOptions:
     eval_seed: int = 10000
     search_trials: int = 150
     search_incidents: int = 24
-    oracle_nodes: int = 5000
+    oracle_nodes: int = ORACLE_NODES
     ray_address: str | None = None
     policy: Path | None = None  # a trained policy.zip: measured instead of training one
     vec_env_factory: Callable[..., Any] | None = None  # e.g. Ray replicas for training
@@ -776,10 +787,12 @@ def _oracle(env: RollbackEnv, opts: OptimizeOptions, incumbents: list[Plan],
     oracle = OraclePolicy(opts.oracle_nodes, incumbents)
     res = measure(env, oracle, opts.episodes, opts.eval_seed, tick, opts.replicas)
     gaps = [oracle_gap(e.extra) for e in res.episodes if not e.extra.get("exact")]
+    nodes = [int(e.extra.get("nodes", 0)) for e in res.episodes]
     res.info = OracleInfo(exact=sum(bool(e.extra.get("exact")) for e in res.episodes),
                           max_nodes=opts.oracle_nodes,
-                          mean_nodes=float(np.mean([e.extra.get("nodes", 0)
-                                                    for e in res.episodes])),
+                          mean_nodes=float(np.mean(nodes)),
+                          median_nodes=float(np.median(nodes)),
+                          most_nodes=max(nodes),
                           mean_gap=round(float(np.mean(gaps)), 4) if gaps else 0.0,
                           max_gap=round(float(np.max(gaps)), 4) if gaps else 0.0)
     return res

@@ -33,12 +33,17 @@ class RlInfo(ResultModel):
     algorithm: str | None = None
 
 
+ORACLE_NODES = 20_000  # the oracle's default node budget per incident (optimize --oracle-nodes)
+
+
 class OracleInfo(ResultModel):
     """The per-incident branch-and-bound searches."""
 
-    exact: int
-    max_nodes: int
+    exact: int  # incidents whose search proved its optimum (episodes.json: which ones)
+    max_nodes: int  # the node budget per incident
     mean_nodes: float
+    median_nodes: float = 0.0
+    most_nodes: int = 0  # the most one incident's search took
     # over the incidents it could not finish: the mean proven lower bound's gap to the best
     # found, as a share of the best found (0: every search finished)
     mean_gap: float = 0.0

@@ -20,9 +20,11 @@ Greedy and the oracle branch from snapshots, so they need a backend with the
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,6 +43,7 @@ from shadowrl.core.spec import Procedure, Scenario, Step
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
 from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.results import ORACLE_NODES
 from shadowrl.shadow.base import Snapshotting
 
 # --------------------------------------------------------------------------- env snapshots
@@ -74,6 +77,18 @@ def env_restore(env: RollbackEnv, snap: tuple[Any, ...]) -> None:
     env.rehearsal = rehearsal
 
 
+@contextmanager
+def searching(env: RollbackEnv) -> Iterator[None]:
+    """Steps inside the block return zero observations: a search branches through thousands
+    of steps and reads only their costs, and observing is a tenth of a step's time."""
+    before = env.observing
+    env.observing = False
+    try:
+        yield
+    finally:
+        env.observing = before
+
+
 def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
     """The env's objective for a finished rehearsal: minus the episode return."""
     return env.rehearsal_cost(r)
@@ -94,11 +109,12 @@ class GreedyPolicy:
         require_snapshots(env, "greedy")
         snap = env_snapshot(env)
         best, best_cost = -1, math.inf
-        for a in np.flatnonzero(env.action_masks()):
-            _, reward, *_ = env.step(int(a))
-            env_restore(env, snap)
-            if -reward < best_cost - 1e-12:
-                best, best_cost = int(a), -reward
+        with searching(env):
+            for a in np.flatnonzero(env.action_masks()):
+                _, reward, *_ = env.step(int(a))
+                env_restore(env, snap)
+                if -reward < best_cost - 1e-12:
+                    best, best_cost = int(a), -reward
         return best
 
 
@@ -137,14 +153,30 @@ def greedy_actions(env: RollbackEnv) -> list[int]:
     return actions
 
 
-def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
+def branch_and_bound(env: RollbackEnv, max_nodes: int = ORACLE_NODES,
                      incumbents: Sequence[Sequence[int]] = ()) -> OracleResult:
     """Best action sequence from the env's current state (just after reset).
 
     The greedy rollout and any ``incumbents`` (e.g. the configured and best static plans)
     seed the bound, so the result is never worse than them even when the budget runs out.
+    The search stops as soon as the tree is exhausted: ``max_nodes`` is a cap, not a cost.
     """
     require_snapshots(env, "the oracle")
+    with searching(env):
+        return _branch_and_bound(env, max_nodes, incumbents)
+
+
+def _branch_and_bound(env: RollbackEnv, max_nodes: int,
+                      incumbents: Sequence[Sequence[int]]) -> OracleResult:
+    """Best-first (uniform-cost) search over (state, next action) edges.
+
+    Costs only accumulate, so the cost of reaching a state is a lower bound of every
+    completion through it: edges are taken cheapest parent first, each simulated only when
+    taken, and the search ends when the cheapest edge left costs at least the best complete
+    sequence (proven optimal). Taken in that order, a state is almost always first reached at
+    its least cost, so, unlike a depth-first search, it is rarely expanded twice; and when
+    the node budget runs out the cheapest edge left is the lower bound the search proved.
+    """
     root = env_snapshot(env)
     best = OracleResult(math.inf, [], 0, True)
     for candidate in [greedy_actions(env), *incumbents]:
@@ -153,60 +185,49 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = 5000,
         if c < best.cost:
             best.cost, best.actions = c, list(candidate)
     env_restore(env, root)
-    nodes = 0
-    # Lower bounds of the subtrees left unexplored when the budget runs out: costs only
-    # accumulate, so a node's cost so far bounds every completion through it.
-    frontier: list[float] = []
-    # Transpositions: a node reached later and at higher cost than an earlier node with the
-    # same steps done and the same shadow state is dominated (its future is the same future,
-    # shifted in time), so it is pruned.
-    seen: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
+    # Transpositions: two nodes with the same steps done, the same shadow state and the same
+    # shadow time have the same future (the simulator is deterministic and its load a
+    # function of time), so the costlier one is pruned. Exact: a node reached at another
+    # time is never pruned by this, since its load, and so its future, may differ.
+    seen: dict[tuple[Any, ...], float] = {}
+    tie = itertools.count()
+    # (cost of the parent state, tie-break, parent snapshot, parent key, path, action)
+    Edge = tuple[float, int, tuple[Any, ...], tuple[Any, ...] | None, list[int], int]
+    heap: list[Edge] = []
 
-    def dominated(key: tuple[Any, ...], cost: float, t: float) -> bool:
-        entries = seen.setdefault(key, [])
-        for c, tt in entries:
-            if c <= cost + 1e-9 and tt <= t + 1e-9:
-                return True
-        entries[:] = [(c, tt) for c, tt in entries if not (cost <= c and t <= tt)]
-        entries.append((cost, t))
-        return False
-
-    def dfs(cost_so_far: float, path: list[int]) -> None:
-        nonlocal nodes
+    def expand(cost: float, key: tuple[Any, ...] | None, path: list[int]) -> None:
         snap = env_snapshot(env)
-        children = []
         for a in np.flatnonzero(env.action_masks()):
-            if nodes >= max_nodes:
-                best.exact = False
-                frontier.append(cost_so_far)  # this node was not fully expanded
-                env_restore(env, snap)
-                return
-            nodes += 1
-            _, reward, term, _, _ = env.step(int(a))
-            c = cost_so_far - reward
-            if term:
-                if c < best.cost - 1e-9:
-                    best.cost, best.actions = c, [*path, int(a)]
-            elif c < best.cost - 1e-9 and not dominated(state_key(env), c, env.shadow.now()):
-                children.append((c, int(a), env_snapshot(env)))
-            env_restore(env, snap)
-        children.sort(key=lambda x: x[0])
-        for k, (c, a, child) in enumerate(children):
-            if c >= best.cost - 1e-9:
-                break
-            env_restore(env, child)
-            dfs(c, [*path, a])
-            if nodes >= max_nodes:
-                best.exact = False
-                # sorted by cost: the next child bounds the rest
-                frontier.extend(cost for cost, _, _ in children[k + 1:k + 2])
-                break
-        env_restore(env, snap)
+            heapq.heappush(heap, (cost, next(tie), snap, key, path, int(a)))
 
-    dfs(0.0, [])
+    expand(0.0, None, [])
+    nodes = 0
+    while heap and heap[0][0] < best.cost - 1e-9:
+        if nodes >= max_nodes:
+            best.exact = False
+            break
+        cost, _, snap, key, path, a = heapq.heappop(heap)
+        if key is not None and seen[key] < cost - 1e-12:
+            continue  # its state was reached more cheaply since: that copy is expanded
+        env_restore(env, snap)
+        nodes += 1
+        _, reward, term, _, _ = env.step(a)
+        c = cost - reward
+        if term:
+            if c < best.cost - 1e-9:
+                best.cost, best.actions = c, [*path, a]
+            continue
+        if c >= best.cost - 1e-9:
+            continue
+        child = (state_key(env), round(env.shadow.now(), 6))
+        known = seen.get(child)
+        if known is not None and known <= c + 1e-12:
+            continue
+        seen[child] = c
+        expand(c, child, [*path, a])
     env_restore(env, root)
     best.nodes = nodes
-    best.bound = best.cost if best.exact else min([best.cost, *frontier])
+    best.bound = best.cost if best.exact else min(best.cost, heap[0][0])
     return best
 
 
@@ -215,23 +236,33 @@ def state_key(env: RollbackEnv) -> tuple[Any, ...]:
     return (env.status.tobytes(), cast(Snapshotting, env.shadow).state_key())
 
 
+RECENT_OPTIMA = 8  # earlier incidents' optima the oracle tries first on each incident
+
+
 class OraclePolicy:
     """Replays, per incident, the branch-and-bound optimum found at reset."""
 
     name = "oracle"
 
-    def __init__(self, max_nodes: int = 5000, incumbent_plans: Sequence[Plan] = ()) -> None:
+    def __init__(self, max_nodes: int = ORACLE_NODES,
+                 incumbent_plans: Sequence[Plan] = ()) -> None:
         self.max_nodes = max_nodes
         self.incumbent_plans = list(incumbent_plans)
         self.results: list[OracleResult] = []
         self.last_info: dict[str, Any] = {}
         self._queue: list[int] = []
+        self._recent: list[list[int]] = []
 
     def reset(self, env: RollbackEnv) -> None:
         from shadowrl.rl.policy import plan_actions
 
         incumbents = [plan_actions(env, p) for p in self.incumbent_plans]
+        # the optima of earlier incidents often suit this one: as incumbents (upper bounds
+        # only, so the search stays exact) they prune from the first node on
+        incumbents += self._recent
         result = branch_and_bound(env, self.max_nodes, incumbents)
+        if result.actions not in self._recent:
+            self._recent = [list(result.actions), *self._recent][:RECENT_OPTIMA]
         self.results.append(result)
         self.last_info = {"exact": result.exact, "nodes": result.nodes,
                           "bound": result.bound, "cost": result.cost}
