@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -450,14 +451,25 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
                               ).to_json()
         bottlenecks["method"] = "configured"
     policy_path = out_dir / "policy.zip"
-    if "rl" in methods:
-        results["rl"] = _rl(env, opts, out_dir, tick("rl"), log, progress is not None)
+    oracle_job: _Background | None = None
     if "oracle" in methods:
-        log("searching each incident's optimum (oracle)")
         incumbents = [configured_plan(scenario.procedure)]
         if "best_static" in methods:
             incumbents.append(best_plan)
-        results["oracle"] = _oracle(env, opts, incumbents, tick("oracle"))
+        if rep > 1 and "rl" in methods:
+            # the searches are Ray tasks: they run while the driver trains
+            log("searching each incident's optimum (oracle), beside the training")
+            oracle_job = _Background(lambda: _oracle(env, opts, incumbents, tick("oracle")))
+    if "rl" in methods:
+        # a failed or interrupted training leaves a running search behind: a daemon thread
+        # whose Ray tasks end with the Ray session
+        results["rl"] = _rl(env, opts, out_dir, tick("rl"), log, progress is not None)
+    if "oracle" in methods:
+        if oracle_job is not None:
+            results["oracle"] = oracle_job.result()
+        else:
+            log("searching each incident's optimum (oracle)")
+            results["oracle"] = _oracle(env, opts, incumbents, tick("oracle"))
 
     described = "best_static" if search is not None else "configured"
     verification = _verify(scenario, opts, best_plan, omitted, search is not None, log,
@@ -779,6 +791,32 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
     res.train_s = info.train_s or 0.0
     res.info = info
     return res
+
+
+class _Background:
+    """One call run in a daemon thread (its work in Ray tasks, so the GIL is free): the driver
+    goes on meanwhile. ``result()`` returns what the call returned or raises what it raised."""
+
+    def __init__(self, call: Callable[[], MethodResult]) -> None:
+        self._call = call
+        self._value: MethodResult | None = None
+        self._error: BaseException | None = None
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="shadowrl-oracle", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the driver by result()
+            self._error = exc
+
+    def result(self) -> MethodResult:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def _oracle(env: RollbackEnv, opts: OptimizeOptions, incumbents: list[Plan],

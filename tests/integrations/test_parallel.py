@@ -375,3 +375,37 @@ def test_results_are_picklable(scenario: Any) -> None:
     assert pickle.loads(pickle.dumps(episode)) == episode
     r = rehearse(scenario, 5, record_profile=True)
     assert pickle.loads(pickle.dumps(r)) == r
+
+
+TINY_AGENT = """\
+algorithm: maskable_ppo
+policy: MlpPolicy
+n_envs: 2
+timesteps: 512
+hyperparameters: {n_steps: 128, batch_size: 64, n_epochs: 2, gamma: 1.0}
+policy_kwargs: {net_arch: [16, 16]}
+eval: {freq: 1000000, episodes: 2, seed: 100000}
+checkpoint: {freq: 1000000}
+"""
+
+
+def test_optimize_searches_beside_the_training_on_ray(ray_local: Any, tmp_path: Path) -> None:
+    """With replicas the oracle's searches run as Ray tasks while the driver trains, and find
+    what the same searches find one after the other."""
+    from shadowrl.rl.optimizer import OptimizeOptions, optimize
+    from shadowrl.rl.search import OraclePolicy
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "minimal.yaml")
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(TINY_AGENT)
+    logs: list[str] = []
+    result = optimize(sc, tmp_path / "out", OptimizeOptions(
+        method="all", agent=agent, episodes=4, eval_seed=500, search_trials=4,
+        search_incidents=2, replicas=2), "test", log=logs.append)
+    assert any("oracle), beside the training" in m for m in logs), logs
+    assert result.oracle is not None and result.oracle.exact == 4
+    assert set(result.methods) == {"configured", "random", "greedy", "best_static", "rl",
+                                   "oracle"}
+    serial = evaluate(RollbackEnv(sc), OraclePolicy(), 4, 500)
+    costs = json.loads(Path(result.episodes_file).read_text())["methods"]["oracle"]["cost"]
+    assert costs == pytest.approx([e.cost for e in serial], rel=1e-9, abs=1e-12)

@@ -132,6 +132,10 @@ DECISIONS: tuple[Decision, ...] = (
              "a measurement taking many minutes per scenario; the same optimizer runs in the "
              "README's `shadowrl optimize` commands",
              ("tests/app/test_use_cases.py::test_optimize_returns_the_comparison",)),
+    Decision(r"python benchmarks/optimizer_scaling\.py.*", "covered",
+             "optimize --method all on four generated procedures (many minutes); its "
+             "generator and the oracle's proofs on its procedures are a test",
+             ("tests/rl/test_search.py::test_the_oracle_proves_optima_of_generated_procedures",)),
     Decision(r"python benchmarks/rehearse_memory\.py.*", "covered",
              "a measurement of 20,000 rehearsals (minutes); the same bound, as a ratio of a "
              "short and a longer campaign, is a test",

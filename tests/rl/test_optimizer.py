@@ -204,3 +204,13 @@ def test_optimize_advice_never_contradicts_procedure_yaml_unchecked(checkout: An
     assert not PYTHON_SPELLINGS.search(changed), changed
     assert "Bottleneck of the configured procedure" not in comparison
     assert (tmp_path / "procedure.yaml").read_text().count("outcomes recovered") == 1
+    # the oracle's searches, incident by incident: within the budget, and each bound proven
+    # below what the search found (the budget of 20 nodes cannot prove checkout's optima)
+    methods = json.loads(Path(result.episodes_file).read_text())["methods"]
+    searched, oracle = methods["oracle"]["search"], result.oracle
+    assert len(searched["nodes"]) == 6 and all(0 < n <= 20 for n in searched["nodes"])
+    assert all(0 <= b <= c + 1e-9 for b, c in zip(searched["bound"], methods["oracle"]["cost"]))
+    assert oracle is not None and oracle.exact == sum(searched["exact"]) < 6
+    assert oracle.most_nodes == max(searched["nodes"]) and oracle.max_nodes == 20
+    assert "search" not in methods["best_static"]
+    assert f"{oracle.most_nodes} at most, of a budget of 20 per incident" in comparison

@@ -474,3 +474,37 @@ def test_an_unfinished_search_proves_a_lower_bound_of_the_optimum(
             bounds.append(result.bound)
         assert bounds[-1] == pytest.approx(optimum, rel=1e-9, abs=1e-12)
         assert max(bounds[:-1]) <= optimum + 1e-9
+
+
+def _scaling_benchmark() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "optimizer_scaling.py"
+    spec = importlib.util.spec_from_file_location("optimizer_scaling", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_oracle_proves_optima_of_generated_procedures(tmp_path: Path) -> None:
+    """The scaling benchmark's procedures: 4 and 8 steps (2 and 4 services) are searched to a
+    proven optimum within the default budget, and a search cut short proves a bound below
+    that optimum."""
+    bench = _scaling_benchmark()
+    with pytest.raises(ValueError, match="even number"):
+        bench.scaling_scenario(5, tmp_path)
+    small, large = bench.scaling_scenario(4, tmp_path), bench.scaling_scenario(8, tmp_path)
+    assert [len(sc.procedure.steps) for sc in (small, large)] == [4, 8]
+    assert len(large.incidents) == 4 and len(large.deployment.services) == 4
+    env = RollbackEnv(small)
+    for seed in range(3):
+        env.reset(seed=seed)
+        assert branch_and_bound(env).exact
+    env = RollbackEnv(large)
+    env.reset(seed=10_000)
+    exact = branch_and_bound(env)
+    assert exact.exact and exact.nodes > 1000
+    env.reset(seed=10_000)
+    cut = branch_and_bound(env, max_nodes=exact.nodes // 4)
+    assert not cut.exact and cut.bound <= exact.cost + 1e-9 <= cut.cost + 2e-9
