@@ -14,8 +14,9 @@ Targets (on the objective's metric, budget burn by default): RL within 1.05x of 
 best_static at least 20 % below configured; RL below best_static; RL training under 10
 minutes on 2 cores; the oracle exact (its search proved the optimum) on at least 95 % of the
 incidents; the whole `optimize` under 5 minutes (``--replicas 2`` on 2 cores). Per scenario
-the JSON has each method's mean cost, ``timing_s`` (each phase: its search or training plus
-its evaluation), ``wall_s`` and the oracle's exact count and node counts.
+the JSON has each method's mean cost, ``timing_s`` (each method: its search or training plus
+its evaluation), ``phases_s`` (the run's wall time phase by phase), ``wall_s`` and the
+oracle's exact count and node counts.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def main() -> None:
                    for name, s in res["methods"].items()}
         entry = {"scenario": sc.name, "objective": args.objective, "episodes": args.episodes,
                  "eval_seed": args.eval_seed, "methods": methods,
-                 "timing_s": res["timing_s"], "oracle": res.get("oracle"),
+                 "timing_s": res["timing_s"], "phases_s": res.get("phases_s"),
+                 "oracle": res.get("oracle"),
                  "search": res.get("search"), "rl": res.get("rl"),
                  "wall_s": round(time.perf_counter() - start, 1)}
         entry["targets"] = {**targets(res["methods"], res["timing_s"], args.objective),

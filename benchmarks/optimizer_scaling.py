@@ -8,8 +8,9 @@ with a bad-release incident and two steps, a rolling ``rollback_version`` (batch
 drain 0 s or 10 s: four settings) and a ``scale`` (4 or 6 replicas: two). Sizes are
 comparable: the same load, replicas and physics per service, only more of them. Each is
 optimised with every method on the same held-out incidents, and the benchmark prints, per
-size, as JSON: the procedure's actions and static plans, the wall time of every phase
-(``timing_s``: each method's search or training plus its evaluation) and of the whole run,
+size, as JSON: the procedure's actions and static plans, the wall time of every method
+(``timing_s``: its search or training plus its evaluation), of every phase of the run
+(``phases_s``) and of the whole run,
 each method's mean cost, RL/oracle, and the oracle's exact share with its node counts. The
 timings are in one run on one machine: read them as ratios between sizes, not as absolutes.
 
@@ -110,7 +111,7 @@ def measure_size(steps: int, args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps, "services": steps // 2, "incidents": len(sc.incidents),
         "actions": int(actions), "static_plans": plan_space_size(sc.procedure),
         "episodes": args.episodes, "wall_s": round(wall, 1),
-        "timing_s": res.timing_s, "cost": costs,
+        "timing_s": res.timing_s, "phases_s": res.phases_s, "cost": costs,
         "rl_over_oracle": round(costs["rl"] / max(costs["oracle"], 1e-12), 4),
         "oracle": {"exact_share": oracle.exact / args.episodes,
                    "median_nodes": oracle.median_nodes, "most_nodes": oracle.most_nodes,

@@ -427,6 +427,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     def tick(name: str) -> Callable[[int], None]:
         return lambda i: progress(i + 1, n, name) if progress else None
 
+    phases = _Phases()
     log("evaluating the configured procedure")
     results["configured"] = measure(env, configured_policy(env), n, s0, tick("configured"), rep)
     configured_report = analyze(scenario, [e.rehearsal for e in results["configured"].episodes])
@@ -434,6 +435,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         results["random"] = measure(env, RandomPolicy(opts.seed), n, s0, tick("random"), rep)
     if "greedy" in methods:
         results["greedy"] = measure(env, GreedyPolicy(), n, s0, tick("greedy"), rep)
+    phases.mark("baselines")
     best_plan: Plan = configured_plan(scenario.procedure)
     search: _Search | None = None
     omitted: dict[str, str] = {}
@@ -450,6 +452,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
                                                           name=scenario.procedure.name)
                               ).to_json()
         bottlenecks["method"] = "configured"
+    phases.mark("best_static")
     policy_path = out_dir / "policy.zip"
     oracle_job: _Background | None = None
     if "oracle" in methods:
@@ -464,13 +467,14 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         # a failed or interrupted training leaves a running search behind: a daemon thread
         # whose Ray tasks end with the Ray session
         results["rl"] = _rl(env, opts, out_dir, tick("rl"), log, progress is not None)
+        phases.mark("rl")
     if "oracle" in methods:
         if oracle_job is not None:
             results["oracle"] = oracle_job.result()
         else:
             log("searching each incident's optimum (oracle)")
             results["oracle"] = _oracle(env, opts, incumbents, tick("oracle"))
-
+        phases.mark("oracle")  # beside the training: only what it took after it
     described = "best_static" if search is not None else "configured"
     verification = _verify(scenario, opts, best_plan, omitted, search is not None, log,
                            progress)
@@ -491,7 +495,9 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
     atomic_write_text(procedure_file, procedure_yaml(
         scenario, best_plan, summaries[described], command, omitted=omitted,
         searched=search is not None, verification=verification))
+    phases.mark("verify")
     runbook = _runbook(env, opts, results, best_plan, out_dir, command, log)
+    phases.mark("runbook")
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(
         scenario, results, changes, n, s0, {}, opts.objective, opts.full_outage_penalty,
         findings=finding_lines(bottlenecks["findings"]), described=described,
@@ -522,6 +528,7 @@ def optimize(scenario: Scenario, out_dir: Path, opts: OptimizeOptions, command: 
         verification_file=str(verification_file) if verification is not None else None,
         runbook=str(out_dir / "runbook.yaml"),
         runbook_summary=runbook,
+        phases_s=phases.done(),
     )
     atomic_write_json(out_dir / "summary.json", out.model_dump(mode="json"))
     return out
@@ -791,6 +798,22 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
     res.train_s = info.train_s or 0.0
     res.info = info
     return res
+
+
+class _Phases:
+    """Wall seconds of each phase of a run, in order, and the whole run (``total``)."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+    def done(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self._start, 3)}
 
 
 class _Background:

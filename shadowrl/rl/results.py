@@ -65,7 +65,10 @@ class OptimizeResult(ResultModel):
     comparison: str
     episodes_file: str  # episodes.json: every method's per-incident results
     objective: str  # budget | downtime: what every method minimised
-    timing_s: dict[str, float]
+    timing_s: dict[str, float]  # per method: its search or training plus its evaluation
+    # wall seconds per phase in order (baselines, best_static, rl, oracle: after the training
+    # when it ran beside it, verify, runbook) and the whole run up to summary.json (total)
+    phases_s: dict[str, float] = {}
     search: SearchInfo | None = None
     rl: RlInfo | None = None
     oracle: OracleInfo | None = None

@@ -404,6 +404,8 @@ def test_optimize_searches_beside_the_training_on_ray(ray_local: Any, tmp_path: 
         search_incidents=2, replicas=2), "test", log=logs.append)
     assert any("oracle), beside the training" in m for m in logs), logs
     assert result.oracle is not None and result.oracle.exact == 4
+    assert list(result.phases_s) == ["baselines", "best_static", "rl", "oracle", "verify",
+                                     "runbook", "total"]
     assert set(result.methods) == {"configured", "random", "greedy", "best_static", "rl",
                                    "oracle"}
     serial = evaluate(RollbackEnv(sc), OraclePolicy(), 4, 500)

@@ -214,3 +214,8 @@ def test_optimize_advice_never_contradicts_procedure_yaml_unchecked(checkout: An
     assert oracle.most_nodes == max(searched["nodes"]) and oracle.max_nodes == 20
     assert "search" not in methods["best_static"]
     assert f"{oracle.most_nodes} at most, of a budget of 20 per incident" in comparison
+    # the run's wall time phase by phase (no training in a search run)
+    phases = result.phases_s
+    assert list(phases) == ["baselines", "best_static", "oracle", "verify", "runbook", "total"]
+    assert all(v >= 0 for v in phases.values())
+    assert phases["total"] >= sum(v for k, v in phases.items() if k != "total") - 1e-6
