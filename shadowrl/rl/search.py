@@ -225,10 +225,38 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
             continue
         seen[child] = c
         expand(c, child, [*path, a])
+    bound = best.cost if best.exact else min(best.cost, heap[0][0])
+    if not best.exact:
+        # best-first proves bounds but completes few sequences before its budget runs out:
+        # complete the cheapest open edges greedily, so what it reports is a good sequence
+        # (steps beyond the budget, at most DIVES greedy completions: not counted in nodes)
+        _dive(env, heap, best)
     env_restore(env, root)
     best.nodes = nodes
-    best.bound = best.cost if best.exact else min(best.cost, heap[0][0])
+    best.bound = min(bound, best.cost)
     return best
+
+
+DIVES = 8  # open edges an unfinished search completes greedily
+
+
+def _dive(env: RollbackEnv, heap: list[Any], best: OracleResult) -> None:
+    """Complete up to :data:`DIVES` of the cheapest open edges by greedy lookahead, keeping
+    any sequence cheaper than ``best``."""
+    for cost, _, snap, _, path, a in heapq.nsmallest(DIVES, heap):
+        if cost >= best.cost - 1e-9:
+            break
+        env_restore(env, snap)
+        _, reward, term, _, _ = env.step(a)
+        c, actions = cost - reward, [*path, a]
+        while not term and c < best.cost - 1e-9:
+            nxt = GreedyPolicy().act(env, None)  # type: ignore[arg-type]
+            _, reward, term, trunc, _ = env.step(nxt)
+            c -= reward
+            actions.append(nxt)
+            term = term or trunc
+        if term and env.rehearsal is not None and c < best.cost - 1e-9:
+            best.cost, best.actions = c, actions
 
 
 def state_key(env: RollbackEnv) -> tuple[Any, ...]:
