@@ -824,7 +824,6 @@ class _Background:
         self._call = call
         self._value: MethodResult | None = None
         self._error: BaseException | None = None
-        self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="shadowrl-oracle", daemon=True)
         self._thread.start()
 

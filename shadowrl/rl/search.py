@@ -141,16 +141,27 @@ def rollout(env: RollbackEnv, actions: Sequence[int]) -> float:
     return math.inf  # the sequence did not finish the procedure
 
 
-def greedy_actions(env: RollbackEnv) -> list[int]:
+def greedy_rollout(env: RollbackEnv, cost: float = 0.0,
+                   give_up_at: float = math.inf) -> tuple[list[int], float]:
+    """Greedy lookahead from the env's current state to the episode's end (the state is not
+    restored): the actions it took and ``cost`` plus what they cost. It gives up, with an
+    infinite cost, once the cost reaches ``give_up_at`` before the end."""
     greedy = GreedyPolicy()
     actions: list[int] = []
     while env.rehearsal is None and not env.failed:
+        if cost >= give_up_at:
+            return actions, math.inf
         a = greedy.act(env, None)  # type: ignore[arg-type]
         actions.append(a)
-        _, _, term, trunc, _ = env.step(a)
+        _, reward, term, trunc, _ = env.step(a)
+        cost -= reward
         if term or trunc:
             break
-    return actions
+    return actions, cost
+
+
+def greedy_actions(env: RollbackEnv) -> list[int]:
+    return greedy_rollout(env)[0]
 
 
 def branch_and_bound(env: RollbackEnv, max_nodes: int = ORACLE_NODES,
@@ -178,8 +189,9 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
     the node budget runs out the cheapest edge left is the lower bound the search proved.
     """
     root = env_snapshot(env)
-    best = OracleResult(math.inf, [], 0, True)
-    for candidate in [greedy_actions(env), *incumbents]:
+    greedy, greedy_cost = greedy_rollout(env)
+    best = OracleResult(greedy_cost, greedy, 0, True)
+    for candidate in incumbents:
         env_restore(env, root)
         c = rollout(env, candidate)
         if c < best.cost:
@@ -248,15 +260,11 @@ def _dive(env: RollbackEnv, heap: list[Any], best: OracleResult) -> None:
             break
         env_restore(env, snap)
         _, reward, term, _, _ = env.step(a)
-        c, actions = cost - reward, [*path, a]
-        while not term and c < best.cost - 1e-9:
-            nxt = GreedyPolicy().act(env, None)  # type: ignore[arg-type]
-            _, reward, term, trunc, _ = env.step(nxt)
-            c -= reward
-            actions.append(nxt)
-            term = term or trunc
-        if term and env.rehearsal is not None and c < best.cost - 1e-9:
-            best.cost, best.actions = c, actions
+        c, rest = cost - reward, []
+        if not term:
+            rest, c = greedy_rollout(env, c, give_up_at=best.cost - 1e-9)
+        if env.rehearsal is not None and c < best.cost - 1e-9:
+            best.cost, best.actions = c, [*path, a, *rest]
 
 
 def state_key(env: RollbackEnv) -> tuple[Any, ...]:

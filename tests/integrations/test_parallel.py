@@ -35,6 +35,7 @@ from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import evaluate
 from shadowrl.rl.policy import RandomPolicy, configured_policy
 from shadowrl.rl.search import GreedyPolicy
+from tests.agents import TINY_AGENT
 
 CHECKOUT = Path(__file__).resolve().parents[2] / "envs" / "checkout.yaml"
 
@@ -375,18 +376,6 @@ def test_results_are_picklable(scenario: Any) -> None:
     assert pickle.loads(pickle.dumps(episode)) == episode
     r = rehearse(scenario, 5, record_profile=True)
     assert pickle.loads(pickle.dumps(r)) == r
-
-
-TINY_AGENT = """\
-algorithm: maskable_ppo
-policy: MlpPolicy
-n_envs: 2
-timesteps: 512
-hyperparameters: {n_steps: 128, batch_size: 64, n_epochs: 2, gamma: 1.0}
-policy_kwargs: {net_arch: [16, 16]}
-eval: {freq: 1000000, episodes: 2, seed: 100000}
-checkpoint: {freq: 1000000}
-"""
 
 
 def test_optimize_searches_beside_the_training_on_ray(ray_local: Any, tmp_path: Path) -> None:

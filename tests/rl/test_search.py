@@ -44,6 +44,7 @@ from shadowrl.rl.search import (
     plan_to_procedure,
     rollout,
 )
+from tests.agents import TINY_AGENT
 
 torch.set_num_threads(1)
 
@@ -67,17 +68,6 @@ TINY_STEPS = [
     {"name": "disable-new-checkout", "action": "disable_flag", "target": "web",
      "settings": {"flag": "new-checkout"}, "optional": True},
 ]
-
-TINY_AGENT = """\
-algorithm: maskable_ppo
-policy: MlpPolicy
-n_envs: 2
-timesteps: 1024
-hyperparameters: {n_steps: 128, batch_size: 64, n_epochs: 2, gamma: 1.0}
-policy_kwargs: {net_arch: [32, 32]}
-eval: {freq: 1000000, episodes: 2, seed: 100000}
-checkpoint: {freq: 1000000}
-"""
 
 
 @pytest.fixture(scope="module")
