@@ -136,6 +136,11 @@ DECISIONS: tuple[Decision, ...] = (
              "optimize --method all on four generated procedures (many minutes); its "
              "generator and the oracle's proofs on its procedures are a test",
              ("tests/rl/test_search.py::test_the_oracle_proves_optima_of_generated_procedures",)),
+    Decision(r"python benchmarks/oracle_information\.py.*", "covered",
+             "oracle searches on noise siblings of held-out incidents (minutes); the siblings "
+             "and the inequality the benchmark reads are a test",
+             ("tests/rl/test_search.py::"
+              "test_siblings_share_the_incident_and_differ_in_the_noise_only",)),
     Decision(r"python benchmarks/rehearse_memory\.py.*", "covered",
              "a measurement of 20,000 rehearsals (minutes); the same bound, as a ratio of a "
              "short and a longer campaign, is a test",

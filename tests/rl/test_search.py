@@ -466,11 +466,11 @@ def test_an_unfinished_search_proves_a_lower_bound_of_the_optimum(
         assert max(bounds[:-1]) <= optimum + 1e-9
 
 
-def _scaling_benchmark() -> Any:
+def _benchmark(name: str = "optimizer_scaling") -> Any:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "optimizer_scaling.py"
-    spec = importlib.util.spec_from_file_location("optimizer_scaling", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -481,7 +481,7 @@ def test_the_oracle_proves_optima_of_generated_procedures(tmp_path: Path) -> Non
     """The scaling benchmark's procedures: 4 and 8 steps (2 and 4 services) are searched to a
     proven optimum within the default budget, and a search cut short proves a bound below
     that optimum."""
-    bench = _scaling_benchmark()
+    bench = _benchmark()
     with pytest.raises(ValueError, match="even number"):
         bench.scaling_scenario(5, tmp_path)
     small, large = bench.scaling_scenario(4, tmp_path), bench.scaling_scenario(8, tmp_path)
@@ -498,3 +498,24 @@ def test_the_oracle_proves_optima_of_generated_procedures(tmp_path: Path) -> Non
     env.reset(seed=10_000)
     cut = branch_and_bound(env, max_nodes=exact.nodes // 4)
     assert not cut.exact and cut.bound <= exact.cost + 1e-9 <= cut.cost + 2e-9
+
+
+def test_siblings_share_the_incident_and_differ_in_the_noise_only() -> None:
+    """The information benchmark: siblings of a held-out incident face the same drawn
+    incident (cause, magnitude, load, time of day) on different noise; the mean of their
+    optima is never above the best single plan for all of them (each optimum is the least
+    cost on its own sibling)."""
+    bench = _benchmark("oracle_information")
+    env = RollbackEnv(ROOT / "envs" / "search.yaml")
+    fixed = bench._FixedDraw(env)
+    row = bench.sibling_gap(env, 10_010, 2, fixed)
+    assert row is not None and row["siblings"] == 2 and row["exact"] == 2
+    assert row["oracle"] <= row["best_open_loop"] + 1e-12
+    assert fixed.injection is None  # the draw is the scenario's again
+    own, _ = env.reset(seed=10_010)
+    fixed.injection = env.injection
+    other, _ = env.reset(seed=bench.SIBLING_SEED + 1)
+    assert env.injection is fixed.injection  # the same drawn incident...
+    assert not np.array_equal(own, other)  # ...on other load noise: another breach
+    fixed.injection = None
+    assert bench.sibling_gap(env, 10_010, 2, fixed, incident="no-such-incident") is None
