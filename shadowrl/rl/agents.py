@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -177,6 +177,11 @@ class AgentConfig(_Strict):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     policy_kwargs: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, Any] = Field(default_factory=dict)
+    critic: Literal["observed", "hidden"] = Field(
+        default="observed",
+        description="what PPO's critic learns from: the observation, or also the hidden "
+                    "incident (an asymmetric actor-critic, maskable_ppo only; the actor "
+                    "always sees the observation alone)")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
@@ -237,6 +242,9 @@ def config_problems(config: AgentConfig) -> Problems:
         return [(("algorithm",), f"unknown algorithm {config.algorithm!r} (known: {known})")]
     problems = _check_hyperparameters(cls, config.hyperparameters)
     problems += _check_policy(cls, config)
+    if config.critic == "hidden" and config.algorithm != "maskable_ppo":
+        problems.append((("critic",), f"a critic on the hidden incident needs maskable_ppo, "
+                                      f"not {config.algorithm}"))
     problems += _check_env(config.env)
     if not problems:  # the budget needs every value to be of the right type
         problems += _check_budget(cls, config)
@@ -727,10 +735,12 @@ def _sub_seeds(seed: int, n: int, salt: int = 0) -> list[int]:
 class _EnvFactory:
     """Builds one seeded, Monitor-wrapped RollbackEnv (picklable, for subprocess/Ray VecEnvs)."""
 
-    def __init__(self, scenario: Scenario, env_kwargs: dict[str, Any], seed: int) -> None:
+    def __init__(self, scenario: Scenario, env_kwargs: dict[str, Any], seed: int,
+                 hidden: bool = False) -> None:
         self.scenario = scenario
         self.env_kwargs = env_kwargs
         self.seed = seed
+        self.hidden = hidden
 
     def __call__(self) -> Monitor:
         env = RollbackEnv(self.scenario, **self.env_kwargs)
@@ -738,6 +748,10 @@ class _EnvFactory:
         # the sub-env's episode sequence is fixed by `seed` whichever VecEnv runs it.
         env.np_random = np.random.Generator(np.random.PCG64(self.seed))
         env.action_space.seed(self.seed)
+        if self.hidden:  # the critic's extra input (shadowrl.rl.asymmetric)
+            from shadowrl.rl.asymmetric import HiddenIncident
+
+            return Monitor(HiddenIncident(env))
         return Monitor(env)
 
 
@@ -752,7 +766,8 @@ def make_vec_env_for(scenario: str | Path | Scenario, config: AgentConfig, seed:
     """
     sc = as_scenario(scenario)
     env_fns: list[Callable[[], Any]] = [
-        _EnvFactory(sc, dict(config.env), s) for s in _sub_seeds(seed, config.n_envs, salt)]
+        _EnvFactory(sc, dict(config.env), s, hidden=config.critic == "hidden")
+        for s in _sub_seeds(seed, config.n_envs, salt)]
     factory = vec_env_factory or DummyVecEnv
     return factory(env_fns)
 
@@ -904,6 +919,22 @@ class TrainResult:
     best_model_path: Path | None = None
 
 
+def _as_trained(model: BaseAlgorithm) -> BaseAlgorithm:
+    return model
+
+
+def deployable_for(config: AgentConfig, env: RollbackEnv) -> Callable[[BaseAlgorithm],
+                                                                        BaseAlgorithm]:
+    """What turns a model in training into the one that acts on ``env`` and is saved as a
+    policy: itself, or for a critic on the hidden incident the actor alone
+    (:func:`shadowrl.rl.asymmetric.actor_only`)."""
+    if config.critic != "hidden":
+        return _as_trained
+    from shadowrl.rl.asymmetric import actor_only
+
+    return lambda model: actor_only(model, env)  # type: ignore[arg-type]
+
+
 class CostEvalCallback(BaseCallback):
     """Every ``freq`` timesteps (checked between rollouts) and at the end of training, run
     ``evaluate`` on seeds ``seed + i``; save the best model.
@@ -916,9 +947,12 @@ class CostEvalCallback(BaseCallback):
     def __init__(self, env: RollbackEnv, freq: int, episodes: int, seed: int,
                  best_path: Path | None = None, meta: dict[str, Any] | None = None,
                  history: list[dict[str, Any]] | None = None,
-                 best_cost: float | None = None, log: bool = False) -> None:
+                 best_cost: float | None = None, log: bool = False,
+                 deployable: Callable[[BaseAlgorithm], BaseAlgorithm] | None = None) -> None:
         super().__init__(verbose=0)
         self.env = env
+        # the model as it acts and is saved (an asymmetric one without its critic's input)
+        self.deployable = deployable or _as_trained
         self.freq = freq
         self.episodes = episodes
         self.seed = seed
@@ -949,7 +983,8 @@ class CostEvalCallback(BaseCallback):
 
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
-        episodes = evaluate(self.env, SB3Policy(self.model), self.episodes, self.seed)
+        acting = self.deployable(self.model)
+        episodes = evaluate(self.env, SB3Policy(acting), self.episodes, self.seed)
         costs = np.array([e.cost for e in episodes])
         downtime = np.array([e.rehearsal.downtime_s for e in episodes])
         burn = np.array([e.rehearsal.budget_burn for e in episodes])
@@ -968,7 +1003,7 @@ class CostEvalCallback(BaseCallback):
         if improved:
             self.best_cost = row["mean_cost"]
             if self.best_path is not None:
-                _save_model(self.model, self.best_path, {
+                _save_model(acting, self.best_path, {
                     **self.meta, "timesteps": int(self.num_timesteps),
                     "mean_cost": row["mean_cost"]})
         if self.log:
@@ -1027,10 +1062,11 @@ def _read_state(out_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _latest(out_dir: Path) -> tuple[int, Path] | None:
+def _latest(out_dir: Path, with_policy: bool = True) -> tuple[int, Path] | None:
     options = _checkpoints(out_dir / "checkpoints")
     state = _read_state(out_dir)
-    if (out_dir / "policy.zip").is_file() and isinstance(state.get("timesteps"), int):
+    if with_policy and (out_dir / "policy.zip").is_file() and isinstance(
+            state.get("timesteps"), int):
         options.append((state["timesteps"], out_dir / "policy.zip"))
     return max(options, key=lambda o: o[0]) if options else None
 
@@ -1108,7 +1144,8 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
     if state.get("algorithm") not in (None, config.algorithm):
         raise ValueError(f"cannot resume {out}: it was trained with '{state['algorithm']}', "
                          f"the agent config says '{config.algorithm}'")
-    latest = _latest(out) if resume else None
+    # an asymmetric run resumes from its checkpoints: policy.zip holds the actor alone
+    latest = _latest(out, with_policy=config.critic != "hidden") if resume else None
     done = latest[0] if latest else 0
     history: list[dict[str, Any]] = [r for r in state.get("eval_history", [])
                                      if r.get("timesteps", 0) <= done]
@@ -1128,16 +1165,24 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
             if model.num_timesteps != done:
                 done = int(model.num_timesteps)
                 set_random_seed(seed + done)
+        elif config.critic == "hidden":
+            from shadowrl.rl.asymmetric import AsymmetricMaskablePolicy
+
+            kwargs = config.constructor_kwargs()
+            kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}),
+                                       "n_observed": meta["observation_dim"]}
+            model = cls(AsymmetricMaskablePolicy, vec_env, verbose=0, device="cpu", **kwargs)
         else:
             model = cls(config.policy, vec_env, verbose=0, device="cpu",
                         **config.constructor_kwargs())
         model.action_space.seed(seed + done)
 
         show_bar = _show_progress(progress)
+        deployable = deployable_for(config, eval_env)
         eval_cb = CostEvalCallback(eval_env, config.eval.freq, config.eval.episodes,
                                    config.eval.seed, best_path=out / "best_policy.zip",
                                    meta=meta, history=history, best_cost=best,
-                                   log=progress and not show_bar)
+                                   log=progress and not show_bar, deployable=deployable)
         ckpt_cb = AtomicCheckpointCallback(config.checkpoint.freq, str(ckpt_dir), meta)
         remaining = total - done
         if remaining > 0:
@@ -1148,7 +1193,7 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
             eval_cb.run()
         steps = int(model.num_timesteps)
         model_path = out / "policy.zip"
-        _save_model(model, model_path, {**meta, "timesteps": steps})
+        _save_model(deployable(model), model_path, {**meta, "timesteps": steps})
     finally:
         vec_env.close()
     wall = time.perf_counter() - start
