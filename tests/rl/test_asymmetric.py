@@ -127,3 +127,20 @@ def _tiny() -> dict[str, object]:
     data = yaml.safe_load(TINY_AGENT)
     assert isinstance(data, dict)
     return data
+
+
+def test_the_hidden_incident_carries_the_hour_and_the_pattern_load() -> None:
+    from shadowrl.shadow.sim.params import SimParams
+    from shadowrl.shadow.sim.topology import diurnal_factor
+
+    env = RollbackEnv(SEARCH)
+    wrapped = HiddenIncident(env)
+    n = env.observation_space.shape[0] + len(env.scenario.incidents)  # type: ignore[index]
+    obs, _ = wrapped.reset(seed=10_037)
+    assert env.injection is not None
+    at = env.injection.start_offset_s + env.shadow.now()
+    assert obs[n + 2] == pytest.approx(diurnal_factor(at, SimParams()), rel=1e-6)
+    hour = np.arctan2(obs[n + 3], obs[n + 4]) / (2 * np.pi) * 24 % 24
+    assert hour == pytest.approx(at / 3600 % 24, abs=1e-3)
+    assert obs[n + 5] == pytest.approx((env.shadow.now() - env.injection.onset_s) / 600,
+                                       rel=1e-6)

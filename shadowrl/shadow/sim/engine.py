@@ -392,6 +392,12 @@ class SimShadow:
         idx = int((q - 1) * quantum // eff.shape_step_s)
         return all(v == eff.shape[-1] for v in eff.shape[idx:])
 
+    @property
+    def load_pattern(self) -> Callable[[float], float]:
+        """The load multiplier (mean 1) at a time of the pattern (what training may show a
+        critic: :mod:`shadowrl.rl.asymmetric`)."""
+        return self._pattern
+
     def now(self) -> float:
         self._check()
         return self.state.t
