@@ -153,7 +153,13 @@ def test_add_drain_remove(lb: HaproxyLB, replicas: dict[str, str]) -> None:
         urllib.request.urlopen(f"http://{lb.address}/", timeout=3)
     assert err.value.code == 503
 
+    # haproxy counts a response when it closes the stream, which can be just after the client
+    # has read it: wait (bounded) for the 503 to show in the frontend's counters
+    deadline = time.monotonic() + 5.0
     stats = lb.stats()
+    while stats["frontend"].hrsp_5xx < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stats = lb.stats()
     assert stats["frontend"].hrsp_5xx >= 1 and stats["backend"].req_tot >= 17
     assert stats[b].lbtot >= 9 and stats[b].hrsp_5xx == 0
 
