@@ -49,8 +49,7 @@ class HiddenIncident(gym.ObservationWrapper[np.ndarray, int, np.ndarray]):
         super().__init__(env)
         self.rollback_env = env
         self.incidents = [i.name for i in env.scenario.incidents]
-        self.n_observed = int(env.observation_space.shape[0])  # type: ignore[index]
-        n = self.n_observed + hidden_size(env)
+        n = int(env.observation_space.shape[0]) + hidden_size(env)  # type: ignore[index]
         self.observation_space = spaces.Box(-HIDDEN_CAP, HIDDEN_CAP, (n,), np.float32)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
@@ -83,7 +82,6 @@ class ObservedOnly(FlattenExtractor):
         keep = torch.zeros(int(np.prod(observation_space.shape)))
         keep[:n_observed] = 1.0
         self.register_buffer("keep", keep)
-        self.n_observed = n_observed
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return super().forward(observations) * self.keep

@@ -160,10 +160,6 @@ def greedy_rollout(env: RollbackEnv, cost: float = 0.0,
     return actions, cost
 
 
-def greedy_actions(env: RollbackEnv) -> list[int]:
-    return greedy_rollout(env)[0]
-
-
 def branch_and_bound(env: RollbackEnv, max_nodes: int = ORACLE_NODES,
                      incumbents: Sequence[Sequence[int]] = ()) -> OracleResult:
     """Best action sequence from the env's current state (just after reset).

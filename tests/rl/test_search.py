@@ -36,7 +36,7 @@ from shadowrl.rl.search import (
     all_plans,
     best_static,
     branch_and_bound,
-    greedy_actions,
+    greedy_rollout,
     linear_extensions,
     local_search,
     plan_cost,
@@ -307,7 +307,7 @@ def test_greedy_never_picks_a_masked_action(path: Any, tiny_path: Path) -> None:
         assert len(e.actions) == len(env.steps)  # one action per step, none rejected
     # the lookahead's restore is exact: greedy acting replays to the same cost
     env.reset(seed=500)
-    actions = greedy_actions(env)
+    actions = greedy_rollout(env)[0]
     assert actions == episodes[0].actions
     env.reset(seed=500)
     assert rollout(env, actions) == pytest.approx(episodes[0].cost, rel=1e-12)
@@ -359,7 +359,7 @@ def test_branch_and_bound_is_exact_on_a_tiny_procedure(tiny_path: Path, tiny_bru
         assert np.array_equal(env._observe(), obs)
         assert rollout(env, result.actions) == pytest.approx(result.cost, rel=1e-9)
         env.reset(seed=seed)
-        greedy = rollout(env, greedy_actions(env))
+        greedy = greedy_rollout(env)[1]
         assert result.cost <= greedy + 1e-9
         beats_greedy += result.cost < greedy - 1e-6
     assert beats_greedy >= 1  # the tiny procedure has incidents where greedy is myopic
@@ -383,7 +383,7 @@ def test_branch_and_bound_with_a_tiny_budget(tiny_path: Path, tiny_brute) -> Non
         env.reset(seed=seed)
         incumbents = [plan_actions(env, conf)]
         costs = []
-        for actions in [greedy_actions(env), *incumbents]:
+        for actions in [greedy_rollout(env)[0], *incumbents]:
             env.reset(seed=seed)
             costs.append(rollout(env, actions))
         env.reset(seed=seed)
