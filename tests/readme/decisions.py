@@ -141,6 +141,11 @@ DECISIONS: tuple[Decision, ...] = (
              "and the inequality the benchmark reads are a test",
              ("tests/rl/test_search.py::"
               "test_siblings_share_the_incident_and_differ_in_the_noise_only",)),
+    Decision(r"python benchmarks/plan_library\.py.*", "covered",
+             "oracle searches on 30 incidents and 2,000 plan rollouts (minutes); the cost "
+             "matrix and the chooser the benchmark reads are a test",
+             ("tests/rl/test_search.py::"
+              "test_the_plan_library_costs_every_plan_from_the_same_breach",)),
     Decision(r"python benchmarks/rehearse_memory\.py.*", "covered",
              "a measurement of 20,000 rehearsals (minutes); the same bound, as a ratio of a "
              "short and a longer campaign, is a test",

@@ -519,3 +519,34 @@ def test_siblings_share_the_incident_and_differ_in_the_noise_only() -> None:
     assert not np.array_equal(own, other)  # ...on other load noise: another breach
     fixed.injection = None
     assert bench.sibling_gap(env, 10_010, 2, fixed, incident="no-such-incident") is None
+
+
+def test_the_plan_library_costs_every_plan_from_the_same_breach() -> None:
+    """The plan-library benchmark: each cell of its cost matrix is what that plan costs when
+    played from a fresh reset on that incident (the snapshot restores the breach exactly),
+    and a 1-nearest-neighbour chooser asked about its own training breaches picks each
+    row's cheapest plan."""
+    bench = _benchmark("plan_library")
+    env = RollbackEnv(ROOT / "envs" / "search.yaml")
+    plans = []
+    for policy in (GreedyPolicy(), configured_policy(env)):
+        obs, _ = env.reset(seed=10_020)
+        policy.reset(env)
+        actions: list[int] = []
+        while True:
+            action = policy.act(env, obs)
+            actions.append(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+        plans.append(tuple(actions))
+    assert plans[0] != plans[1]
+    observations, costs = bench.cost_matrix(env, plans, range(10_020, 10_024))
+    assert costs.shape == (4, 2) and observations.shape[0] == 4
+    for i, seed in enumerate(range(10_020, 10_024)):
+        for j, plan in enumerate(plans):
+            env.reset(seed=seed)
+            assert rollout(env, plan) == pytest.approx(costs[i, j], abs=1e-9)
+    assert costs[:, 0].min() != costs[:, 1].min()  # the two plans differ in cost
+    picked = bench.knn_choice(observations, costs, observations, 1)
+    assert list(picked) == list(costs.argmin(1))
