@@ -13,8 +13,10 @@ benchmark separates them without PPO:
    ``--test`` test incidents (the env snapshotted at the breach and restored per plan);
 3. **choosers**, fitted on the training rows, each picking one plan per test incident from
    its breach observation alone: ``knn`` (the plan with the least mean cost over the ``k``
-   nearest training breaches, standardised features) and ``mlp`` (a softmax over the plans
-   trained to minimise the expected cost, the policy's loss in a cost-sensitive warm start).
+   nearest training breaches, standardised features: the labels of ``warm_start:``) and
+   ``mlp`` (a softmax over the plans trained to minimise the expected cost).
+
+The library, cost matrix and knn chooser are :mod:`shadowrl.rl.warm_start`'s.
 
 Reported against ``hindsight`` (each test incident's best library plan, a stand-in for the
 oracle: equal to it within 0.1 % on search's held-out incidents) and ``best_single`` (one
@@ -40,65 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from shadowrl.core.spec import load_scenario  # noqa: E402
 from shadowrl.rl.env import RollbackEnv  # noqa: E402
-from shadowrl.rl.search import (  # noqa: E402
-    OraclePolicy,
-    env_restore,
-    env_snapshot,
-    rollout,
-    searching,
-)
+from shadowrl.rl.warm_start import cost_matrix, knn_choice, oracle_library  # noqa: E402
 
 LIBRARY_SEED = 0
 TRAIN_SEED = 100_000
 TEST_SEED = 20_000
-UNFINISHED_COST = 50.0  # a plan that cannot finish from this breach (never chosen)
-
-
-def oracle_library(env: RollbackEnv, incidents: int) -> list[tuple[int, ...]]:
-    """The distinct optimal action sequences of the oracle on ``incidents`` incidents."""
-    oracle = OraclePolicy()
-    plans: list[tuple[int, ...]] = []
-    for seed in range(LIBRARY_SEED, LIBRARY_SEED + incidents):
-        obs, _ = env.reset(seed=seed)
-        oracle.reset(env)
-        actions = []
-        while True:
-            action = oracle.act(env, obs)
-            actions.append(int(action))
-            obs, _, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                break
-        if tuple(actions) not in plans:
-            plans.append(tuple(actions))
-    return plans
-
-
-def cost_matrix(env: RollbackEnv, plans: list[tuple[int, ...]], seeds: range
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Breach observations (rows) and each plan's cost from that breach (columns)."""
-    observations, costs = [], []
-    for seed in seeds:
-        obs, _ = env.reset(seed=seed)
-        observations.append(obs.copy())
-        row = []
-        with searching(env):
-            snap = env_snapshot(env)
-            for plan in plans:
-                env_restore(env, snap)
-                row.append(rollout(env, plan))
-        costs.append(row)
-    matrix = np.array(costs, dtype=float)
-    return np.array(observations), np.where(np.isfinite(matrix), matrix, UNFINISHED_COST)
-
-
-def knn_choice(x_train: np.ndarray, c_train: np.ndarray, x_test: np.ndarray, k: int
-               ) -> np.ndarray:
-    """The plan of least mean cost over the ``k`` nearest training breaches."""
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    a, b = (x_train - mean) / std, (x_test - mean) / std
-    dist = ((b[:, None, :] - a[None, :, :]) ** 2).sum(-1)
-    nearest = np.argsort(dist, axis=1)[:, :k]
-    return c_train[nearest].mean(1).argmin(1)
 
 
 def mlp_choice(x_train: np.ndarray, c_train: np.ndarray, x_test: np.ndarray,
@@ -155,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = RollbackEnv(load_scenario(args.scenario))
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    plans = oracle_library(env, args.library_incidents)
+    plans = oracle_library(env, args.library_incidents, seed=LIBRARY_SEED)
     timings["library_s"] = time.perf_counter() - t
     t = time.perf_counter()
     x_train, c_train = cost_matrix(env, plans, range(TRAIN_SEED, TRAIN_SEED + args.train))

@@ -169,6 +169,23 @@ class CheckpointConfig(_Strict):
                             description="timesteps between checkpoints")
 
 
+class WarmStartConfig(_Strict):
+    """Imitation of the oracle's plans before PPO (:mod:`shadowrl.rl.warm_start`)."""
+
+    library_incidents: StrictInt = Field(
+        default=30, ge=1, le=10_000,
+        description="incidents the oracle solves; its distinct plans are the library")
+    incidents: StrictInt = Field(
+        default=1000, ge=2, le=100_000,
+        description="training incidents every library plan is played on")
+    neighbours: StrictInt = Field(
+        default=20, ge=1, le=10_000,
+        description="nearest breaches whose mean cost picks each incident's plan")
+    epochs: StrictInt = Field(default=30, ge=1, le=1_000)
+    batch_size: StrictInt = Field(default=256, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+
+
 class AgentConfig(_Strict):
     algorithm: str = Field(default="maskable_ppo", max_length=100)
     policy: str = Field(default="MlpPolicy", max_length=100)
@@ -182,6 +199,10 @@ class AgentConfig(_Strict):
         description="what PPO's critic learns from: the observation, or also the hidden "
                     "incident (an asymmetric actor-critic, maskable_ppo only; the actor "
                     "always sees the observation alone)")
+    warm_start: WarmStartConfig | None = Field(
+        default=None,
+        description="imitate the oracle's plans, chosen by the breach alone, before PPO "
+                    "(maskable_ppo with critic: observed only)")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
@@ -245,6 +266,11 @@ def config_problems(config: AgentConfig) -> Problems:
     if config.critic == "hidden" and config.algorithm != "maskable_ppo":
         problems.append((("critic",), f"a critic on the hidden incident needs maskable_ppo, "
                                       f"not {config.algorithm}"))
+    if config.warm_start is not None and (config.algorithm != "maskable_ppo"
+                                          or config.critic != "observed"):
+        problems.append((("warm_start",), "a warm start needs maskable_ppo with critic: "
+                                          f"observed, not {config.algorithm} with critic: "
+                                          f"{config.critic}"))
     problems += _check_env(config.env)
     if not problems:  # the budget needs every value to be of the right type
         problems += _check_budget(cls, config)
@@ -1089,6 +1115,13 @@ def _torch_threads(n: int) -> Iterator[None]:
         th.set_num_threads(before)
 
 
+def _progress_log(progress: bool) -> Callable[[str], None] | None:
+    """``[train]`` lines on stderr while ``progress``: the warm start's stages are minutes."""
+    if not progress:
+        return None
+    return lambda message: print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
 def _show_progress(progress: bool) -> bool:
     if not progress or not sys.stderr.isatty():
         return False
@@ -1176,6 +1209,16 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
             model = cls(config.policy, vec_env, verbose=0, device="cpu",
                         **config.constructor_kwargs())
         model.action_space.seed(seed + done)
+        warm = state.get("warm_start") if latest is not None else None
+        if latest is None and config.warm_start is not None:
+            from shadowrl.rl.warm_start import warm_start
+
+            ws = config.warm_start
+            warm = warm_start(model.policy, RollbackEnv(sc, **config.env),
+                              library_incidents=ws.library_incidents, incidents=ws.incidents,
+                              neighbours=ws.neighbours, epochs=ws.epochs,
+                              batch_size=ws.batch_size, learning_rate=ws.learning_rate,
+                              seed=seed, log=_progress_log(progress)).as_dict()
 
         show_bar = _show_progress(progress)
         deployable = deployable_for(config, eval_env)
@@ -1205,7 +1248,7 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
         "resumed_from": str(latest[1]) if latest else None,
         "wall_s": round(wall, 3), "wall_s_total": round(wall + float(
             state.get("wall_s_total", 0.0)), 3),
-        "best_mean_cost": best, "eval_history": eval_cb.history})
+        "best_mean_cost": best, "eval_history": eval_cb.history, "warm_start": warm})
     best_path = out / "best_policy.zip"
     return TrainResult(model_path, steps, wall, eval_cb.history, best,
                        best_path if best_path.is_file() else None)
