@@ -42,7 +42,12 @@ sys.path.insert(0, str(ROOT))
 
 from shadowrl.core.spec import load_scenario  # noqa: E402
 from shadowrl.rl.env import RollbackEnv  # noqa: E402
-from shadowrl.rl.warm_start import cost_matrix, knn_choice, oracle_library  # noqa: E402
+from shadowrl.rl.warm_start import (  # noqa: E402
+    cost_matrix,
+    knn_choice,
+    oracle_library,
+    standardised,
+)
 
 LIBRARY_SEED = 0
 TRAIN_SEED = 100_000
@@ -55,9 +60,9 @@ def mlp_choice(x_train: np.ndarray, c_train: np.ndarray, x_test: np.ndarray,
     import torch
 
     torch.manual_seed(seed)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    a = torch.tensor((x_train - mean) / std, dtype=torch.float32)
-    b = torch.tensor((x_test - mean) / std, dtype=torch.float32)
+    x_train, x_test = standardised(x_train, x_test)
+    a = torch.tensor(x_train, dtype=torch.float32)
+    b = torch.tensor(x_test, dtype=torch.float32)
     c = torch.tensor(c_train, dtype=torch.float32)
     net = torch.nn.Sequential(torch.nn.Linear(a.shape[1], 256), torch.nn.ReLU(),
                               torch.nn.Linear(256, 256), torch.nn.ReLU(),

@@ -72,11 +72,9 @@ class WarmStartInfo:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def oracle_library(env: RollbackEnv, incidents: int, seed: int = LIBRARY_SEED,
-                   max_nodes: int | None = None,
-                   on_incident: Callable[[int], None] | None = None) -> list[Plan]:
+def oracle_library(env: RollbackEnv, incidents: int, seed: int = LIBRARY_SEED) -> list[Plan]:
     """The distinct optimal action sequences of the oracle on ``incidents`` incidents."""
-    oracle = OraclePolicy() if max_nodes is None else OraclePolicy(max_nodes)
+    oracle = OraclePolicy()
     plans: list[Plan] = []
     for i in range(incidents):
         env.reset(seed=seed + i)
@@ -84,8 +82,6 @@ def oracle_library(env: RollbackEnv, incidents: int, seed: int = LIBRARY_SEED,
         plan = tuple(oracle.results[-1].actions)
         if plan not in plans:
             plans.append(plan)
-        if on_incident is not None:
-            on_incident(i)
     return plans
 
 
@@ -107,7 +103,8 @@ def cost_matrix(env: RollbackEnv, plans: Sequence[Plan], seeds: Sequence[int]
     return np.array(observations), np.where(np.isfinite(matrix), matrix, UNFINISHED_COST)
 
 
-def _standardised(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardised(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays scaled by the training rows' mean and spread (features on one scale)."""
     mean, std = train.mean(0), train.std(0) + 1e-6
     return (train - mean) / std, (other - mean) / std
 
@@ -116,7 +113,7 @@ def knn_choice(x_train: np.ndarray, c_train: np.ndarray, x_query: np.ndarray, k:
                leave_out_self: bool = False, chunk: int = 500) -> np.ndarray:
     """The plan of least mean cost over the ``k`` nearest training breaches of each query
     (``leave_out_self``: the queries are the training rows, each not its own neighbour)."""
-    a, b = _standardised(x_train, x_query)
+    a, b = standardised(x_train, x_query)
     picks = []
     for start in range(0, len(b), chunk):
         dist = ((b[start:start + chunk, None, :] - a[None, :, :]) ** 2).sum(-1)
