@@ -56,7 +56,7 @@ def _load(mutant: Mutant, folder: Path) -> tuple[Path, AgentConfig | None]:
     inside it (or the line after its end) and the field."""
     path = mutant.write(folder, "agent")
     n_lines = mutant.content.count(b"\n") + 2
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU, not wall: a busy host must not fail it
     try:
         config = load_agent_config(path)
     except SpecError as exc:
@@ -68,7 +68,7 @@ def _load(mutant: Mutant, folder: Path) -> tuple[Path, AgentConfig | None]:
             assert str(problem).startswith(f"{path}:{problem.line}: "), str(problem)
         return path, None
     finally:
-        assert time.perf_counter() - start < 2.0, mutant.what
+        assert time.thread_time() - start < 2.0, mutant.what
     return path, config
 
 

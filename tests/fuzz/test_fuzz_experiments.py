@@ -49,7 +49,7 @@ def _load(mutant: Mutant, folder: Path) -> tuple[Path, Experiment | None]:
     """Load in-process: an experiment, or a SpecError whose problems each name a file and a
     line and read ``file:line: field: message``."""
     path = mutant.write(folder, "experiment")
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU, not wall: a busy host must not fail it
     try:
         exp = load_experiment(path)
     except SpecError as exc:
@@ -59,7 +59,7 @@ def _load(mutant: Mutant, folder: Path) -> tuple[Path, Experiment | None]:
             assert str(problem).startswith(f"{problem.file}:{problem.line}: "), str(problem)
         return path, None
     finally:
-        assert time.perf_counter() - start < 3.0, mutant.what
+        assert time.thread_time() - start < 3.0, mutant.what
     _check_loaded(exp, folder)
     return path, exp
 

@@ -67,9 +67,11 @@ def test_rehearse_on_the_real_shadow_writes_real_timelines(docker_client: Any,
     assert summary["backend"] == "docker" and summary["runs"] == 1
     # every step ran (whether the SLO then held is the machine's to say: it is measured)
     assert summary["outcomes"]["rollback_failed"] == 0, done.stderr[-3000:]
+    # one launch when the first draw breached; a busy host whose healthy shadow breaches
+    # before the onset draws again, on a fresh shadow
     launched = [line for line in done.stderr.splitlines() if " up in " in line]
-    assert len(launched) == 1, done.stderr  # one launch: the first draw breached
-    shadow_id = re.search(r"shadow (\S+) up in", launched[0]).group(1)
+    assert 1 <= len(launched) <= 3, done.stderr
+    shadow_ids = [re.search(r"shadow (\S+) up in", line).group(1) for line in launched]
 
     table = pq.read_table(out / "profiles.parquet").to_pandas()
     assert set(table["backend"]) == {"docker"}
@@ -90,8 +92,9 @@ def test_rehearse_on_the_real_shadow_writes_real_timelines(docker_client: Any,
     assert table[table["component"] == "db"]["memory"].max() > 0.01
     report = (out / "report.html").read_text()
     assert "real (Docker) shadow" in report
-    # and nothing is left behind
-    assert containers_of(docker_client, shadow_id) == []
+    # and nothing is left behind, of any draw
+    for shadow_id in shadow_ids:
+        assert containers_of(docker_client, shadow_id) == []
 
 
 def _launched(scenario: Scenario) -> DockerShadow:
