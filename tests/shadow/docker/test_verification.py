@@ -135,7 +135,8 @@ def test_train_verifies_the_policy_on_the_real_shadow(docker_client: Any, shadow
     assert result["verified"] == ("passed" if v["passed"] else "failed")
     assert "verification 1/2: the policy on docker, seed 10000" in done.stderr
     [r] = v["results"]
-    assert r["winner"]["incident"] == r["configured"]["incident"] == r["winner_sim"]["incident"]
+    # the same incident on both sides unless a busy host's real shadow drew again
+    assert r["gap"]["same_incident"] == (r["winner"]["incident"] == r["winner_sim"]["incident"])
     # the policy's simulated run is its held-out episode on that seed
     held_out = json.loads((tmp_path / "run" / "episodes.json").read_text())["methods"]["rl"]
     assert r["winner_sim"]["budget_burn"] == pytest.approx(held_out["budget_burn"][0],
