@@ -87,6 +87,7 @@ from shadowrl.core.spec import (
 )
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.evaluate import evaluate
+from shadowrl.rl.results import ORACLE_NODES
 
 __all__ = [
     "ALGORITHMS", "AgentConfig", "AtomicCheckpointCallback", "CheckpointConfig", "CostEvalCallback",
@@ -175,6 +176,10 @@ class WarmStartConfig(_Strict):
     library_incidents: StrictInt = Field(
         default=30, ge=1, le=10_000,
         description="incidents the oracle solves; its distinct plans are the library")
+    oracle_nodes: StrictInt = Field(
+        default=ORACLE_NODES, ge=1, le=10_000_000,
+        description="the oracle's node budget per library incident (its best plan within "
+                    "them, proven optimal or not)")
     incidents: StrictInt = Field(
         default=1000, ge=2, le=100_000,
         description="training incidents every library plan is played on")
@@ -1218,7 +1223,8 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
                               library_incidents=ws.library_incidents, incidents=ws.incidents,
                               neighbours=ws.neighbours, epochs=ws.epochs,
                               batch_size=ws.batch_size, learning_rate=ws.learning_rate,
-                              seed=seed, log=_progress_log(progress)).as_dict()
+                              oracle_nodes=ws.oracle_nodes, seed=seed,
+                              log=_progress_log(progress)).as_dict()
 
         show_bar = _show_progress(progress)
         deployable = deployable_for(config, eval_env)

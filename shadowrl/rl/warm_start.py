@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.results import ORACLE_NODES
 from shadowrl.rl.search import OraclePolicy, env_restore, env_snapshot, rollout, searching
 
 LIBRARY_SEED = 200_000
@@ -72,9 +73,11 @@ class WarmStartInfo:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def oracle_library(env: RollbackEnv, incidents: int, seed: int = LIBRARY_SEED) -> list[Plan]:
-    """The distinct optimal action sequences of the oracle on ``incidents`` incidents."""
-    oracle = OraclePolicy()
+def oracle_library(env: RollbackEnv, incidents: int, seed: int = LIBRARY_SEED,
+                   max_nodes: int = ORACLE_NODES) -> list[Plan]:
+    """The distinct best action sequences the oracle finds on ``incidents`` incidents within
+    ``max_nodes`` nodes each (a plan it did not prove optimal is still a good one to offer)."""
+    oracle = OraclePolicy(max_nodes)
     plans: list[Plan] = []
     for i in range(incidents):
         env.reset(seed=seed + i)
@@ -179,12 +182,13 @@ def imitate(policy: Any, demos: Demonstrations, epochs: int, batch_size: int,
 
 def warm_start(policy: Any, env: RollbackEnv, *, library_incidents: int, incidents: int,
                neighbours: int, epochs: int, batch_size: int, learning_rate: float,
-               seed: int = 0, log: Callable[[str], None] | None = None) -> WarmStartInfo:
+               oracle_nodes: int = ORACLE_NODES, seed: int = 0,
+               log: Callable[[str], None] | None = None) -> WarmStartInfo:
     """The four stages above on ``env`` (the training env's scenario and objective)."""
     say = log or (lambda message: None)
     t0 = time.perf_counter()
     say(f"warm start: the oracle's plans on {library_incidents} incidents")
-    plans = oracle_library(env, library_incidents)
+    plans = oracle_library(env, library_incidents, max_nodes=oracle_nodes)
     t1 = time.perf_counter()
     say(f"warm start: {len(plans)} distinct plans, each played on {incidents} incidents")
     seeds = range(INCIDENT_SEED, INCIDENT_SEED + incidents)

@@ -17,8 +17,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from shadowrl.core.spec import SpecError
 from shadowrl.rl.agents import agent_config_from_data, load_agent_config, train
 from shadowrl.rl.env import RollbackEnv
-from shadowrl.rl.search import rollout
+from shadowrl.rl.search import env_restore, env_snapshot, rollout
 from shadowrl.rl.warm_start import (
+    LIBRARY_SEED,
     cost_matrix,
     demonstrations,
     imitate,
@@ -62,6 +63,19 @@ def test_the_library_holds_the_oracles_distinct_plans(library) -> None:  # type:
     for plan in plans:  # each is a whole, valid procedure
         env.reset(seed=12_345)
         assert np.isfinite(rollout(env, plan))
+
+
+def test_a_node_budget_offers_plans_no_better_than_the_optimum(library) -> None:  # type: ignore[no-untyped-def]
+    """A library searched within a few nodes still holds whole plans, each costing at least
+    what the exact oracle's plan on the same incident costs."""
+    env, exact = library
+    capped = oracle_library(env, 1, max_nodes=30)
+    assert len(capped) == 1
+    env.reset(seed=LIBRARY_SEED)
+    snap = env_snapshot(env)
+    best = rollout(env, exact[0])
+    env_restore(env, snap)
+    assert rollout(env, capped[0]) >= best - 1e-9
 
 
 def test_demonstrations_replay_the_labelled_plans(library) -> None:  # type: ignore[no-untyped-def]
@@ -108,12 +122,13 @@ def test_imitation_makes_the_policy_follow_the_demonstrations(library) -> None: 
 def test_a_warm_started_run_records_what_it_imitated(tmp_path: Path) -> None:
     data = yaml.safe_load(TINY_AGENT)
     data["warm_start"] = {"library_incidents": 2, "incidents": 12, "neighbours": 3,
-                          "epochs": 3}
+                          "epochs": 3, "oracle_nodes": 500}
     config = agent_config_from_data(data)
     result = train(PAYMENTS, config, tmp_path / "run", seed=0, progress=False)
     state = json.loads((tmp_path / "run" / "train_state.json").read_text())
     warm = state["warm_start"]
     assert warm["library_incidents"] == 2 and warm["incidents"] == 12
+    assert state["config"]["warm_start"]["oracle_nodes"] == 500
     assert 1 <= warm["library_plans"] <= 2 and warm["demonstrations"] >= 12
     # the labels can be no cheaper than each incident's cheapest library plan
     assert warm["label_cost"] >= warm["hindsight_cost"] - 1e-9
