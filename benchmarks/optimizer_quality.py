@@ -1,7 +1,8 @@
 """Optimizer quality: every method on the same held-out seeds, per scenario.
 
     python benchmarks/optimizer_quality.py [--scenario envs/checkout.yaml ...] [--episodes 100]
-        [--timesteps N] [--objective budget|downtime] [--full-outage-penalty X] [--json FILE]
+        [--timesteps N] [--agent agents/X.yaml] [--objective budget|downtime]
+        [--full-outage-penalty X] [--json FILE]
 
 Prints, per scenario, the configured procedure, the best static procedure, the RL policy and
 the per-incident oracle (and any other method run) on the same held-out incidents: mean
@@ -101,6 +102,9 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=10000)
     parser.add_argument("--method", default="all")
     parser.add_argument("--timesteps", type=int, default=None)
+    parser.add_argument("--agent", type=Path, default=None,
+                        help="agent config for every scenario (default: each scenario's "
+                             "optimizer.agent, else agents/maskable_ppo.yaml)")
     parser.add_argument("--trials", type=int, default=150)
     parser.add_argument("--replicas", type=int, default=1,
                         help="Ray replicas for the evaluations (and the oracle's searches)")
@@ -121,6 +125,7 @@ def main() -> None:
             res = optimize(sc, Path(tmp), OptimizeOptions(
                 method=args.method, episodes=args.episodes, eval_seed=args.eval_seed,
                 timesteps=args.timesteps, search_trials=args.trials, objective=args.objective,
+                agent=args.agent,
                 replicas=args.replicas,
                 full_outage_penalty=args.full_outage_penalty),
                 "benchmarks/optimizer_quality.py",

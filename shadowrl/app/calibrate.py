@@ -350,9 +350,15 @@ def _scenario_yaml(source: Path, params_name: str) -> str:
     pattern = traffic.get("pattern")
     if isinstance(pattern, dict) and "csv" in pattern:
         pattern["csv"] = str(base / pattern["csv"])
+    replay = traffic.get("replay")
+    if isinstance(replay, dict) and "file" in replay:
+        replay["file"] = str(base / replay["file"])
     history = data.get("deviations", {}).get("history")
     if isinstance(history, dict) and "file" in history:
         history["file"] = str(base / history["file"])
+    optimizer = data.get("optimizer")
+    if isinstance(optimizer, dict) and "agent" in optimizer:
+        optimizer["agent"] = str(base / optimizer["agent"])
     data["simulator"] = {"params": params_name}
     head = (f"# {source} calibrated: the simulator loads {params_name} (fitted on the real "
             f"shadow); the real shadow runs the scenario as written.\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowrl.app.errors import UsageError
+from shadowrl.core.extras import MissingExtraError
 from shadowrl.core.spec import (
     CsvPattern,
     Problem,
@@ -77,8 +78,9 @@ def procedure_for(path: Path | None, scenario: Scenario) -> Procedure:
 
 def data_file_problems(scenario: Scenario) -> list[Problem]:
     """The problems of the data files a loaded scenario names (CSV traffic pattern,
-    ``deviations.history``), read as the simulator and ``rehearse`` read them, each on the
-    line of the field naming the file. (That they exist is checked by the loader.)"""
+    ``deviations.history``, simulator parameters, ``optimizer.agent``), read as the simulator,
+    ``rehearse`` and ``optimize`` read them, each on the line of the field naming the file.
+    (That they exist is checked by the loader.)"""
     from shadowrl.traffic.history import HistoryError, load_pattern, load_series
 
     problems: list[Problem] = []
@@ -86,7 +88,13 @@ def data_file_problems(scenario: Scenario) -> list[Problem]:
     history = scenario.deviations.history
     for field_path, path in data_files(scenario):
         try:
-            if field_path[0] == "simulator":
+            if field_path[0] == "optimizer":
+                try:
+                    from shadowrl.rl.agents import load_agent_config
+                except MissingExtraError:  # without the rl extra nothing trains it
+                    continue
+                load_agent_config(path)
+            elif field_path[0] == "simulator":
                 from shadowrl.shadow.sim.params import SimParams
 
                 SimParams.load(path).check_against(scenario, str(path))
@@ -102,7 +110,7 @@ def data_file_problems(scenario: Scenario) -> list[Problem]:
                 load_series(path, history.format, column=history.column)
         except HistoryError as exc:
             problems += scenario_problem(scenario, field_path, str(exc)).problems
-        except SpecError as exc:  # the simulator's parameter file: its own file and line
+        except SpecError as exc:  # a parameter or agent file: its own file and line
             problems += exc.problems
     return problems
 

@@ -17,7 +17,7 @@ from shadowrl.app.common import (
     with_params,
 )
 from shadowrl.app.errors import UsageError
-from shadowrl.core.spec import load_scenario
+from shadowrl.core.spec import load_scenario, scenario_agent
 from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
 from shadowrl.rl.results import ORACLE_NODES, OptimizeResult
 
@@ -26,7 +26,8 @@ class OptimizeRequest(BaseModel):
     file: Path
     params: Path | None = None  # simulator parameters (--params); over simulator.params
     method: str = "all"  # search | rl | all
-    agent: Path | None = None  # agent config YAML; default agents/maskable_ppo.yaml
+    agent: Path | None = None  # agent config YAML; default the scenario's optimizer.agent,
+    # else agents/maskable_ppo.yaml
     timesteps: int | None = Field(default=None, ge=1)  # RL training timesteps
     replicas: int = Field(default=1, ge=1)  # parallel shadow replicas (Ray)
     ray_address: str | None = None  # a Ray cluster to join (default: RAY_ADDRESS or local)
@@ -61,16 +62,18 @@ def optimize(request: OptimizeRequest, *, on_progress: ProgressFn | None = None,
                          f"incidents, which the comparison also measured")
     sc = with_params(load_scenario(request.file), request.params)
     try:
-        methods_for(request.method)
+        methods = methods_for(request.method)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if request.agent is not None:
+    # --agent, else the agent the scenario names (optimizer.agent), else the default
+    agent = request.agent if request.agent is not None else scenario_agent(sc)
+    if agent is not None and "rl" in methods:
         from shadowrl.rl.agents import load_agent_config
 
-        load_agent_config(request.agent)
+        load_agent_config(agent)
     if backend is not None:
         check_backend_ready(backend, sc, on_log)
-    opts = OptimizeOptions(method=request.method, agent=request.agent,
+    opts = OptimizeOptions(method=request.method, agent=agent,
                            timesteps=request.timesteps, replicas=request.replicas,
                            seed=request.seed, episodes=request.episodes,
                            eval_seed=request.eval_seed, search_trials=request.trials,

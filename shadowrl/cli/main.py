@@ -166,7 +166,8 @@ def rehearse_cmd(
 def optimize_cmd(
     file: Path = typer.Argument(..., metavar="FILE", help="Scenario YAML."),
     method: str = typer.Option("all", help="search | rl | all"),
-    agent: Path | None = typer.Option(None, help="Agent config YAML (default: "
+    agent: Path | None = typer.Option(None, help="Agent config YAML (default: the one the "
+                                                 "scenario's optimizer.agent names, else "
                                                  "agents/maskable_ppo.yaml)."),
     timesteps: int | None = typer.Option(None, min=1, max=10_000_000,
                                           help="RL training timesteps."),

@@ -452,6 +452,16 @@ class SimulatorSettings(Strict):
                     "per-component overrides fitted on the real shadow.")
 
 
+class OptimizerSettings(Strict):
+    """What ``shadowrl optimize`` uses for this scenario when its flags do not say."""
+
+    agent: str | None = Field(
+        default=None, min_length=1,
+        description="An agent config (YAML), relative to this scenario file, that `optimize "
+                    "--method rl|all` trains when no --agent is given: one tuned for this "
+                    "scenario (a warm start, its own hyperparameters).")
+
+
 class Metadata(Strict):
     name: Name
     description: str = ""
@@ -473,6 +483,7 @@ class Scenario(Strict):
     procedure: Procedure
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
 
     @property
     def name(self) -> str:
@@ -1268,7 +1279,8 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def data_files(sc: Scenario) -> list[tuple[PathKey, Path]]:
     """The data files a scenario names, as (field path, path resolved against the scenario
-    file's directory): its CSV traffic pattern and its ``deviations.history``."""
+    file's directory): its CSV traffic pattern, replay recording, ``deviations.history``,
+    simulator parameters and ``optimizer.agent``."""
     base = getattr(sc, "_source", None)
     folder = base.parent if isinstance(base, Path) else Path(".")
     out: list[tuple[PathKey, Path]] = []
@@ -1282,7 +1294,18 @@ def data_files(sc: Scenario) -> list[tuple[PathKey, Path]]:
         out.append((("deviations", "history", "file"), folder / sc.deviations.history.file))
     if sc.simulator.params is not None:
         out.append((("simulator", "params"), folder / sc.simulator.params))
+    if sc.optimizer.agent is not None:
+        out.append((("optimizer", "agent"), folder / sc.optimizer.agent))
     return out
+
+
+def scenario_agent(sc: Scenario) -> Path | None:
+    """The agent config ``optimizer.agent`` names, resolved against the scenario file's
+    directory; None when the scenario names none."""
+    for field_path, path in data_files(sc):
+        if field_path == ("optimizer", "agent"):
+            return path.resolve()
+    return None
 
 
 def check_data_files(sc: Scenario) -> Problems:

@@ -16,6 +16,7 @@ Every method minimises the same objective, the :class:`RollbackEnv`'s: the error
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -31,7 +32,7 @@ import yaml
 from shadowrl.analysis.summary import EvaluationSummary, RehearsalSummary, summarize, with_cost
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
 from shadowrl.core.plan import Plan, configured_plan, describe_settings, validate_plan
-from shadowrl.core.spec import Procedure, Scenario, procedure_file_data
+from shadowrl.core.spec import Procedure, Scenario, procedure_file_data, scenario_agent
 from shadowrl.rehearsal.verification import (
     Verification,
     not_verified_line,
@@ -782,7 +783,9 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
         _copy_policy(opts.policy, out_dir)
         info = RlInfo(policy=str(opts.policy))
     else:
-        config = load_agent_config(opts.agent or default_agent_path())
+        # --agent, else the one the scenario names (optimizer.agent), else the default
+        agent = opts.agent or scenario_agent(env.scenario) or default_agent_path()
+        config = load_agent_config(agent)
         # the policy learns the objective every other method is measured on
         config.env = {**config.env, **objective_kwargs(env)}
         log(f"training {config.algorithm} for {opts.timesteps or config.timesteps} timesteps "
@@ -790,9 +793,19 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
         trained = train(env.scenario, config, out_dir / "rl", seed=opts.seed,
                         timesteps=opts.timesteps, progress=show_progress,
                         vec_env_factory=opts.vec_env_factory)
-        _copy_policy(Path(trained.model_path), out_dir)
-        info = RlInfo(train_s=trained.wall_s, timesteps=trained.timesteps,
-                      algorithm=config.algorithm)
+        # the best checkpoint by the training's own evaluation (other seeds than the
+        # held-out ones measured below), which includes the final policy: a late PPO update
+        # that made the policy worse is not what a user should deploy
+        chosen = trained.best_model_path or Path(trained.model_path)
+        _copy_policy(chosen, out_dir)
+        meta = _policy_meta(chosen)
+        info = RlInfo(agent=str(agent), train_s=trained.wall_s, timesteps=trained.timesteps,
+                      algorithm=config.algorithm,
+                      policy_timesteps=meta.get("timesteps", trained.timesteps),
+                      validation_cost=meta.get("mean_cost"))
+        log(f"kept the policy at {info.policy_timesteps} of {trained.timesteps} timesteps"
+            + (f" (evaluation mean cost {info.validation_cost:.4f})"
+               if info.validation_cost is not None else ""))
     res = measure(env, str(out_dir / "policy.zip"), opts.episodes, opts.eval_seed, tick,
                   opts.replicas, name="rl")
     res.train_s = info.train_s or 0.0
@@ -878,6 +891,17 @@ def _per_step_change(scenario: Scenario,
 def default_agent_path() -> Path:
     """``agents/maskable_ppo.yaml`` beside the package (a source checkout)."""
     return Path(__file__).resolve().parents[2] / "agents" / "maskable_ppo.yaml"
+
+
+def _policy_meta(model_path: Path) -> dict[str, Any]:
+    """The sidecar a saved policy carries (its timesteps, its evaluation's mean cost)."""
+    from shadowrl.rl.agents import sidecar_path
+
+    try:
+        meta = json.loads(sidecar_path(model_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _copy_policy(model_path: Path, out_dir: Path) -> None:

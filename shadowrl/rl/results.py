@@ -26,11 +26,17 @@ class SearchInfo(ResultModel):
 class RlInfo(ResultModel):
     """The RL policy: a given ``policy`` file, or the training that produced one."""
 
-    omit_when_empty = frozenset({"policy", "train_s", "timesteps", "algorithm"})
+    omit_when_empty = frozenset({"policy", "agent", "train_s", "timesteps", "algorithm",
+                                 "policy_timesteps", "validation_cost"})
     policy: str | None = None
+    agent: str | None = None  # the agent config the policy was trained with
     train_s: float | None = None
     timesteps: int | None = None
     algorithm: str | None = None
+    # the training's best evaluated checkpoint (the final one included) is the policy kept:
+    # its timesteps and mean cost on the training's own evaluation seeds
+    policy_timesteps: int | None = None
+    validation_cost: float | None = None
 
 
 ORACLE_NODES = 20_000  # the oracle's default node budget per incident (optimize --oracle-nodes)

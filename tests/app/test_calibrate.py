@@ -98,3 +98,21 @@ def test_the_verdict_allows_the_larger_of_15_percent_and_the_aa_noise() -> None:
     assert v["within"] and v["measures"]["bad_requests"]["allowed"] == 0.3
     error["measures"]["downtime_s"]["error_after"] = 0.16
     assert not verdict(error)["within"]
+
+
+def test_the_calibrated_copy_keeps_every_file_the_scenario_names(tmp_path: Path) -> None:
+    """calibrate's scenario.yaml lives in another folder: each path the original names
+    relative to itself (the agent of search's optimizer.agent included) still resolves."""
+    from shadowrl.app.calibrate import _scenario_yaml
+    from shadowrl.core.spec import data_files, scenario_agent
+
+    for source in (ROOT / "envs" / "search.yaml", CHECKOUT):
+        (tmp_path / "params.yaml").write_text("components: {}\n")
+        copy = tmp_path / "scenario.yaml"
+        copy.write_text(_scenario_yaml(source, "params.yaml"))
+        original, calibrated = load_scenario(source), load_scenario(copy)
+        named = {f: p.resolve() for f, p in data_files(original)}
+        kept = {f: p.resolve() for f, p in data_files(calibrated)}
+        assert kept.pop(("simulator", "params")) == tmp_path / "params.yaml"
+        assert kept == named
+    assert scenario_agent(load_scenario(ROOT / "envs" / "search.yaml")) is not None

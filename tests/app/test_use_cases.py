@@ -226,6 +226,72 @@ def test_optimize_bad_input(tmp_path: Path) -> None:
     assert_names_file_and_line(info.value, agent)
 
 
+def scenario_naming_agent(tmp_path: Path, agent_text: str) -> Path:
+    """checkout.yaml copied to ``tmp_path`` with ``optimizer.agent: agents/tiny.yaml``."""
+    import yaml
+
+    data = yaml.safe_load(CHECKOUT.read_text())
+    data["optimizer"] = {"agent": "agents/tiny.yaml"}
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "tiny.yaml").write_text(agent_text)
+    scenario = tmp_path / "sc.yaml"
+    scenario.write_text(yaml.safe_dump(data, sort_keys=False))
+    return scenario
+
+
+TINY_AGENT = ("algorithm: maskable_ppo\nn_envs: 1\ntimesteps: 96\n"
+              "hyperparameters: {n_steps: 32, batch_size: 32, n_epochs: 1}\n"
+              "eval: {freq: 32, episodes: 2}\n")
+
+
+def test_optimize_trains_the_agent_the_scenario_names(tmp_path: Path) -> None:
+    """``optimizer.agent`` (relative to the scenario file) is what optimize trains when no
+    --agent is given; --agent still wins; summary.json says which config it was."""
+    scenario = scenario_naming_agent(tmp_path, TINY_AGENT)
+    result = optimize(OptimizeRequest(file=scenario, method="rl", episodes=1,
+                                      out=tmp_path / "named"))
+    assert result.rl is not None
+    assert result.rl.agent == str(tmp_path / "agents" / "tiny.yaml")
+    assert result.rl.timesteps == 96
+    summary = json.loads((tmp_path / "named" / "summary.json").read_text())
+    assert summary["rl"]["agent"] == str(tmp_path / "agents" / "tiny.yaml")
+    # the policy kept is the training's best evaluated checkpoint
+    history = json.loads((tmp_path / "named" / "rl" / "train_state.json").read_text())
+    evaluated = history["eval_history"]
+    assert len(evaluated) >= 3
+    best = min(evaluated, key=lambda r: r["mean_cost"])
+    assert result.rl.validation_cost == pytest.approx(best["mean_cost"])
+    assert result.rl.policy_timesteps in {r["timesteps"] for r in evaluated
+                                          if r["mean_cost"] == best["mean_cost"]}
+    assert ((tmp_path / "named" / "policy.zip").read_bytes()
+            == (tmp_path / "named" / "rl" / "best_policy.zip").read_bytes())
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_AGENT.replace("timesteps: 96", "timesteps: 64"))
+    flagged = optimize(OptimizeRequest(file=scenario, method="rl", episodes=1, agent=other,
+                                       out=tmp_path / "flagged"))
+    assert flagged.rl is not None and flagged.rl.agent == str(other)
+    assert flagged.rl.timesteps == 64
+
+
+def test_a_bad_agent_the_scenario_names_is_reported_with_its_line(tmp_path: Path) -> None:
+    """A missing agent file is the scenario's error (its optimizer.agent line); a bad one is
+    the agent file's, from validate and from optimize alike, before anything runs."""
+    scenario = scenario_naming_agent(tmp_path, "algorithm: maskable_ppo\nn_envs: -3\n")
+    report = validate(ValidateRequest(files=[scenario]))
+    text = "\n".join(str(p) for f in report.files for p in f.problems)
+    assert f"{tmp_path / 'agents' / 'tiny.yaml'}:2: n_envs" in text
+    with pytest.raises(SpecError) as info:
+        optimize(OptimizeRequest(file=scenario, method="rl", out=tmp_path / "out"))
+    assert_names_file_and_line(info.value, tmp_path / "agents" / "tiny.yaml")
+    assert not (tmp_path / "out").exists()
+    # a search does not train, so it does not need the agent
+    optimize(OptimizeRequest(file=scenario, method="search", episodes=1, trials=2,
+                             oracle_nodes=50, out=tmp_path / "search"))
+    (tmp_path / "agents" / "tiny.yaml").unlink()
+    with pytest.raises(SpecError, match=r"sc.yaml:\d+: optimizer.agent: no such file"):
+        load_scenario(scenario)
+
+
 # --------------------------------------------------------------------------- train
 
 
