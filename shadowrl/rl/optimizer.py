@@ -16,7 +16,6 @@ Every method minimises the same objective, the :class:`RollbackEnv`'s: the error
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -777,7 +776,7 @@ def _as_it_is(procedure: Procedure, plan: Plan, proposal: Mapping[str, Any]) -> 
 def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[int], None],
         log: Callable[[str], None], show_progress: bool) -> MethodResult:
     """Train a policy (or take ``opts.policy``), copy it to ``out_dir``, measure it."""
-    from shadowrl.rl.agents import load_agent_config, train
+    from shadowrl.rl.agents import load_agent_config, read_sidecar, train
 
     if opts.policy is not None:
         _copy_policy(opts.policy, out_dir)
@@ -798,7 +797,7 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
         # that made the policy worse is not what a user should deploy
         chosen = trained.best_model_path or Path(trained.model_path)
         _copy_policy(chosen, out_dir)
-        meta = _policy_meta(chosen)
+        meta = read_sidecar(chosen)
         info = RlInfo(agent=str(agent), train_s=trained.wall_s, timesteps=trained.timesteps,
                       algorithm=config.algorithm,
                       policy_timesteps=meta.get("timesteps", trained.timesteps),
@@ -891,17 +890,6 @@ def _per_step_change(scenario: Scenario,
 def default_agent_path() -> Path:
     """``agents/maskable_ppo.yaml`` beside the package (a source checkout)."""
     return Path(__file__).resolve().parents[2] / "agents" / "maskable_ppo.yaml"
-
-
-def _policy_meta(model_path: Path) -> dict[str, Any]:
-    """The sidecar a saved policy carries (its timesteps, its evaluation's mean cost)."""
-    from shadowrl.rl.agents import sidecar_path
-
-    try:
-        meta = json.loads(sidecar_path(model_path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _copy_policy(model_path: Path, out_dir: Path) -> None:
