@@ -76,11 +76,12 @@ def procedure_for(path: Path | None, scenario: Scenario) -> Procedure:
     return scenario.procedure if path is None else load_procedure(path, scenario)
 
 
-def data_file_problems(scenario: Scenario) -> list[Problem]:
+def data_file_problems(scenario: Scenario, *, agent: bool = True) -> list[Problem]:
     """The problems of the data files a loaded scenario names (CSV traffic pattern,
     ``deviations.history``, simulator parameters, ``optimizer.agent``), read as the simulator,
     ``rehearse`` and ``optimize`` read them, each on the line of the field naming the file.
-    (That they exist is checked by the loader.)"""
+    (That they exist is checked by the loader.) ``agent=False`` leaves the agent config
+    unread: only training needs it, and reading it imports the RL stack (torch)."""
     from shadowrl.traffic.history import HistoryError, load_pattern, load_series
 
     problems: list[Problem] = []
@@ -89,6 +90,8 @@ def data_file_problems(scenario: Scenario) -> list[Problem]:
     for field_path, path in data_files(scenario):
         try:
             if field_path[0] == "optimizer":
+                if not agent:
+                    continue
                 try:
                     from shadowrl.rl.agents import load_agent_config
                 except MissingExtraError:  # without the rl extra nothing trains it
@@ -119,7 +122,7 @@ def check_data_files(scenario: Scenario) -> None:
     """Raise :class:`SpecError` for the first unusable data file (see
     :func:`data_file_problems`): a use case about to simulate fails on its input, with
     file:line, rather than part-way."""
-    problems = data_file_problems(scenario)
+    problems = data_file_problems(scenario, agent=False)
     if problems:
         raise SpecError(problems)
 

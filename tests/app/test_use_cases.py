@@ -364,3 +364,33 @@ def test_app_imports_and_rehearses_without_rl_ray_or_mlflow() -> None:
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["2", "2"]
+
+
+def test_simulating_a_scenario_that_names_an_agent_does_not_load_the_rl_stack() -> None:
+    """search.yaml names an agent config; reading it imports torch, which only training
+    needs: simulate leaves it unread (with the stack installed), and validate without the
+    stack still passes the scenario."""
+    search = str(ROOT / "envs" / "search.yaml")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from shadowrl.app.simulate import SimulateRequest, simulate\n"
+        f"simulate(SimulateRequest(file=Path({search!r}), seed=1))\n"
+        "print('torch' in sys.modules, 'stable_baselines3' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "False"]
+    blocked = (
+        "import sys\n"
+        "for m in ('torch', 'gymnasium', 'stable_baselines3', 'sb3_contrib'):\n"
+        "    sys.modules[m] = None\n"
+        "from pathlib import Path\n"
+        "from shadowrl.app.validate import ValidateRequest, validate\n"
+        f"print(validate(ValidateRequest(files=[Path({search!r})])).ok)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True"]
