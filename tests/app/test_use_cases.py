@@ -360,10 +360,15 @@ def test_app_imports_and_rehearses_without_rl_ray_or_mlflow() -> None:
         f"s = rehearse(RehearseRequest(file=Path({str(CHECKOUT)!r}), runs=2))\n"
         "print(s.runs, sum(s.outcomes.model_dump().values()))\n"
     )
+    assert python_prints(code) == ["2", "2"]
+
+
+def python_prints(code: str) -> list[str]:
+    """What ``code`` prints (split into words), run in a fresh interpreter that must exit 0."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["2", "2"]
+    return proc.stdout.split()
 
 
 def test_simulating_a_scenario_that_names_an_agent_does_not_load_the_rl_stack() -> None:
@@ -378,10 +383,7 @@ def test_simulating_a_scenario_that_names_an_agent_does_not_load_the_rl_stack() 
         f"simulate(SimulateRequest(file=Path({search!r}), seed=1))\n"
         "print('torch' in sys.modules, 'stable_baselines3' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["False", "False"]
+    assert python_prints(code) == ["False", "False"]
     blocked = (
         "import sys\n"
         "for m in ('torch', 'gymnasium', 'stable_baselines3', 'sb3_contrib'):\n"
@@ -390,7 +392,4 @@ def test_simulating_a_scenario_that_names_an_agent_does_not_load_the_rl_stack() 
         "from shadowrl.app.validate import ValidateRequest, validate\n"
         f"print(validate(ValidateRequest(files=[Path({search!r})])).ok)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["True"]
+    assert python_prints(blocked) == ["True"]
