@@ -28,7 +28,7 @@ from shadowrl.app.common import LogFn, ProgressFn
 from shadowrl.app.errors import UsageError
 from shadowrl.core.atomic import atomic_write_json, atomic_write_text
 from shadowrl.core.plan import configured_plan
-from shadowrl.core.spec import Scenario, load_scenario
+from shadowrl.core.spec import Scenario, data_files, load_scenario
 
 DEFAULT_LEVELS = (0.4, 0.7, 1.0, 1.3, 1.8)  # of the scenario's load; the last overloads
 TOLERANCE = 0.15  # the simulator's mean within 15 % of the real shadow's (or its A/A noise)
@@ -343,22 +343,13 @@ def _params_yaml(sc: Scenario, params: dict[str, Any], request: CalibrateRequest
 
 def _scenario_yaml(source: Path, params_name: str) -> str:
     """The scenario file as written, with ``simulator.params`` naming the fitted file
-    (every relative path in it made absolute, since the copy lives elsewhere)."""
+    (every data file it names made absolute, since the copy lives elsewhere)."""
     data = yaml.safe_load(Path(source).read_text())
-    base = Path(source).resolve().parent
-    traffic = data.get("deployment", {}).get("traffic", {})
-    pattern = traffic.get("pattern")
-    if isinstance(pattern, dict) and "csv" in pattern:
-        pattern["csv"] = str(base / pattern["csv"])
-    replay = traffic.get("replay")
-    if isinstance(replay, dict) and "file" in replay:
-        replay["file"] = str(base / replay["file"])
-    history = data.get("deviations", {}).get("history")
-    if isinstance(history, dict) and "file" in history:
-        history["file"] = str(base / history["file"])
-    optimizer = data.get("optimizer")
-    if isinstance(optimizer, dict) and "agent" in optimizer:
-        optimizer["agent"] = str(base / optimizer["agent"])
+    for field_path, path in data_files(load_scenario(source)):
+        node = data
+        for key in field_path[:-1]:
+            node = node[key]
+        node[field_path[-1]] = str(path.resolve())
     data["simulator"] = {"params": params_name}
     head = (f"# {source} calibrated: the simulator loads {params_name} (fitted on the real "
             f"shadow); the real shadow runs the scenario as written.\n")

@@ -17,7 +17,7 @@ from shadowrl.app.common import (
     with_params,
 )
 from shadowrl.app.errors import UsageError
-from shadowrl.core.spec import load_scenario, scenario_agent
+from shadowrl.core.spec import load_scenario
 from shadowrl.rehearsal.verification import MAX_VERIFY_RUNS
 from shadowrl.rl.results import ORACLE_NODES, OptimizeResult
 
@@ -51,7 +51,7 @@ def optimize(request: OptimizeRequest, *, on_progress: ProgressFn | None = None,
     Raises SpecError for a bad scenario or agent file, UsageError for an unknown method or
     verify backend, BackendUnavailable (before any search) when the verify backend cannot
     run. A verification that fails is no error: the result records it (``passed``)."""
-    from shadowrl.rl.optimizer import OptimizeOptions, methods_for
+    from shadowrl.rl.optimizer import OptimizeOptions, agent_for, methods_for
     from shadowrl.rl.optimizer import optimize as run_optimizer
 
     check_objective(request.objective)
@@ -65,15 +65,13 @@ def optimize(request: OptimizeRequest, *, on_progress: ProgressFn | None = None,
         methods = methods_for(request.method)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    # --agent, else the agent the scenario names (optimizer.agent), else the default
-    agent = request.agent if request.agent is not None else scenario_agent(sc)
-    if agent is not None and "rl" in methods:
+    if "rl" in methods:  # the agent config RL will train, checked before any work
         from shadowrl.rl.agents import load_agent_config
 
-        load_agent_config(agent)
+        load_agent_config(agent_for(sc, request.agent))
     if backend is not None:
         check_backend_ready(backend, sc, on_log)
-    opts = OptimizeOptions(method=request.method, agent=agent,
+    opts = OptimizeOptions(method=request.method, agent=request.agent,
                            timesteps=request.timesteps, replicas=request.replicas,
                            seed=request.seed, episodes=request.episodes,
                            eval_seed=request.eval_seed, search_trials=request.trials,

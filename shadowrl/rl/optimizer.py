@@ -782,8 +782,7 @@ def _rl(env: RollbackEnv, opts: OptimizeOptions, out_dir: Path, tick: Callable[[
         _copy_policy(opts.policy, out_dir)
         info = RlInfo(policy=str(opts.policy))
     else:
-        # --agent, else the one the scenario names (optimizer.agent), else the default
-        agent = opts.agent or scenario_agent(env.scenario) or default_agent_path()
+        agent = agent_for(env.scenario, opts.agent)
         config = load_agent_config(agent)
         # the policy learns the objective every other method is measured on
         config.env = {**config.env, **objective_kwargs(env)}
@@ -890,6 +889,12 @@ def _per_step_change(scenario: Scenario,
 def default_agent_path() -> Path:
     """``agents/maskable_ppo.yaml`` beside the package (a source checkout)."""
     return Path(__file__).resolve().parents[2] / "agents" / "maskable_ppo.yaml"
+
+
+def agent_for(scenario: Scenario, agent: Path | None) -> Path:
+    """The agent config RL trains: ``agent`` (``--agent``), else the one the scenario names
+    (``optimizer.agent``), else :func:`default_agent_path`."""
+    return agent or scenario_agent(scenario) or default_agent_path()
 
 
 def _copy_policy(model_path: Path, out_dir: Path) -> None:
