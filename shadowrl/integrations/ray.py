@@ -875,6 +875,17 @@ def _evaluate_chunk(scenario: Scenario, env_kwargs: dict[str, Any], policy_spec:
     return [run_episode(env, policy, s) for s in seeds]
 
 
+def _plan_costs_chunk(scenario: Scenario, env_kwargs: dict[str, Any], plans: list[Any],
+                      seeds: list[int]) -> list[list[float]]:
+    from shadowrl.rl.env import RollbackEnv
+    from shadowrl.rl.evaluate import run_episode
+    from shadowrl.rl.policy import StaticPolicy
+
+    env = RollbackEnv(scenario, **env_kwargs)
+    policies = [StaticPolicy(plan, name=f"candidate-{j}") for j, plan in enumerate(plans)]
+    return [[run_episode(env, policy, s).cost for policy in policies] for s in seeds]
+
+
 def _rehearse_chunk(scenario: Scenario, seeds: list[int], kwargs: dict[str, Any]) -> list[Any]:
     from shadowrl.rehearsal.runner import rehearse
 
@@ -937,6 +948,26 @@ def parallel_evaluate(scenario: str | Path | Scenario, policy: Any, episodes: in
         sc_ref, spec_ref = ray.put(sc), ray.put(spec)
         return _run_chunks(_evaluate_chunk, episodes, seed, replicas,
                            lambda seeds: (sc_ref, kwargs, spec_ref, seeds), on_episode)
+
+
+def parallel_plan_costs(scenario: str | Path | Scenario, plans: Sequence[Any], episodes: int,
+                        seed: int, replicas: int | None = None, *,
+                        env_kwargs: Mapping[str, Any] | None = None,
+                        on_episode: Callable[[int], None] | None = None,
+                        address: str | None = None) -> list[list[float]]:
+    """The cost of every plan (a :data:`shadowrl.core.plan.Plan`) on every seed ``seed + i``
+    (``i < episodes``), each a whole episode from the seed's reset, as rows in seed order:
+    what a serial loop of :func:`shadowrl.rl.evaluate.run_episode` with a
+    :class:`~shadowrl.rl.policy.StaticPolicy` per plan computes, over ``replicas`` Ray tasks
+    of contiguous seeds. ``env_kwargs`` go to ``RollbackEnv``."""
+    sc = as_scenario(scenario)
+    kwargs = dict(env_kwargs or {})
+    if episodes <= 0:
+        return []
+    with ray_session(address):
+        sc_ref, plans_ref = ray.put(sc), ray.put(list(plans))
+        return _run_chunks(_plan_costs_chunk, episodes, seed, replicas,
+                           lambda seeds: (sc_ref, kwargs, plans_ref, seeds), on_episode)
 
 
 def parallel_rehearse(scenario: str | Path | Scenario, n_runs: int, seed: int = 0,

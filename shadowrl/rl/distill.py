@@ -47,7 +47,7 @@ from shadowrl.core.runbook import (
     RunbookMetadata,
 )
 from shadowrl.core.spec import Procedure, Scenario
-from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.env import RollbackEnv, replica_kwargs
 from shadowrl.rl.evaluate import run_episode
 from shadowrl.rl.policy import Policy, StaticPolicy, actions_to_plan, plan_actions
 from shadowrl.rl.runbook_policy import RunbookPolicy, observe, procedure_plan
@@ -233,6 +233,7 @@ class Teachers:
     best_static: Plan
     oracle_nodes: int = 300
     oracle_incidents: int = 24
+    replicas: int = 1  # > 1: the oracle's searches and the cost matrix run as Ray tasks
 
 
 def _plan_key(plan: Plan) -> tuple[Any, ...]:
@@ -244,12 +245,12 @@ def collect(env: RollbackEnv, teachers: Teachers, seeds: Sequence[int],
             ) -> tuple[np.ndarray, list[Plan], list[int]]:
     """Breach observations, the candidate plans, and the policy's plan (an index into the
     candidates) per incident (-1 without a policy)."""
-    from shadowrl.rl.search import OraclePolicy
-
     rows: list[list[float]] = []
     plans: dict[tuple[Any, ...], Plan] = {}
     played: list[tuple[Any, ...] | None] = []
     counts: Counter[tuple[Any, ...]] = Counter()
+    optima = oracle_plans(env, teachers, seeds[:teachers.oracle_incidents]
+                          if teachers.oracle_nodes > 0 else [])
     for k, seed in enumerate(seeds):
         env.reset(seed=seed)
         rows.append(feature_row(env, features))
@@ -262,12 +263,9 @@ def collect(env: RollbackEnv, teachers: Teachers, seeds: Sequence[int],
             played.append(key)
         else:
             played.append(None)
-        if teachers.oracle_nodes > 0 and k < teachers.oracle_incidents:
-            oracle = OraclePolicy(teachers.oracle_nodes, [teachers.best_static])
-            episode = run_episode(env, oracle, seed)
-            plan = actions_to_plan(env, episode.actions)
-            plans.setdefault(_plan_key(plan), plan)
-            counts[_plan_key(plan)] += 0  # known, ranked after the policy's plans
+        if k < len(optima):
+            plans.setdefault(_plan_key(optima[k]), optima[k])
+            counts[_plan_key(optima[k])] += 0  # known, ranked after the policy's plans
         if tick is not None:
             tick()
     static_key = _plan_key(teachers.best_static)
@@ -280,8 +278,42 @@ def collect(env: RollbackEnv, teachers: Teachers, seeds: Sequence[int],
             [index.get(p, -1) if p is not None else -1 for p in played])
 
 
+def _contiguous(seeds: Sequence[int]) -> bool:
+    """Ray's helpers take a first seed and a count."""
+    return list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+
+
+def oracle_plans(env: RollbackEnv, teachers: Teachers, seeds: Sequence[int]) -> list[Plan]:
+    """The oracle's plan on each of ``seeds``, searched from the best static
+    plan within ``teachers.oracle_nodes`` nodes; as Ray tasks when ``teachers.replicas`` > 1
+    and the seeds are contiguous (the same plans: each search is deterministic)."""
+    from shadowrl.rl.search import OraclePolicy
+
+    if not seeds:
+        return []
+    if teachers.replicas > 1 and _contiguous(seeds):
+        from shadowrl.integrations.ray import parallel_evaluate
+
+        oracle = OraclePolicy(teachers.oracle_nodes, [teachers.best_static])
+        episodes = parallel_evaluate(env.scenario, oracle, len(seeds), seeds[0],
+                                     teachers.replicas, env_kwargs=replica_kwargs(env))
+    else:
+        episodes = [run_episode(env, OraclePolicy(teachers.oracle_nodes,
+                                                  [teachers.best_static]), seed)
+                    for seed in seeds]
+    return [actions_to_plan(env, episode.actions) for episode in episodes]
+
+
 def cost_matrix(env: RollbackEnv, plans: Sequence[Plan], seeds: Sequence[int],
-                tick: Callable[[], None] | None = None) -> np.ndarray:
+                tick: Callable[[], None] | None = None, replicas: int = 1) -> np.ndarray:
+    """Each plan's cost (columns) on each incident (rows), as Ray tasks when ``replicas`` > 1
+    and the seeds are contiguous."""
+    if replicas > 1 and seeds and _contiguous(seeds):
+        from shadowrl.integrations.ray import parallel_plan_costs
+
+        return np.array(parallel_plan_costs(env.scenario, plans, len(seeds), seeds[0],
+                                            replicas, env_kwargs=replica_kwargs(env)),
+                        dtype=float).reshape(len(seeds), len(plans))
     out = np.zeros((len(seeds), len(plans)))
     for j, plan in enumerate(plans):
         policy = StaticPolicy(plan, name=f"candidate-{j}")
@@ -312,7 +344,7 @@ def distill(env: RollbackEnv, teachers: Teachers, *, eval_seed: int, train: int 
     x, plans, _played = collect(env, teachers, train_seeds + val_seeds, features)
     log(f"distilling a runbook: {len(plans)} candidate plans on {train + validation} "
         f"incidents")
-    costs = cost_matrix(env, plans, train_seeds + val_seeds)
+    costs = cost_matrix(env, plans, train_seeds + val_seeds, replicas=teachers.replicas)
     by_depth = {depth: cross_validated(x, costs, depth) for depth in range(max_depth + 1)}
     best_depth = min(by_depth, key=lambda d: (round(by_depth[d], 9), d))
     # refit the chosen depth on every incident
@@ -466,6 +498,7 @@ def rl_beats_static(rl: Sequence[float], static: Sequence[float]) -> tuple[bool,
 def runbook_of_run(env: RollbackEnv, *, policy: Policy | None, best_plan: Plan,
                    eval_seed: int, costs: dict[str, Sequence[float]],
                    policy_plans: Sequence[Plan] | None, oracle_nodes: int = 300,
+                   replicas: int = 1,
                    log: Callable[[str], None] = lambda _m: None) -> Distilled:
     """What ``optimize`` and ``train`` write as runbook.yaml: distilled from ``policy`` when
     it beats the best static plan (``costs``: method -> held-out per-incident costs), else
@@ -482,7 +515,8 @@ def runbook_of_run(env: RollbackEnv, *, policy: Policy | None, best_plan: Plan,
     # as many training incidents as the evaluation is big (3x its held-out ones), within
     # 60..360: a short test run distills in seconds, a full one on enough incidents
     train = min(360, max(60, 3 * len(seeds)))
-    result = distill(env, Teachers(policy, best_plan, oracle_nodes=oracle_nodes),
+    result = distill(env, Teachers(policy, best_plan, oracle_nodes=oracle_nodes,
+                                   replicas=replicas),
                      eval_seed=eval_seed, train=train, validation=train // 3,
                      fallback=reason, log=log)
     result.heldout = heldout(env, result.runbook, list(seeds), policy_plans, costs)

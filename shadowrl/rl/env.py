@@ -369,6 +369,17 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         super().close()
 
 
+def objective_kwargs(env: RollbackEnv) -> dict[str, Any]:
+    """The env's objective as :class:`RollbackEnv` keyword arguments."""
+    return {"objective": env.objective, "full_outage_penalty": env.full_outage_penalty}
+
+
+def replica_kwargs(env: RollbackEnv) -> dict[str, Any]:
+    """The keyword arguments that rebuild ``env`` in a Ray task: its procedure and objective
+    (a replica measures the same thing as the env it stands in for)."""
+    return {"procedure": env.procedure, **objective_kwargs(env)}
+
+
 def _clamp(values: list[float]) -> list[float]:
     """NaN and negatives to 0, above ``OBS_CAP`` (and +inf) to ``OBS_CAP``."""
     return [(v if v < OBS_CAP else OBS_CAP) if v > 0.0 else 0.0 for v in values]

@@ -40,7 +40,7 @@ from shadowrl.rehearsal.verification import (
     verify_procedures,
 )
 from shadowrl.rehearsal.verification import header_lines as verification_header
-from shadowrl.rl.env import RollbackEnv
+from shadowrl.rl.env import RollbackEnv, objective_kwargs, replica_kwargs
 from shadowrl.rl.evaluate import Episode, evaluate
 from shadowrl.rl.policy import Policy, RandomPolicy, StaticPolicy, configured_policy
 from shadowrl.rl.results import ORACLE_NODES, OptimizeResult, OracleInfo, RlInfo, SearchInfo
@@ -120,11 +120,6 @@ def methods_for(method: str) -> tuple[str, ...]:
     raise ValueError(f"unknown method {method!r} (search, rl or all)")
 
 
-def objective_kwargs(env: RollbackEnv) -> dict[str, Any]:
-    """The env's objective as :class:`RollbackEnv` keyword arguments."""
-    return {"objective": env.objective, "full_outage_penalty": env.full_outage_penalty}
-
-
 def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
             tick: Callable[[int], None] | None = None, replicas: int = 1,
             name: str | None = None) -> MethodResult:
@@ -135,7 +130,7 @@ def measure(env: RollbackEnv, policy: Policy | str, episodes: int, seed: int,
         from shadowrl.integrations.ray import parallel_evaluate
 
         eps = parallel_evaluate(env.scenario, policy, episodes, seed, replicas,
-                                env_kwargs={"procedure": env.procedure, **objective_kwargs(env)},
+                                env_kwargs=replica_kwargs(env),
                                 on_episode=tick)
     else:
         if isinstance(policy, str):
@@ -553,7 +548,7 @@ def _runbook(env: RollbackEnv, opts: OptimizeOptions, results: dict[str, MethodR
                                                      "configured") if k in results}
     distilled = runbook_of_run(env, policy=policy, best_plan=best_plan,
                                eval_seed=opts.eval_seed, costs=costs, policy_plans=plans,
-                               log=log)
+                               replicas=opts.replicas, log=log)
     atomic_write_text(out_dir / "runbook.yaml", runbook_yaml(distilled, env.scenario, command))
     report = distilled.report()
     atomic_write_json(out_dir / "runbook.json", report)

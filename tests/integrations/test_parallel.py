@@ -26,14 +26,15 @@ from shadowrl.integrations.ray import (
     RayRehearseFn,
     RayVecEnv,
     parallel_evaluate,
+    parallel_plan_costs,
     parallel_rehearse,
     ray_session,
 )
 from shadowrl.rehearsal.campaign import run_campaign
 from shadowrl.rehearsal.runner import rehearse
 from shadowrl.rl.env import RollbackEnv
-from shadowrl.rl.evaluate import evaluate
-from shadowrl.rl.policy import RandomPolicy, configured_policy
+from shadowrl.rl.evaluate import evaluate, run_episode
+from shadowrl.rl.policy import RandomPolicy, StaticPolicy, actions_to_plan, configured_policy
 from shadowrl.rl.search import GreedyPolicy
 from tests.agents import TINY_AGENT
 
@@ -249,6 +250,19 @@ def test_parallel_evaluate_matches_serial(ray_local: Any, scenario: Any) -> None
         assert [e.rehearsal.seed for e in got] == list(range(1000, 1007))
         assert got == serial
     assert sorted(seen) == sorted(list(range(7)) * 3)
+
+
+def test_parallel_plan_costs_match_serial_episodes(ray_local: Any, scenario: Any) -> None:
+    env = RollbackEnv(scenario, objective="downtime")
+    plans = [actions_to_plan(env, e.actions) for e in evaluate(env, RandomPolicy(5), 3, 40)]
+    seen: list[int] = []
+    got = parallel_plan_costs(scenario, plans, 5, 1000, replicas=2, on_episode=seen.append,
+                              env_kwargs={"objective": "downtime"})
+    serial = [[run_episode(env, StaticPolicy(plan), s).cost for plan in plans]
+              for s in range(1000, 1005)]
+    assert got == serial
+    assert sorted(seen) == list(range(5))
+    assert len({tuple(row) for row in got}) > 1  # the incidents differ, and so do the costs
 
 
 def test_parallel_rehearse_matches_serial(ray_local: Any, scenario: Any) -> None:

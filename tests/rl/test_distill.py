@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,6 +122,22 @@ def test_a_runbook_from_an_adaptive_teacher_branches_and_keeps_its_advantage(
     assert report["kept_share"] > 0.5  # type: ignore[index]
     assert 0.5 < report["fidelity"] <= 1.0  # type: ignore[index]
     assert len(report["branches"]) >= 2  # type: ignore[index]
+
+
+def test_distilling_over_ray_replicas_gives_the_serial_runbook(ray_local: Any) -> None:
+    # the oracle's searches and the cost matrix as Ray tasks: the same candidates, the same
+    # costs, so the same tree and runbook as the serial distillation
+    sc = load_scenario(ADAPTIVE)
+    env = RollbackEnv(sc)
+    best = configured_plan(sc.procedure)
+    runs = [distill(env, Teachers(StaticPolicy(best), best, oracle_nodes=60,
+                                  oracle_incidents=6, replicas=replicas),
+                    eval_seed=10000, train=24, validation=8) for replicas in (1, 2)]
+    serial, parallel = runs
+    assert serial.candidates > 1  # the oracle's plans were found and are candidates
+    assert parallel.candidates == serial.candidates
+    assert parallel.validation_cost == serial.validation_cost
+    assert runbook_to_data(parallel.runbook) == runbook_to_data(serial.runbook)
 
 
 def test_no_significant_advantage_falls_back_to_the_best_static_procedure() -> None:
