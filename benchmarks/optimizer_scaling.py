@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
+from shadowrl.app.common import ray_context  # noqa: E402
 from shadowrl.core.spec import Scenario, load_scenario  # noqa: E402
 from shadowrl.rl.optimizer import OptimizeOptions, optimize  # noqa: E402
 from shadowrl.rl.results import ORACLE_NODES  # noqa: E402
@@ -92,7 +93,8 @@ def scaling_scenario(steps: int, directory: Path) -> Scenario:
 
 def measure_size(steps: int, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    # one Ray session for the run, as `shadowrl optimize --replicas N` holds
+    with tempfile.TemporaryDirectory() as tmp, ray_context(args.replicas):
         sc = scaling_scenario(steps, Path(tmp))
         res = optimize(sc, Path(tmp), OptimizeOptions(
             method="all", episodes=args.episodes, eval_seed=args.eval_seed,
