@@ -284,23 +284,21 @@ def _contiguous(seeds: Sequence[int]) -> bool:
 
 
 def oracle_plans(env: RollbackEnv, teachers: Teachers, seeds: Sequence[int]) -> list[Plan]:
-    """The oracle's plan on each of ``seeds``, searched from the best static
+    """The oracle's plan on each of ``seeds``, each searched alone from the best static
     plan within ``teachers.oracle_nodes`` nodes; as Ray tasks when ``teachers.replicas`` > 1
     and the seeds are contiguous (the same plans: each search is deterministic)."""
     from shadowrl.rl.search import OraclePolicy
 
     if not seeds:
         return []
+    oracle = OraclePolicy(teachers.oracle_nodes, [teachers.best_static], remember=False)
     if teachers.replicas > 1 and _contiguous(seeds):
         from shadowrl.integrations.ray import parallel_evaluate
 
-        oracle = OraclePolicy(teachers.oracle_nodes, [teachers.best_static])
         episodes = parallel_evaluate(env.scenario, oracle, len(seeds), seeds[0],
                                      teachers.replicas, env_kwargs=replica_kwargs(env))
     else:
-        episodes = [run_episode(env, OraclePolicy(teachers.oracle_nodes,
-                                                  [teachers.best_static]), seed)
-                    for seed in seeds]
+        episodes = [run_episode(env, oracle, seed) for seed in seeds]
     return [actions_to_plan(env, episode.actions) for episode in episodes]
 
 

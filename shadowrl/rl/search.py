@@ -277,9 +277,12 @@ class OraclePolicy:
     name = "oracle"
 
     def __init__(self, max_nodes: int = ORACLE_NODES,
-                 incumbent_plans: Sequence[Plan] = ()) -> None:
+                 incumbent_plans: Sequence[Plan] = (), remember: bool = True) -> None:
         self.max_nodes = max_nodes
         self.incumbent_plans = list(incumbent_plans)
+        # False: each incident searched as if alone, so a search the budget cuts short finds
+        # the same plan whichever incidents came before it (in whichever Ray task)
+        self.remember = remember
         self.results: list[OracleResult] = []
         self.last_info: dict[str, Any] = {}
         self._queue: list[int] = []
@@ -291,9 +294,10 @@ class OraclePolicy:
         incumbents = [plan_actions(env, p) for p in self.incumbent_plans]
         # the optima of earlier incidents often suit this one: as incumbents (upper bounds
         # only, so the search stays exact) they prune from the first node on
-        incumbents += self._recent
+        if self.remember:
+            incumbents += self._recent
         result = branch_and_bound(env, self.max_nodes, incumbents)
-        if result.actions not in self._recent:
+        if self.remember and result.actions not in self._recent:
             self._recent = [list(result.actions), *self._recent][:RECENT_OPTIMA]
         self.results.append(result)
         self.last_info = {"exact": result.exact, "nodes": result.nodes,

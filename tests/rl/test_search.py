@@ -452,6 +452,21 @@ def test_oracle_policy_replays_and_keeps_incumbents(checkout, checkout_static) -
         assert actions_to_plan(env, e.actions) == actions_to_plan(env, r.actions)
 
 
+def test_an_oracle_that_does_not_remember_searches_each_incident_as_if_alone(
+        checkout) -> None:
+    # a budget-capped search's plan depends on its incumbents: without the earlier
+    # incidents' optima a run over several incidents finds what each finds alone
+    env = RollbackEnv(checkout)
+    seeds = [ORACLE_SEEDS + i for i in range(3)]
+    together = evaluate(env, OraclePolicy(max_nodes=20, remember=False), 3, ORACLE_SEEDS)
+    alone = [evaluate(env, OraclePolicy(max_nodes=20), 1, s)[0] for s in seeds]
+    assert [e.actions for e in together] == [e.actions for e in alone]
+    assert [e.extra for e in together] == [e.extra for e in alone]
+    remembering = OraclePolicy(max_nodes=20)
+    evaluate(env, remembering, 3, ORACLE_SEEDS)
+    assert remembering._recent  # the default does carry optima forward
+
+
 def test_an_unfinished_search_proves_a_lower_bound_of_the_optimum(
         tiny_path: Path, tiny_brute) -> None:
     env = RollbackEnv(tiny_path)
