@@ -877,13 +877,10 @@ def _evaluate_chunk(scenario: Scenario, env_kwargs: dict[str, Any], policy_spec:
 
 def _plan_costs_chunk(scenario: Scenario, env_kwargs: dict[str, Any], plans: list[Any],
                       seeds: list[int]) -> list[list[float]]:
+    from shadowrl.rl.distill import cost_matrix
     from shadowrl.rl.env import RollbackEnv
-    from shadowrl.rl.evaluate import run_episode
-    from shadowrl.rl.policy import StaticPolicy
 
-    env = RollbackEnv(scenario, **env_kwargs)
-    policies = [StaticPolicy(plan, name=f"candidate-{j}") for j, plan in enumerate(plans)]
-    return [[run_episode(env, policy, s).cost for policy in policies] for s in seeds]
+    return cost_matrix(RollbackEnv(scenario, **env_kwargs), plans, seeds).tolist()
 
 
 def _rehearse_chunk(scenario: Scenario, seeds: list[int], kwargs: dict[str, Any]) -> list[Any]:
@@ -957,9 +954,8 @@ def parallel_plan_costs(scenario: str | Path | Scenario, plans: Sequence[Any], e
                         address: str | None = None) -> list[list[float]]:
     """The cost of every plan (a :data:`shadowrl.core.plan.Plan`) on every seed ``seed + i``
     (``i < episodes``), each a whole episode from the seed's reset, as rows in seed order:
-    what a serial loop of :func:`shadowrl.rl.evaluate.run_episode` with a
-    :class:`~shadowrl.rl.policy.StaticPolicy` per plan computes, over ``replicas`` Ray tasks
-    of contiguous seeds. ``env_kwargs`` go to ``RollbackEnv``."""
+    :func:`shadowrl.rl.distill.cost_matrix` over ``replicas`` Ray tasks of contiguous seeds.
+    ``env_kwargs`` go to ``RollbackEnv``."""
     sc = as_scenario(scenario)
     kwargs = dict(env_kwargs or {})
     if episodes <= 0:
