@@ -54,11 +54,16 @@ def ratio_ci(numerator: list[float], denominator: list[float], draws: int = 2000
     return [round(float(q), 3) for q in np.percentile(ratios, [2.5, 97.5])]
 
 
+def metric_of(objective: str) -> str:
+    """The per-incident metric an objective is measured on."""
+    return "budget_burn" if objective == "budget" else "downtime_s"
+
+
 def targets(methods: dict[str, Any], timing: dict[str, float], objective: str,
             per_incident: dict[str, list[float]] | None = None) -> dict:
     """The per-method targets; ``per_incident`` (method -> the metric per held-out incident)
     adds the RL/oracle ratio's bootstrap interval."""
-    key = "budget_burn" if objective == "budget" else "downtime_s"
+    key = metric_of(objective)
     m = {name: s[key]["mean"] for name, s in methods.items()}
     out: dict[str, Any] = {"metric": f"{key} mean"}
     if "rl" in m and "oracle" in m:
@@ -156,8 +161,7 @@ def main() -> None:
                 "benchmarks/optimizer_quality.py",
                 log=lambda m, name=sc.name: print(f"[{name}] {m}", file=sys.stderr)
             ).model_dump(mode="json")
-            metric = "budget_burn" if args.objective == "budget" else "downtime_s"
-            per_incident = {name: record[metric] for name, record in json.loads(
+            per_incident = {name: record[metric_of(args.objective)] for name, record in json.loads(
                 Path(res["episodes_file"]).read_text())["methods"].items()}
         methods = {name: {"downtime_s": s["downtime_s"], "budget_burn": s["budget_burn"],
                           "bad_requests_mean": s["bad_requests"]["mean"],
