@@ -23,6 +23,7 @@ from shadowrl.core.spec import Procedure, Scenario, Step, as_scenario
 from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, error_budget, finish, start_incident
 from shadowrl.shadow import make_backend
+from shadowrl.shadow.base import CostWeights
 
 OBS_CAP = 10.0
 OBJECTIVES = ("budget", "downtime")
@@ -254,6 +255,17 @@ class RollbackEnv(gym.Env[np.ndarray, int]):
         else:
             base = self.cost_of(downtime_s, failed_requests)
         return base + self.full_outage_penalty * outage_s
+
+    def cost_weights(self) -> CostWeights:
+        """:meth:`cost` as weights, for a backend that stops a branch once it costs too much
+        (:class:`~shadowrl.shadow.base.CostCapping`)."""
+        outage = self.full_outage_penalty
+        if self.objective == "budget":
+            bad = 100.0 / self.error_budget if self.error_budget > 0 else 0.0
+            return CostWeights(bad_requests=bad, outage_s=outage)
+        return CostWeights(downtime_s=1.0 / 60.0,
+                           failed_requests=self.failed_request_weight / self._healthy_rps / 60.0,
+                           outage_s=outage)
 
     def cost_of(self, downtime_s: float, failed_requests: float) -> float:
         """The ``downtime`` objective in minutes: downtime plus weighted failed requests, the

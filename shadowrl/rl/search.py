@@ -24,7 +24,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,7 +44,7 @@ from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.results import ORACLE_NODES
-from shadowrl.shadow.base import Snapshotting
+from shadowrl.shadow.base import CostCapping, CostCapReached, Snapshotting
 
 # --------------------------------------------------------------------------- env snapshots
 
@@ -89,6 +89,22 @@ def searching(env: RollbackEnv) -> Iterator[None]:
         env.observing = before
 
 
+# a cap this far above a search's bound: floating-point sums never prune a branch the bound
+# alone would keep
+CAP_SLACK = 1e-6
+
+
+def capped(env: RollbackEnv, bound: float) -> AbstractContextManager[None]:
+    """Steps inside the block raise :class:`CostCapReached` once they cost more than
+    ``bound`` (the env's objective), on a backend that can stop there
+    (:class:`CostCapping`); elsewhere every step runs to its end. A search that prunes
+    branches costing at least ``bound`` prunes the same ones either way."""
+    shadow = env.shadow
+    if not isinstance(shadow, CostCapping) or not math.isfinite(bound):
+        return nullcontext()
+    return shadow.cost_cap(env.cost_weights(), bound + CAP_SLACK * (1.0 + abs(bound)))
+
+
 def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
     """The env's objective for a finished rehearsal: minus the episode return."""
     return env.rehearsal_cost(r)
@@ -111,8 +127,13 @@ class GreedyPolicy:
         best, best_cost = -1, math.inf
         with searching(env):
             for a in np.flatnonzero(env.action_masks()):
-                _, reward, *_ = env.step(int(a))
-                env_restore(env, snap)
+                try:
+                    with capped(env, best_cost):
+                        _, reward, *_ = env.step(int(a))
+                except CostCapReached:
+                    continue  # dearer than the best so far: not taken
+                finally:
+                    env_restore(env, snap)
                 if -reward < best_cost - 1e-12:
                     best, best_cost = int(a), -reward
         return best
@@ -189,7 +210,11 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
     best = OracleResult(greedy_cost, greedy, 0, True)
     for candidate in incumbents:
         env_restore(env, root)
-        c = rollout(env, candidate)
+        try:
+            with capped(env, best.cost):
+                c = rollout(env, candidate)
+        except CostCapReached:
+            continue
         if c < best.cost:
             best.cost, best.actions = c, list(candidate)
     env_restore(env, root)
@@ -219,7 +244,12 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
             continue  # its state was reached more cheaply since: that copy is expanded
         env_restore(env, snap)
         nodes += 1
-        _, reward, term, _, _ = env.step(a)
+        try:
+            # past best - cost the edge is pruned below whatever it costs: stop it there
+            with capped(env, best.cost - cost):
+                _, reward, term, _, _ = env.step(a)
+        except CostCapReached:
+            continue
         c = cost - reward
         if term:
             if c < best.cost - 1e-9:

@@ -7,6 +7,7 @@ steps that hang) cannot is an optional capability, a separate runtime-checkable 
 callers test with ``isinstance`` instead of assuming it:
 
 - :class:`Snapshotting`: copy and restore the whole shadow (greedy lookahead, the oracle);
+- :class:`CostCapping`: stop simulating once a branch has cost more than a search can use;
 - :class:`FastForward`: move a simulated clock, exactly and segment by segment;
 - :class:`ErrorAttribution`: spans split failed requests by error source;
 - :class:`ProfileRecording`: a per-second profile of every component.
@@ -20,15 +21,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from shadowrl.core.injection import Injection
-from shadowrl.core.results import StepResult
+from shadowrl.core.results import Span, StepResult
 from shadowrl.core.slo import Clock, FastForward, Observable, Observer
 from shadowrl.core.spec import Step
 
-__all__ = ["PROFILE_COLUMNS", "CancelToken", "Clock", "ErrorAttribution", "FastForward",
-           "Observer", "Phase", "ProfileRecording", "ShadowBackend", "Snapshotting"]
+__all__ = ["PROFILE_COLUMNS", "CancelToken", "Clock", "CostCapReached", "CostCapping",
+           "CostWeights", "ErrorAttribution", "FastForward", "Observer", "Phase",
+           "ProfileRecording", "ShadowBackend", "Snapshotting"]
 
 Phase = Literal["normal", "incident", "rollback", "verify"]
 # the columns of a ProfileRecording backend's ``profile``, one row per component per second
@@ -102,6 +106,51 @@ class Snapshotting(Protocol):
     def state_key(self) -> Hashable:
         """The discrete state, floats rounded and time left out: equal keys mean the same
         future, shifted in time (the oracle prunes transpositions with it)."""
+
+
+@dataclass(frozen=True)
+class CostWeights:
+    """A cost linear in what a span counts: what a second of downtime, a failed request, a
+    bad request (:attr:`Span.bad <shadowrl.core.results.Span.bad>`: failed or slow) and a
+    second of full outage each cost. The env's objectives are all of this form."""
+
+    downtime_s: float = 0.0
+    failed_requests: float = 0.0
+    bad_requests: float = 0.0
+    outage_s: float = 0.0
+
+    def of(self, span: Span) -> float:
+        return (self.downtime_s * span.downtime_s + self.failed_requests * span.failed_requests
+                + self.bad_requests * span.bad + self.outage_s * span.outage_s)
+
+
+class CostCapReached(Exception):
+    """Simulating stopped inside a :meth:`CostCapping.cost_cap` block: what was simulated
+    since the block began already costs more than its limit. The shadow is left part-way
+    through whatever it was doing; restore a snapshot before using it again."""
+
+    def __init__(self, spent: float, limit: float) -> None:
+        super().__init__(f"cost {spent:.6g} passed the cap {limit:.6g}")
+        self.spent = spent
+        self.limit = limit
+
+
+@runtime_checkable
+class CostCapping(Protocol):
+    """Stop simulating a branch once it costs more than a bound.
+
+    A search that prunes every branch costing at least its best complete one only needs to
+    know that a step passed the bound, not by how much; a long step (a one-at-a-time
+    rollback) usually passes it early. Costs only accumulate, so stopping there prunes
+    exactly the branches the search would have pruned after simulating them whole.
+    """
+
+    def cost_cap(self, weights: CostWeights,
+                 limit: float) -> AbstractContextManager[None]:
+        """Inside the block, raise :class:`CostCapReached` as soon as the cost (under
+        ``weights``) of everything simulated since entering it exceeds ``limit``; the cost
+        of a span split in parts is never overstated (bad requests count as the larger of
+        the summed bad and summed failed requests)."""
 
 
 @runtime_checkable

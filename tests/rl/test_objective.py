@@ -132,3 +132,21 @@ def test_agent_config_env_block_checks_the_objective() -> None:
         with pytest.raises(SpecError) as info:
             agent_config_from_data({"env": env})
         assert [p.path for p in info.value.problems] == [path], env
+
+
+@pytest.mark.parametrize("objective", ["budget", "downtime"])
+def test_the_cost_weights_are_the_objective(outage: Scenario, objective: str) -> None:
+    """A backend capping a branch's cost reads the objective as weights: they must give what
+    the env charges, the full-outage penalty included."""
+    from shadowrl.core.results import Span
+
+    env = RollbackEnv(outage, objective=objective, full_outage_penalty=0.5)
+    env.reset(seed=0)
+    weights = env.cost_weights()
+    spans = [Span(0.0, 60.0, downtime_s=40.0, failed_requests=900.0, bad_requests=1500.0,
+                  outage_s=12.0),
+             # a backend that counts no slow requests: failed ones are the bad ones
+             Span(0.0, 60.0, downtime_s=5.0, failed_requests=300.0, outage_s=0.0)]
+    for span in spans:
+        assert weights.of(span) == pytest.approx(env._cost(span), rel=1e-12)
+        assert env._cost(span) > 0

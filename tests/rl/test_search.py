@@ -6,6 +6,7 @@ a procedure small enough to enumerate, and against every other method on checkou
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from pathlib import Path
@@ -363,6 +364,42 @@ def test_branch_and_bound_is_exact_on_a_tiny_procedure(tiny_path: Path, tiny_bru
         assert result.cost <= greedy + 1e-9
         beats_greedy += result.cost < greedy - 1e-6
     assert beats_greedy >= 1  # the tiny procedure has incidents where greedy is myopic
+
+
+def test_cost_caps_prune_the_same_branches_sooner(tiny_path: Path, monkeypatch) -> None:
+    """Stopping a branch once it costs more than the best complete sequence (the
+    simulator's cost caps) finds what simulating every branch whole finds, node for node."""
+    env = RollbackEnv(tiny_path)
+    conf = plan_actions(env, configured_plan(env.procedure))
+    stops = []
+    real_capped = search.capped
+
+    def counting(env: RollbackEnv, bound: float) -> Any:
+        @contextlib.contextmanager
+        def block() -> Any:
+            try:
+                with real_capped(env, bound):
+                    yield
+            except search.CostCapReached:
+                stops.append(bound)
+                raise
+        return block()
+
+    def searched() -> list[Any]:
+        out = []
+        for seed in range(4):
+            env.reset(seed=seed)
+            r = branch_and_bound(env, max_nodes=100_000, incumbents=[conf])
+            env.reset(seed=seed)
+            out.append((r.cost, r.actions, r.nodes, r.exact, r.bound,
+                        greedy_rollout(env)))
+        return out
+
+    monkeypatch.setattr(search, "capped", counting)
+    with_caps = searched()
+    assert stops  # the caps did stop branches
+    monkeypatch.setattr(search, "capped", lambda env, bound: contextlib.nullcontext())
+    assert searched() == with_caps
 
 
 def test_branch_and_bound_on_phys_compat_matches_brute_force() -> None:

@@ -27,7 +27,8 @@ import heapq
 import itertools
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -45,7 +46,13 @@ from shadowrl.core.results import (
 )
 from shadowrl.core.slo import Clock, Observer
 from shadowrl.core.spec import DAY, Scenario, SpecError, Step, scenario_problem
-from shadowrl.shadow.base import PROFILE_COLUMNS, CancelToken, Phase
+from shadowrl.shadow.base import (
+    PROFILE_COLUMNS,
+    CancelToken,
+    CostCapReached,
+    CostWeights,
+    Phase,
+)
 from shadowrl.shadow.sim.params import SimParams, params_of
 from shadowrl.shadow.sim.topology import (
     EPS,
@@ -178,6 +185,27 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+@dataclass
+class _Cap:
+    """A :meth:`SimShadow.cost_cap` block: its weights and limit, and what the integrations
+    since it began counted (bad and failed requests summed apart: the cost counts the larger
+    of the two sums, as :attr:`Span.bad` does)."""
+
+    weights: CostWeights
+    limit: float
+    downtime_s: float = 0.0
+    failed: float = 0.0
+    bad: float = 0.0
+    outage_s: float = 0.0
+
+    def spent(self, downtime_s: float, failed: float, bad: float, outage_s: float) -> float:
+        """The block's cost if the running integration has counted these so far."""
+        w = self.weights
+        f, b = self.failed + failed, self.bad + bad
+        return (w.downtime_s * (self.downtime_s + downtime_s) + w.failed_requests * f
+                + w.bad_requests * (b if b > f else f) + w.outage_s * (self.outage_s + outage_s))
+
+
 class _Cancelled(Exception):
     """Unwinds a cancelled step out of its sub-actions; ``span`` is what it cost so far."""
 
@@ -200,7 +228,8 @@ class SimShadow:
 
     name = "sim"
     clock: Clock = "simulated"
-    # Capabilities: Snapshotting, FastForward, ErrorAttribution (these sources), ProfileRecording.
+    # Capabilities: Snapshotting, CostCapping, FastForward, ErrorAttribution (these sources),
+    # ProfileRecording.
     error_sources = ("incident", "compatibility", "dropped", "overload", "write_lock")
 
     def __init__(self, scenario: Scenario, *, params: SimParams | None = None,
@@ -227,6 +256,7 @@ class SimShadow:
         self._effect_end = 0.0
         self._deadline: float | None = None  # the running step's, in shadow time
         self._cancel: CancelToken | None = None  # the running step's
+        self._cap: _Cap | None = None  # the open cost_cap block's
         self._live = self._closed = False
         self._prepare()
 
@@ -441,6 +471,18 @@ class SimShadow:
         self._check()
         self.state = _copy_state(snapshot)
         self._touch()
+
+    @contextmanager
+    def cost_cap(self, weights: CostWeights, limit: float) -> Iterator[None]:
+        """See :class:`~shadowrl.shadow.base.CostCapping`: checked after every integration
+        segment, so the cost when it stops is past ``limit`` by at most one segment's."""
+        if self._cap is not None:
+            raise RuntimeError("cost_cap blocks do not nest")
+        self._cap = _Cap(weights, limit)
+        try:
+            yield
+        finally:
+            self._cap = None
 
     def state_key(self) -> tuple[Any, ...]:
         """Every state field except the transient ones, frozen and floats rounded; a warming
@@ -879,6 +921,7 @@ class SimShadow:
         work, segment_work, row_work = st.work, self._segment_work, self._row_work
         budget = MAX_WORK if st.step is None else STEPS_WORK
         exhausted = False
+        cap, over = self._cap, False
         while st.t < t_stop:
             if cancel is not None and cancel.cancelled:
                 cancelled = True
@@ -958,6 +1001,9 @@ class SimShadow:
             st.t = t1
             if warming:
                 self._sync_warmth()
+            if cap is not None and cap.spent(downtime, failed, bad, outage) > cap.limit:
+                over = True
+                break
             if stop is not None and t1 < t_stop and cut is not None and t1 >= cut - EPS:
                 break
         span.downtime_s = downtime
@@ -969,6 +1015,13 @@ class SimShadow:
         span.violated_until_s = violated_until
         span.end_s = st.t
         st.work = work
+        if cap is not None:
+            if over:
+                raise CostCapReached(cap.spent(downtime, failed, bad, outage), cap.limit)
+            cap.downtime_s += downtime
+            cap.failed += failed
+            cap.bad += bad
+            cap.outage_s += outage
         if exhausted:
             if st.step is None:
                 raise self._limit_error(f"it needs more than the simulator's work "
