@@ -94,15 +94,26 @@ def searching(env: RollbackEnv) -> Iterator[None]:
 CAP_SLACK = 1e-6
 
 
-def capped(env: RollbackEnv, bound: float) -> AbstractContextManager[None]:
-    """Steps inside the block raise :class:`CostCapReached` once they cost more than
-    ``bound`` (the env's objective), on a backend that can stop there
-    (:class:`CostCapping`); elsewhere every step runs to its end. A search that prunes
-    branches costing at least ``bound`` prunes the same ones either way."""
+CostCaps = Callable[[float], AbstractContextManager[None]]
+
+
+def cost_caps(env: RollbackEnv) -> CostCaps:
+    """``caps(bound)``: a block whose steps raise :class:`CostCapReached` once they cost more
+    than ``bound`` (the env's objective), on a backend that can stop there
+    (:class:`CostCapping`); elsewhere a block that lets every step run to its end. A search
+    that prunes branches costing at least ``bound`` prunes the same ones either way. Made
+    once per search: the capability check costs as much as a small step's bookkeeping."""
     shadow = env.shadow
-    if not isinstance(shadow, CostCapping) or not math.isfinite(bound):
-        return nullcontext()
-    return shadow.cost_cap(env.cost_weights(), bound + CAP_SLACK * (1.0 + abs(bound)))
+    if not isinstance(shadow, CostCapping):
+        return lambda bound: nullcontext()
+    weights = env.cost_weights()
+
+    def caps(bound: float) -> AbstractContextManager[None]:
+        if not math.isfinite(bound):
+            return nullcontext()
+        return shadow.cost_cap(weights, bound + CAP_SLACK * (1.0 + abs(bound)))
+
+    return caps
 
 
 def episode_cost(r: Rehearsal, env: RollbackEnv) -> float:
@@ -125,10 +136,11 @@ class GreedyPolicy:
         require_snapshots(env, "greedy")
         snap = env_snapshot(env)
         best, best_cost = -1, math.inf
+        capped = cost_caps(env)
         with searching(env):
             for a in np.flatnonzero(env.action_masks()):
                 try:
-                    with capped(env, best_cost):
+                    with capped(best_cost):
                         _, reward, *_ = env.step(int(a))
                 except CostCapReached:
                     continue  # dearer than the best so far: not taken
@@ -206,12 +218,13 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
     the node budget runs out the cheapest edge left is the lower bound the search proved.
     """
     root = env_snapshot(env)
+    capped = cost_caps(env)
     greedy, greedy_cost = greedy_rollout(env)
     best = OracleResult(greedy_cost, greedy, 0, True)
     for candidate in incumbents:
         env_restore(env, root)
         try:
-            with capped(env, best.cost):
+            with capped(best.cost):
                 c = rollout(env, candidate)
         except CostCapReached:
             continue
@@ -246,7 +259,7 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
         nodes += 1
         try:
             # past best - cost the edge is pruned below whatever it costs: stop it there
-            with capped(env, best.cost - cost):
+            with capped(best.cost - cost):
                 _, reward, term, _, _ = env.step(a)
         except CostCapReached:
             continue

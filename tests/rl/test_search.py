@@ -372,18 +372,20 @@ def test_cost_caps_prune_the_same_branches_sooner(tiny_path: Path, monkeypatch) 
     env = RollbackEnv(tiny_path)
     conf = plan_actions(env, configured_plan(env.procedure))
     stops = []
-    real_capped = search.capped
+    real_caps = search.cost_caps
 
-    def counting(env: RollbackEnv, bound: float) -> Any:
+    def counting(env: RollbackEnv) -> search.CostCaps:
+        caps = real_caps(env)
+
         @contextlib.contextmanager
-        def block() -> Any:
+        def block(bound: float) -> Any:
             try:
-                with real_capped(env, bound):
+                with caps(bound):
                     yield
             except search.CostCapReached:
                 stops.append(bound)
                 raise
-        return block()
+        return block
 
     def searched() -> list[Any]:
         out = []
@@ -395,10 +397,10 @@ def test_cost_caps_prune_the_same_branches_sooner(tiny_path: Path, monkeypatch) 
                         greedy_rollout(env)))
         return out
 
-    monkeypatch.setattr(search, "capped", counting)
+    monkeypatch.setattr(search, "cost_caps", counting)
     with_caps = searched()
     assert stops  # the caps did stop branches
-    monkeypatch.setattr(search, "capped", lambda env, bound: contextlib.nullcontext())
+    monkeypatch.setattr(search, "cost_caps", lambda env: lambda bound: contextlib.nullcontext())
     assert searched() == with_caps
 
 

@@ -172,12 +172,16 @@ def _copy_state(st: _State) -> _State:
 _TRANSIENT = {"t", "version", "step", "phase", "warm_since", "work"}
 
 
+_KEYED = tuple(f.name for f in fields(_State) if f.name not in _TRANSIENT)
+
+
 def _freeze(value: Any) -> Any:
     """A hashable, order-independent copy of a state field, floats rounded."""
     if isinstance(value, float):
         return round(value, 4)
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
+        # the oracle keys every state it reaches: flat lists of floats go the short way
+        return tuple([round(v, 4) if isinstance(v, float) else _freeze(v) for v in value])
     if isinstance(value, (set, frozenset)):
         return tuple(sorted(map(repr, value)))
     if isinstance(value, dict):
@@ -490,8 +494,7 @@ class SimShadow:
         st = self.state
         since = tuple(round(st.t - x, 4) if w < 1.0 else 0.0
                       for x, w in zip(st.warm_since, st.warm_base))
-        return (*(_freeze(getattr(st, f.name)) for f in fields(st)
-                  if f.name not in _TRANSIENT), since)
+        return (*[_freeze(getattr(st, name)) for name in _KEYED], since)
 
     def _touch(self) -> None:
         self.state.version = next(_VERSIONS)
