@@ -5,6 +5,7 @@ ends (``stop``, EOF, ``close``). A local aiohttp server plays the shadow."""
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 import time
@@ -69,7 +70,9 @@ def test_open_loop_rate_and_write_fraction(server: Server) -> None:
         sent = server.since(t0)
         assert 160 <= len(sent) <= 240  # Poisson, 200 expected: sd 14
         posts = sum(m == "POST" for _, m in sent) / len(sent)
-        assert 0.15 <= posts <= 0.35
+        # binomial around 0.25: 4.5 standard deviations (0.15-0.35 was 3.1 with ~180
+        # requests, and a correct generator once drew 0.36); 0 or 0.5 still fail
+        assert abs(posts - 0.25) <= 4.5 * math.sqrt(0.25 * 0.75 / len(sent))
         per_s = Counter(int(t - t0) for t, _ in sent)
         assert min(per_s[0], per_s[1]) >= 70  # steady from the start, not after replies
         time.sleep(0.15)
