@@ -44,7 +44,12 @@ from shadowrl.app.common import ray_context  # noqa: E402
 from shadowrl.core.plan import configured_plan  # noqa: E402
 from shadowrl.core.spec import Scenario, load_scenario  # noqa: E402
 from shadowrl.rl.env import RollbackEnv  # noqa: E402
-from shadowrl.rl.optimizer import OptimizeOptions, measure, optimize  # noqa: E402
+from shadowrl.rl.optimizer import (  # noqa: E402
+    OptimizeOptions,
+    measure,
+    optimize,
+    per_seed_record,
+)
 from shadowrl.rl.results import ORACLE_NODES  # noqa: E402
 from shadowrl.rl.search import OraclePolicy  # noqa: E402
 
@@ -77,9 +82,10 @@ def more_incidents(sc: Scenario, policy: Path, args: argparse.Namespace) -> dict
     oracle = measure(env, OraclePolicy(ORACLE_NODES, [configured_plan(env.procedure)]),
                      args.more_episodes, seed, replicas=args.replicas)
     metric = metric_of(args.objective)
+    # per incident as episodes.json records the run's own (downtime rounded the same way)
     return {"seeds": [seed, seed + args.more_episodes - 1],
-            "rl": [float(getattr(e.rehearsal, metric)) for e in rl.episodes],
-            "oracle": [float(getattr(e.rehearsal, metric)) for e in oracle.episodes],
+            **{name: per_seed_record([e.rehearsal for e in res.episodes], seed)[metric]
+               for name, res in (("rl", rl), ("oracle", oracle))},
             "oracle_exact": sum(bool(e.extra.get("exact")) for e in oracle.episodes),
             "wall_s": round(time.perf_counter() - start, 1)}
 
