@@ -604,3 +604,22 @@ def test_the_plan_library_costs_every_plan_from_the_same_breach() -> None:
     assert costs[:, 0].min() != costs[:, 1].min()  # the two plans differ in cost
     picked = bench.knn_choice(observations, costs, observations, 1)
     assert list(picked) == list(costs.argmin(1))
+
+
+def test_the_quality_benchmark_judges_on_every_incident_it_played() -> None:
+    """With further held-out incidents, RL/oracle and the oracle's exact share are judged on
+    the run's incidents and the further ones together; the run's own readings stay beside
+    them as ``*_run``."""
+    bench = _benchmark("optimizer_quality")
+    entry = {"episodes": 2, "oracle": {"exact": 2},
+             "targets": {"rl_over_oracle": {"value": 1.0, "met": True},
+                         **bench.run_targets({"exact": 2}, 2, 100.0)}}
+    more = {"rl": [3.0, 1.0], "oracle": [1.0, 1.0], "oracle_exact": 1}
+    bench.judge_with_more(entry, {"rl": [1.0, 1.0], "oracle": [1.0, 1.0]}, more)
+    found = entry["targets"]
+    assert found["oracle_exact_share_run"]["value"] == 1.0
+    assert found["oracle_exact_share"] == {"value": 0.75, "target": ">= 0.95", "met": False,
+                                           "incidents": 4}
+    assert found["rl_over_oracle_run"]["value"] == 1.0
+    assert found["rl_over_oracle"]["value"] == 1.5 and not found["rl_over_oracle"]["met"]
+    assert found["rl_over_oracle"]["incidents"] == 4 and entry["more_incidents"] is more
