@@ -44,12 +44,7 @@ from shadowrl.app.common import ray_context  # noqa: E402
 from shadowrl.core.plan import configured_plan  # noqa: E402
 from shadowrl.core.spec import Scenario, load_scenario  # noqa: E402
 from shadowrl.rl.env import RollbackEnv  # noqa: E402
-from shadowrl.rl.optimizer import (  # noqa: E402
-    OptimizeOptions,
-    measure,
-    optimize,
-    per_seed_record,
-)
+from shadowrl.rl.optimizer import OptimizeOptions, measure, optimize  # noqa: E402
 from shadowrl.rl.results import ORACLE_NODES  # noqa: E402
 from shadowrl.rl.search import OraclePolicy  # noqa: E402
 
@@ -82,16 +77,12 @@ def more_incidents(sc: Scenario, policy: Path, args: argparse.Namespace) -> dict
     oracle = measure(env, OraclePolicy(ORACLE_NODES, [configured_plan(env.procedure)]),
                      args.more_episodes, seed, replicas=args.replicas)
     metric = metric_of(args.objective)
-    # per incident as episodes.json records the run's own (downtime rounded the same way)
+    # per incident as episodes.json records the run's own: the metric (downtime rounded the
+    # same way) and the oracle's searches (proved optimal, nodes, proven bound)
+    best = oracle.per_seed(seed)
     return {"seeds": [seed, seed + args.more_episodes - 1],
-            **{name: per_seed_record([e.rehearsal for e in res.episodes], seed)[metric]
-               for name, res in (("rl", rl), ("oracle", oracle))},
-            "oracle_exact": sum(bool(e.extra.get("exact")) for e in oracle.episodes),
-            # per incident, as episodes.json's "search": proved optimal, nodes, proven bound
-            "oracle_search": {"exact": [bool(e.extra.get("exact")) for e in oracle.episodes],
-                              "nodes": [int(e.extra.get("nodes", 0)) for e in oracle.episodes],
-                              "bound": [float(e.extra.get("bound", 0.0))
-                                        for e in oracle.episodes]},
+            "rl": rl.per_seed(seed)[metric], "oracle": best[metric],
+            "oracle_exact": sum(best["search"]["exact"]), "oracle_search": best["search"],
             "wall_s": round(time.perf_counter() - start, 1)}
 
 
