@@ -42,8 +42,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, SupportsFloat
 
+import gymnasium as gym
 import numpy as np
 from pydantic import (
     BaseModel,
@@ -782,8 +783,20 @@ class _EnvFactory:
         if self.hidden:  # the critic's extra input (shadowrl.rl.asymmetric)
             from shadowrl.rl.asymmetric import HiddenIncident
 
-            return Monitor(HiddenIncident(env))
-        return Monitor(env)
+            return WithoutRehearsal(Monitor(HiddenIncident(env)))
+        return WithoutRehearsal(Monitor(env))
+
+
+class WithoutRehearsal(gym.Wrapper[Any, Any, Any, Any]):
+    """Drops the finished :class:`~shadowrl.rehearsal.runner.Rehearsal` from a training
+    env's last ``info``: SB3's VecEnvs deep-copy every step's infos, and copying each
+    episode's whole rehearsal cost about 5 % of a payments training run. The numbers
+    training callbacks read (``downtime_s``, ``budget_burn``, ``outcome``) stay."""
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info.pop("rehearsal", None)
+        return obs, reward, terminated, truncated, info
 
 
 def make_vec_env_for(scenario: str | Path | Scenario, config: AgentConfig, seed: int,

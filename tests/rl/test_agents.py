@@ -293,6 +293,39 @@ def test_vec_env_sub_envs_are_seeded_differently_and_deterministically(scenario)
     assert episode_seeds(1) != first
 
 
+
+def test_training_envs_report_an_episode_s_numbers_without_its_rehearsal(scenario) -> None:
+    """The VecEnv deep-copies every info: the finished rehearsal is left out of them, the
+    numbers the training callbacks log stay (as the env reports them)."""
+    from sb3_contrib.common.maskable.utils import get_action_masks
+
+    vec = make_vec_env_for(scenario, AgentConfig.model_validate({"n_envs": 2}), seed=0)
+    plain = RollbackEnv(scenario)
+    try:
+        vec.reset()
+        seeds = [int(s) for s in vec.get_attr("episode_seed")]
+        plain.reset(seed=seeds[0])
+        rng = np.random.default_rng(0)
+        finished: dict[str, Any] = {}
+        for _ in range(40):
+            masks = get_action_masks(vec)
+            actions = np.array([rng.choice(np.flatnonzero(m)) for m in masks])
+            if not finished:
+                _, _, plain_done, _, plain_info = plain.step(int(actions[0]))
+            _, _, dones, infos = vec.step(actions)
+            if dones[0] and not finished:
+                finished = infos[0]
+                assert plain_done
+            if finished:
+                break
+        assert finished, "no episode ended in 40 steps"
+        assert "rehearsal" not in finished and "rehearsal" in plain_info
+        for key in ("downtime_s", "budget_burn", "outcome"):
+            assert finished[key] == plain_info[key]
+        assert "episode" in finished  # Monitor's statistics still reach the callbacks
+    finally:
+        vec.close()
+
 # --------------------------------------------------------------------------- training
 
 
