@@ -22,13 +22,16 @@ the policy it kept and the oracle also play ``--more-episodes`` further held-out
 (400 by default), and ``rl_over_oracle_run`` is the run's own 100. Per scenario
 the JSON has each method's mean cost, ``timing_s`` (each method: its search or training plus
 its evaluation), ``phases_s`` (the run's wall time phase by phase), ``wall_s`` and the
-oracle's exact count and node counts.
+oracle's exact count and node counts, and ``machine_reference_s``: a fixed pure-Python loop
+timed before and after the run, so that wall times taken on different days (this kind of
+machine runs up to 2.5 times slower on some) can be read as ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -84,6 +87,23 @@ def more_incidents(sc: Scenario, policy: Path, args: argparse.Namespace) -> dict
             "rl": rl.per_seed(seed)[metric], "oracle": best[metric],
             "oracle_exact": sum(best["search"]["exact"]), "oracle_search": best["search"],
             "wall_s": round(time.perf_counter() - start, 1)}
+
+
+REFERENCE_LOOP = 5_000_000  # iterations of the machine reference
+
+
+def machine_reference_s(iterations: int = REFERENCE_LOOP, repeat: int = 3) -> float:
+    """Seconds of a fixed pure-Python loop (best of ``repeat``): this machine's speed at the
+    time, so wall times from different days can be compared as ratios (the simulator and the
+    training step in pure Python, as this loop does). Recorded, never judged."""
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        total = 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best, 3)
 
 
 def judge_with_more(entry: dict[str, Any], per_incident: dict[str, list[float]],
@@ -175,6 +195,10 @@ def table(entry: dict[str, Any]) -> str:
            for k, v in entry["targets"].items() if isinstance(v, dict)]
     if met:
         lines += ["", f"Targets on {entry['targets']['metric']}: " + "; ".join(met) + "."]
+    ref = entry.get("machine_reference_s")
+    if ref:
+        lines += ["", f"Machine reference ({ref['loop']:,}-iteration Python loop, best of 3): "
+                      f"{ref['before']} s before the run, {ref['after']} s after."]
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +231,7 @@ def main() -> None:
                               "scenarios": []}
     for path in scenarios:
         sc = load_scenario(path)
+        reference_before = machine_reference_s()
         start = time.perf_counter()
         # one Ray session for the run, as `shadowrl optimize --replicas N` holds (without it
         # every evaluation would start and stop its own local Ray)
@@ -237,7 +262,10 @@ def main() -> None:
                  "eval_seed": args.eval_seed, "methods": methods,
                  "timing_s": res["timing_s"], "phases_s": res.get("phases_s"),
                  "oracle": res.get("oracle"),
-                 "search": res.get("search"), "rl": res.get("rl"), "wall_s": wall_s}
+                 "search": res.get("search"), "rl": res.get("rl"), "wall_s": wall_s,
+                 "machine_reference_s": {"before": reference_before,
+                                         "after": machine_reference_s(),
+                                         "loop": REFERENCE_LOOP}}
         entry["targets"] = {**targets(res["methods"], res["timing_s"], args.objective,
                                       per_incident),
                             **run_targets(res.get("oracle"), args.episodes, entry["wall_s"])}

@@ -623,3 +623,12 @@ def test_the_quality_benchmark_judges_on_every_incident_it_played() -> None:
     assert found["rl_over_oracle_run"]["value"] == 1.0
     assert found["rl_over_oracle"]["value"] == 1.5 and not found["rl_over_oracle"]["met"]
     assert found["rl_over_oracle"]["incidents"] == 4 and entry["more_incidents"] is more
+
+
+def test_the_quality_benchmark_times_the_machine_it_ran_on() -> None:
+    """The machine reference is a duration that grows with the work: ten times the loop
+    takes longer (by far more than timer noise), so it can tell a slow day from a fast one."""
+    bench = _benchmark("optimizer_quality")
+    short = bench.machine_reference_s(iterations=100_000, repeat=2)
+    long = bench.machine_reference_s(iterations=1_000_000, repeat=2)
+    assert 0 < short < long
