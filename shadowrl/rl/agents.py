@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, SupportsFloat
 
-import gymnasium as gym
 import numpy as np
 from pydantic import (
     BaseModel,
@@ -59,6 +58,7 @@ from pydantic import (
 from shadowrl.core.extras import missing_extra
 
 try:
+    import gymnasium as gym
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import A2C, DQN, PPO
     from stable_baselines3.common.base_class import BaseAlgorithm
