@@ -293,7 +293,6 @@ def test_vec_env_sub_envs_are_seeded_differently_and_deterministically(scenario)
     assert episode_seeds(1) != first
 
 
-
 def test_training_envs_report_an_episode_s_numbers_without_its_rehearsal(scenario) -> None:
     """The VecEnv deep-copies every info: the finished rehearsal is left out of them, the
     numbers the training callbacks log stay (as the env reports them)."""
@@ -325,6 +324,7 @@ def test_training_envs_report_an_episode_s_numbers_without_its_rehearsal(scenari
         assert "episode" in finished  # Monitor's statistics still reach the callbacks
     finally:
         vec.close()
+
 
 # --------------------------------------------------------------------------- training
 
