@@ -244,6 +244,16 @@ def _is_dockerd(pid: int) -> bool:
     return state not in ("Z", "X") and bool(cmdline) and cmdline[0].endswith(b"dockerd")
 
 
+def _is_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie, whatever it runs: the process we spawn is
+    a shell until it execs dockerd, and on a busy machine that can take a while."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 def _log_tail(log: Path, offset: int, lines: int = 15) -> str:
     try:
         with log.open("rb") as f:
@@ -312,7 +322,7 @@ def _wait_ready(paths: _Paths, pid: int, offset: int) -> docker.DockerClient:
         client = _client(paths.url)
         if client is not None:
             return client
-        if not _is_dockerd(pid):
+        if not _is_alive(pid):
             raise DockerUnavailable(
                 f"dockerd (pid {pid}) exited while starting; the tail of {paths.log}:\n"
                 f"{_log_tail(paths.log, offset)}"

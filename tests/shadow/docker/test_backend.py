@@ -43,9 +43,15 @@ def fast_scenario(tmp_path: Path, **changes: Any) -> Path:
 
 def cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
-    from shadowrl.shadow.docker.daemon import docker_host
+    """``shadowrl *args`` on the session's daemon, when one answers: tests that need it ask
+    for ``docker_client``; the others (flag and load checks) must not depend on it."""
+    from shadowrl.shadow.docker.daemon import DockerUnavailable, docker_host
 
-    full_env = {**os.environ, "DOCKER_HOST": docker_host(), **(env or {})}
+    try:
+        host = {"DOCKER_HOST": docker_host()}
+    except DockerUnavailable:
+        host = {}
+    full_env = {**os.environ, **host, **(env or {})}
     return subprocess.run([sys.executable, "-m", "shadowrl", *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=ROOT)
 

@@ -124,3 +124,32 @@ def test_a_private_daemon_starts_once_for_racing_callers_and_stops(
     finally:
         stop_private_daemon(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_dockerd_slow_to_exec_is_waited_for_not_taken_for_dead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine the spawned process can still be the shell, not yet dockerd, when
+    we first look at it: that is a daemon starting, not one that exited. Here a wrapper
+    sleeps a second before it execs the real dockerd."""
+    real = daemon._dockerd()
+    if real is None or daemon._cannot_start() is not None:
+        pytest.fail(f"this test starts a dockerd: {daemon._cannot_start()}")
+    root = Path(tempfile.mkdtemp(prefix="srd-", dir="/tmp"))
+    late = root / "late-dockerd"
+    late.write_text(f'#!/bin/sh\nsleep 1\nexec {real} "$@"\n')
+    late.chmod(0o755)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("SHADOWRL_DOCKER_DIR", str(root))
+    monkeypatch.setattr(daemon, "SYSTEM_SOCKET", root / "absent.sock")
+    monkeypatch.setattr(daemon, "DOCKERD_EXTRA_ARGS", ("--bridge=none", "--iptables=false"))
+    monkeypatch.setattr(daemon, "_dockerd", lambda: str(late))
+    monkeypatch.setattr(daemon, "_last_url", daemon._last_url)
+    try:
+        client = connect()
+        assert client.ping()
+        st = status()
+        assert (st.where, st.running) == ("private", True)
+        assert st.pid is not None and daemon._is_dockerd(st.pid)
+    finally:
+        stop_private_daemon(root)
+        shutil.rmtree(root, ignore_errors=True)
