@@ -23,6 +23,7 @@ import yaml
 
 from shadowrl.core.injection import Injection
 from shadowrl.core.spec import Scenario, Step, load_scenario
+from shadowrl.rehearsal.runner import MAX_DRAWS
 from shadowrl.shadow.docker.backend import DockerShadow
 from shadowrl.shadow.docker.labels import LABEL
 
@@ -73,10 +74,11 @@ def test_rehearse_on_the_real_shadow_writes_real_timelines(docker_client: Any,
     assert summary["backend"] == "docker" and summary["runs"] == 1
     # every step ran (whether the SLO then held is the machine's to say: it is measured)
     assert summary["outcomes"]["rollback_failed"] == 0, done.stderr[-3000:]
-    # one launch when the first draw breached; a busy host whose healthy shadow breaches
-    # before the onset draws again, on a fresh shadow
+    # one launch when the first draw breached; a draw that breaches before its onset (a busy
+    # host slows the healthy shadow) or not at all is drawn again on a fresh shadow, up to
+    # MAX_DRAWS times: how many is the host's to say (CI once needed 4)
     launched = [line for line in done.stderr.splitlines() if " up in " in line]
-    assert 1 <= len(launched) <= 3, done.stderr
+    assert 1 <= len(launched) <= MAX_DRAWS, done.stderr
     shadow_ids = [re.search(r"shadow (\S+) up in", line).group(1) for line in launched]
 
     table = pq.read_table(out / "profiles.parquet").to_pandas()
