@@ -233,17 +233,6 @@ def _read_pid(pidfile: Path) -> int | None:
         return None
 
 
-def _is_dockerd(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) dockerd: pids are reused after a crash."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[0]
-    return state not in ("Z", "X") and bool(cmdline) and cmdline[0].endswith(b"dockerd")
-
-
 def _is_alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie, whatever it runs: the process we spawn is
     a shell until it execs dockerd, and on a busy machine that can take a while."""
@@ -252,6 +241,15 @@ def _is_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _is_dockerd(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) dockerd: pids are reused after a crash."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return cmdline[0].endswith(b"dockerd") and _is_alive(pid)
 
 
 def _log_tail(log: Path, offset: int, lines: int = 15) -> str:
