@@ -273,8 +273,13 @@ def test_cpu_and_memory_effects(stack: Stack) -> None:
     put_json(f"{url}/__shadow/control",
              {"effects": [{"when": {}, "cpu_add": 0.5, "memory_add": 0.25}]})
     time.sleep(0.2)
-    busy = cores()
-    assert 0.4 <= busy <= 0.75, (idle_cores, busy)
+    # a busy host (CI once had a load of 11 on 2 cores) starves the burner for seconds at a
+    # time: the best of a few one-second samples is what the effect asks for
+    samples = [cores()]
+    while samples[-1] < 0.4 and len(samples) < 5:
+        samples.append(cores())
+    busy = max(samples)
+    assert 0.4 <= busy <= 0.75, (idle_cores, samples)
     assert mib() - idle_mib > 0.25 * 256 * 0.8
     put_json(f"{url}/__shadow/control", {"effects": []})
     time.sleep(0.2)
