@@ -26,6 +26,7 @@ from shadowrl.core.spec import Scenario, Step, load_scenario
 from shadowrl.rehearsal.runner import MAX_DRAWS
 from shadowrl.shadow.docker.backend import DockerShadow
 from shadowrl.shadow.docker.labels import LABEL
+from tests.shadow.docker.session_host import docker_host_env
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPRESSION = 60
@@ -44,15 +45,8 @@ def fast_scenario(tmp_path: Path, **changes: Any) -> Path:
 
 def cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
-    """``shadowrl *args`` on the session's daemon, when one answers: tests that need it ask
-    for ``docker_client``; the others (flag and load checks) must not depend on it."""
-    from shadowrl.shadow.docker.daemon import DockerUnavailable, docker_host
-
-    try:
-        host = {"DOCKER_HOST": docker_host()}
-    except DockerUnavailable:
-        host = {}
-    full_env = {**os.environ, **host, **(env or {})}
+    """``shadowrl *args`` on the session's daemon, when one answers."""
+    full_env = {**os.environ, **docker_host_env(), **(env or {})}
     return subprocess.run([sys.executable, "-m", "shadowrl", *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=ROOT)
 

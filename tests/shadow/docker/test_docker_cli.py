@@ -13,16 +13,12 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``shadowrl *args`` on the session's daemon when one answers; the flag checks must not
-    depend on it."""
-    from shadowrl.shadow.docker.daemon import DockerUnavailable, docker_host
+    """``shadowrl *args`` on the session's daemon, when one answers."""
+    from tests.shadow.docker.session_host import docker_host_env
 
-    try:
-        host = {"DOCKER_HOST": docker_host()}
-    except DockerUnavailable:
-        host = {}
     return subprocess.run([sys.executable, "-m", "shadowrl", *args], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env={**os.environ, **host})
+                          text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, **docker_host_env()})
 
 
 def test_status_build_and_sweep_print_one_json_object(docker_client: Any,
