@@ -10,8 +10,9 @@ Every method minimises the :class:`RollbackEnv`'s objective (``objective``,
 ``full_outage_penalty``), so switching it switches them all.
 - ``oracle``: per incident, the best sequence by depth-first branch and bound over the
   deterministic simulator (snapshot/restore). Costs only accumulate, so a partial sequence
-  costing more than the best complete one is pruned; with its node budget not exhausted the
-  result is exact: a lower bound no policy can beat on that incident.
+  whose cost plus the backend's floor of what must still come costs at least the best
+  complete one is pruned; with its node budget not exhausted the result is exact: a lower
+  bound no policy can beat on that incident.
 
 Greedy and the oracle branch from snapshots, so they need a backend with the
 :class:`~shadowrl.shadow.base.Snapshotting` capability and refuse any other with
@@ -44,7 +45,7 @@ from shadowrl.rehearsal.deviation import DeviationSimulator
 from shadowrl.rehearsal.runner import Rehearsal, rehearse
 from shadowrl.rl.env import RollbackEnv
 from shadowrl.rl.results import ORACLE_NODES
-from shadowrl.shadow.base import CostCapping, CostCapReached, Snapshotting
+from shadowrl.shadow.base import CostCapping, CostCapReached, CostFloor, Snapshotting
 
 # --------------------------------------------------------------------------- env snapshots
 
@@ -208,17 +209,20 @@ def branch_and_bound(env: RollbackEnv, max_nodes: int = ORACLE_NODES,
 
 def _branch_and_bound(env: RollbackEnv, max_nodes: int,
                       incumbents: Sequence[Sequence[int]]) -> OracleResult:
-    """Best-first (uniform-cost) search over (state, next action) edges.
+    """Best-first (A*) search over (state, next action) edges.
 
-    Costs only accumulate, so the cost of reaching a state is a lower bound of every
-    completion through it: edges are taken cheapest parent first, each simulated only when
-    taken, and the search ends when the cheapest edge left costs at least the best complete
-    sequence (proven optimal). Taken in that order, a state is almost always first reached at
-    its least cost, so, unlike a depth-first search, it is rarely expanded twice; and when
-    the node budget runs out the cheapest edge left is the lower bound the search proved.
+    Costs only accumulate, so the cost of reaching a state plus the floor of what the rest
+    of the episode must cost (:func:`cost_floor`: 0 unless the backend proves more) is a
+    lower bound of every completion through it: edges are taken lowest bound first, each
+    simulated only when taken, and the search ends when the lowest bound left is at least the
+    best complete sequence (proven optimal). Taken in that order, a state is almost always
+    first reached at its least cost, so, unlike a depth-first search, it is rarely expanded
+    twice; and when the node budget runs out the lowest bound left is the bound the search
+    proved.
     """
     root = env_snapshot(env)
     capped = cost_caps(env)
+    floor = cost_floor(env)
     greedy, greedy_cost = greedy_rollout(env)
     best = OracleResult(greedy_cost, greedy, 0, True)
     for candidate in incumbents:
@@ -237,14 +241,16 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
     # time is never pruned by this, since its load, and so its future, may differ.
     seen: dict[tuple[Any, ...], float] = {}
     tie = itertools.count()
-    # (cost of the parent state, tie-break, parent snapshot, parent key, path, action)
-    Edge = tuple[float, int, tuple[Any, ...], tuple[Any, ...] | None, list[int], int]
+    # (lower bound: the parent's cost plus its floor, tie-break, parent snapshot, parent key,
+    # path, action, the parent's cost)
+    Edge = tuple[float, int, tuple[Any, ...], tuple[Any, ...] | None, list[int], int, float]
     heap: list[Edge] = []
 
     def expand(cost: float, key: tuple[Any, ...] | None, path: list[int]) -> None:
         snap = env_snapshot(env)
+        bound = cost + floor(env.shadow.now())
         for a in np.flatnonzero(env.action_masks()):
-            heapq.heappush(heap, (cost, next(tie), snap, key, path, int(a)))
+            heapq.heappush(heap, (bound, next(tie), snap, key, path, int(a), cost))
 
     expand(0.0, None, [])
     nodes = 0
@@ -252,7 +258,7 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
         if nodes >= max_nodes:
             best.exact = False
             break
-        cost, _, snap, key, path, a = heapq.heappop(heap)
+        _, _, snap, key, path, a, cost = heapq.heappop(heap)
         if key is not None and seen[key] < cost - 1e-12:
             continue  # its state was reached more cheaply since: that copy is expanded
         env_restore(env, snap)
@@ -268,7 +274,7 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
             if c < best.cost - 1e-9:
                 best.cost, best.actions = c, [*path, a]
             continue
-        if c >= best.cost - 1e-9:
+        if c + floor(env.shadow.now()) >= best.cost - 1e-9:
             continue
         child = (state_key(env), round(env.shadow.now(), 6))
         known = seen.get(child)
@@ -288,14 +294,25 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
     return best
 
 
+def cost_floor(env: RollbackEnv) -> Callable[[float], float]:
+    """``floor(t)``: a lower bound of what the env's episode still costs from shadow time
+    ``t`` (steps and verification, under its objective), from a backend that can prove one
+    (:class:`CostFloor`); 0 elsewhere. Made once per search, at its root."""
+    shadow = env.shadow
+    if not isinstance(shadow, CostFloor) or env.breach is None:
+        return lambda t: 0.0
+    end_s = env.breach.at_s + env.procedure.verify.timeout
+    return shadow.cost_floor(env.cost_weights(), env.procedure.steps, end_s)
+
+
 DIVES = 8  # open edges an unfinished search completes greedily
 
 
 def _dive(env: RollbackEnv, heap: list[Any], best: OracleResult) -> None:
-    """Complete up to :data:`DIVES` of the cheapest open edges by greedy lookahead, keeping
-    any sequence cheaper than ``best``."""
-    for cost, _, snap, _, path, a in heapq.nsmallest(DIVES, heap):
-        if cost >= best.cost - 1e-9:
+    """Complete up to :data:`DIVES` of the open edges of lowest bound by greedy lookahead,
+    keeping any sequence cheaper than ``best``."""
+    for bound, _, snap, _, path, a, cost in heapq.nsmallest(DIVES, heap):
+        if bound >= best.cost - 1e-9:
             break
         env_restore(env, snap)
         _, reward, term, _, _ = env.step(a)

@@ -8,6 +8,7 @@ callers test with ``isinstance`` instead of assuming it:
 
 - :class:`Snapshotting`: copy and restore the whole shadow (greedy lookahead, the oracle);
 - :class:`CostCapping`: stop simulating once a branch has cost more than a search can use;
+- :class:`CostFloor`: a lower bound of what the rest of an episode costs, whatever runs;
 - :class:`FastForward`: move a simulated clock, exactly and segment by segment;
 - :class:`ErrorAttribution`: spans split failed requests by error source;
 - :class:`ProfileRecording`: a per-second profile of every component.
@@ -20,7 +21,7 @@ has one and from periodic samples otherwise.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -31,7 +32,7 @@ from shadowrl.core.slo import Clock, FastForward, Observable, Observer
 from shadowrl.core.spec import Step
 
 __all__ = ["PROFILE_COLUMNS", "CancelToken", "Clock", "CostCapReached", "CostCapping",
-           "CostWeights", "ErrorAttribution", "FastForward", "Observer", "Phase",
+           "CostFloor", "CostWeights", "ErrorAttribution", "FastForward", "Observer", "Phase",
            "ProfileRecording", "ShadowBackend", "Snapshotting"]
 
 Phase = Literal["normal", "incident", "rollback", "verify"]
@@ -151,6 +152,24 @@ class CostCapping(Protocol):
         ``weights``) of everything simulated since entering it exceeds ``limit``; the cost
         of a span split in parts is never overstated (bad requests count as the larger of
         the summed bad and summed failed requests)."""
+
+
+@runtime_checkable
+class CostFloor(Protocol):
+    """A lower bound of the cost still to come, whichever steps run and however they go.
+
+    A search that knows part of the cost is unavoidable (an incident no step can fix keeps
+    failing requests until verification's deadline) ranks a partial sequence by its cost so
+    far plus that floor, and prunes it once the sum reaches its best complete sequence: an
+    admissible bound (A*), so what it proves optimal stays optimal.
+    """
+
+    def cost_floor(self, weights: CostWeights, steps: Sequence[Step],
+                   end_s: float) -> Callable[[float], float]:
+        """``floor(t)``: at most the cost (under ``weights``) of everything simulated from
+        shadow time ``t`` on, when the episode's steps are among ``steps`` and its
+        verification ends by ``end_s`` (its deadline) unless the SLO holds before then.
+        Non-increasing in ``t``; 0 where nothing is provably unavoidable."""
 
 
 @runtime_checkable

@@ -54,6 +54,7 @@ CHECKOUT = ROOT / "envs" / "checkout.yaml"
 SCENARIOS = ROOT / "tests" / "scenarios"
 PHYS_COMPAT = SCENARIOS / "phys_compat.yaml"  # optional `pause` with tunable settings
 PHYS_CACHE = SCENARIOS / "phys_cache.yaml"  # optional `warm-cache` without settings
+FLOOR_CHAIN = SCENARIOS / "floor_chain.yaml"  # unfixable outages deep in a call chain
 TRAIN_SEEDS = [1_000_000 + k for k in range(8)]
 ORACLE_SEEDS = 10_000  # episodes 10000..10005 of the oracle comparison
 ORACLE_EPISODES = 6
@@ -402,6 +403,34 @@ def test_cost_caps_prune_the_same_branches_sooner(tiny_path: Path, monkeypatch) 
     assert stops  # the caps did stop branches
     monkeypatch.setattr(search, "cost_caps", lambda env: lambda bound: contextlib.nullcontext())
     assert searched() == with_caps
+
+
+def test_the_cost_floor_proves_the_same_optimum_in_fewer_nodes(monkeypatch) -> None:
+    """An unfixable outage: the A* floor (what it must still cost until the deadline) keeps
+    the brute-force optimum and prunes part of the tree plain cost-so-far keeps (on
+    checkout's provider outages, most of it: docs/optimizer.md)."""
+    env = RollbackEnv(FLOOR_CHAIN)
+    seeds = [s for s in range(40) if env.reset(seed=s)[1]["incident"].endswith("outage")][:2]
+    plain = search.cost_floor
+
+    def searched() -> list[Any]:
+        out = []
+        for seed in seeds:
+            env.reset(seed=seed)
+            out.append(branch_and_bound(env, max_nodes=100_000))
+        return out
+
+    with_floor = searched()
+    monkeypatch.setattr(search, "cost_floor", lambda env: lambda t: 0.0)
+    without = searched()
+    monkeypatch.setattr(search, "cost_floor", plain)
+    for seed, a, b in zip(seeds, with_floor, without):
+        optimum, _, count = _brute_force(env, seed)
+        assert count > 300
+        assert a.exact and b.exact
+        assert a.cost == pytest.approx(optimum, rel=1e-9) == b.cost
+        assert a.nodes < b.nodes, (seed, a.nodes, b.nodes)
+    assert sum(a.nodes for a in with_floor) < 0.85 * sum(b.nodes for b in without)
 
 
 def test_branch_and_bound_on_phys_compat_matches_brute_force() -> None:

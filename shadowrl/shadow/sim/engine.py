@@ -27,7 +27,7 @@ import heapq
 import itertools
 import math
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -53,6 +53,7 @@ from shadowrl.shadow.base import (
     CostWeights,
     Phase,
 )
+from shadowrl.shadow.sim.floor import cost_floor
 from shadowrl.shadow.sim.params import SimParams, params_of
 from shadowrl.shadow.sim.topology import (
     EPS,
@@ -232,8 +233,8 @@ class SimShadow:
 
     name = "sim"
     clock: Clock = "simulated"
-    # Capabilities: Snapshotting, CostCapping, FastForward, ErrorAttribution (these sources),
-    # ProfileRecording.
+    # Capabilities: Snapshotting, CostCapping, CostFloor, FastForward, ErrorAttribution (these
+    # sources), ProfileRecording.
     error_sources = ("incident", "compatibility", "dropped", "overload", "write_lock")
 
     def __init__(self, scenario: Scenario, *, params: SimParams | None = None,
@@ -487,6 +488,13 @@ class SimShadow:
             yield
         finally:
             self._cap = None
+
+    def cost_floor(self, weights: CostWeights, steps: Sequence[Step],
+                   end_s: float) -> Callable[[float], float]:
+        """See :class:`~shadowrl.shadow.base.CostFloor`: what an incident no step can fix
+        is sure to cost until ``end_s`` (:mod:`shadowrl.shadow.sim.floor`)."""
+        self._check()
+        return cost_floor(self, weights, steps, end_s)
 
     def state_key(self) -> tuple[Any, ...]:
         """Every state field except the transient ones, frozen and floats rounded; a warming
