@@ -197,6 +197,12 @@ class AgentConfig(_Strict):
     policy: str = Field(default="MlpPolicy", max_length=100)
     n_envs: StrictInt = Field(default=4, ge=1, le=MAX_N_ENVS)
     timesteps: StrictInt = Field(default=60_000, ge=1, le=MAX_TIMESTEPS)
+    stop_after: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_TIMESTEPS,
+        description="stop once a rollout would pass this many timesteps, on the schedules "
+                    "of a run of `timesteps`: their tail is cut, not compressed, so the "
+                    "run is the longer one's beginning (none when past `timesteps`: a "
+                    "shorter run, e.g. --timesteps, is not cut)")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     policy_kwargs: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, Any] = Field(default_factory=dict)
@@ -1059,6 +1065,18 @@ class CostEvalCallback(BaseCallback):
         return row
 
 
+class StopAfterCallback(BaseCallback):
+    """Ends training at the first step past ``limit`` timesteps; SB3 then drops the rollout
+    it was collecting, so the model is the one after the last update at or before it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def _on_step(self) -> bool:
+        return self.num_timesteps <= self.limit
+
+
 class AtomicCheckpointCallback(CheckpointCallback):
     """SB3's CheckpointCallback with two changes: a crash never leaves a truncated checkpoint
     behind (atomic rename, sidecar ``.json`` with the algorithm), and checkpoints are taken
@@ -1247,8 +1265,9 @@ def _train(scenario: str | Path | Scenario, config: AgentConfig | str | Path,
                                    log=progress and not show_bar, deployable=deployable)
         ckpt_cb = AtomicCheckpointCallback(config.checkpoint.freq, str(ckpt_dir), meta)
         remaining = total - done
-        if remaining > 0:
-            model.learn(remaining, callback=[ckpt_cb, eval_cb, *callbacks],
+        stop = [] if config.stop_after is None else [StopAfterCallback(config.stop_after)]
+        if remaining > 0 and (config.stop_after is None or done < config.stop_after):
+            model.learn(remaining, callback=[*stop, ckpt_cb, eval_cb, *callbacks],
                         reset_num_timesteps=latest is None, progress_bar=show_bar)
         elif not history:
             eval_cb.init_callback(model)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 
 from shadowrl.core.spec import SpecError, load_scenario
@@ -19,6 +20,7 @@ from shadowrl.rl.agents import (
     SB3Policy,
     agent_config_from_data,
     check_run,
+    config_problems,
     integer_hyperparameter,
     load_agent_config,
     load_policy,
@@ -468,3 +470,35 @@ class _MaskChecked:
         assert env.action_masks()[action], f"masked action {env.describe(action)}"
         self.calls += 1
         return action
+
+
+def test_stop_after_cuts_the_schedule_s_tail_instead_of_compressing_it(tmp_path: Path) -> None:
+    """A run of 2,048 steps stopped after 512 is that run's beginning: it ends after the
+    update at 512 with the learning rate of 512 steps into 2,048 (3/4 of the start), where a
+    512-step run has decayed it to 0 by its last update."""
+    data = {"algorithm": "maskable_ppo", "n_envs": 2, "timesteps": 2048, "stop_after": 512,
+            "hyperparameters": {"n_steps": 128, "batch_size": 64, "n_epochs": 1,
+                                "learning_rate": "lin_1.0e-3"},
+            "policy_kwargs": {"net_arch": [8]},
+            "eval": {"freq": 100_000, "episodes": 1}, "checkpoint": {"freq": 100_000}}
+    result = train(CHECKOUT, agent_config_from_data(data), tmp_path / "cut", progress=False)
+    assert 512 < result.timesteps <= 512 + 2  # the step past the limit ends it
+    model = MaskablePPO.load(result.model_path, device="cpu")
+    assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 4)
+    short = train(CHECKOUT, agent_config_from_data({**data, "timesteps": 512,
+                                                    "stop_after": None}),
+                  tmp_path / "short", progress=False)
+    model = MaskablePPO.load(short.model_path, device="cpu")
+    assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stop_after_past_a_shorter_run_cuts_nothing(tmp_path: Path) -> None:
+    """An agent stopped after 107,520 steps still trains a --timesteps 256 run whole."""
+    config = agent_config_from_data({
+        "n_envs": 2, "timesteps": 150_000, "stop_after": 107_520,
+        "hyperparameters": {"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+        "policy_kwargs": {"net_arch": [8]},
+        "eval": {"freq": 100_000, "episodes": 1}, "checkpoint": {"freq": 100_000}})
+    assert config_problems(config.model_copy(update={"timesteps": 256})) == []
+    result = train(CHECKOUT, config, tmp_path, timesteps=256, progress=False)
+    assert result.timesteps == 256
