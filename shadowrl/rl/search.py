@@ -246,13 +246,13 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
     Edge = tuple[float, int, tuple[Any, ...], tuple[Any, ...] | None, list[int], int, float]
     heap: list[Edge] = []
 
-    def expand(cost: float, key: tuple[Any, ...] | None, path: list[int]) -> None:
+    def expand(cost: float, bound: float, key: tuple[Any, ...] | None,
+               path: list[int]) -> None:
         snap = env_snapshot(env)
-        bound = cost + floor(env.shadow.now())
         for a in np.flatnonzero(env.action_masks()):
             heapq.heappush(heap, (bound, next(tie), snap, key, path, int(a), cost))
 
-    expand(0.0, None, [])
+    expand(0.0, floor(env.shadow.now()), None, [])
     nodes = 0
     while heap and heap[0][0] < best.cost - 1e-9:
         if nodes >= max_nodes:
@@ -274,14 +274,15 @@ def _branch_and_bound(env: RollbackEnv, max_nodes: int,
             if c < best.cost - 1e-9:
                 best.cost, best.actions = c, [*path, a]
             continue
-        if c + floor(env.shadow.now()) >= best.cost - 1e-9:
+        bound = c + floor(env.shadow.now())
+        if bound >= best.cost - 1e-9:
             continue
         child = (state_key(env), round(env.shadow.now(), 6))
         known = seen.get(child)
         if known is not None and known <= c + 1e-12:
             continue
         seen[child] = c
-        expand(c, child, [*path, a])
+        expand(c, bound, child, [*path, a])
     bound = best.cost if best.exact else min(best.cost, heap[0][0])
     if not best.exact:
         # best-first proves bounds but completes few sequences before its budget runs out:

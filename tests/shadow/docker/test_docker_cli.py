@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.shadow.docker.session_host import docker_host_env
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``shadowrl *args`` on the session's daemon, when one answers."""
-    from tests.shadow.docker.session_host import docker_host_env
-
     return subprocess.run([sys.executable, "-m", "shadowrl", *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, **docker_host_env()})
